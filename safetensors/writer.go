@@ -261,7 +261,9 @@ func Write(dst io.Writer, sources []Source, metadata map[string]string) (int64, 
 // Write writes the file this layout describes, taking tensor bytes from
 // sources, which must be the ones the layout was planned from.
 func (l *Layout) Write(dst io.Writer, sources []Source) (int64, error) {
-	w := &stream{dst: dst}
+	// A small checkpoint gets a buffer its own size, not 1 MiB.
+	total := uint64(len(l.Header)) + l.DataSize()
+	w := &stream{dst: dst, bufSize: int(min(total, streamBuf))}
 	w.dstFile, _ = dst.(*os.File)
 	w.write(l.Header)
 	for j, i := range l.Order {
@@ -295,6 +297,7 @@ type stream struct {
 	dstFile *os.File
 	noCFR   bool // copy_file_range failed in a way that will not get better
 	buf     []byte
+	bufSize int
 	n       int64
 	err     error
 }
@@ -319,7 +322,7 @@ func (w *stream) write(p []byte) {
 		return
 	}
 	if w.buf == nil {
-		w.buf = make([]byte, 0, streamBuf)
+		w.buf = make([]byte, 0, w.bufSize)
 	}
 	if len(w.buf)+len(p) > cap(w.buf) {
 		w.flush()
@@ -375,7 +378,7 @@ func (w *stream) copyTensor(s *Source, size int64) error {
 // tensors cost one copy and large ones go out in 1 MiB writes.
 func (w *stream) copyReaderAt(s *Source, size, already int64) error {
 	if w.buf == nil {
-		w.buf = make([]byte, 0, streamBuf)
+		w.buf = make([]byte, 0, w.bufSize)
 	}
 	off := s.Off
 	for size > 0 && w.err == nil {
