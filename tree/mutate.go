@@ -83,13 +83,14 @@ func (t *Tree) Move(n *Node, newDir *Node, newName string) (renamed []*Node, err
 	if newDir == n.Parent && newName == n.Name {
 		return nil, nil
 	}
-	if err := t.checkNew(op, newDir, newName); err != nil {
-		return nil, err
-	}
+	// As rename(2) does, refuse this before looking at the target name.
 	for d := newDir; d != nil; d = d.Parent {
 		if d == n {
 			return nil, fmt.Errorf("tree: %s to %q: %w", op, t.join(newDir, newName), ErrIntoSelf)
 		}
+	}
+	if err := t.checkNew(op, newDir, newName); err != nil {
+		return nil, err
 	}
 
 	oldDepth := n.depth()
