@@ -1,9 +1,3 @@
-// Package safetensors reads, validates and writes the safetensors checkpoint
-// format exactly as the reference implementation (huggingface/safetensors)
-// does, with a few deliberate extra checks (duplicate keys are rejected).
-//
-// The package knows nothing about FUSE: it is a codec over io.ReaderAt and
-// io.Writer plus a read-only mmap'd File, so it can be tested and fuzzed alone.
 package safetensors
 
 import (

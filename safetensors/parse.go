@@ -59,14 +59,11 @@ func firstInvalidUTF8(b []byte) int {
 }
 
 func (p *parser) ws() {
-	for p.i < len(p.b) {
-		switch p.b[p.i] {
-		case ' ', '\t', '\n', '\r':
-			p.i++
-		default:
-			return
-		}
+	b, i := p.b, p.i
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
 	}
+	p.i = i
 }
 
 func (p *parser) syntax(format string, args ...any) error {
@@ -357,7 +354,7 @@ func (p *parser) uints(field string) error {
 			return err
 		}
 		p.dims = append(p.dims, v)
-		if more, err = p.next(']', "',' or ']' in "+field); err != nil {
+		if more, err = p.next(']', "',' or ']'"); err != nil {
 			return err
 		}
 	}
