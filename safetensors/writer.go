@@ -263,6 +263,9 @@ func Write(dst io.Writer, sources []Source, metadata map[string]string) (int64, 
 func (l *Layout) Write(dst io.Writer, sources []Source) (int64, error) {
 	// A small checkpoint gets a buffer its own size, not 1 MiB.
 	total := uint64(len(l.Header)) + l.DataSize()
+	if len(sources) != len(l.Order) {
+		return 0, fmt.Errorf("safetensors: layout planned for %d sources, given %d", len(l.Order), len(sources))
+	}
 	w := &stream{dst: dst, bufSize: int(min(total, streamBuf))}
 	w.dstFile, _ = dst.(*os.File)
 	w.write(l.Header)
@@ -274,6 +277,9 @@ func (l *Layout) Write(dst io.Writer, sources []Source) (int64, error) {
 		size := l.Tensors[j].Size()
 		if size == 0 {
 			continue
+		}
+		if s.Data == nil {
+			return w.n, fmt.Errorf("safetensors: tensor %q has no Data to read its %d bytes from", s.Key, size)
 		}
 		if s.Off < 0 || size > uint64(math.MaxInt64-s.Off) {
 			return w.n, fmt.Errorf("safetensors: writing tensor %q: source range [%d, +%d) is out of bounds", s.Key, s.Off, size)

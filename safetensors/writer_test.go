@@ -418,3 +418,42 @@ func hugeSources(n int) []Source {
 	}
 	return s
 }
+
+func TestWriteBadSources(t *testing.T) {
+	if _, err := Write(io.Discard, []Source{{Key: "w", DType: U8, Shape: []uint64{1}}}, nil); err == nil || !strings.Contains(err.Error(), `"w"`) {
+		t.Errorf("nil Data: %v", err)
+	}
+	if _, err := Write(io.Discard, []Source{{Key: "w", DType: U8, Shape: []uint64{1}, Data: Bytes{1}, Off: -1}}, nil); err == nil {
+		t.Error("negative Off accepted")
+	}
+	// Zero-size tensors need no data at all.
+	if _, err := Write(io.Discard, []Source{{Key: "e", DType: F32, Shape: []uint64{0}}}, nil); err != nil {
+		t.Errorf("zero-size tensor without Data: %v", err)
+	}
+	l, err := Plan([]Source{{Key: "w", DType: U8, Shape: []uint64{1}, Data: Bytes{1}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Write(io.Discard, nil); err == nil {
+		t.Error("Layout.Write with the wrong sources accepted")
+	}
+}
+
+func TestFormatErrorMessage(t *testing.T) {
+	cases := []struct {
+		e    *FormatError
+		want string
+	}{
+		{&FormatError{Rule: ErrTooSmall}, "safetensors: file shorter than the 8-byte header length"},
+		{&FormatError{Key: "a b", Rule: ErrOffsets}, `safetensors: tensor "a b": data_offsets not contiguous from 0`},
+		{&FormatError{Key: "k", Rule: ErrSizeMismatch, Detail: "why"}, `safetensors: tensor "k": why`},
+	}
+	for _, c := range cases {
+		if got := c.e.Error(); got != c.want {
+			t.Errorf("got %q, want %q", got, c.want)
+		}
+		if !errors.Is(c.e, c.e.Rule) {
+			t.Errorf("%v does not unwrap to its rule", c.e)
+		}
+	}
+}
