@@ -1,0 +1,213 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/safejaxfs/safejaxfs/fs"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+)
+
+type mountFlags struct {
+	readOnly   bool
+	sep        string
+	npy        bool
+	allowOther bool
+	options    []string
+	debug      bool
+	foreground bool
+}
+
+func runMount(args []string) (err error) {
+	// A daemon started by spawnDaemon reports every failure, including
+	// those before it serves, to the parent waiting for it.
+	ready := readyPipe()
+	defer func() {
+		if err != nil {
+			ready.fail(err)
+		}
+	}()
+	var mf mountFlags
+	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
+		"Mount CHECKPOINT (a .safetensors file) at MOUNTPOINT. Runs in the background and\nreturns once the mount answers, unless -f is given.")
+	fl.BoolVar(&mf.readOnly, "read-only", false, "mount read-only")
+	fl.StringVar(&mf.sep, "sep", ".", "key separator that splits keys into directories ('/' always does too)")
+	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
+	fl.BoolVar(&mf.allowOther, "allow-other", false, "let other users access the mount (non-root needs user_allow_other in /etc/fuse.conf)")
+	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime)")
+	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
+	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
+	rest, err := parseFlags(fl, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	if mf.sep == "" {
+		return fail(exitUsage, "--sep must not be empty")
+	}
+	ckpt, mnt := rest[0], rest[1]
+	if err := checkCheckpoint(ckpt); err != nil {
+		return err
+	}
+	if err := checkMountpoint(mnt); err != nil {
+		return err
+	}
+	if !mf.foreground {
+		return spawnDaemon(args, mnt)
+	}
+	return serve(ckpt, mnt, mf, ready)
+}
+
+func checkCheckpoint(path string) error {
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fail(exitInvalid, "checkpoint %s does not exist", path)
+	case err != nil:
+		return fail(exitInvalid, "checkpoint %s: %v", path, err)
+	case st.IsDir():
+		return fail(exitInvalid, "checkpoint %s is a directory, not a .safetensors file", path)
+	}
+	return nil
+}
+
+// checkMountpoint refuses what mount(2) would refuse less clearly, or would
+// accept and then shadow: a mountpoint that is missing, not a directory,
+// already mounted, or a dead FUSE mount.
+func checkMountpoint(path string) error {
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fail(exitMount, "mountpoint %s does not exist", path)
+	case errors.Is(err, syscall.ENOTCONN):
+		return fail(exitMount, "mountpoint %s is a dead FUSE mount (its daemon is gone); run: safejaxfs unmount %s", path, path)
+	case err != nil:
+		return fail(exitMount, "mountpoint %s: %v", path, err)
+	case !st.IsDir():
+		return fail(exitMount, "mountpoint %s is not a directory", path)
+	}
+	mounted, err := isMountpoint(path)
+	if err != nil {
+		return fail(exitMount, "mountpoint %s: %v", path, err)
+	}
+	if mounted {
+		return fail(exitMount, "mountpoint %s is already mounted", path)
+	}
+	return nil
+}
+
+// isMountpoint reports whether path is the root of a mount: its device
+// differs from its parent's, or it is its parent (/).
+func isMountpoint(path string) (bool, error) {
+	var st, parent unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return false, err
+	}
+	if err := unix.Stat(filepath.Join(path, ".."), &parent); err != nil {
+		return false, err
+	}
+	return st.Dev != parent.Dev || st.Ino == parent.Ino, nil
+}
+
+// serve opens, mounts and serves until unmounted or signalled. It reports
+// readiness (or the reason it could not get there) to a waiting parent.
+func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
+	// The daemon must not keep the caller's working directory busy, so
+	// it works with absolute paths from /.
+	if ckpt, err = filepath.Abs(ckpt); err != nil {
+		return fail(exitInvalid, "%v", err)
+	}
+	if mnt, err = filepath.Abs(mnt); err != nil {
+		return fail(exitMount, "%v", err)
+	}
+	if err := os.Chdir("/"); err != nil {
+		return fail(exitMount, "%v", err)
+	}
+	logger := log.New(os.Stderr, "safejaxfs: ", log.LstdFlags)
+	if ready != nil {
+		// A background daemon has no terminal to write to.
+		logger.SetOutput(io.Discard)
+	}
+
+	readOnly := mf.readOnly
+	if !readOnly && unix.Access(ckpt, unix.W_OK) != nil {
+		// Like mount(8) with a write-protected device: fall back, say so.
+		fmt.Fprintf(os.Stderr, "safejaxfs: %s is not writable: mounting read-only\n", ckpt)
+		readOnly = true
+	}
+	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly})
+	if err != nil {
+		return fail(exitInvalid, "%v", err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			ck.Close()
+		}
+	}()
+	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger})
+	if err != nil {
+		return fail(exitMount, "%v", err)
+	}
+	server, err := fs.Mount(mnt, f, fs.MountOptions{
+		AllowOther: mf.allowOther,
+		Extra:      splitOptions(mf.options),
+		Debug:      mf.debug,
+		Logger:     logger,
+	})
+	if err != nil {
+		return fail(exitMount, "mounting %s at %s: %v", ckpt, mnt, err)
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		for s := range sigs {
+			logger.Printf("%v: unmounting %s", s, mnt)
+			// Persist first: if the unmount itself is refused (busy), the
+			// edits are safe anyway.
+			if err := ck.Sync(); err != nil {
+				logger.Printf("write-back: %v", err)
+			}
+			if err := server.Unmount(); err != nil {
+				logger.Printf("unmount %s: %v; detaching lazily", mnt, err)
+				lazyUnmount(mnt)
+			}
+		}
+	}()
+	ready.ok()
+	server.Wait()
+	signal.Stop(sigs)
+	close(sigs)
+	// Unmounted: persist what is left. The kernel is gone, so this is the
+	// last chance; Close leaves a recovery file if the checkpoint can't
+	// take the edits.
+	closed = true
+	if err := ck.Close(); err != nil {
+		logger.Printf("write-back at unmount failed: %v", err)
+		return fail(exitWriteBack, "write-back at unmount failed: %v", err)
+	}
+	return nil
+}
+
+// splitOptions accepts both -o a,b and repeated -o a -o b.
+func splitOptions(opts []string) []string {
+	var out []string
+	for _, o := range opts {
+		for _, s := range strings.Split(o, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+

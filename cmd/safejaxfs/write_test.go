@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// canonical is what the reference writer produces for these tensors: the
+// truth a checkpoint must equal byte for byte after a write-back.
+func canonical(t testing.TB, meta map[string]string, tensors ...genTensor) []byte {
+	t.Helper()
+	src := make([]safetensors.Source, len(tensors))
+	for i, g := range tensors {
+		src[i] = safetensors.Source{Key: g.key, DType: g.dtype, Shape: g.shape, Data: safetensors.Bytes(g.data)}
+	}
+	var b bytes.Buffer
+	if _, err := safetensors.Write(&b, src, meta); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// checkCheckpoint asserts the file on disk is valid and exactly the
+// canonical bytes for want.
+func checkFile(t testing.TB, ckpt string, meta map[string]string, want ...genTensor) {
+	t.Helper()
+	f, err := safetensors.Open(ckpt)
+	if err != nil {
+		t.Fatalf("checkpoint no longer valid: %v", err)
+	}
+	f.Close()
+	got, err := os.ReadFile(ckpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp := canonical(t, meta, want...); !bytes.Equal(got, exp) {
+		entries, gotMeta, _ := rawHeader(t, ckpt)
+		t.Fatalf("checkpoint differs from the canonical writer's bytes (%d vs %d bytes)\nheader: %v\nmeta: %v", len(got), len(exp), entries, gotMeta)
+	}
+}
+
+func unmountOK(t testing.TB, mnt string) {
+	t.Helper()
+	if r := cli(t, "unmount", mnt); r.code != 0 {
+		t.Fatalf("unmount: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+func flaxTensors() []genTensor {
+	return []genTensor{
+		f32("params.Dense_0.kernel", 0, 3, 16),
+		f32("params.Dense_0.bias", 100, 16),
+		f32("params.Dense_1.kernel", 200, 16, 4),
+		f32("params.Dense_1.bias", 300, 4),
+		f32("batch_stats.BatchNorm_0.mean", 400, 16),
+		f32("batch_stats.BatchNorm_0.var", 500, 16),
+		f32("step_scale", 7),
+	}
+}
+
+var flaxMeta = map[string]string{"framework": "flax", "step": "1200"}
+
+func TestWriteInPlaceMemmap(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	runPython(t, `
+import sys, numpy as np
+k = np.memmap(sys.argv[1] + '/params/Dense_0/kernel', dtype='<f4', mode='r+', shape=(3, 16))
+k[1, :] = 0
+k.flush()
+del k
+v = np.load(sys.argv[1] + '/params/Dense_0/kernel.npy')
+assert (v[1] == 0).all() and v[0, 1] == 1 and v[2, 0] == 32, v
+`, mnt)
+	unmountOK(t, mnt)
+	want := flaxTensors()
+	k := f32("params.Dense_0.kernel", 0, 3, 16)
+	copy(k.data[16*4:32*4], make([]byte, 64))
+	want[0] = k
+	checkFile(t, ckpt, flaxMeta, want...)
+}
+
+func TestWriteFsyncIsDurable(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	f, err := os.OpenFile(filepath.Join(mnt, "params/Dense_1/bias"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 16)
+	for i := range 4 {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(-1))
+	}
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Still mounted, file still open: the checkpoint on disk has it.
+	want := flaxTensors()
+	want[3] = raw("params.Dense_1.bias", safetensors.F32, b, 4)
+	checkFile(t, ckpt, flaxMeta, want...)
+}
+
+func TestWriteLayoutChanges(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	p := func(s string) string { return filepath.Join(mnt, s) }
+	// np.save: a new tensor, and one replaced with a new dtype and shape.
+	if err := os.Mkdir(p("params/Dense_3"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runPython(t, `
+import sys, numpy as np
+m = sys.argv[1]
+np.save(m + '/params/Dense_3/kernel.npy', np.zeros((16, 4), np.float32))
+np.save(m + '/params/Dense_1/bias.npy', np.arange(5, dtype=np.int32))
+b = np.fromfile(m + '/params/Dense_1/bias', '<i4')
+assert list(b) == [0, 1, 2, 3, 4], b
+`, mnt)
+	// cp of the right size replaces; a wrong size is refused, bytes kept.
+	newBias := f32("x", 900, 16).data
+	src := filepath.Join(t.TempDir(), "new_bias.bin")
+	os.WriteFile(src, newBias, 0o644)
+	if out, err := exec.Command("cp", src, p("params/Dense_0/bias")).CombinedOutput(); err != nil {
+		t.Fatalf("cp same size: %v %s", err, out)
+	}
+	os.WriteFile(src, newBias[:12], 0o644)
+	if out, err := exec.Command("cp", src, p("params/Dense_0/bias")).CombinedOutput(); err == nil {
+		t.Errorf("cp of 12 bytes over a 64-byte tensor succeeded: %s", out)
+	}
+	if got, _ := os.ReadFile(p("params/Dense_0/bias")); !bytes.Equal(got, newBias) {
+		t.Errorf("after a refused cp the tensor holds %d bytes, not its previous ones", len(got))
+	}
+	if err := os.Remove(p("batch_stats/BatchNorm_0/var")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p("batch_stats"), p("stats")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p("__metadata__"), []byte(`{"step": "1300"}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p("__metadata__"), []byte(`{"step": 1300}`), 0o644); err == nil {
+		t.Error("metadata with a non-string value accepted")
+	}
+	if err := unix.Setxattr(p("params/Dense_0/kernel"), "user.safetensors.shape", []byte("[48]"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(p("params/Dense_0/kernel"), "user.safetensors.shape", []byte("[47]"), 0); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("reshape to the wrong size: %v, want EINVAL", err)
+	}
+	if got := getxattr(t, p("stats/BatchNorm_0/mean"), "user.safetensors.key"); got != "stats.BatchNorm_0.mean" {
+		t.Errorf("renamed key %q", got)
+	}
+	// A plain new file is a 1-D U8 tensor.
+	if err := os.WriteFile(p("notes"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unmountOK(t, mnt)
+
+	i32 := make([]byte, 20)
+	for i := range 5 {
+		binary.LittleEndian.PutUint32(i32[4*i:], uint32(i))
+	}
+	checkFile(t, ckpt, map[string]string{"step": "1300"},
+		f32("params.Dense_0.kernel", 0, 48),
+		raw("params.Dense_0.bias", safetensors.F32, newBias, 16),
+		f32("params.Dense_1.kernel", 200, 16, 4),
+		raw("params.Dense_1.bias", safetensors.I32, i32, 5),
+		raw("params.Dense_3.kernel", safetensors.F32, make([]byte, 16*4*4), 16, 4),
+		f32("stats.BatchNorm_0.mean", 400, 16),
+		f32("step_scale", 7),
+		raw("notes", safetensors.U8, []byte("hello"), 5),
+	)
+	// And the remount shows the same tree.
+	mnt = mount(t, ckpt, "--read-only")
+	for _, f := range []string{"params/Dense_3/kernel", "stats/BatchNorm_0/mean", "notes"} {
+		if _, err := os.Stat(p(f)); err != nil {
+			t.Errorf("after remount: %v", err)
+		}
+	}
+	_ = mnt
+}
+
+func TestWriteRefusals(t *testing.T) {
+	ckpt := flaxModel(t)
+	before, _ := os.ReadFile(ckpt)
+	mnt := mount(t, ckpt)
+	p := func(s string) string { return filepath.Join(mnt, s) }
+	f, err := os.OpenFile(p("params/Dense_1/bias"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 8), 12); !errors.Is(err, syscall.EFBIG) {
+		t.Errorf("write past the tensor's end: %v, want EFBIG", err)
+	}
+	f.Close()
+	if err := os.WriteFile(p("x.npy"), []byte("not an npy"), 0o644); err == nil {
+		t.Error("garbage .npy accepted")
+	}
+	runPython(t, `
+import sys, numpy as np
+try:
+    np.save(sys.argv[1] + '/f.npy', np.asfortranarray(np.zeros((2, 3), np.float32)))
+except OSError:
+    pass
+else:
+    raise SystemExit('fortran-order npy accepted')
+`, mnt)
+	if err := os.Mkdir(p("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, p("params/Dense_0"), unix.AT_FDCWD, p("params/Dense_1"), unix.RENAME_NOREPLACE); !errors.Is(err, unix.EEXIST) {
+		t.Errorf("RENAME_NOREPLACE onto an existing dir: %v", err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, p("params/Dense_0/bias"), unix.AT_FDCWD, p("params/Dense_1/bias"), unix.RENAME_EXCHANGE); err == nil {
+		t.Error("RENAME_EXCHANGE claimed success")
+	}
+	if err := os.Remove(p("params")); err == nil {
+		t.Error("rmdir of a non-empty dir")
+	}
+	if err := os.Remove(p("d")); err != nil {
+		t.Errorf("rmdir of an empty dir: %v", err)
+	}
+	unmountOK(t, mnt)
+	if after, _ := os.ReadFile(ckpt); !bytes.Equal(before, after) {
+		t.Error("refused edits changed the checkpoint")
+	}
+}
+
+func TestSecondWriterRefused(t *testing.T) {
+	ckpt := flaxModel(t)
+	mount(t, ckpt)
+	mnt2 := filepath.Join(t.TempDir(), "mnt2")
+	os.Mkdir(mnt2, 0o755)
+	r := cli(t, "mount", ckpt, mnt2)
+	t.Cleanup(func() { forceUnmount(t, mnt2) })
+	if r.code == 0 || !strings.Contains(r.stderr, "lock") {
+		t.Errorf("second read-write mount: exit %d %q", r.code, r.stderr)
+	}
+	// Read-only mounts don't write, so they may share it.
+	mount(t, ckpt, "--read-only")
+}
+
+func TestChangedBehindOurBack(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	if err := os.WriteFile(filepath.Join(mnt, "notes"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Someone replaces the checkpoint while it is mounted.
+	theirs := canonical(t, nil, f32("theirs", 1, 2))
+	tmp := ckpt + ".new"
+	os.WriteFile(tmp, theirs, 0o644)
+	if err := os.Rename(tmp, ckpt); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "notes2"), []byte("more"), 0o644); err == nil {
+		t.Error("persist over a replaced checkpoint reported success")
+	}
+	r := cli(t, "unmount", mnt)
+	if r.code != exitWriteBack || !strings.Contains(r.stderr, "recovered") {
+		t.Errorf("unmount: exit %d %q; want %d naming the recovery file", r.code, r.stderr, exitWriteBack)
+	}
+	cli(t, "unmount", "--force", mnt)
+	if got, _ := os.ReadFile(ckpt); !bytes.Equal(got, theirs) {
+		t.Error("their checkpoint was overwritten")
+	}
+	matches, _ := filepath.Glob(strings.TrimSuffix(ckpt, ".safetensors") + ".safejaxfs-recovered-*.safetensors")
+	if len(matches) == 0 {
+		t.Fatal("no recovery file")
+	}
+	rf, err := safetensors.Open(matches[len(matches)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rf.Close()
+	if _, ok := rf.Index("notes2"); !ok {
+		t.Error("recovery file lacks the edits")
+	}
+}

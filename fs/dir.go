@@ -1,0 +1,137 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/tree"
+)
+
+// dirNode is a key prefix. Children are made on lookup rather than at mount,
+// so mounting a 100k-tensor checkpoint costs one tree build, not 100k inodes.
+type dirNode struct {
+	fs.Inode
+	fsys *FS
+	node *tree.Node // guarded by fsys.mu
+}
+
+var (
+	_ = (fs.NodeLookuper)((*dirNode)(nil))
+	_ = (fs.NodeReaddirer)((*dirNode)(nil))
+	_ = (fs.NodeGetattrer)((*dirNode)(nil))
+	_ = (fs.NodeStatfser)((*dirNode)(nil))
+)
+
+const npyExt = ".npy"
+
+func (d *dirNode) isRoot() bool { return d.node.Parent == nil }
+
+func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.mu.RLock()
+	defer d.fsys.mu.RUnlock()
+	d.fsys.fillDirAttr(&out.Attr, d.node)
+	return 0
+}
+
+func (f *FS) fillDirAttr(a *fuse.Attr, n *tree.Node) {
+	f.fillCommon(a, dirIno(n), syscall.S_IFDIR|f.dirMode(), 0)
+	a.Nlink = 2
+}
+
+func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	return d.fsys.statfs(out)
+}
+
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	f := d.fsys
+	if d.isRoot() && name == MetadataName {
+		m := &metadataNode{fsys: f}
+		var a fuse.AttrOut
+		m.Getattr(ctx, nil, &a)
+		out.Attr = a.Attr
+		return d.NewInode(ctx, m, fs.StableAttr{Mode: syscall.S_IFREG, Ino: inoMetadata}), 0
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if child := d.node.Lookup(name); child != nil {
+		return f.newChild(ctx, &d.Inode, child, &out.Attr)
+	}
+	// A real entry always wins over a view: only an absent name can be a view.
+	if base, ok := strings.CutSuffix(name, npyExt); ok {
+		if t := d.node.Lookup(base); t != nil && !t.IsDir() {
+			id := checkpoint.ID(t.Tensor)
+			if f.npyView(id) != nil {
+				f.fillNPYAttr(&out.Attr, npyIno(id), id)
+				return f.remember(d.NewInode(ctx, &npyNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: npyIno(id)})), 0
+			}
+		}
+	}
+	return nil, syscall.ENOENT
+}
+
+// newChild makes (or finds) the inode for a tree node. Caller holds f.mu.
+func (f *FS) newChild(ctx context.Context, parent *fs.Inode, n *tree.Node, a *fuse.Attr) (*fs.Inode, syscall.Errno) {
+	if n.IsDir() {
+		f.fillDirAttr(a, n)
+		return parent.NewInode(ctx, &dirNode{fsys: f, node: n}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: dirIno(n)}), 0
+	}
+	id := checkpoint.ID(n.Tensor)
+	if errno := f.fillTensorAttr(a, id); errno != 0 {
+		return nil, errno
+	}
+	return f.remember(parent.NewInode(ctx, &tensorNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tensorIno(id)})), 0
+}
+
+func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	f := d.fsys
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	children := d.node.Children()
+	entries := make([]fuse.DirEntry, 0, len(children)+1)
+	if d.isRoot() {
+		entries = append(entries, fuse.DirEntry{Name: MetadataName, Mode: syscall.S_IFREG, Ino: inoMetadata})
+	}
+	for _, c := range children {
+		if c.IsDir() {
+			entries = append(entries, fuse.DirEntry{Name: c.Name, Mode: syscall.S_IFDIR, Ino: dirIno(c)})
+			continue
+		}
+		id := checkpoint.ID(c.Tensor)
+		entries = append(entries, fuse.DirEntry{Name: c.Name, Mode: syscall.S_IFREG, Ino: tensorIno(id)})
+		if f.opt.NPY && d.node.Lookup(c.Name+npyExt) == nil && f.npyView(id) != nil {
+			entries = append(entries, fuse.DirEntry{Name: c.Name + npyExt, Mode: syscall.S_IFREG, Ino: npyIno(id)})
+		}
+	}
+	return fs.NewListDirStream(entries), 0
+}
+
+// Hidden attributes of the mount root for `safejaxfs unmount`: the daemon's
+// pid, so it can wait for exactly this daemon to finish, and the last
+// write-back failure, so it can say why one failed (an errno cannot).
+const (
+	XattrPID   = "user.safejaxfs.pid"
+	XattrError = "user.safejaxfs.error"
+)
+
+var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
+
+func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if d.isRoot() {
+		switch attr {
+		case XattrPID:
+			return copyAttr(dest, []byte(strconv.Itoa(os.Getpid())))
+		case XattrError:
+			if msg := d.fsys.lastErr.Load(); msg != nil {
+				return copyAttr(dest, []byte(*msg))
+			}
+		}
+	}
+	return 0, syscall.ENODATA
+}

@@ -1,0 +1,173 @@
+// Package fs presents a checkpoint as a FUSE file system. It is a thin
+// adapter: names come from package tree, bytes and metadata from package
+// checkpoint; the nodes here only translate FUSE requests into calls on those.
+package fs
+
+import (
+	"io"
+	"log"
+	"sync/atomic"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/tree"
+)
+
+// MetadataName is the root file holding the header's metadata. The tree
+// reserves it so no tensor or directory can shadow it.
+const MetadataName = "__metadata__"
+
+// Options shape the presented tree.
+type Options struct {
+	Sep    string      // key separator ("" = ".")
+	NPY    bool        // list <tensor>.npy views in directory listings
+	Logger *log.Logger // where refused edits and write-back failures are explained; nil: discarded
+}
+
+// FS is the state shared by all nodes of one mount.
+type FS struct {
+	ck  *checkpoint.Checkpoint
+	opt Options
+
+	// mu guards tree: lookups read it, namespace changes write it.
+	mu   sync.RWMutex
+	tree *tree.Tree
+
+	// Attributes every node inherits from the checkpoint file, so the mount
+	// looks like it belongs to whoever owns the checkpoint.
+	mtime    time.Time
+	uid, gid uint32
+
+	logger  *log.Logger
+	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
+
+	// inodes the kernel knows, by number, so a change made through one name
+	// can invalidate the kernel's cache of the other (a tensor and its view).
+	inodes sync.Map
+	// nextIno numbers .npy files created before their tensor exists.
+	nextIno atomic.Uint64
+}
+
+// New builds the namespace for an opened checkpoint. It does no I/O beyond a
+// stat of the checkpoint file.
+func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
+	t, err := tree.Build(ck.Keys(), tree.Options{Sep: opt.Sep, Reserved: []string{MetadataName}})
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(ck.Path())
+	if err != nil {
+		return nil, err
+	}
+	f := &FS{ck: ck, opt: opt, tree: t, mtime: st.ModTime(), logger: opt.Logger}
+	if f.logger == nil {
+		f.logger = log.New(io.Discard, "", 0)
+	}
+	f.nextIno.Store(1 << 62)
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		f.uid, f.gid = sys.Uid, sys.Gid
+	}
+	return f, nil
+}
+
+// Root returns the root directory node to mount.
+func (f *FS) Root() *dirNode {
+	return &dirNode{fsys: f, node: f.tree.Root}
+}
+
+// Inode numbers: fixed ones for the root and the metadata file, then three
+// disjoint sequences derived from IDs that are never reused, so a number
+// names the same object for the whole mount (find, tar and rsync rely on it).
+const (
+	inoRoot     = 1
+	inoMetadata = 2
+	inoBase     = 16
+)
+
+const (
+	kindDir = iota
+	kindTensor
+	kindNPY
+	kinds
+)
+
+func ino(kind int, id uint64) uint64 { return inoBase + kinds*id + uint64(kind) }
+
+func dirIno(n *tree.Node) uint64 {
+	if n.Parent == nil {
+		return inoRoot
+	}
+	return ino(kindDir, n.ID)
+}
+
+func tensorIno(id checkpoint.ID) uint64 { return ino(kindTensor, uint64(id)) }
+func npyIno(id checkpoint.ID) uint64    { return ino(kindNPY, uint64(id)) }
+
+// fileMode is the permission of tensor files and views.
+func (f *FS) fileMode() uint32 {
+	if f.ck.ReadOnly() {
+		return 0o444
+	}
+	return 0o644
+}
+
+func (f *FS) dirMode() uint32 {
+	if f.ck.ReadOnly() {
+		return 0o555
+	}
+	return 0o755
+}
+
+// fillCommon sets the attributes all nodes share.
+func (f *FS) fillCommon(a *fuse.Attr, ino uint64, mode uint32, size uint64) {
+	a.Ino = ino
+	a.Mode = mode
+	a.Size = size
+	a.Blocks = (size + 511) / 512
+	a.Nlink = 1
+	a.Owner = fuse.Owner{Uid: f.uid, Gid: f.gid}
+	a.SetTimes(nil, &f.mtime, &f.mtime)
+}
+
+// Statfs reports the file system holding the checkpoint: that is where
+// tensors written through the mount end up, so its free space is the truth.
+func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(f.ck.Path(), &st); err != nil {
+		return toErrno(err)
+	}
+	out.FromStatfsT(&st)
+	return 0
+}
+
+func (f *FS) logf(format string, args ...any) { f.logger.Printf(format, args...) }
+
+// remember records a live inode so changed can reach it.
+func (f *FS) remember(n *fs.Inode) *fs.Inode {
+	f.inodes.Store(n.StableAttr().Ino, n)
+	return n
+}
+
+// forget drops a forgotten inode from the registry.
+func (f *FS) forget(ino uint64) { f.inodes.Delete(ino) }
+
+// changed tells the kernel that tensor id's bytes or attributes changed, for
+// its raw file and its view, except the inode the change came through: the
+// kernel already knows, and invalidating an inode from inside its own write
+// would wait on pages that write holds locked.
+func (f *FS) changed(id checkpoint.ID, except uint64) {
+	for _, ino := range []uint64{tensorIno(id), npyIno(id)} {
+		if ino == except {
+			continue
+		}
+		if n, ok := f.inodes.Load(ino); ok {
+			n.(*fs.Inode).NotifyContent(0, 0)
+		}
+	}
+}

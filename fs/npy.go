@@ -1,0 +1,118 @@
+package fs
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/npy"
+	"github.com/safejaxfs/safejaxfs/tree"
+)
+
+// npyNode is <tensor>.npy: the header np.save would write for the tensor,
+// followed by the tensor's bytes straight from the mapping. Writing one
+// (np.save) creates or replaces the tensor.
+type npyNode struct {
+	fs.Inode
+	fsys *FS
+
+	mu sync.Mutex
+	id checkpoint.ID // the tensor viewed; noTensor until an upload creates it
+	// Where a .npy created in the mount puts its new tensor.
+	dir  *tree.Node
+	base string
+
+	uploads uploadSet
+}
+
+const noTensor checkpoint.ID = -1
+
+var (
+	_ = (fs.NodeGetattrer)((*npyNode)(nil))
+	_ = (fs.NodeOpener)((*npyNode)(nil))
+	_ = (fs.NodeReader)((*npyNode)(nil))
+	_ = (fs.NodeGetxattrer)((*npyNode)(nil))
+	_ = (fs.NodeListxattrer)((*npyNode)(nil))
+	_ = (fs.NodeOnForgetter)((*npyNode)(nil))
+)
+
+func (n *npyNode) tensor() checkpoint.ID {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.id
+}
+
+func (n *npyNode) OnForget() { n.fsys.forget(n.StableAttr().Ino) }
+
+// npyView returns the .npy header for tensor id, or nil when numpy has no
+// form for its dtype (sub-byte floats) or the tensor is gone. Derived on each
+// call: it is a few dozen bytes of formatting, and the tensor's dtype and
+// shape may change under a read-write mount.
+func (f *FS) npyView(id checkpoint.ID) []byte {
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return nil
+	}
+	h, err := npy.Header(info.DType.String(), info.Shape)
+	if err != nil {
+		return nil
+	}
+	return h
+}
+
+func (f *FS) fillNPYAttr(a *fuse.Attr, ino uint64, id checkpoint.ID) syscall.Errno {
+	info, ok := f.ck.Info(id)
+	h := f.npyView(id)
+	size := uint64(0)
+	if ok && h != nil {
+		size = uint64(len(h)) + uint64(info.Size)
+	}
+	f.fillCommon(a, ino, syscall.S_IFREG|f.fileMode(), size)
+	return 0
+}
+
+func (n *npyNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if u, ok := fh.(*upload); ok {
+		n.fsys.fillCommon(&out.Attr, n.StableAttr().Ino, syscall.S_IFREG|n.fsys.fileMode(), uint64(u.size()))
+		return 0
+	}
+	return n.fsys.fillNPYAttr(&out.Attr, n.StableAttr().Ino, n.tensor())
+}
+
+func (n *npyNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if u, ok := fh.(*upload); ok {
+		return u.read(dest, off), 0
+	}
+	id := n.tensor()
+	h := n.fsys.npyView(id)
+	if h == nil {
+		return fuse.ReadResultData(nil), 0
+	}
+	// The view is header ++ tensor: serve the part of the header the
+	// request covers, then the tensor bytes after it.
+	hn := int64(len(h))
+	var segs [][]byte
+	want := int64(len(dest))
+	if off < hn {
+		seg := h[off:min(hn, off+want)]
+		segs = append(segs, seg)
+		want -= int64(len(seg))
+	}
+	data, release, err := n.fsys.ck.Read(id, max(off-hn, 0), int(want))
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return &mappedResult{segs: append(segs, data...), release: release}, 0
+}
+
+func (n *npyNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return n.fsys.getxattr(n.tensor(), attr, dest)
+}
+
+func (n *npyNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return n.fsys.listxattr(n.tensor(), dest)
+}

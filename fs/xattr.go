@@ -1,0 +1,65 @@
+package fs
+
+import (
+	"strconv"
+	"syscall"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+)
+
+// The extended attributes every tensor file (and its .npy view) carries.
+// user.* so that getfattr -d lists them without flags.
+const (
+	xattrKey   = "user.safetensors.key"
+	xattrDType = "user.safetensors.dtype"
+	xattrShape = "user.safetensors.shape"
+)
+
+var xattrList = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00")
+
+// shapeJSON renders a shape the way the header does: [3,16], [] for scalars.
+func shapeJSON(shape []uint64) []byte {
+	b := []byte{'['}
+	for i, d := range shape {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, d, 10)
+	}
+	return append(b, ']')
+}
+
+func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, syscall.Errno) {
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return 0, syscall.ENOENT
+	}
+	var v []byte
+	switch attr {
+	case xattrKey:
+		v = []byte(info.Key)
+	case xattrDType:
+		v = []byte(info.DType.String())
+	case xattrShape:
+		v = shapeJSON(info.Shape)
+	default:
+		return 0, syscall.ENODATA
+	}
+	return copyAttr(dest, v)
+}
+
+func (f *FS) listxattr(id checkpoint.ID, dest []byte) (uint32, syscall.Errno) {
+	if _, ok := f.ck.Info(id); !ok {
+		return 0, syscall.ENOENT
+	}
+	return copyAttr(dest, xattrList)
+}
+
+// copyAttr follows the getxattr(2) protocol: a size probe with an empty
+// buffer, ERANGE when the buffer is too small.
+func copyAttr(dest, v []byte) (uint32, syscall.Errno) {
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}

@@ -1,0 +1,270 @@
+// Package checkpoint owns the state of one mounted checkpoint: the validated,
+// mapped file, the tensors as the mount currently sees them, edits not yet
+// persisted, and their persistence. The FUSE layer talks only to this type,
+// so every rule about what a checkpoint may become is enforced in one place,
+// testable without mounting anything.
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"os"
+	"sync"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// ID names a tensor for the life of the Checkpoint. IDs are never reused, so a
+// stale ID held by a file handle can only miss, never reach another tensor.
+type ID int
+
+// Info describes a tensor as the mount currently sees it.
+type Info struct {
+	Key   string
+	DType safetensors.DType
+	Shape []uint64
+	Size  int64 // bytes now visible; differs from dtype x shape only mid-rewrite
+}
+
+// Options control how a checkpoint is opened.
+type Options struct {
+	ReadOnly bool
+	// hooks simulate crashes inside persistence (tests only).
+	hooks *crashHooks
+}
+
+// Checkpoint is safe for concurrent use.
+type Checkpoint struct {
+	path     string
+	readOnly bool
+	hooks    *crashHooks
+
+	// persistMu serializes persists; mu guards everything below and is not
+	// held during persistence I/O, so reads go on while a rewrite runs.
+	persistMu sync.Mutex
+	mu        sync.RWMutex
+	cur       *mapping
+	rw        *os.File     // the checkpoint opened for writing (read-write mounts)
+	unlock    func() error // drops the advisory lock
+	ident     identity     // the file as we last left it
+	tensors   []*tensor    // indexed by ID; nil once deleted
+	byKey     map[string]ID
+	meta      map[string]string
+	// layoutGen counts changes that need a rewrite (keys, dtypes, shapes,
+	// metadata, tensors added or removed); persistedLayout is its value at
+	// the last successful persist.
+	layoutGen, persistedLayout uint64
+	// edits counts every change; persistedEdits is its value at the last
+	// successful persist, recoveredEdits at the last recovery file.
+	edits, persistedEdits, recoveredEdits uint64
+	// recovery is where edits go once the checkpoint was changed by someone
+	// else: we never overwrite their file.
+	recovery string
+}
+
+type tensor struct {
+	key   string
+	dtype safetensors.DType
+	shape []uint64
+	cur   *content // committed bytes: always dtype x shape long
+	// staged holds a rewrite in progress whose size does not (yet) match
+	// dtype x shape (cp truncates, then writes). Readers see it; persistence
+	// keeps using cur until it completes.
+	staged *content
+	// growable tensors were created as plain files: a 1-D U8 tensor whose
+	// shape follows the bytes written.
+	growable bool
+	gen      uint64 // bumped by every change, to notice edits during a persist
+}
+
+func (t *tensor) visible() *content {
+	if t.staged != nil {
+		return t.staged
+	}
+	return t.cur
+}
+
+func (t *tensor) want() int64 {
+	n, _ := safetensors.ByteSize(t.dtype, t.shape)
+	return int64(n)
+}
+
+func (t *tensor) info() Info {
+	// The shape is copied: callers may not write through to ours.
+	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.visible().size}
+}
+
+// Open validates the checkpoint strictly and maps it. A read-write open
+// first finishes a write-back a crash interrupted (journal replay), then
+// takes the advisory lock that makes this the checkpoint's only writer.
+// Nothing is kept open when it fails.
+func Open(path string, opt Options) (c *Checkpoint, err error) {
+	c = &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
+	if opt.ReadOnly {
+		if _, err := os.Stat(journalPath(path)); err == nil {
+			return nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", path, journalPath(path))
+		}
+	} else {
+		if err := cleanStaleTemps(path); err != nil {
+			return nil, err
+		}
+		if _, err := replayJournal(path); err != nil {
+			return nil, err
+		}
+	}
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	m := newMapping(f)
+	defer func() {
+		if err != nil {
+			c.closeFiles()
+			m.release()
+		}
+	}()
+	if !opt.ReadOnly {
+		if err := c.openForWrite(); err != nil {
+			return nil, err
+		}
+	}
+	c.cur = m
+	c.meta = f.Metadata
+	c.tensors = make([]*tensor, len(f.Tensors))
+	c.byKey = make(map[string]ID, len(f.Tensors))
+	for i := range f.Tensors {
+		t := &f.Tensors[i]
+		c.tensors[i] = &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: fileContent(m, i)}
+		c.byKey[t.Key] = ID(i)
+	}
+	return c, nil
+}
+
+// openForWrite opens the checkpoint for in-place writes, locks it, and
+// remembers its identity. Called at open and after every rewrite (the new
+// file is a new inode).
+func (c *Checkpoint) openForWrite() error {
+	rw, err := os.OpenFile(c.path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	unlock, err := lockFile(rw)
+	if err != nil {
+		rw.Close()
+		return err
+	}
+	ident, err := statIdentity(c.path)
+	if err != nil {
+		unlock()
+		rw.Close()
+		return err
+	}
+	c.closeFiles()
+	c.rw, c.unlock, c.ident = rw, unlock, ident
+	return nil
+}
+
+func (c *Checkpoint) closeFiles() {
+	if c.unlock != nil {
+		c.unlock()
+		c.unlock = nil
+	}
+	if c.rw != nil {
+		c.rw.Close()
+		c.rw = nil
+	}
+}
+
+// Path is the checkpoint's file name as given to Open.
+func (c *Checkpoint) Path() string { return c.path }
+
+// ReadOnly reports whether edits are refused.
+func (c *Checkpoint) ReadOnly() bool { return c.readOnly }
+
+// Keys returns the tensors' keys indexed by ID ("" for deleted IDs), so a
+// caller can build its namespace with tensor index == ID.
+func (c *Checkpoint) Keys() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	keys := make([]string, len(c.tensors))
+	for i, t := range c.tensors {
+		if t != nil {
+			keys[i] = t.key
+		}
+	}
+	return keys
+}
+
+// Info returns what tensor id looks like now.
+func (c *Checkpoint) Info(id ID) (Info, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	t := c.get(id)
+	if t == nil {
+		return Info{}, false
+	}
+	return t.info(), true
+}
+
+func (c *Checkpoint) get(id ID) *tensor {
+	if id < 0 || int(id) >= len(c.tensors) {
+		return nil
+	}
+	return c.tensors[id]
+}
+
+// Metadata returns a copy of the header's metadata; nil when the checkpoint
+// has none.
+func (c *Checkpoint) Metadata() map[string]string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return maps.Clone(c.meta)
+}
+
+// Read returns up to n bytes of tensor id starting at off, as slices of the
+// mapping or of edits in memory (no copy). The slices stay valid until
+// release is called, even if the checkpoint is rewritten meanwhile.
+func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(), err error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	t := c.get(id)
+	if t == nil {
+		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+	}
+	v := t.visible()
+	if off >= v.size || n <= 0 {
+		return nil, nop, nil
+	}
+	m := v.ref
+	m.acquire()
+	return v.segments(off, int64(n)), m.release, nil
+}
+
+func nop() {}
+
+// Close persists what is pending (read-write) and releases the files. If
+// the checkpoint cannot take the edits, they are written to a recovery file
+// next to it, named in the returned error: nothing the user wrote is lost
+// silently.
+func (c *Checkpoint) Close() error {
+	var err error
+	if !c.readOnly {
+		if err = c.Sync(); err != nil && !errors.Is(err, ErrChanged) {
+			s := c.snapshot()
+			if p, rerr := writeRecovery(c.path, c.sources(s), s.meta); rerr == nil {
+				err = fmt.Errorf("%w; your edits are in %s", err, p)
+			}
+			s.release()
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeFiles()
+	if c.cur != nil {
+		c.cur.release()
+		c.cur = nil
+	}
+	return err
+}

@@ -1,0 +1,185 @@
+package checkpoint
+
+import (
+	"maps"
+	"sync/atomic"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// chunkSize is the granularity of edits kept in memory until they are
+// persisted: a write costs at most one chunk copy per chunk it touches, and
+// an in-place persist writes only the chunks that changed.
+const chunkSize = 64 << 10
+
+// zeros backs reads of bytes that were never written (a grown tensor).
+var zeros = make([]byte, chunkSize)
+
+// mapping is one mapped checkpoint file. Readers hold a reference while
+// go-fuse writes their slices to the kernel, so a rewrite can swap in a new
+// file without unmapping bytes still in flight; the last release closes it.
+type mapping struct {
+	file *safetensors.File
+	refs atomic.Int64
+}
+
+func newMapping(f *safetensors.File) *mapping {
+	m := &mapping{file: f}
+	m.refs.Store(1) // the Checkpoint's own reference while it is current
+	return m
+}
+
+func (m *mapping) acquire() {
+	if m != nil {
+		m.refs.Add(1)
+	}
+}
+
+func (m *mapping) release() {
+	if m != nil && m.refs.Add(-1) == 0 {
+		m.file.Close()
+	}
+}
+
+// content is a tensor's bytes as the mount shows them: a base (a slice of a
+// mapped file, or of memory for a tensor uploaded as .npy) overlaid with
+// chunks written since the last persist. Published chunks are never modified
+// (a write copies the chunk), so a reader holding a slice of one is never
+// torn by a later write, and a clone is a cheap map copy.
+//
+// Invariant: bytes at or beyond size are zero in every chunk, and base never
+// extends past size, so growing a tensor exposes zeros.
+type content struct {
+	size   int64
+	base   []byte
+	ref    *mapping // the mapping base points into; nil for memory
+	src    int      // index of the tensor in ref.file whose bytes base is a prefix of
+	chunks map[int64][]byte
+}
+
+// fileContent is a tensor's bytes as they are in the mapped file.
+func fileContent(m *mapping, i int) *content {
+	b := m.file.Bytes(i)
+	return &content{size: int64(len(b)), base: b, ref: m, src: i}
+}
+
+func memoryContent(b []byte) *content {
+	return &content{size: int64(len(b)), base: b, src: -1}
+}
+
+func (c *content) clone() *content {
+	n := *c
+	n.chunks = maps.Clone(c.chunks)
+	return &n
+}
+
+// clean reports whether the content is exactly a tensor of its mapping.
+func (c *content) clean() bool {
+	return len(c.chunks) == 0 && c.ref != nil && int64(len(c.base)) == c.size
+}
+
+// segments returns the bytes [off, off+n) as slices, merging runs that come
+// from the base so an unedited read is a single slice of the mapping.
+func (c *content) segments(off, n int64) [][]byte {
+	end := min(off+n, c.size)
+	var segs [][]byte
+	for off < end {
+		idx := off / chunkSize
+		chunkEnd := min((idx+1)*chunkSize, end)
+		if ch, ok := c.chunks[idx]; ok {
+			segs = append(segs, ch[off-idx*chunkSize:chunkEnd-idx*chunkSize])
+			off = chunkEnd
+			continue
+		}
+		// Extend over following chunks that are not overlaid.
+		runEnd := chunkEnd
+		for runEnd < end {
+			if _, ok := c.chunks[runEnd/chunkSize]; ok {
+				break
+			}
+			runEnd = min(runEnd+chunkSize, end)
+		}
+		if bl := int64(len(c.base)); off < bl {
+			stop := min(runEnd, bl)
+			segs = append(segs, c.base[off:stop])
+			off = stop
+		}
+		for off < runEnd {
+			z := min(runEnd-off, chunkSize)
+			segs = append(segs, zeros[:z])
+			off += z
+		}
+	}
+	return segs
+}
+
+// chunkFor returns a private, writable copy of chunk idx with its current
+// bytes (from an older chunk or the base), unless the write will cover it
+// whole.
+func (c *content) chunkFor(idx int64, whole bool) []byte {
+	nc := make([]byte, chunkSize)
+	if whole {
+		return nc
+	}
+	if old, ok := c.chunks[idx]; ok {
+		copy(nc, old)
+		return nc
+	}
+	lo := idx * chunkSize
+	if bl := int64(len(c.base)); lo < bl {
+		copy(nc, c.base[lo:min(lo+chunkSize, bl)])
+	}
+	return nc
+}
+
+// write stores p at off, growing the content if it ends past size.
+func (c *content) write(p []byte, off int64) {
+	if c.chunks == nil {
+		c.chunks = map[int64][]byte{}
+	}
+	end := off + int64(len(p))
+	for pos := off; pos < end; {
+		idx := pos / chunkSize
+		lo := idx * chunkSize
+		hi := min(lo+chunkSize, end)
+		whole := pos == lo && hi == lo+chunkSize
+		ch := c.chunkFor(idx, whole)
+		copy(ch[pos-lo:], p[pos-off:hi-off])
+		c.chunks[idx] = ch
+		pos = hi
+	}
+	c.size = max(c.size, end)
+}
+
+// truncate sets the size; bytes past a shrink are forgotten, so a later
+// grow reads zeros (as with ftruncate on a file).
+func (c *content) truncate(size int64) {
+	if size >= c.size {
+		c.size = size
+		return
+	}
+	if int64(len(c.base)) > size {
+		c.base = c.base[:size]
+	}
+	for idx := range c.chunks {
+		lo := idx * chunkSize
+		switch {
+		case lo >= size:
+			delete(c.chunks, idx)
+		case lo+chunkSize > size:
+			ch := make([]byte, chunkSize)
+			copy(ch, c.chunks[idx][:size-lo])
+			c.chunks[idx] = ch
+		}
+	}
+	c.size = size
+}
+
+// bytesAt copies [off, off+len(p)) into p (for the writer's io.ReaderAt).
+func (c *content) readAt(p []byte, off int64) int {
+	n := 0
+	for _, s := range c.segments(off, int64(len(p))) {
+		n += copy(p[n:], s)
+	}
+	return n
+}

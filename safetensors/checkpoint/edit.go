@@ -1,0 +1,286 @@
+package checkpoint
+
+import (
+	"fmt"
+	"maps"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// The mutations below change only the in-memory state; Sync makes them
+// durable. Each one checks the rule it could break and refuses with an
+// error naming the key, leaving the state unchanged.
+
+func (c *Checkpoint) writable(id ID) (*tensor, error) {
+	if c.readOnly {
+		return nil, ErrReadOnly
+	}
+	t := c.get(id)
+	if t == nil {
+		return nil, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+	}
+	return t, nil
+}
+
+// WriteAt writes p at off into tensor id. A write that would make a fixed-size
+// tensor longer than dtype x shape is refused (ErrSize); a tensor being
+// rewritten after a truncate takes its new bytes as staged content until its
+// size matches again.
+func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, err := c.writable(id)
+	if err != nil {
+		return err
+	}
+	end := off + int64(len(p))
+	switch {
+	case t.growable:
+		t.cur.write(p, off)
+		t.shape = []uint64{uint64(t.cur.size)}
+		c.layoutGen++
+		c.edits++
+	case end > t.want():
+		return fmt.Errorf("tensor %q: writing up to byte %d, but %s %s holds %d bytes: %w",
+			t.key, end, t.dtype, shapeString(t.shape), t.want(), ErrSize)
+	case t.staged != nil:
+		t.staged.write(p, off)
+		t.promote()
+	default:
+		t.cur.write(p, off)
+	}
+	t.gen++
+	c.edits++
+	return nil
+}
+
+// promote makes a staged rewrite the committed content once its size is
+// right again.
+func (t *tensor) promote() {
+	if t.staged != nil && t.staged.size == t.want() {
+		t.cur, t.staged = t.staged, nil
+	}
+}
+
+// Truncate sets tensor id's visible size (ftruncate, O_TRUNC). A size other
+// than dtype x shape starts a staged rewrite; the committed bytes stay what
+// persistence sees until the rewrite reaches the right size.
+func (c *Checkpoint) Truncate(id ID, size int64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, err := c.writable(id)
+	if err != nil {
+		return err
+	}
+	switch {
+	case t.growable:
+		t.cur.truncate(size)
+		t.shape = []uint64{uint64(size)}
+		c.layoutGen++
+		c.edits++
+	case t.staged == nil && size == t.cur.size:
+		return nil
+	default:
+		if t.staged == nil {
+			t.staged = t.cur.clone()
+		}
+		t.staged.truncate(size)
+		t.promote()
+	}
+	t.gen++
+	c.edits++
+	return nil
+}
+
+// EndWrite is called when a handle that wrote tensor id is closed: a rewrite
+// that did not end at the tensor's size is refused and the tensor keeps its
+// previous bytes.
+func (c *Checkpoint) EndWrite(id ID) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.get(id)
+	if t == nil || t.staged == nil {
+		return nil
+	}
+	got := t.staged.size
+	t.staged = nil
+	t.gen++
+	c.edits++
+	return fmt.Errorf("tensor %q: %d bytes written, but %s %s needs %d; kept the previous bytes: %w",
+		t.key, got, t.dtype, shapeString(t.shape), t.want(), ErrSize)
+}
+
+// Create adds an empty tensor. A growable one is a 1-D U8 tensor whose
+// shape follows the bytes written (a plain file created in the mount).
+func (c *Checkpoint) Create(key string) (ID, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.checkNewKey(key); err != nil {
+		return 0, err
+	}
+	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, cur: memoryContent(nil), growable: true}
+	return c.add(t), nil
+}
+
+// Put creates or replaces the tensor at key with the given dtype, shape and
+// bytes (a .npy written into the mount). data is kept, not copied.
+func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.readOnly {
+		return 0, ErrReadOnly
+	}
+	n, err := safetensors.ByteSize(dtype, shape)
+	if err != nil {
+		return 0, fmt.Errorf("tensor %q: %v: %w", key, err, ErrInvalid)
+	}
+	if uint64(len(data)) != n {
+		return 0, fmt.Errorf("tensor %q: %d bytes of data, but %s %s needs %d: %w",
+			key, len(data), dtype, shapeString(shape), n, ErrSize)
+	}
+	if id, ok := c.byKey[key]; ok {
+		t := c.tensors[id]
+		t.dtype, t.shape, t.cur, t.staged, t.growable = dtype, shape, memoryContent(data), nil, false
+		t.gen++
+		c.edits++
+		c.layoutGen++
+		c.edits++
+		return id, nil
+	}
+	if err := c.checkNewKey(key); err != nil {
+		return 0, err
+	}
+	return c.add(&tensor{key: key, dtype: dtype, shape: shape, cur: memoryContent(data)}), nil
+}
+
+func (c *Checkpoint) add(t *tensor) ID {
+	id := ID(len(c.tensors))
+	c.tensors = append(c.tensors, t)
+	c.byKey[t.key] = id
+	c.layoutGen++
+	c.edits++
+	return id
+}
+
+func (c *Checkpoint) checkNewKey(key string) error {
+	if c.readOnly {
+		return ErrReadOnly
+	}
+	if key == "__metadata__" {
+		return fmt.Errorf("tensor %q: the key is reserved for the header's metadata: %w", key, ErrInvalid)
+	}
+	if _, ok := c.byKey[key]; ok {
+		return fmt.Errorf("tensor %q: %w", key, ErrExists)
+	}
+	return nil
+}
+
+// Delete removes tensor id.
+func (c *Checkpoint) Delete(id ID) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, err := c.writable(id)
+	if err != nil {
+		return err
+	}
+	delete(c.byKey, t.key)
+	c.tensors[id] = nil
+	c.layoutGen++
+	c.edits++
+	return nil
+}
+
+// Rename gives tensor id a new key; several renames (a directory moved) go
+// through RenameAll so they succeed or fail together.
+func (c *Checkpoint) Rename(id ID, key string) error {
+	return c.RenameAll(map[ID]string{id: key})
+}
+
+// RenameAll renames several tensors at once. Keys may be swapped among the
+// renamed tensors; a new key may not belong to any other tensor.
+func (c *Checkpoint) RenameAll(renames map[ID]string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.readOnly {
+		return ErrReadOnly
+	}
+	taken := maps.Clone(c.byKey)
+	for id := range renames {
+		t := c.get(id)
+		if t == nil {
+			return fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		}
+		delete(taken, t.key)
+	}
+	for id, key := range renames {
+		if key == "__metadata__" {
+			return fmt.Errorf("tensor %q: the key is reserved for the header's metadata: %w", key, ErrInvalid)
+		}
+		if _, ok := taken[key]; ok {
+			return fmt.Errorf("tensor %q: %w", key, ErrExists)
+		}
+		taken[key] = id
+	}
+	for id, key := range renames {
+		t := c.tensors[id]
+		t.key = key
+		t.gen++
+		c.edits++
+	}
+	c.byKey = taken
+	c.layoutGen++
+	c.edits++
+	return nil
+}
+
+// Reshape reinterprets tensor id's bytes as dtype x shape; the byte size
+// must not change.
+func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, err := c.writable(id)
+	if err != nil {
+		return err
+	}
+	n, err := safetensors.ByteSize(dtype, shape)
+	if err != nil {
+		return fmt.Errorf("tensor %q: %v: %w", t.key, err, ErrInvalid)
+	}
+	if int64(n) != t.cur.size || t.staged != nil {
+		return fmt.Errorf("tensor %q: %s %s needs %d bytes, the tensor has %d: %w",
+			t.key, dtype, shapeString(shape), n, t.cur.size, ErrSize)
+	}
+	t.dtype, t.shape, t.growable = dtype, shape, false
+	t.gen++
+	c.edits++
+	c.layoutGen++
+	c.edits++
+	return nil
+}
+
+// SetMetadata replaces the header's metadata.
+func (c *Checkpoint) SetMetadata(m map[string]string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.readOnly {
+		return ErrReadOnly
+	}
+	c.meta = maps.Clone(m)
+	if c.meta == nil {
+		c.meta = map[string]string{}
+	}
+	c.layoutGen++
+	c.edits++
+	return nil
+}
+
+func shapeString(shape []uint64) string {
+	b := []byte{'['}
+	for i, d := range shape {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, "%d", d)
+	}
+	return string(append(b, ']'))
+}
