@@ -6,9 +6,9 @@ package fs
 import (
 	"io"
 	"log"
-	"sync/atomic"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 

@@ -1,9 +1,9 @@
 package fs
 
 import (
-	"sync"
 	"context"
 	"errors"
+	"sync"
 	"syscall"
 
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"

@@ -210,4 +210,3 @@ func splitOptions(opts []string) []string {
 	}
 	return out
 }
-

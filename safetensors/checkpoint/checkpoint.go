@@ -9,8 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
