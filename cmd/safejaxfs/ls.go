@@ -81,7 +81,7 @@ func listTree(w io.Writer, f *safetensors.File, n *tree.Node, depth int) {
 		return
 	}
 	if n.Parent != nil {
-		fmt.Fprintf(w, "%s%s/\t\t\t\n", indent, n.Name)
+		fmt.Fprintf(w, "%s%s/\n", indent, n.Name)
 		depth++
 	}
 	for _, c := range n.Children() {
