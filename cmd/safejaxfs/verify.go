@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
 func runVerify(args []string) error {
@@ -15,6 +16,9 @@ func runVerify(args []string) error {
 	}
 	if err := checkCheckpoint(rest[0]); err != nil {
 		return err
+	}
+	if j, ok := checkpoint.PendingJournal(rest[0]); ok {
+		return fail(exitInvalid, "%s: a write-back was interrupted (journal %s): tensors may be torn until a read-write mount replays it", rest[0], j)
 	}
 	f, err := safetensors.Open(rest[0])
 	if err != nil {

@@ -103,8 +103,8 @@ func (t *tensor) info() Info {
 func Open(path string, opt Options) (c *Checkpoint, err error) {
 	c = &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
 	if opt.ReadOnly {
-		if _, err := os.Stat(journalPath(path)); err == nil {
-			return nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", path, journalPath(path))
+		if j, ok := PendingJournal(path); ok {
+			return nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", path, j)
 		}
 	} else {
 		if err := cleanStaleTemps(path); err != nil {
@@ -267,4 +267,13 @@ func (c *Checkpoint) Close() error {
 		c.cur = nil
 	}
 	return err
+}
+
+// PendingJournal reports the journal of a write-back that a crash
+// interrupted, if the checkpoint at path has one: until a read-write Open
+// replays it, tensors it covers may be torn on disk.
+func PendingJournal(path string) (string, bool) {
+	j := journalPath(path)
+	_, err := os.Stat(j)
+	return j, err == nil
 }
