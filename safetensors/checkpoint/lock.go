@@ -52,6 +52,7 @@ var held struct {
 type handoff struct {
 	f    *os.File
 	from fileKey
+	path string // where rewriteAtomic renamed it (resolved)
 }
 
 // lockFile takes a non-blocking exclusive flock on the checkpoint f (open
@@ -75,11 +76,22 @@ func lockFile(f *os.File) (unlock func() error, err error) {
 	}
 	key := keyOf(&st)
 	name := f.Name()
+	path, perr := realPath(name)
 
 	held.Lock()
 	h, adopted := held.handoff[key]
 	if adopted {
 		delete(held.handoff, key)
+	} else if perr == nil {
+		for _, o := range held.handoff {
+			if o.path == path {
+				// We just renamed a file to this name, and f is not that
+				// file: someone replaced it in between. Locking theirs
+				// would make it ours.
+				held.Unlock()
+				return nil, fmt.Errorf("%s: %w: it was replaced right after this mount rewrote it", name, ErrChanged)
+			}
+		}
 	}
 	held.Unlock()
 
@@ -137,9 +149,9 @@ func lockFile(f *os.File) (unlock func() error, err error) {
 
 	// Between open and flock the file may have been renamed over; a lock on
 	// an inode that is no longer the checkpoint protects nothing.
-	if p, err := realPath(name); err == nil {
+	if perr == nil {
 		var now unix.Stat_t
-		if err := unix.Stat(p, &now); err == nil && keyOf(&now) != key {
+		if err := unix.Stat(path, &now); err == nil && keyOf(&now) != key {
 			unlock()
 			return nil, fmt.Errorf("%s: %w: the file was replaced while it was being locked", name, ErrChanged)
 		}
@@ -157,7 +169,7 @@ func heldByUs(key fileKey) bool {
 // offerHandoff makes locked (a descriptor of a new file holding its flock)
 // the lock of the next lockFile of that file, if this process holds the lock
 // on from (the file it replaces). It returns false, taking nothing, if not.
-func offerHandoff(locked *os.File, key, from fileKey) bool {
+func offerHandoff(locked *os.File, key, from fileKey, path string) bool {
 	held.Lock()
 	defer held.Unlock()
 	if held.locks[from] <= 0 {
@@ -169,7 +181,7 @@ func offerHandoff(locked *os.File, key, from fileKey) bool {
 	if old, ok := held.handoff[key]; ok {
 		old.f.Close()
 	}
-	held.handoff[key] = handoff{locked, from}
+	held.handoff[key] = handoff{locked, from, path}
 	return true
 }
 

@@ -328,3 +328,31 @@ func TestLockFileReplacedBeforeLock(t *testing.T) {
 		t.Error("failed lock left a lock behind")
 	}
 }
+
+// Someone renames their file over the checkpoint right after our rewrite
+// and before the caller relocks: the relock must not take their file for
+// the rewritten one.
+func TestLockRelockAfterRewriteRefusesReplacedFile(t *testing.T) {
+	c := defaultCkpt(t)
+	unlock, err := lockFile(openRW(t, c.path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	fd, mapped := openOld(t, c.path)
+	src, meta := relayout(t, c, fd, mapped)
+	if err := rewriteAtomic(c.path, src, meta, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, m := testSources(8)
+	theirs := makeCkpt(t, filepath.Dir(c.path), "theirs.safetensors", s, m)
+	if err := os.Rename(theirs.path, c.path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockFile(openRW(t, c.path)); !errors.Is(err, ErrChanged) {
+		t.Fatalf("relock after the file was replaced: %v, want ErrChanged", err)
+	}
+	if !rawLockable(t, c.path) {
+		t.Error("their file was locked")
+	}
+}

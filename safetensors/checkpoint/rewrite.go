@@ -216,7 +216,7 @@ func rewriteAtomic(ckpt string, sources []safetensors.Source, metadata map[strin
 	if err = syncDir(dir); err != nil {
 		return fmt.Errorf("%s was replaced, but syncing its directory failed: %w", path, err)
 	}
-	if !locked || !offerHandoff(tmp, keyOf(&tst), keyOf(&st)) {
+	if !locked || !offerHandoff(tmp, keyOf(&tst), keyOf(&st), path) {
 		tmp.Close()
 	}
 	return nil
