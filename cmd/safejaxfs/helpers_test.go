@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +30,29 @@ func TestMain(m *testing.M) {
 		// Developers without FUSE still get the unit tests; CI must fail.
 		os.Stderr.WriteString("no /dev/fuse: mount tests will fail\n")
 	}
-	os.Exit(m.Run())
+	os.Exit(runTests(m))
+}
+
+// runTests runs the tests with the children (CLI runs and daemons, which
+// are this binary, race-instrumented under -race) writing race reports to
+// files: a background daemon has no stderr to print them on. Any report
+// fails the run. atexit_sleep_ms=0 spares each child the race runtime's
+// one-second pause at exit.
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "safejaxfs-race-")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Setenv("GORACE", "atexit_sleep_ms=0 log_path="+filepath.Join(dir, "report"))
+	code := m.Run()
+	reports, _ := filepath.Glob(filepath.Join(dir, "report*"))
+	for _, r := range reports {
+		b, _ := os.ReadFile(r)
+		fmt.Fprintf(os.Stderr, "data race in a safejaxfs child process (%s):\n%s\n", filepath.Base(r), b)
+		code = 1
+	}
+	return code
 }
 
 type result struct {

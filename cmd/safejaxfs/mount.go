@@ -144,6 +144,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		readOnly = true
 	}
 	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly})
+	if errors.Is(err, checkpoint.ErrLocked) {
+		return fail(exitMount, "%v", err)
+	}
 	if err != nil {
 		return fail(exitInvalid, "%v", err)
 	}

@@ -250,7 +250,7 @@ func TestSecondWriterRefused(t *testing.T) {
 	os.Mkdir(mnt2, 0o755)
 	r := cli(t, "mount", ckpt, mnt2)
 	t.Cleanup(func() { forceUnmount(t, mnt2) })
-	if r.code == 0 || !strings.Contains(r.stderr, "lock") {
+	if r.code != exitMount || !strings.Contains(r.stderr, "write lock") || strings.Contains(r.stderr, "panic") {
 		t.Errorf("second read-write mount: exit %d %q", r.code, r.stderr)
 	}
 	// Read-only mounts don't write, so they may share it.

@@ -100,8 +100,8 @@ func (t *tensor) info() Info {
 // first finishes a write-back a crash interrupted (journal replay), then
 // takes the advisory lock that makes this the checkpoint's only writer.
 // Nothing is kept open when it fails.
-func Open(path string, opt Options) (c *Checkpoint, err error) {
-	c = &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
+func Open(path string, opt Options) (*Checkpoint, error) {
+	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
 	if opt.ReadOnly {
 		if j, ok := PendingJournal(path); ok {
 			return nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", path, j)
@@ -119,14 +119,9 @@ func Open(path string, opt Options) (c *Checkpoint, err error) {
 		return nil, err
 	}
 	m := newMapping(f)
-	defer func() {
-		if err != nil {
-			c.closeFiles()
-			m.release()
-		}
-	}()
 	if !opt.ReadOnly {
 		if err := c.openForWrite(); err != nil {
+			m.release()
 			return nil, err
 		}
 	}
