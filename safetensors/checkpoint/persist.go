@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -143,7 +144,9 @@ func (c *Checkpoint) persistInPlace(s *snapshot) error {
 		}
 	}
 	sort.Slice(patches, func(i, j int) bool { return patches[i].off < patches[j].off })
-	if err := commitInPlace(c.rw, c.path, f.DataOffset(), patches, c.hooks); err != nil {
+	if err := commitInPlace(c.rw, c.path, f.DataOffset(), patches, c.hooks); errors.Is(err, ErrChanged) {
+		return c.recover(s)
+	} else if err != nil {
 		return fmt.Errorf("writing edits into %s: %w", c.path, err)
 	}
 	ident, err := statIdentity(c.path)
@@ -181,7 +184,10 @@ func (c *Checkpoint) sources(s *snapshot) []safetensors.Source {
 }
 
 func (c *Checkpoint) persistRewrite(s *snapshot) error {
-	if err := rewriteAtomic(c.path, c.sources(s), s.meta, c.hooks); err != nil {
+	if err := rewriteAtomic(c.path, c.sources(s), s.meta, c.hooks); errors.Is(err, ErrChanged) {
+		// Someone saved over the checkpoint while we copied.
+		return c.recover(s)
+	} else if err != nil {
 		return fmt.Errorf("rewriting %s: %w", c.path, err)
 	}
 	f, err := safetensors.Open(c.path)
