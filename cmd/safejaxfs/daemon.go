@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -36,10 +37,18 @@ func spawnDaemon(args []string, mnt string) error {
 		return fail(exitMount, "%v", err)
 	}
 	defer devnull.Close()
+	// Until it is ready the daemon's stderr goes to an unlinked temp file:
+	// what fusermount3 says when it refuses is the reason the user needs.
+	startErr, err := os.CreateTemp("", "safejaxfs-start-")
+	if err != nil {
+		return fail(exitMount, "%v", err)
+	}
+	os.Remove(startErr.Name())
+	defer startErr.Close()
 	cmd := exec.Command(exe, append([]string{"mount", "--foreground"}, args...)...)
 	cmd.Env = append(os.Environ(), readyEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, startErr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
@@ -67,15 +76,39 @@ func spawnDaemon(args []string, mnt string) error {
 		if !found || convErr != nil {
 			// The daemon died without a word: reap it for its status.
 			werr := cmd.Wait()
-			return fail(exitMount, "daemon exited before the mount was ready: %v", errors.Join(werr, v.err))
+			return fail(exitMount, "daemon exited before the mount was ready: %v%s", errors.Join(werr, v.err), stderrTail(startErr))
 		}
 		cmd.Wait()
-		return &exitError{code: n, err: errors.New(msg)}
+		return &exitError{code: n, err: errors.New(msg + stderrTail(startErr))}
 	case <-time.After(mountWait):
 		cmd.Process.Kill()
 		cmd.Wait()
 		return fail(exitMount, "mount at %s did not answer within %v", mnt, mountWait)
 	}
+}
+
+// stderrTail returns the last lines the daemon wrote before failing, as a
+// suffix for the error message.
+func stderrTail(f *os.File) string {
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<20))
+	if err != nil {
+		return ""
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		// The daemon's own error comes through the pipe already.
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "safejaxfs ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > 3 {
+		lines = lines[len(lines)-3:]
+	}
+	tail := strings.Join(lines, "; ")
+	if tail == "" {
+		return ""
+	}
+	return " (" + tail + ")"
 }
 
 // ready is the write end of the readiness pipe; nil in a foreground run that
@@ -94,6 +127,11 @@ func readyPipe() *ready {
 func (r *ready) ok() {
 	if r == nil {
 		return
+	}
+	// From now on nobody reads the start-up stderr: stop writing to it.
+	if devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
+		syscall.Dup2(int(devnull.Fd()), 2)
+		devnull.Close()
 	}
 	r.f.WriteString("ok\n")
 	r.f.Close()
