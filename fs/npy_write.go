@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"slices"
 	"errors"
 	"fmt"
 	"sync"
@@ -31,6 +32,17 @@ type upload struct {
 	buf   []byte
 	wrote bool          // since the last flush
 	errno syscall.Errno // the last commit's refusal, repeated until the next write
+	// shared: a commit kept buf as the tensor's bytes, so the next write
+	// must copy it first.
+	shared bool
+}
+
+// own makes buf private before a change. Caller holds mu.
+func (u *upload) own() {
+	if u.shared {
+		u.buf = slices.Clone(u.buf)
+		u.shared = false
+	}
 }
 
 func newUpload(buf []byte, wrote bool) *upload { return &upload{buf: buf, wrote: wrote} }
@@ -43,9 +55,11 @@ func (u *upload) flush(commit func([]byte) syscall.Errno) syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.wrote {
-		b := u.buf
-		u.buf, u.wrote = nil, false
-		u.errno = commit(b)
+		u.wrote = false
+		u.errno = commit(u.buf)
+		// The tensor may now hold these bytes; they also stay what the
+		// file holds, for a later write and close.
+		u.shared = true
 	}
 	return u.errno
 }
@@ -59,6 +73,7 @@ func (u *upload) size() int {
 func (u *upload) write(p []byte, off int64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.own()
 	if end := int(off) + len(p); end > len(u.buf) {
 		u.buf = append(u.buf, make([]byte, end-len(u.buf))...)
 	}
@@ -69,6 +84,7 @@ func (u *upload) write(p []byte, off int64) {
 func (u *upload) truncate(size int64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.own()
 	if int(size) <= len(u.buf) {
 		u.buf = u.buf[:size]
 	} else {

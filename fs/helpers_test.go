@@ -1,0 +1,86 @@
+package fs
+
+import (
+	"reflect"
+	"syscall"
+	"testing"
+)
+
+func TestParseMetadata(t *testing.T) {
+	good := map[string]map[string]string{
+		`{"step": "1300"}` + "\n":         {"step": "1300"},
+		`{}`:                              {},
+		" {\"a\":\"<&>\", \"b\": \"\"} \n": {"a": "<&>", "b": ""},
+	}
+	for in, want := range good {
+		got, err := parseMetadata([]byte(in))
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("parseMetadata(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{``, `null`, `[]`, `"x"`, `{"step": 1300}`, `{"a": {"b": "c"}}`, `{"a": "b"} {}`, `{"a": "b"`, `{"a": null}`} {
+		if got, err := parseMetadata([]byte(in)); err == nil {
+			t.Errorf("parseMetadata(%q) = %v, want an error", in, got)
+		}
+	}
+}
+
+func TestShapeJSON(t *testing.T) {
+	for _, c := range []struct {
+		shape []uint64
+		want  string
+	}{{nil, "[]"}, {[]uint64{}, "[]"}, {[]uint64{5}, "[5]"}, {[]uint64{3, 16}, "[3,16]"}, {[]uint64{1 << 40, 0}, "[1099511627776,0]"}} {
+		if got := string(shapeJSON(c.shape)); got != c.want {
+			t.Errorf("shapeJSON(%v) = %s, want %s", c.shape, got, c.want)
+		}
+	}
+}
+
+func TestCopyAttr(t *testing.T) {
+	if n, errno := copyAttr(nil, []byte("F32")); n != 3 || errno != syscall.ERANGE {
+		t.Errorf("size probe: %d %v", n, errno)
+	}
+	buf := make([]byte, 8)
+	if n, errno := copyAttr(buf, []byte("F32")); n != 3 || errno != 0 || string(buf[:n]) != "F32" {
+		t.Errorf("copy: %d %v %q", n, errno, buf[:n])
+	}
+}
+
+// TestInoSpaces: the inode numbers of dirs, tensors and views never meet.
+func TestInoSpaces(t *testing.T) {
+	seen := map[uint64]string{inoRoot: "root", inoMetadata: "metadata"}
+	for id := uint64(0); id < 1000; id++ {
+		for kind, name := range []string{"dir", "tensor", "npy"} {
+			i := ino(kind, id)
+			if prev, dup := seen[i]; dup {
+				t.Fatalf("ino %d is both %s and %s %d", i, prev, name, id)
+			}
+			seen[i] = name
+		}
+	}
+}
+
+func TestUploadFlushRepeatsRefusal(t *testing.T) {
+	u := newUpload(nil, false)
+	u.write([]byte("abc"), 0)
+	calls := 0
+	refuse := func([]byte) syscall.Errno { calls++; return syscall.EINVAL }
+	if errno := u.flush(refuse); errno != syscall.EINVAL {
+		t.Fatalf("first flush: %v", errno)
+	}
+	// A later close of another descriptor of the same open file reports
+	// the refusal again without committing again.
+	if errno := u.flush(refuse); errno != syscall.EINVAL || calls != 1 {
+		t.Fatalf("second flush: %v after %d commits", errno, calls)
+	}
+	u.write([]byte("d"), 3)
+	ok := func(b []byte) syscall.Errno {
+		if string(b) != "abcd" {
+			t.Errorf("commit got %q", b)
+		}
+		return 0
+	}
+	if errno := u.flush(ok); errno != 0 {
+		t.Fatalf("flush after a new write: %v", errno)
+	}
+}
