@@ -8,8 +8,8 @@ import (
 
 func TestParseMetadata(t *testing.T) {
 	good := map[string]map[string]string{
-		`{"step": "1300"}` + "\n":         {"step": "1300"},
-		`{}`:                              {},
+		`{"step": "1300"}` + "\n":          {"step": "1300"},
+		`{}`:                               {},
 		" {\"a\":\"<&>\", \"b\": \"\"} \n": {"a": "<&>", "b": ""},
 	}
 	for in, want := range good {

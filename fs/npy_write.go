@@ -2,9 +2,9 @@ package fs
 
 import (
 	"context"
-	"slices"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"syscall"
 
