@@ -27,17 +27,26 @@ func malformed(t *testing.T) map[string][]byte {
 		t.Fatal(err)
 	}
 	return map[string][]byte{
-		"abuse fixture":   abuse,
-		"too small":       {1, 2, 3},
-		"header too long": binary.LittleEndian.AppendUint64(nil, 200_000_000),
-		"not json":        file("{nope", nil),
-		"unknown dtype":   file(`{"w":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}`, make([]byte, 4)),
-		"size mismatch":   file(`{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}`, make([]byte, 4)),
-		"duplicate key":   file(`{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`, make([]byte, 2)),
-		"trailing data":   file(`{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}`, make([]byte, 2)),
-		"truncated data":  file(`{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}`, make([]byte, 2)),
-		"gap":             file(`{"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`, make([]byte, 2)),
-		"metadata value":  file(`{"__metadata__":{"a":1}}`, nil),
+		"abuse fixture":             abuse,
+		"too small":                 {1, 2, 3},
+		"header too long":           binary.LittleEndian.AppendUint64(nil, 200_000_000),
+		"not json":                  file("{nope", nil),
+		"unknown dtype":             file(`{"w":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}`, make([]byte, 4)),
+		"size mismatch":             file(`{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}`, make([]byte, 4)),
+		"duplicate key":             file(`{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`, make([]byte, 2)),
+		"trailing data":             file(`{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}`, make([]byte, 2)),
+		"truncated data":            file(`{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}`, make([]byte, 2)),
+		"gap":                       file(`{"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`, make([]byte, 2)),
+		"metadata value":            file(`{"__metadata__":{"a":1}}`, nil),
+		"invalid utf-8":             file("{\"w\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", make([]byte, 1)),
+		"wrong schema":              file(`{"w":{"dtype":"U8","shape":"1","data_offsets":[0,1]}}`, make([]byte, 1)),
+		"missing field":             file(`{"w":{"dtype":"U8","data_offsets":[0,1]}}`, make([]byte, 1)),
+		"overlap":                   file(`{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}`, make([]byte, 3)),
+		"end before begin":          file(`{"w":{"dtype":"U8","shape":[0],"data_offsets":[1,0]}}`, make([]byte, 1)),
+		"shape overflow":            file(`{"w":{"dtype":"F64","shape":[4294967296,4294967296,2],"data_offsets":[0,0]}}`, nil),
+		"sub-byte":                  file(`{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}`, make([]byte, 2)),
+		"tensor named __metadata__": file(`{"__metadata__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}`, make([]byte, 1)),
+		"header not json object":    file(`[]`, nil),
 	}
 }
 

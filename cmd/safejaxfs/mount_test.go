@@ -129,6 +129,14 @@ func TestMountFlaxTree(t *testing.T) {
 	if st.Size() != 3*16*4 || st.Mode() != 0o444 || !st.ModTime().Equal(ckst.ModTime()) {
 		t.Errorf("kernel: size %d mode %v mtime %v; want 192, -r--r--r--, %v", st.Size(), st.Mode(), st.ModTime(), ckst.ModTime())
 	}
+	buf := make([]byte, 1024)
+	n, err := unix.Listxattr(filepath.Join(mnt, "params/Dense_0/kernel"), buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(buf[:n]); got != "user.safetensors.key\x00user.safetensors.dtype\x00user.safetensors.shape\x00" {
+		t.Errorf("listxattr = %q", got)
+	}
 	// Inode numbers are stable: a second stat of the same file agrees.
 	st2, _ := os.Stat(filepath.Join(mnt, "params/Dense_0/kernel"))
 	if st.Sys().(*syscall.Stat_t).Ino != st2.Sys().(*syscall.Stat_t).Ino {
