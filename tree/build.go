@@ -2,6 +2,7 @@ package tree
 
 import (
 	"cmp"
+	"encoding/binary"
 	"slices"
 	"strings"
 )
@@ -16,11 +17,9 @@ func Build(keys []string, opt Options) (*Tree, error) {
 		return nil, err
 	}
 	t := &Tree{opt: opt}
-	b := &builder{t: t}
-	b.slabHint = len(keys) + len(keys)/4 + 16
-	b.prepare(keys)
+	b := &builder{t: t, keys: keys, sep: opt.Sep}
+	b.prepare()
 	b.run()
-	t.number()
 	return t, nil
 }
 
@@ -29,30 +28,36 @@ func Build(keys []string, opt Options) (*Tree, error) {
 // items, and every group of keys sharing a name is a contiguous run within
 // that, so the tree is made by linear scans with no per-directory maps.
 type builder struct {
-	t      *Tree
-	items  []item
-	bounds []int // segment [start, end) offsets of all keys, pairs, in key order
+	t     *Tree
+	keys  []string
+	sep   string
+	items []item
+	ends  []int // segment end offsets of all keys, in sorted order
+	// slash and low record whether any key has a '/', or a 0x00 or 0x01
+	// byte. Without them names need no escaping and (with a one-byte Sep)
+	// keys with the same segment path are the same text, so fill need not
+	// read key text at all; with keys given in random order each read it
+	// skips is a cache miss saved.
+	slash, low bool
+	// lcp[i] is how many leading segments items i-1 and i share, so the
+	// runs of items sharing a segment are found without comparing text.
+	lcp []int
 
-	tasks  []task // every directory made so far; the stack refers to them
-	stack  []int
+	stack  []task
+	path   []int // p of the directories from the root's child down to the current one
 	groups []group
 	ents   []entry
 
 	slab     []Node // nodes are carved from slabs: one allocation per thousands
-	ptrs     []*Node
 	slabHint int
+	ptrs     []*Node
 }
 
-// item is one key. enc is its segment path encoded so that comparing
-// encodings as strings orders keys by segment path: segments joined by 0x00,
-// with 0x00 and 0x01 in the text written as 0x01 0x01 and 0x01 0x02. A
-// shorter path thus sorts before its extensions, and segment-wise order
-// equals string order, which lets one sort do the grouping.
+// item is one key, by its index in keys, with where its segments are.
 type item struct {
-	enc string
 	key string
-	idx int // position in the keys given to Build
-	seg int // index of its first segment in bounds/2
+	idx int // position in keys
+	seg int // index of its first segment end in ends
 	n   int // number of segments
 }
 
@@ -64,7 +69,6 @@ type task struct {
 	lo, hi int
 	p      int
 	depth  int
-	up     int // index of the parent's task; -1 for the root
 }
 
 // group is a run of items [lo, hi) that all share segments [p, q) (p being
@@ -83,93 +87,176 @@ type entry struct {
 	dir  bool
 }
 
-func (b *builder) start(it *item, j int) int { return b.bounds[2*(it.seg+j)] }
-func (b *builder) end(it *item, j int) int   { return b.bounds[2*(it.seg+j)+1] }
+// end returns the end offset of segment j of its key.
+func (b *builder) end(it *item, j int) int { return b.ends[it.seg+j] }
+
+// start returns the start offset of segment j of its key.
+func (b *builder) start(it *item, j int) int {
+	if j == 0 {
+		return 0
+	}
+	if len(b.sep) == 1 {
+		return b.ends[it.seg+j-1] + 1
+	}
+	return segStart(it.key, b.sep, b.ends[it.seg+j-1])
+}
+
 func (b *builder) text(it *item, j int) string {
 	return it.key[b.start(it, j):b.end(it, j)]
 }
 
 // prepare splits every key (rule 1) and sorts the items by segment path.
-func (b *builder) prepare(keys []string) {
+//
+// The sort works on one string per key: its segment path encoded so that
+// string order is segment-wise order, then the key's index. Segments are
+// joined by 0x00, and 0x00 and 0x01 in the text are written as 0x01 0x01 and
+// 0x01 0x02; the path ends in 0x00 0x00, below anything a longer path could
+// continue with, so a path sorts before its extensions. Sorting plain strings
+// lets the sort use the runtime's string comparison directly, which is
+// several times faster than a comparison function over structs.
+func (b *builder) prepare() {
 	size := 0
-	for _, k := range keys {
-		size += len(k) + 1
+	for _, k := range b.keys {
+		size += len(k) + 2 + 8
 	}
-	b.items = make([]item, len(keys))
-	b.bounds = make([]int, 0, 2*4*len(keys))
-	enc := make([]byte, 0, size)
-	encEnd := make([]int, len(keys))
-	for i, k := range keys {
-		seg := len(b.bounds) / 2
-		b.bounds = splitKey(b.bounds, k, b.t.opt.Sep)
-		it := item{key: k, idx: i, seg: seg, n: len(b.bounds)/2 - seg}
+	b.ends = make([]int, 0, len(b.keys)*6+16) // real keys have about 6 segments
+	segOf := make([]int, len(b.keys)+1)
+	var enc strings.Builder // hands out its buffer as a string without a copy
+	enc.Grow(size)
+	encEnd := make([]int, len(b.keys))
+	for i, k := range b.keys {
+		segOf[i] = len(b.ends)
+		var flags int
+		if len(b.sep) == 1 {
+			b.ends, flags = splitByte(b.ends, k, b.sep[0])
+		} else {
+			b.ends = splitKey(b.ends, k, b.sep)
+			if strings.IndexByte(k, '/') >= 0 {
+				flags |= hasSlash
+			}
+			if strings.IndexByte(k, 0) >= 0 || strings.IndexByte(k, 1) >= 0 {
+				flags |= hasLow
+			}
+		}
+		b.slash = b.slash || flags&hasSlash != 0
+		b.low = b.low || flags&hasLow != 0
+		it := item{key: k, idx: i, seg: segOf[i], n: len(b.ends) - segOf[i]}
 		for j := 0; j < it.n; j++ {
 			if j > 0 {
-				enc = append(enc, 0)
+				enc.WriteByte(0)
 			}
-			enc = appendEnc(enc, b.text(&it, j))
+			if flags&hasLow != 0 {
+				writeEnc(&enc, b.text(&it, j))
+			} else {
+				enc.WriteString(b.text(&it, j))
+			}
 		}
-		encEnd[i] = len(enc)
-		b.items[i] = it
+		var tail [10]byte
+		binary.BigEndian.PutUint64(tail[2:], uint64(i))
+		enc.Write(tail[:])
+		encEnd[i] = enc.Len()
 	}
-	// One string for all encodings: the items slice into it.
-	all := string(enc)
+	segOf[len(b.keys)] = len(b.ends)
+	all := enc.String()
+	strs := make([]string, len(b.keys))
 	prev := 0
-	for i := range b.items {
-		b.items[i].enc = all[prev:encEnd[i]]
-		prev = encEnd[i]
+	for i, e := range encEnd {
+		strs[i] = all[prev:e]
+		prev = e
 	}
-	slices.SortFunc(b.items, func(x, y item) int {
-		if c := strings.Compare(x.enc, y.enc); c != 0 {
-			return c
+	slices.Sort(strs)
+
+	// Lay the items and their segment ends out in sorted order: fill walks
+	// them in that order.
+	b.items = make([]item, len(strs))
+	sorted := make([]int, 0, len(b.ends))
+	for i, s := range strs {
+		idx := int(binary.BigEndian.Uint64([]byte(s[len(s)-8:])))
+		b.items[i] = item{key: b.keys[idx], idx: idx, seg: len(sorted), n: segOf[idx+1] - segOf[idx]}
+		sorted = append(sorted, b.ends[segOf[idx]:segOf[idx+1]]...)
+	}
+	b.ends = sorted
+	b.lcp = make([]int, len(strs))
+	for i := 1; i < len(strs); i++ {
+		b.lcp[i] = sharedSegments(strs[i-1], strs[i])
+	}
+
+	// Keys with the same segment path (mixed separators, duplicates) are in
+	// input order so far; put them in byte order, so that which of them
+	// names a directory (its first key) does not depend on the input order.
+	for i := 0; i < len(b.items); {
+		j := i + 1
+		for j < len(b.items) && b.lcp[j] == b.items[i].n && b.items[j].n == b.items[i].n {
+			j++
 		}
-		if c := strings.Compare(x.key, y.key); c != 0 {
-			return c
+		if j-i > 1 {
+			slices.SortFunc(b.items[i:j], func(x, y item) int {
+				if c := strings.Compare(x.key, y.key); c != 0 {
+					return c
+				}
+				return cmp.Compare(x.idx, y.idx)
+			})
 		}
-		return cmp.Compare(x.idx, y.idx)
-	})
+		i = j
+	}
 }
 
-func appendEnc(dst []byte, s string) []byte {
-	if strings.IndexByte(s, 0) < 0 && strings.IndexByte(s, 1) < 0 {
-		return append(dst, s...)
+// sharedSegments counts the leading segments two sort strings (see prepare)
+// have in common: the 0x00 delimiters in their common prefix, the index
+// tails left out. 0x00 occurs only as a delimiter, and a path's end is
+// 0x00 0x00, so a path and its extension share exactly the path's segments.
+func sharedSegments(x, y string) int {
+	x, y = x[:len(x)-8], y[:len(y)-8]
+	m := 0
+	for m < len(x) && m < len(y) && x[m] == y[m] {
+		m++
 	}
+	if m == len(x) && m == len(y) {
+		return strings.Count(x, "\x00") - 1 // equal: all segments
+	}
+	return strings.Count(x[:m], "\x00")
+}
+
+// writeEnc writes s with 0x00 and 0x01 escaped (see prepare).
+func writeEnc(w *strings.Builder, s string) {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {
 		case 0:
-			dst = append(dst, 1, 1)
+			w.WriteString("\x01\x01")
 		case 1:
-			dst = append(dst, 1, 2)
+			w.WriteString("\x01\x02")
 		default:
-			dst = append(dst, c)
+			w.WriteByte(c)
 		}
 	}
-	return dst
 }
 
 // run makes the directories depth first with an explicit stack: a key with a
 // million segments must not exhaust the goroutine stack.
 func (b *builder) run() {
-	root := b.newNode()
+	b.slabHint = len(b.keys) + len(b.keys)/2 + 16
+	root := b.newNode() // ID 0
 	root.dir = true
 	root.Tensor = -1
 	b.t.Root = root
-	b.tasks = append(b.tasks, task{node: root, hi: len(b.items), up: -1})
-	b.stack = append(b.stack, 0)
+	b.stack = append(b.stack, task{node: root, hi: len(b.items)})
 	for len(b.stack) > 0 {
-		ti := b.stack[len(b.stack)-1]
+		tk := b.stack[len(b.stack)-1]
 		b.stack = b.stack[:len(b.stack)-1]
-		b.fill(ti)
+		// Depth first, so the directories above this one are the last ones
+		// seen at each smaller depth.
+		if tk.depth > 0 {
+			b.path = append(b.path[:tk.depth-1], tk.p)
+		}
+		b.fill(tk)
 	}
 }
 
-// fill makes the children of the directory of task ti.
-func (b *builder) fill(ti int) {
-	tk := b.tasks[ti]
+// fill makes the children of the directory of task tk.
+func (b *builder) fill(tk task) {
 	parent := tk.node
 	p := tk.p
 	b.ents = b.ents[:0]
-	b.groups = b.groups[:0]
 	b.split(tk.lo, tk.hi, p, p+1)
 	for len(b.groups) > 0 {
 		g := b.groups[len(b.groups)-1]
@@ -196,7 +283,12 @@ func (b *builder) fill(ti int) {
 	for i := range b.ents {
 		e := &b.ents[i]
 		it := &b.items[e.lo]
-		e.esc = escapeName(it.key[b.start(it, p):b.end(it, e.q-1)])
+		text := it.key[b.start(it, p):b.end(it, e.q-1)]
+		if len(text) > 2 && !b.slash && !b.low {
+			e.esc = text // nothing to escape, and not "", "." or ".."
+		} else {
+			e.esc = escapeName(text)
+		}
 		e.name = fitName(e.esc, "")
 		if e.dir {
 			e.key = b.dirKey(it, parent, p, e.q)
@@ -204,13 +296,16 @@ func (b *builder) fill(ti int) {
 			e.key = it.key
 		}
 	}
-	slices.SortFunc(b.ents, claimOrder)
+	if !slices.IsSortedFunc(b.ents, claimOrder) {
+		slices.SortFunc(b.ents, claimOrder)
+	}
 	if b.collide(parent == b.t.Root) {
 		b.resolve(parent == b.t.Root)
 		slices.SortFunc(b.ents, claimOrder)
 	}
 
 	kids := b.newPtrs(len(b.ents))
+	first := len(b.stack)
 	for i := range b.ents {
 		e := &b.ents[i]
 		n := b.newNode()
@@ -218,34 +313,40 @@ func (b *builder) fill(ti int) {
 		if e.dir {
 			n.dir = true
 			n.Tensor = -1
-			b.tasks = append(b.tasks, task{node: n, lo: e.lo, hi: e.hi, p: e.q, depth: tk.depth + 1, up: ti})
-			b.stack = append(b.stack, len(b.tasks)-1)
+			b.stack = append(b.stack, task{node: n, lo: e.lo, hi: e.hi, p: e.q, depth: tk.depth + 1})
 		} else {
 			it := &b.items[e.lo]
 			n.Tensor = it.idx
-			if p > 0 {
-				if cut := b.end(it, p-1); cut != len(parent.Key) || it.key[:cut] != parent.Key {
-					b.markOdd(n, it, ti)
+			if p > 0 && !b.uniform() {
+				if cut := b.end(it, p-1); cut != len(parent.Key) || e.key[:cut] != parent.Key {
+					b.markOdd(n, it)
 				}
 			}
 		}
 		kids[i] = n
 	}
 	parent.kids = kids
+	// Reversed, the subdirectories come off the stack in name order, which
+	// makes the numbering depth first in name order.
+	slices.Reverse(b.stack[first:])
 }
 
-// split appends to b.groups the runs of [lo, hi) that share segment j; each
-// run's name then covers segments up to q.
+// split appends to b.groups the runs of [lo, hi) that share segment j (all
+// of them share the segments before it); each run's name then covers
+// segments up to q.
 func (b *builder) split(lo, hi, j, q int) {
+	first := len(b.groups)
 	for lo < hi {
-		s := b.text(&b.items[lo], j)
 		e := lo + 1
-		for e < hi && b.text(&b.items[e], j) == s {
+		for e < hi && b.lcp[e] > j {
 			e++
 		}
 		b.groups = append(b.groups, group{lo, e, q})
 		lo = e
 	}
+	// b.groups is a stack: reversed, the runs come off it in sorted order,
+	// and the entries then mostly need no sorting by name.
+	slices.Reverse(b.groups[first:])
 }
 
 // dirKey is the Key of the directory whose name is segments [p, q) of the
@@ -254,29 +355,33 @@ func (b *builder) split(lo, hi, j, q int) {
 // keeps every directory's Key a prefix of its children's, which Move relies
 // on; the two differ only when keys mix separators.
 func (b *builder) dirKey(it *item, parent *Node, p, q int) string {
+	key := it.key
 	end := b.end(it, q-1)
 	if p == 0 {
-		return it.key[:end]
+		return key[:end]
 	}
 	cut := b.end(it, p-1)
-	if cut == len(parent.Key) && it.key[:cut] == parent.Key {
-		return it.key[:end]
+	if b.uniform() || (cut == len(parent.Key) && key[:cut] == parent.Key) {
+		return key[:end]
 	}
-	return parent.Key + it.key[cut:end]
+	return parent.Key + key[cut:end]
+}
+
+// uniform reports whether all keys use one separator, so that keys with the
+// same segment path are the same text and no file's key can differ from
+// its directory's Key.
+func (b *builder) uniform() bool {
+	return len(b.sep) == 1 && (b.sep == "/" || !b.slash)
 }
 
 // markOdd records where each ancestor's part of file n's key ends, for a
 // file whose key does not start with its parent's Key.
-func (b *builder) markOdd(n *Node, it *item, ti int) {
-	cuts := make([]int32, b.tasks[ti].depth)
-	for ; b.tasks[ti].up >= 0; ti = b.tasks[ti].up {
-		tk := &b.tasks[ti]
-		cuts[tk.depth-1] = int32(b.end(it, tk.p-1))
+func (b *builder) markOdd(n *Node, it *item) {
+	cuts := make([]int32, len(b.path))
+	for i, p := range b.path {
+		cuts[i] = int32(b.end(it, p-1))
 	}
-	if b.t.odd == nil {
-		b.t.odd = make(map[*Node]oddKey)
-	}
-	b.t.odd[n] = oddKey{cuts: cuts}
+	b.t.setOdd(n, oddKey{cuts: cuts})
 }
 
 // claimOrder sorts entries by name; among equal names directories come
@@ -350,13 +455,21 @@ func (b *builder) resolve(root bool) {
 	}
 }
 
+// newNode returns a zero node with the next ID. Nodes are numbered as they
+// are made: a directory's children get consecutive IDs in name order when
+// the directory is filled, and directories are filled depth first in name
+// order. Numbering here rather than in a separate walk saves a pass over
+// every node.
 func (b *builder) newNode() *Node {
 	if len(b.slab) == cap(b.slab) {
 		b.slab = make([]Node, 0, b.slabHint)
 		b.slabHint = b.slabHint/2 + 16
 	}
 	b.slab = b.slab[:len(b.slab)+1]
-	return &b.slab[len(b.slab)-1]
+	n := &b.slab[len(b.slab)-1]
+	n.ID = b.t.next
+	b.t.next++
+	return n
 }
 
 // newPtrs returns a children slice of length n carved from a shared block.
@@ -372,19 +485,4 @@ func (b *builder) newPtrs(n int) []*Node {
 	s := b.ptrs[len(b.ptrs) : len(b.ptrs)+n : len(b.ptrs)+n]
 	b.ptrs = b.ptrs[:len(b.ptrs)+n]
 	return s
-}
-
-// number gives IDs in depth-first order with children in name order, so the
-// same keys always give the same IDs.
-func (t *Tree) number() {
-	stack := []*Node{t.Root}
-	for len(stack) > 0 {
-		n := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		n.ID = t.next
-		t.next++
-		for i := len(n.kids) - 1; i >= 0; i-- {
-			stack = append(stack, n.kids[i])
-		}
-	}
 }

@@ -228,10 +228,11 @@ func TestDuplicateKeys(t *testing.T) {
 	}
 }
 
-// IDs follow depth-first order of the finished tree, children by name.
+// IDs: the root 0, each directory's children consecutive in name order,
+// directories depth first in name order.
 func TestIDs(t *testing.T) {
-	tr := mustBuild(t, []string{"b.y", "a", "b.x.z"}, Options{})
-	want := []string{"", "a", "b", "b/x", "b/x/z", "b/y"}
+	tr := mustBuild(t, []string{"b.y", "a", "b.x.z", "c.w", "b.x.v"}, Options{})
+	want := []string{"", "a", "b", "c", "b/x", "b/y", "b/x/v", "b/x/z", "c/w"}
 	for id, path := range want {
 		n := tr.Find(path)
 		if n == nil || n.ID != uint64(id) {

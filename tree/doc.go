@@ -74,9 +74,10 @@
 // segment path, then byte order). With consistent separators this is simply
 // the prefix every key under it starts with.
 //
-// Node IDs are given in depth-first order of the finished tree, children in
-// name order, starting with 0 for the root: the same keys always give the
-// same IDs. Nodes added later get fresh IDs; IDs are never reused.
+// Node IDs are deterministic: the same keys always give the same IDs. The
+// root is 0; each directory's children get consecutive IDs in name order,
+// and directories are numbered depth first in name order. Nodes added later
+// get fresh IDs; IDs are never reused.
 //
 // # Mutations
 //

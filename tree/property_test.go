@@ -3,6 +3,7 @@ package tree
 import (
 	"fmt"
 	"math/rand"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -127,14 +128,5 @@ func TestRandomNoTensorIsADirectory(t *testing.T) {
 
 // samePath compares keys by segment path (rule 1, Sep ".").
 func samePath(a, b string) bool {
-	sa, sb := splitKey(nil, a, "."), splitKey(nil, b, ".")
-	if len(sa) != len(sb) {
-		return false
-	}
-	for i := 0; i < len(sa); i += 2 {
-		if a[sa[i]:sa[i+1]] != b[sb[i]:sb[i+1]] {
-			return false
-		}
-	}
-	return true
+	return slices.Equal(segments(a, "."), segments(b, "."))
 }

@@ -2,16 +2,19 @@ package tree
 
 import "strings"
 
-// splitKey appends to dst the [start, end) byte offsets of key's segments
-// under rule 1 and returns the extended slice. Offsets into the key, not
-// substrings, so that Build keeps one flat slice for all keys instead of a
-// slice per key.
+// splitKey appends to dst the end offsets of key's segments under rule 1 and
+// returns the extended slice. Offsets, not substrings, so that Build keeps
+// one flat slice for all keys instead of a slice per key; where a segment
+// starts follows from the end of the one before (see segStart).
 func splitKey(dst []int, key, sep string) []int {
+	if len(sep) == 1 {
+		dst, _ = splitByte(dst, key, sep[0])
+		return dst
+	}
 	sc := sepScanner{key: key, sep: sep, nextSep: -1, nextSlash: -1}
-	segStart := 0
 	pieceStart := 0
-	pendAt, pendEnd := -1, -1 // the separator before the current piece
-	prevEmpty := false        // whether the piece before that separator was empty
+	pendAt := -1       // the separator before the current piece
+	prevEmpty := false // whether the piece before that separator was empty
 	for {
 		at, n := sc.next(pieceStart)
 		if n == 0 {
@@ -19,22 +22,74 @@ func splitKey(dst []int, key, sep string) []int {
 		}
 		empty := at == pieceStart
 		if pendAt >= 0 && !prevEmpty && !empty {
-			dst = append(dst, segStart, pendAt)
-			segStart = pendEnd
+			dst = append(dst, pendAt)
 		}
 		if n == 0 {
 			break
 		}
 		prevEmpty = empty
-		pendAt, pendEnd = at, at+n
+		pendAt = at
 		pieceStart = at + n
 	}
-	return append(dst, segStart, len(key))
+	return append(dst, len(key))
+}
+
+// Flags splitByte reports about a key, so Build can skip work for the
+// common keys that need no escaping.
+const (
+	hasSlash = 1 << iota // a '/' anywhere
+	hasLow               // a 0x00 or 0x01 byte (NUL needs escaping; both need care when sorting)
+)
+
+// splitByte is splitKey for a one-byte Sep, the usual case: one pass over
+// the bytes, which also notes which flags apply to the key. (Typical keys
+// are short with a separator every few bytes, where a plain loop beats
+// calling a vectorized search per piece.)
+func splitByte(dst []int, key string, sep byte) ([]int, int) {
+	pieceStart := 0
+	pendAt := -1
+	prevEmpty := false
+	flags := 0
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if c > '/' && c != sep {
+			continue
+		}
+		if c <= 1 {
+			flags |= hasLow
+		}
+		if c == '/' {
+			flags |= hasSlash
+		} else if c != sep {
+			continue
+		}
+		empty := i == pieceStart
+		if pendAt >= 0 && !prevEmpty && !empty {
+			dst = append(dst, pendAt)
+		}
+		prevEmpty = empty
+		pendAt = i
+		pieceStart = i + 1
+	}
+	if pendAt >= 0 && !prevEmpty && pieceStart < len(key) {
+		dst = append(dst, pendAt)
+	}
+	return append(dst, len(key)), flags
+}
+
+// segStart returns where the segment after the one ending at end starts:
+// past the separator there, which is Sep if Sep matches at end (the scanner
+// prefers it) and '/' otherwise.
+func segStart(key, sep string, end int) int {
+	if strings.HasPrefix(key[end:], sep) {
+		return end + len(sep)
+	}
+	return end + 1
 }
 
 // sepScanner finds separators left to right. It remembers the next match of
-// each kind, so a long key with many '/' and a rare multi-byte Sep (or the
-// reverse) is scanned in linear time.
+// each kind, so a long key with many '/' and a rare Sep (or the reverse) is
+// scanned in linear time.
 type sepScanner struct {
 	key, sep           string
 	nextSep, nextSlash int // absolute positions; -1 unknown, len(key) none
@@ -43,16 +98,6 @@ type sepScanner struct {
 // next returns the position and length of the first separator at or after
 // i, or n == 0 if there is none. Sep wins over '/' at the same position.
 func (s *sepScanner) next(i int) (at, n int) {
-	if len(s.sep) == 1 {
-		// The usual case ("." or "/"): one pass over the bytes.
-		c := s.sep[0]
-		for j := i; j < len(s.key); j++ {
-			if b := s.key[j]; b == c || b == '/' {
-				return j, 1
-			}
-		}
-		return 0, 0
-	}
 	if s.nextSep < i {
 		s.nextSep = index(s.key, s.sep, i)
 	}

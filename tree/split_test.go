@@ -1,6 +1,7 @@
 package tree
 
 import (
+	"math/rand"
 	"slices"
 	"strings"
 	"testing"
@@ -39,12 +40,7 @@ func TestSplitKey(t *testing.T) {
 		{"a\x00b.c", ".", []string{"a\x00b", "c"}},
 	}
 	for _, tc := range tests {
-		b := splitKey(nil, tc.key, tc.sep)
-		var got []string
-		for i := 0; i < len(b); i += 2 {
-			got = append(got, tc.key[b[i]:b[i+1]])
-		}
-		if !slices.Equal(got, tc.want) {
+		if got := segments(tc.key, tc.sep); !slices.Equal(got, tc.want) {
 			t.Errorf("splitKey(%q, sep %q) = %q, want %q", tc.key, tc.sep, got, tc.want)
 		}
 	}
@@ -55,7 +51,54 @@ func TestSplitKey(t *testing.T) {
 func TestSplitKeyLinear(t *testing.T) {
 	key := strings.Repeat("a/", 200000) + "::b"
 	b := splitKey(nil, key, "::")
-	if len(b)/2 != 200000 { // the last is "a/::b": an empty piece before "::"
+	if len(b) != 200000 { // the last is "a/::b": an empty piece before "::"
 		t.Fatalf("got %d segments", len(b)/2)
 	}
+}
+
+// segments returns key's segments under rule 1.
+func segments(key, sep string) []string {
+	var segs []string
+	start := 0
+	for _, end := range splitKey(nil, key, sep) {
+		segs = append(segs, key[start:end])
+		if end < len(key) {
+			start = segStart(key, sep, end)
+		}
+	}
+	return segs
+}
+
+// splitByte and the general scanner must agree.
+func TestSplitByteMatchesScanner(t *testing.T) {
+	r := rand.New(rand.NewSource(5))
+	tokens := []string{"a", "b", ".", "/", "..", "//", ""}
+	for range 20000 {
+		var b strings.Builder
+		for range r.Intn(10) {
+			b.WriteString(tokens[r.Intn(len(tokens))])
+		}
+		key := b.String()
+		for _, sep := range []string{".", "/"} {
+			fast, _ := splitByte(nil, key, sep[0])
+			sc := splitKeyScanner(key, sep)
+			if !slices.Equal(fast, sc) {
+				t.Fatalf("key %q sep %q: splitByte %v, scanner %v", key, sep, fast, sc)
+			}
+		}
+	}
+}
+
+// splitKeyScanner runs the general path even for a one-byte Sep.
+func splitKeyScanner(key, sep string) []int {
+	// A two-byte Sep that never occurs plus the same byte as '/' would not do;
+	// instead map the one-byte Sep to a unique two-byte one in a copy.
+	k := strings.ReplaceAll(key, sep, "\x01"+sep)
+	ends := splitKey(nil, k, "\x01"+sep)
+	// Translate offsets back: each Sep before an offset added one byte.
+	var out []int
+	for _, e := range ends {
+		out = append(out, e-strings.Count(k[:e], "\x01"))
+	}
+	return out
 }
