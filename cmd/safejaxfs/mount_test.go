@@ -260,14 +260,22 @@ print(checked)
 
 func TestProcMountsAndStatfs(t *testing.T) {
 	ckpt := flaxModel(t)
-	mnt := mount(t, ckpt, "--read-only")
+	mnt := mount(t, ckpt, "--read-only", "-o", "noatime")
 	b, err := os.ReadFile("/proc/mounts")
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := ckpt + " " + mnt + " fuse.safejaxfs ro,"
-	if !strings.Contains(string(b), want) {
+	line := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, want) {
+			line = l
+		}
+	}
+	if line == "" {
 		t.Errorf("/proc/mounts has no line starting %q:\n%s", want, b)
+	} else if !strings.Contains(line, "noatime") {
+		t.Errorf("-o noatime not applied: %s", line)
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(mnt, &st); err != nil {
