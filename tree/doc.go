@@ -16,11 +16,14 @@
 // the key, is non-empty; otherwise it stays part of the name. Empty path
 // segments therefore never arise:
 //
-//	params.Dense_0.kernel     -> params/Dense_0/kernel
-//	a..b                      -> a..b
-//	.a.b                      -> .a/b
-//	a.b.                      -> a/b.
-//	...                       -> ...
+//	params.Dense_0.kernel                -> params/Dense_0/kernel
+//	res_net50/~/initial_conv.w           -> res_net50/~/initial_conv/w
+//	dense/kernel:0                       -> dense/kernel:0
+//	(Sequential)[0](Linear).w::TrainVar  -> (Sequential)[0](Linear)/w::TrainVar
+//	a..b                                 -> a..b
+//	.a.b                                 -> .a/b
+//	a.b.                                 -> a/b.
+//	...                                  -> ...
 //
 // The pieces between splitting separators are the key's segments; a key's
 // segment path is the list of them, whatever separator text stood between.
@@ -53,18 +56,24 @@
 //
 // Rule 4, length. A name longer than 255 bytes is cut at a UTF-8 character
 // boundary and ends in "~" plus the first 8 hex digits of the SHA-256 of the
-// whole escaped name, 255 bytes at most in all.
+// whole escaped name, 255 bytes at most in all:
+//
+//	w.xxx...x (400 x)  -> w/xxx...x~1a2b3c4d (246 x, then the hash)
 //
 // Rule 5, collisions. After rules 1-4 two entries of one directory can still
 // want the same name: keys with the same segment path ("a.b" and "a/b"), an
 // escape and its look-alike, a reserved name in the root directory. Within
 // the directory, directories claim their names first, then files, each in
-// byte order of their key; an entry whose name is taken, or is reserved, gets
-// "~1", "~2", ... appended (rule 4 shortening the base if needed): the
-// smallest number whose result is not the wanted name of any entry of that
-// directory and not yet given out.
+// byte order of their key. An entry whose name is taken, or is reserved,
+// gets "~1", "~2", ... appended: the smallest number whose result is not the
+// wanted name of any entry of that directory and not yet given out (where
+// name and suffix would pass 255 bytes, rule 4 shortens the name before the
+// suffix). So no entry loses a name only it wanted, and the result does not
+// depend on the order of the keys:
 //
 //	a.b  a/b                    -> a/b  a/b~1
+//	a.b  a/b  a.b~1             -> a/b  a/b~2  a/b~1
+//	%2E.x  .                    -> %2E/x  %2E~1
 //	__metadata__.x (reserved)   -> __metadata__~1/x
 //
 // Duplicate keys are handled like "a.b" and "a/b": one file each.
@@ -82,9 +91,12 @@
 // # Mutations
 //
 // A new child of a directory gets the key ChildKey(dir, name), dir.Key + Sep
-// + name (just name in the root). Files created with names free of
-// separators therefore show up at the same paths when the rewritten
-// checkpoint is mounted again. Moving a directory rewrites the keys of
-// everything below it: the directory's part of each key is replaced by the
-// new ChildKey.
+// + name (just name in the root). So a file created with a name free of
+// separators shows up at the same path when the rewritten checkpoint is
+// mounted again. (With a multi-byte Sep, a directory whose name ends in part
+// of Sep is the exception: rule 1 then reads the joint differently.) Moving
+// a directory rewrites the keys of everything below it: the directory's part
+// of each key is replaced by the new ChildKey. Renames and removals can
+// change what a remount shows where rule 2 or rule 5 decided a name: with
+// x.weight renamed, x.weight.absmax is split again, into x/weight/absmax.
 package tree
