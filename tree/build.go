@@ -48,9 +48,9 @@ type builder struct {
 	groups []group
 	ents   []entry
 
-	slab     []Node // nodes are carved from slabs: one allocation per thousands
-	slabHint int
-	ptrs     []*Node
+	nodes int    // an upper bound on the number of nodes
+	slab  []Node // nodes are carved from slabs: one allocation, as a rule
+	ptrs  []*Node
 }
 
 // item is one key, by its index in keys, with where its segments are.
@@ -180,6 +180,14 @@ func (b *builder) prepare() {
 	for i := 1; i < len(strs); i++ {
 		b.lcp[i] = sharedSegments(strs[i-1], strs[i])
 	}
+	// Each item adds the path prefixes it does not share with the one
+	// before, and a key with the same path as the one before adds its own
+	// file: together a bound on the number of nodes (rule 2 only merges).
+	// Sizing the slabs by it makes one allocation and wastes little.
+	b.nodes = 1
+	for i := range b.items {
+		b.nodes += max(b.items[i].n-b.lcp[i], 1)
+	}
 
 	// Keys with the same segment path (mixed separators, duplicates) are in
 	// input order so far; put them in byte order, so that which of them
@@ -234,7 +242,6 @@ func writeEnc(w *strings.Builder, s string) {
 // run makes the directories depth first with an explicit stack: a key with a
 // million segments must not exhaust the goroutine stack.
 func (b *builder) run() {
-	b.slabHint = len(b.keys) + len(b.keys)/2 + 16
 	root := b.newNode() // ID 0
 	root.dir = true
 	root.Tensor = -1
@@ -462,8 +469,11 @@ func (b *builder) resolve(root bool) {
 // every node.
 func (b *builder) newNode() *Node {
 	if len(b.slab) == cap(b.slab) {
-		b.slab = make([]Node, 0, b.slabHint)
-		b.slabHint = b.slabHint/2 + 16
+		size := 1024 // should the bound be wrong
+		if b.slab == nil {
+			size = b.nodes
+		}
+		b.slab = make([]Node, 0, size)
 	}
 	b.slab = b.slab[:len(b.slab)+1]
 	n := &b.slab[len(b.slab)-1]
@@ -480,7 +490,11 @@ func (b *builder) newPtrs(n int) []*Node {
 		return nil
 	}
 	if cap(b.ptrs)-len(b.ptrs) < n {
-		b.ptrs = make([]*Node, 0, max(n, len(b.items)+16))
+		size := 1024
+		if b.ptrs == nil {
+			size = b.nodes
+		}
+		b.ptrs = make([]*Node, 0, max(n, size))
 	}
 	s := b.ptrs[len(b.ptrs) : len(b.ptrs)+n : len(b.ptrs)+n]
 	b.ptrs = b.ptrs[:len(b.ptrs)+n]

@@ -130,3 +130,22 @@ func TestRandomNoTensorIsADirectory(t *testing.T) {
 func samePath(a, b string) bool {
 	return slices.Equal(segments(a, "."), segments(b, "."))
 }
+
+// The node bound prepare computes must hold, or Build falls back to small
+// slabs: every node made comes out of the first slab.
+func TestNodeBound(t *testing.T) {
+	r := rand.New(rand.NewSource(6))
+	for _, ab := range alphabets {
+		for range 300 {
+			keys := randomKeys(r, ab.tokens, true)
+			opt, _ := Options{Sep: ab.sep}.normalize()
+			b := &builder{t: &Tree{opt: opt}, keys: keys, sep: opt.Sep}
+			b.prepare()
+			bound := b.nodes
+			b.run()
+			if int(b.t.next) > bound || cap(b.slab) != bound {
+				t.Fatalf("keys %q: %d nodes, bound %d, slab cap %d", keys, b.t.next, bound, cap(b.slab))
+			}
+		}
+	}
+}
