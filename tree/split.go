@@ -34,7 +34,7 @@ func splitKey(dst []int, key, sep string) []int {
 	return append(dst, len(key))
 }
 
-// Flags splitByte reports about a key, so Build can skip work for the
+// Flags that splitByte reports about a key, so Build can skip work for the
 // common keys that need no escaping.
 const (
 	hasSlash = 1 << iota // a '/' anywhere
