@@ -178,8 +178,9 @@ func (c *Checkpoint) Path() string { return c.path }
 // ReadOnly reports whether edits are refused.
 func (c *Checkpoint) ReadOnly() bool { return c.readOnly }
 
-// Keys returns the tensors' keys indexed by ID ("" for deleted IDs), so a
-// caller can build its namespace with tensor index == ID.
+// Keys returns the tensors' keys indexed by ID, so a caller can build its
+// namespace with tensor index == ID. Deleted IDs hold "": call it before
+// any edit (at mount), when every ID is live.
 func (c *Checkpoint) Keys() []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
