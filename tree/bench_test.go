@@ -75,4 +75,3 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	}
 }
-
