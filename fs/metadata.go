@@ -83,24 +83,12 @@ func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, 
 }
 
 func (m *metadataNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0, syscall.EBADF
-	}
-	u.write(data, off)
-	return uint32(len(data)), 0
+	return writeUpload(fh, data, off)
 }
 
 func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if size, ok := in.GetSize(); ok {
-		u, ok := fh.(*upload)
-		if !ok && m.uploads.truncate(int64(size)) {
-			return m.Getattr(ctx, fh, out)
-		}
-		if !ok {
-			return syscall.EPERM
-		}
-		u.truncate(int64(size))
+	if errno := m.uploads.setattr(fh, in); errno != 0 {
+		return errno
 	}
 	return m.Getattr(ctx, fh, out)
 }
@@ -108,27 +96,17 @@ func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.S
 // Flush replaces the metadata with what was written, if it is a JSON object
 // of strings; otherwise the metadata is kept and close fails with EINVAL.
 func (m *metadataNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0
-	}
-	return u.flush(func(b []byte) syscall.Errno {
+	return m.fsys.flushUpload(ctx, fh, func(b []byte) error {
 		meta, err := parseMetadata(b)
-		if err == nil {
-			err = m.fsys.ck.SetMetadata(meta)
-		}
 		if err != nil {
-			m.fsys.fail(err)
-			return syscall.EINVAL
+			return err
 		}
-		return m.fsys.sync(ctx)
+		return m.fsys.ck.SetMetadata(meta)
 	})
 }
 
 func (m *metadataNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	if u, ok := fh.(*upload); ok {
-		m.uploads.remove(u)
-	}
+	m.uploads.release(fh)
 	return 0
 }
 

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -23,84 +21,6 @@ var (
 	_ = (fs.NodeFsyncer)((*npyNode)(nil))
 	_ = (fs.NodeReleaser)((*npyNode)(nil))
 )
-
-// upload collects a .npy written into the mount. It becomes a tensor only
-// when the file is closed and parses as a C-order array of a dtype
-// safetensors has; until then nothing in the checkpoint changes.
-type upload struct {
-	mu    sync.Mutex
-	buf   []byte
-	wrote bool          // since the last flush
-	errno syscall.Errno // the last commit's refusal, repeated until the next write
-	// shared: a commit kept buf as the tensor's bytes, so the next write
-	// must copy it first.
-	shared bool
-}
-
-// own makes buf private before a change. Caller holds mu.
-func (u *upload) own() {
-	if u.shared {
-		u.buf = slices.Clone(u.buf)
-		u.shared = false
-	}
-}
-
-func newUpload(buf []byte, wrote bool) *upload { return &upload{buf: buf, wrote: wrote} }
-
-// flush commits what was written since the last flush, once: Flush runs
-// for every close of a duplicated descriptor. A refusal is repeated at each
-// later flush until the next write, so the final close reports it even when
-// an earlier close of a dup went unchecked (numpy's tofile).
-func (u *upload) flush(commit func([]byte) syscall.Errno) syscall.Errno {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.wrote {
-		u.wrote = false
-		u.errno = commit(u.buf)
-		// The tensor may now hold these bytes; they also stay what the
-		// file holds, for a later write and close.
-		u.shared = true
-	}
-	return u.errno
-}
-
-func (u *upload) size() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.buf)
-}
-
-func (u *upload) write(p []byte, off int64) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.own()
-	if end := int(off) + len(p); end > len(u.buf) {
-		u.buf = append(u.buf, make([]byte, end-len(u.buf))...)
-	}
-	copy(u.buf[off:], p)
-	u.wrote, u.errno = true, 0
-}
-
-func (u *upload) truncate(size int64) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.own()
-	if int(size) <= len(u.buf) {
-		u.buf = u.buf[:size]
-	} else {
-		u.buf = append(u.buf, make([]byte, int(size)-len(u.buf))...)
-	}
-	u.wrote, u.errno = true, 0
-}
-
-func (u *upload) read(dest []byte, off int64) fuse.ReadResult {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if off >= int64(len(u.buf)) {
-		return fuse.ReadResultData(nil)
-	}
-	return fuse.ReadResultData(append([]byte(nil), u.buf[off:min(int64(len(u.buf)), off+int64(len(dest)))]...))
-}
 
 // Open for writing starts an upload; reading serves the view.
 func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
@@ -142,48 +62,24 @@ func (f *FS) npyBytes(id checkpoint.ID) []byte {
 }
 
 func (n *npyNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0, syscall.EBADF
-	}
-	u.write(data, off)
-	return uint32(len(data)), 0
+	return writeUpload(fh, data, off)
 }
 
+// Setattr truncates an upload; a view itself is replaced only by writing a
+// whole .npy.
 func (n *npyNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if size, ok := in.GetSize(); ok {
-		u, ok := fh.(*upload)
-		if !ok && n.uploads.truncate(int64(size)) {
-			return n.Getattr(ctx, fh, out)
-		}
-		if !ok {
-			// truncate(2) by path has no handle: a view is replaced
-			// only by writing a whole .npy.
-			return syscall.EPERM
-		}
-		u.truncate(int64(size))
+	if errno := n.uploads.setattr(fh, in); errno != 0 {
+		return errno
 	}
 	return n.Getattr(ctx, fh, out)
 }
 
 func (n *npyNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0
-	}
-	return u.flush(func(b []byte) syscall.Errno {
-		if err := n.commit(b); err != nil {
-			n.fsys.fail(err)
-			return syscall.EINVAL
-		}
-		return n.fsys.sync(ctx)
-	})
+	return n.fsys.flushUpload(ctx, fh, n.commit)
 }
 
 func (n *npyNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	if u, ok := fh.(*upload); ok {
-		n.uploads.remove(u)
-	}
+	n.uploads.release(fh)
 	return 0
 }
 
