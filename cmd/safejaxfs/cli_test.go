@@ -224,3 +224,29 @@ func TestDaemonPIDHidden(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestDeadMount: after the daemon is killed, mount refuses the dead
+// mountpoint with a hint, and unmount cleans it up.
+func TestDeadMount(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	pid := daemonPID(mnt)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+	if r := cli(t, "mount", ckpt, mnt); r.code != exitMount || !strings.Contains(r.stderr, "dead FUSE mount") {
+		t.Errorf("mount over a dead mount: exit %d %q", r.code, r.stderr)
+	}
+	if r := cli(t, "unmount", mnt); r.code != 0 {
+		t.Fatalf("unmount of a dead mount: exit %d %q", r.code, r.stderr)
+	}
+	if mounted(t, mnt) {
+		t.Error("dead mount still there")
+	}
+	// The checkpoint is fine and mounts again.
+	if r := cli(t, "verify", ckpt); r.code != 0 {
+		t.Errorf("verify after kill: %s", r.stderr)
+	}
+	mount(t, ckpt)
+}

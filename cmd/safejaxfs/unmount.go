@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,6 +59,12 @@ func runUnmount(args []string) error {
 // daemon's reason, before anything is lost.
 func writeBack(mnt string) error {
 	d, err := os.Open(mnt)
+	if errors.Is(err, unix.ENOTCONN) {
+		// The daemon is gone (killed): nothing is left to write back, and
+		// detaching is all that can be done.
+		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", mnt)
+		return nil
+	}
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}
