@@ -99,6 +99,12 @@ func checkMountpoint(path string) error {
 		return fail(exitMount, "mountpoint %s: %v", path, err)
 	}
 	if mounted {
+		// A stat of a FUSE root can come from the kernel's cache; statfs
+		// always asks the server, so it tells a dead mount from a live one.
+		var sfs unix.Statfs_t
+		if err := unix.Statfs(path, &sfs); errors.Is(err, unix.ENOTCONN) {
+			return fail(exitMount, "mountpoint %s is a dead FUSE mount (its daemon is gone); run: safejaxfs unmount %s", path, path)
+		}
 		return fail(exitMount, "mountpoint %s is already mounted", path)
 	}
 	return nil

@@ -58,18 +58,22 @@ func runUnmount(args []string) error {
 // while the mount is still up, so a failure can be reported, with the
 // daemon's reason, before anything is lost.
 func writeBack(mnt string) error {
-	d, err := os.Open(mnt)
+	var sfs unix.Statfs_t
+	err := unix.Statfs(mnt, &sfs)
+	if err == nil {
+		var d *os.File
+		if d, err = os.Open(mnt); err == nil {
+			err = d.Sync()
+			d.Close()
+		}
+	}
 	if errors.Is(err, unix.ENOTCONN) {
 		// The daemon is gone (killed): nothing is left to write back, and
 		// detaching is all that can be done.
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", mnt)
 		return nil
 	}
-	if err != nil {
-		return fail(exitMount, "%v", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, unix.EROFS) && !errors.Is(err, unix.ENOTSUP) {
+	if err != nil && !errors.Is(err, unix.EROFS) && !errors.Is(err, unix.ENOTSUP) {
 		reason := err.Error()
 		buf := make([]byte, 4096)
 		if n, xerr := unix.Getxattr(mnt, fs.XattrError, buf); xerr == nil {
