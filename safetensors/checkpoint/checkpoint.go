@@ -44,14 +44,21 @@ type Checkpoint struct {
 	// persistMu serializes persists; mu guards everything below and is not
 	// held during persistence I/O, so reads go on while a rewrite runs.
 	persistMu sync.Mutex
-	mu        sync.RWMutex
-	cur       *mapping
-	rw        *os.File     // the checkpoint opened for writing (read-write mounts)
-	unlock    func() error // drops the advisory lock
-	ident     identity     // the file as we last left it
-	tensors   []*tensor    // indexed by ID; nil once deleted
-	byKey     map[string]ID
-	meta      map[string]string
+	// reads is held shared by every Read until its release: an in-place
+	// persist waits for the reads in flight, whose slices of the mapping
+	// it is about to overwrite, before it writes (see Sync).
+	reads sync.RWMutex
+	mu    sync.RWMutex
+	cur   *mapping
+	// retired are earlier mappings that tensors edited during a rewrite
+	// still read their unedited bytes from; released once none does.
+	retired []*mapping
+	rw      *os.File     // the checkpoint opened for writing (read-write mounts)
+	unlock  func() error // drops the advisory lock
+	ident   identity     // the file as we last left it
+	tensors []*tensor    // indexed by ID; nil once deleted
+	byKey   map[string]ID
+	meta    map[string]string
 	// layoutGen counts changes that need a rewrite (keys, dtypes, shapes,
 	// metadata, tensors added or removed); persistedLayout is its value at
 	// the last successful persist.
@@ -220,22 +227,31 @@ func (c *Checkpoint) Metadata() map[string]string {
 }
 
 // Read returns up to n bytes of tensor id starting at off, as slices of the
-// mapping or of edits in memory (no copy). The slices stay valid until
-// release is called, even if the checkpoint is rewritten meanwhile.
+// mapping or of edits in memory (no copy). The slices stay valid and
+// unchanged until release is called (once), even if the checkpoint is
+// rewritten or written in place meanwhile.
 func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(), err error) {
+	// Before mu, so a Read waiting for a persist's barrier holds nothing
+	// that edits need.
+	c.reads.RLock()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	t := c.get(id)
 	if t == nil {
+		c.reads.RUnlock()
 		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 	}
 	v := t.visible()
 	if off >= v.size || n <= 0 {
+		c.reads.RUnlock()
 		return nil, nop, nil
 	}
 	m := v.ref
 	m.acquire()
-	return v.segments(off, int64(n)), m.release, nil
+	return v.segments(off, int64(n)), func() {
+		m.release()
+		c.reads.RUnlock()
+	}, nil
 }
 
 func nop() {}
@@ -262,6 +278,10 @@ func (c *Checkpoint) Close() error {
 		c.cur.release()
 		c.cur = nil
 	}
+	for _, m := range c.retired {
+		m.release()
+	}
+	c.retired = nil
 	return err
 }
 

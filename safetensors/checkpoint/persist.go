@@ -144,6 +144,7 @@ func (c *Checkpoint) persistInPlace(s *snapshot) error {
 		}
 	}
 	sort.Slice(patches, func(i, j int) bool { return patches[i].off < patches[j].off })
+	c.waitReads()
 	if err := commitInPlace(c.rw, c.path, f.DataOffset(), patches, c.hooks); errors.Is(err, ErrChanged) {
 		return c.recover(s)
 	} else if err != nil {
@@ -164,6 +165,7 @@ func (c *Checkpoint) persistInPlace(s *snapshot) error {
 		}
 	}
 	c.persistedEdits = s.edits
+	c.releaseRetired()
 	return nil
 }
 
@@ -183,7 +185,21 @@ func (c *Checkpoint) sources(s *snapshot) []safetensors.Source {
 	return src
 }
 
+// waitReads returns once the reads in flight have been released. They may
+// hold slices of the mapping over bytes about to be written in place, and
+// a FUSE reply is still being copied from them. Reads that start later see
+// those bytes as the edit chunks in memory until the file holds them, so
+// they need no waiting.
+func (c *Checkpoint) waitReads() {
+	c.reads.Lock()
+	c.reads.Unlock()
+}
+
 func (c *Checkpoint) persistRewrite(s *snapshot) error {
+	if _, pending := PendingJournal(c.path); pending {
+		// rewriteAtomic first replays it into the mapped file.
+		c.waitReads()
+	}
 	if err := rewriteAtomic(c.path, c.sources(s), s.meta, c.hooks); errors.Is(err, ErrChanged) {
 		// Someone saved over the checkpoint while we copied.
 		return c.recover(s)
@@ -217,8 +233,36 @@ func (c *Checkpoint) persistRewrite(s *snapshot) error {
 	}
 	c.persistedLayout = s.layoutGen
 	c.persistedEdits = s.edits
-	old.release()
+	c.retired = append(c.retired, old)
+	c.releaseRetired()
 	return nil
+}
+
+// releaseRetired releases the old mappings no tensor reads from any more.
+// Caller holds mu.
+func (c *Checkpoint) releaseRetired() {
+	if len(c.retired) == 0 {
+		return
+	}
+	used := map[*mapping]bool{}
+	for _, t := range c.tensors {
+		if t != nil {
+			used[t.cur.ref] = true
+			if t.staged != nil {
+				used[t.staged.ref] = true
+			}
+		}
+	}
+	kept := c.retired[:0]
+	for _, m := range c.retired {
+		if used[m] {
+			kept = append(kept, m)
+		} else {
+			m.release()
+		}
+	}
+	clear(c.retired[len(kept):])
+	c.retired = kept
 }
 
 // recover writes the edited checkpoint next to the original, which someone
