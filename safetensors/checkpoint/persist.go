@@ -148,6 +148,16 @@ func (c *Checkpoint) persistInPlace(s *snapshot) error {
 	if err := commitInPlace(c.rw, c.path, f.DataOffset(), patches, c.hooks); errors.Is(err, ErrChanged) {
 		return c.recover(s)
 	} else if err != nil {
+		// Past the commit point the failed commit may have written into
+		// the file, changing its mtime: that was us. Remember the file as
+		// it is now, or the next Sync would take our own write for someone
+		// else's and divert every edit to a recovery file instead of
+		// finishing the journal.
+		if now, serr := statIdentity(c.path); serr == nil && now.dev == c.ident.dev && now.ino == c.ident.ino && now.size == c.ident.size {
+			c.mu.Lock()
+			c.ident = now
+			c.mu.Unlock()
+		}
 		return fmt.Errorf("writing edits into %s: %w", c.path, err)
 	}
 	ident, err := statIdentity(c.path)
