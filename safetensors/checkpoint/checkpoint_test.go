@@ -658,6 +658,19 @@ func ckSameLayoutEdits(t *testing.T, c *Checkpoint, m *ckModel, seed uint64) {
 	old := m.tensors["params.b"].data
 	nb := append(append(bytes.Clone(old[:10]), make([]byte, 190)...), tail...)
 	m.tensors["params.b"] = ckTensor{safetensors.F32, []uint64{100}, nb}
+	// The same on several chunks of embed: whole chunks of zeros that no
+	// write covers must reach the file as zeros.
+	e := ckID(t, c, "embed")
+	if err := c.Truncate(e, 10); err != nil {
+		t.Fatal(err)
+	}
+	tail = ctPattern(seed+98, 200_000-3*chunkSize)
+	if err := c.WriteAt(e, tail, 3*chunkSize); err != nil {
+		t.Fatal(err)
+	}
+	old = m.tensors["embed"].data
+	ne := append(append(bytes.Clone(old[:10]), make([]byte, 3*chunkSize-10)...), tail...)
+	m.tensors["embed"] = ckTensor{safetensors.U8, []uint64{200_000}, ne}
 }
 
 func TestSyncInPlace(t *testing.T) {
