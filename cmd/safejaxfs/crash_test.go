@@ -1,0 +1,586 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/npy"
+)
+
+// Fault injection end to end: a daemon serving a read-write mount is killed
+// with SIGKILL at a random moment while a writer in this process rewrites
+// whole tensors through the mount and fsyncs. Afterwards the checkpoint must
+// be valid once the next read-write open has replayed any journal, every
+// tensor must hold exactly one version (never a mix), and no tensor may be
+// older than the last version an fsync (or close) acknowledged.
+
+// ---- a daemon in the foreground, as a child of the test ----
+
+// fgDaemon is a mount served by `safejaxfs mount -f` run as a child of the
+// test: the test can kill it, reap it and read what it printed.
+type fgDaemon struct {
+	cmd  *exec.Cmd
+	mnt  string
+	pid  int // as the mount root's user.safejaxfs.pid says
+	out  *lockedBuffer
+	done chan struct{} // closed once the process has exited and was reaped
+	err  error         // from Wait; read after done
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// newMountpoint makes an empty directory to mount on.
+func newMountpoint(t testing.TB) string {
+	t.Helper()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return mnt
+}
+
+// startDaemon mounts ckpt at mnt in the foreground and returns once the
+// mount answers. Race reports of the daemon go to its stderr (out), not to
+// the files TestMain collects, so the test that provoked them can fail on
+// them. Whatever happens, the mount is gone when the test ends.
+func startDaemon(t testing.TB, ckpt, mnt string, flags ...string) *fgDaemon {
+	t.Helper()
+	args := append([]string{"mount", "--foreground"}, flags...)
+	cmd := exec.Command(os.Args[0], append(args, ckpt, mnt)...)
+	// The last GORACE wins over the one TestMain set.
+	cmd.Env = append(os.Environ(), asCLIEnv+"=1", "GORACE=atexit_sleep_ms=0")
+	d := &fgDaemon{cmd: cmd, mnt: mnt, out: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = d.out, d.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		d.err = cmd.Wait()
+		close(d.done)
+	}()
+	t.Cleanup(func() { d.cleanup(t) })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if pid := daemonPID(mnt); pid != 0 {
+			if pid != cmd.Process.Pid {
+				t.Fatalf("the mount says its daemon is pid %d, but it is %d", pid, cmd.Process.Pid)
+			}
+			d.pid = pid
+			return d
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("daemon exited before the mount answered: %v\n%s", d.err, d.out)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mount at %s did not answer within a minute\n%s", mnt, d.out)
+		}
+	}
+}
+
+// kill9 kills the daemon as abruptly as possible, reaps it, and detaches
+// the dead mount it leaves (umount -l).
+func (d *fgDaemon) kill9(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(d.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(t, 30*time.Second)
+	lazyUnmount(d.mnt)
+	if mounted(t, d.mnt) {
+		t.Fatalf("%s still mounted after the daemon was killed and the mount detached", d.mnt)
+	}
+}
+
+// wait waits for the daemon to exit.
+func (d *fgDaemon) wait(t testing.TB, limit time.Duration) {
+	t.Helper()
+	select {
+	case <-d.done:
+	case <-time.After(limit):
+		d.cmd.Process.Kill()
+		<-d.done
+		t.Fatalf("daemon did not exit within %v\n%s", limit, d.out)
+	}
+}
+
+// cleanup is the safety net: a daemon still serving is unmounted (killed if
+// that fails), and a mount still in the table is detached.
+func (d *fgDaemon) cleanup(t testing.TB) {
+	select {
+	case <-d.done:
+	default:
+		if r := cli(t, "unmount", d.mnt); r.code != 0 {
+			d.cmd.Process.Kill()
+		}
+		select {
+		case <-d.done:
+		case <-time.After(30 * time.Second):
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+	}
+	if mounted(t, d.mnt) {
+		lazyUnmount(d.mnt)
+	}
+}
+
+// ---- versioned tensors ----
+
+// Every byte of a tensor in one version comes from the 8-byte word
+// versionWord(k, v) repeated, so a tensor holding parts of two versions, or
+// bytes of another tensor, shows.
+const versionMagic = 0xA5
+
+func versionWord(k int, v uint64) uint64 { return versionMagic<<56 | uint64(k)<<40 | v }
+
+func versionBytes(k int, v uint64, n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], versionWord(k, v))
+	}
+	return b
+}
+
+// versionOf decodes a tensor's bytes: the one version they all belong to,
+// or an error saying how they are torn.
+func versionOf(k int, b []byte) (uint64, error) {
+	if len(b) == 0 || len(b)%8 != 0 {
+		return 0, fmt.Errorf("%d bytes, not a whole number of version words", len(b))
+	}
+	w := binary.LittleEndian.Uint64(b)
+	if w>>56 != versionMagic || int(w>>40&0xffff) != k {
+		return 0, fmt.Errorf("first word %#x is not a version of tensor %d", w, k)
+	}
+	for i := 8; i < len(b); i += 8 {
+		if x := binary.LittleEndian.Uint64(b[i:]); x != w {
+			return 0, fmt.Errorf("torn: bytes 0-7 are version %d, bytes %d-%d are %#x", w&(1<<40-1), i, i+7, x)
+		}
+	}
+	return w & (1<<40 - 1), nil
+}
+
+// crashTensor is one tensor the writer rewrites, with what each version
+// looked like and what was acknowledged.
+type crashTensor struct {
+	key      string
+	k        int
+	next     uint64         // the next version to write: versions are never reused
+	cur      uint64         // the version the daemon holds now (as far as the writer knows)
+	acked    uint64         // the newest version an fsync or close acknowledged
+	size     map[uint64]int // bytes of each version written
+	exists   bool           // acknowledged to exist (new tensors)
+	tried    bool           // a write of it was started (new tensors)
+	isNew    bool           // created by the writer
+	readOnly bool           // never written: must stay byte for byte the same
+	fixed    []byte         // the bytes of a readOnly tensor
+}
+
+func (c *crashTensor) path(mnt string) string {
+	return filepath.Join(mnt, strings.ReplaceAll(c.key, ".", "/"))
+}
+
+// crashState is the writer's knowledge across rounds.
+type crashState struct {
+	ckpt    string
+	tensors []*crashTensor
+	byKey   map[string]*crashTensor
+	layout  bool // the writer also replaces tensors with other sizes and creates new ones
+	// persisting gets a (non-blocking) signal with the size of the write
+	// just before each fsync or committing close, so a kill can be aimed
+	// at the persistence; inPersist is set while one is under way.
+	persisting chan int
+	inPersist  atomic.Bool
+	// open descriptors of the round's mount, by tensor: kept open so that
+	// only fsync persists (a close would persist too and hide an fsync
+	// that does not).
+	fds map[*crashTensor]*os.File
+	// stats
+	acks, pendingJournals, aheadOfAck, rounds, killsInPersist int
+}
+
+func newCrashState(t *testing.T, layout bool, sizes []int) *crashState {
+	st := &crashState{layout: layout, byKey: map[string]*crashTensor{}, persisting: make(chan int, 1)}
+	var gen []genTensor
+	for k, n := range sizes {
+		ct := &crashTensor{key: fmt.Sprintf("t.%d", k), k: k, next: 1, size: map[uint64]int{0: n}}
+		st.tensors = append(st.tensors, ct)
+		gen = append(gen, raw(ct.key, safetensors.U8, versionBytes(k, 0, n), uint64(n)))
+	}
+	// Tensors nobody writes: rewrites copy them, in-place commits leave
+	// them; either way they must not change.
+	for i, g := range []genTensor{f32("keep.kernel", 3, 64, 33), raw("keep.bytes", safetensors.U8, ctBytes(7, 70_001), 70_001)} {
+		ct := &crashTensor{key: g.key, k: 900 + i, readOnly: true, fixed: g.data}
+		st.tensors = append(st.tensors, ct)
+		gen = append(gen, g)
+	}
+	for _, ct := range st.tensors {
+		st.byKey[ct.key] = ct
+	}
+	st.ckpt = writeCheckpoint(t, "model.safetensors", map[string]string{"framework": "flax"}, gen...)
+	return st
+}
+
+// ctBytes is n seeded pseudo-random bytes.
+func ctBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// writer rewrites tensors through the mount until an operation fails. It
+// returns that failure; the caller decides whether the daemon was dead by
+// then.
+func (st *crashState) writer(mnt string, r *rand.Rand) error {
+	var writable []*crashTensor
+	for _, ct := range st.tensors {
+		if !ct.readOnly && !ct.isNew {
+			writable = append(writable, ct)
+		}
+	}
+	if st.layout {
+		if err := os.MkdirAll(filepath.Join(mnt, "n"), 0o755); err != nil {
+			return err
+		}
+	}
+	for {
+		ct := writable[r.IntN(len(writable))]
+		op := 0
+		if st.layout {
+			op = r.IntN(5)
+		}
+		var err error
+		switch op {
+		case 0, 1: // same layout: pwrite the whole tensor, fsync
+			err = st.rewrite(mnt, ct)
+		case 2, 3: // np.save of another size over the tensor
+			err = st.replaceNPY(mnt, ct, st.size(ct)+8*r.IntN(4)-8*r.IntN(4))
+		case 4: // a new tensor: a plain file or a .npy
+			err = st.create(mnt, r)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// size is the tensor's current size in the daemon.
+func (st *crashState) size(ct *crashTensor) int { return ct.size[ct.cur] }
+
+func (st *crashState) signal(n int) {
+	st.inPersist.Store(true)
+	select {
+	case st.persisting <- n:
+	default:
+	}
+}
+
+func (st *crashState) rewrite(mnt string, ct *crashTensor) error {
+	v := ct.next
+	ct.next++
+	n := st.size(ct)
+	ct.size[v] = n
+	f := st.fds[ct]
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(ct.path(mnt), os.O_WRONLY, 0); err != nil {
+			return err
+		}
+		st.fds[ct] = f
+	}
+	// One write call: the kernel splits it into requests of up to 1 MiB.
+	if _, err := f.WriteAt(versionBytes(ct.k, v, n), 0); err != nil {
+		return err
+	}
+	ct.cur = v
+	st.signal(n)
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	st.inPersist.Store(false)
+	ct.acked = v
+	st.acks++
+	return nil
+}
+
+// writeFile is os.WriteFile with a signal before the close that commits.
+func (st *crashState) writeFile(name string, data []byte) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	st.signal(len(data))
+	if err := f.Close(); err != nil {
+		return err
+	}
+	st.inPersist.Store(false)
+	return nil
+}
+
+// replaceNPY writes <tensor>.npy with n bytes (U8 [n]): the tensor is
+// replaced when the file is closed, a layout change if n differs.
+func (st *crashState) replaceNPY(mnt string, ct *crashTensor, n int) error {
+	n = max(n, 8)
+	v := ct.next
+	ct.next++
+	ct.size[v] = n
+	h, err := npy.Header("U8", []uint64{uint64(n)})
+	if err != nil {
+		return err
+	}
+	// An fd kept open for pwrites would hold a size that is no longer
+	// the tensor's: a later write past it would be refused.
+	if f := st.fds[ct]; f != nil {
+		f.Close()
+		delete(st.fds, ct)
+	}
+	if err := st.writeFile(ct.path(mnt)+".npy", append(h, versionBytes(ct.k, v, n)...)); err != nil {
+		return err
+	}
+	// The close returned success: committed and persisted.
+	ct.cur, ct.acked = v, v
+	st.acks++
+	return nil
+}
+
+// create adds a new tensor n.<j>, as a plain file or as a .npy.
+func (st *crashState) create(mnt string, r *rand.Rand) error {
+	j := len(st.tensors)
+	ct := &crashTensor{key: fmt.Sprintf("n.%d", j), k: 1000 + j, next: 2, size: map[uint64]int{}, isNew: true, tried: true}
+	st.tensors = append(st.tensors, ct)
+	st.byKey[ct.key] = ct
+	n := 8 * (1 + r.IntN(2000))
+	ct.size[1] = n
+	data := versionBytes(ct.k, 1, n)
+	if r.IntN(2) == 0 {
+		h, err := npy.Header("U8", []uint64{uint64(n)})
+		if err != nil {
+			return err
+		}
+		if err := st.writeFile(ct.path(mnt)+".npy", append(h, data...)); err != nil {
+			return err
+		}
+	} else if err := st.writeFile(ct.path(mnt), data); err != nil {
+		return err
+	}
+	ct.cur, ct.acked, ct.exists = 1, 1, true
+	st.acks++
+	return nil
+}
+
+// round mounts, writes until the kill, kills, and checks.
+func (st *crashState) round(t *testing.T, mnt string, r *rand.Rand, maxDelay time.Duration) {
+	t.Helper()
+	d := startDaemon(t, st.ckpt, mnt)
+	var killed atomic.Bool
+	werr := make(chan error, 1)
+	wr := rand.New(rand.NewPCG(r.Uint64(), r.Uint64()))
+	st.fds = map[*crashTensor]*os.File{}
+	select {
+	case <-st.persisting: // a stale signal of the last round
+	default:
+	}
+	st.inPersist.Store(false)
+	go func() { werr <- st.writer(mnt, wr) }()
+	// The kill comes at a random moment, or (every other round) a few
+	// milliseconds after the n-th fsync or committing close of a write of
+	// at least 1 MiB began, to land inside the persistence more often.
+	var wait <-chan time.Time
+	if aimed := r.IntN(2) == 0; aimed {
+		skip, after := r.IntN(3), time.Duration(r.Int64N(int64(15*time.Millisecond)))
+		for i := 0; i <= skip; {
+			select {
+			case n := <-st.persisting:
+				if n >= 1<<20 {
+					i++
+				}
+			case err := <-werr:
+				t.Fatalf("writing through the live mount failed: %v\ndaemon said:\n%s", err, d.out)
+			case <-time.After(30 * time.Second):
+				t.Fatal("the writer does not persist")
+			}
+		}
+		wait = time.After(after)
+	} else {
+		wait = time.After(time.Duration(r.Int64N(int64(maxDelay))))
+	}
+	select {
+	case err := <-werr:
+		// Nothing may fail while the daemon is alive.
+		t.Fatalf("writing through the live mount failed: %v\ndaemon said:\n%s", err, d.out)
+	case <-wait:
+	}
+	killed.Store(true)
+	if st.inPersist.Load() {
+		st.killsInPersist++
+	}
+	d.kill9(t)
+	st.inPersist.Store(false)
+	if err := <-werr; err == nil || !killed.Load() {
+		t.Fatalf("writer: %v", err)
+	}
+	for _, f := range st.fds {
+		f.Close()
+	}
+	st.check(t)
+}
+
+// check verifies the checkpoint after a kill: valid once replayed, every
+// tensor one whole version, none older than acknowledged.
+func (st *crashState) check(t *testing.T) {
+	t.Helper()
+	st.rounds++
+	// verify either passes, or refuses because a journal awaits replay:
+	// a kill during the in-place apply leaves one, and tensors may be torn
+	// on disk until a read-write open replays it (as the README says).
+	r := cli(t, "verify", st.ckpt)
+	if _, pending := checkpoint.PendingJournal(st.ckpt); pending {
+		st.pendingJournals++
+		if r.code != exitInvalid || !strings.Contains(r.stderr, "journal") {
+			t.Errorf("verify with a pending journal: exit %d %q", r.code, r.stderr)
+		}
+	} else if r.code != 0 {
+		t.Fatalf("verify after the kill, no journal pending: exit %d: %s", r.code, r.stderr)
+	}
+	// The next read-write open replays: through a mount now and then, as a
+	// user would, else directly.
+	if st.rounds%4 == 0 {
+		unmountOK(t, mount(t, st.ckpt))
+	} else {
+		c, err := checkpoint.Open(st.ckpt, checkpoint.Options{})
+		if err != nil {
+			t.Fatalf("read-write open after the kill: %v", err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, pending := checkpoint.PendingJournal(st.ckpt); pending {
+		t.Fatal("a journal is still pending after a read-write open")
+	}
+	if r := cli(t, "verify", st.ckpt); r.code != 0 {
+		t.Fatalf("verify after replay: exit %d: %s", r.code, r.stderr)
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(st.ckpt), ".*safejaxfs-tmp-*")); len(tmps) > 0 {
+		t.Errorf("temp files left after a read-write open: %v", tmps)
+	}
+
+	// The truth, parsed independently of our parser.
+	entries, meta, data := rawHeader(t, st.ckpt)
+	var gen []genTensor
+	for key, e := range entries {
+		ct := st.byKey[key]
+		if ct == nil {
+			t.Fatalf("unexpected tensor %q", key)
+		}
+		b := data[e.Offsets[0]:e.Offsets[1]]
+		dt, ok := safetensors.ParseDType(e.DType)
+		if !ok {
+			t.Fatalf("%s: dtype %q", key, e.DType)
+		}
+		gen = append(gen, genTensor{key, dt, e.Shape, b})
+		if ct.readOnly {
+			if !bytes.Equal(b, ct.fixed) {
+				t.Errorf("%s: a tensor nobody wrote changed", key)
+			}
+			continue
+		}
+		if e.DType != "U8" || len(e.Shape) != 1 || e.Shape[0] != uint64(len(b)) {
+			t.Errorf("%s: %s %v for %d bytes", key, e.DType, e.Shape, len(b))
+		}
+		v, err := versionOf(ct.k, b)
+		if err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+		switch {
+		case v < ct.acked:
+			t.Fatalf("%s holds version %d, but version %d was acknowledged by fsync/close", key, v, ct.acked)
+		case v >= ct.next:
+			t.Fatalf("%s holds version %d, which was never written (next is %d)", key, v, ct.next)
+		case len(b) != ct.size[v]:
+			t.Fatalf("%s holds version %d with %d bytes; that version had %d", key, v, len(b), ct.size[v])
+		}
+		if v > ct.acked {
+			st.aheadOfAck++
+		}
+		// The next round starts from what the file holds.
+		ct.cur, ct.acked, ct.exists = v, v, true
+	}
+	for _, ct := range st.tensors {
+		if _, ok := entries[ct.key]; !ok {
+			if ct.exists || !ct.isNew {
+				t.Fatalf("%s is gone, but it was acknowledged", ct.key)
+			}
+			// Never made it: a later round must not expect it.
+			ct.tried = false
+		}
+	}
+	// In-place commits keep the layout and rewrites go through the
+	// canonical writer, so the file is always the canonical one.
+	checkFile(t, st.ckpt, meta, gen...)
+}
+
+func runCrashRounds(t *testing.T, layout bool, sizes []int, seed uint64, rounds int, maxDelay, budget time.Duration) {
+	st := newCrashState(t, layout, sizes)
+	mnt := newMountpoint(t)
+	r := rand.New(rand.NewPCG(seed, seed))
+	start := time.Now()
+	for i := range rounds {
+		if time.Since(start) > budget {
+			t.Logf("time budget of %v used up after %d rounds", budget, i)
+			break
+		}
+		st.round(t, mnt, r, maxDelay)
+	}
+	t.Logf("%d rounds in %v: %d writes acknowledged, %d kills during an fsync or committing close, %d left a journal to replay, %d tensors found newer than acknowledged",
+		st.rounds, time.Since(start).Round(time.Millisecond), st.acks, st.killsInPersist, st.pendingJournals, st.aheadOfAck)
+}
+
+// Same-layout rewrites (in place, behind the journal) killed at random.
+func TestCrashKillDuringInPlaceWrites(t *testing.T) {
+	sizes := []int{8, 4096 + 8, 64<<10 + 24, 1<<20 + 8, 3 << 20}
+	runCrashRounds(t, false, sizes, 1, 24, 400*time.Millisecond, 20*time.Second)
+}
+
+// Layout changes (np.save of other sizes, new tensors: whole-file
+// rewrites) mixed with same-layout rewrites, killed at random.
+func TestCrashKillDuringRewrites(t *testing.T) {
+	sizes := []int{8, 4096 + 8, 64<<10 + 24, 1<<20 + 8, 2 << 20}
+	runCrashRounds(t, true, sizes, 2, 24, 400*time.Millisecond, 20*time.Second)
+}
