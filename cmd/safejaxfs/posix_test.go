@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/posixtest"
+)
+
+// go-fuse's POSIX conformance cases, on a read-write mount of a checkpoint.
+// Each case runs in its own fresh mount, inside a new directory (a key
+// prefix: the cases expect to start from an empty directory), and the
+// checkpoint must afterwards still validate and hold its original tensors
+// unchanged.
+
+// posixCases are the cases of posixtest.All that fit a tensor file system.
+var posixCases = []string{
+	"AppendWrite",
+	"DirSeek",
+	"DirectIO",
+	"FcntlFlockSetLk",
+	"FdLeak",
+	"FileLarge",
+	"LseekEnxioCheck",
+	"LseekHoleSeeksToEOF",
+	"MkdirRmdir",
+	"OpenAt",
+	"ParallelFileOpen",
+	"ReadDirBasic",
+	"ReadDirConsistency",
+	"RenameOpenDir",
+	"RenameOverwriteDestExist",
+	"RenameOverwriteDestNoExist",
+	"TruncateFile",
+	"TruncateNoFile",
+}
+
+// posixExcluded says why each other case does not run.
+var posixExcluded = map[string]string{
+	"FileBasic":           "expects the mode given at creation (0755); a checkpoint stores no modes, tensor files are always 0644",
+	"Fallocate":           "fallocate is not implemented: a tensor's size follows its dtype and shape",
+	"FallocateKeepSize":   "fallocate is not implemented: a tensor's size follows its dtype and shape",
+	"FcntlFlockLocksFile": "POSIX record locks are left to the kernel, which keeps them per process: two descriptors of one process never conflict",
+	"FstatDeleted":        "an open descriptor of a deleted tensor fails (ENOENT) instead of reading on: a deleted tensor is gone at once (reported)",
+	"NlinkZero":           "an open descriptor of a tensor renamed over fails (ENOENT) instead of showing nlink 0 (same as FstatDeleted)",
+	"Link":                "no hard links: a key names one tensor",
+	"LinkUnlinkRename":    "no hard links",
+	"SymlinkReadlink":     "no symlinks in a checkpoint",
+	"SetattrSymlink":      "no symlinks in a checkpoint",
+	"OpenSymlinkRace":     "no symlinks in a checkpoint",
+	"Tmpfile":             "O_TMPFILE is not supported: every file is a tensor with a key",
+	"XAttr":               "only the user.safetensors.* attributes exist; others cannot be set",
+	"XAttrLarge":          "only the user.safetensors.* attributes exist; others cannot be set",
+}
+
+func TestPosix(t *testing.T) {
+	for name := range posixtest.All {
+		_, excluded := posixExcluded[name]
+		if !excluded && !slices.Contains(posixCases, name) {
+			t.Errorf("posixtest.%s is neither run nor excluded with a reason", name)
+		}
+	}
+	for _, name := range posixCases {
+		t.Run(name, func(t *testing.T) {
+			fn, ok := posixtest.All[name]
+			if !ok {
+				t.Fatalf("posixtest has no case %s", name)
+			}
+			ckpt := flaxModel(t)
+			entriesBefore, _, dataBefore := rawHeader(t, ckpt)
+			mnt := mount(t, ckpt)
+			dir := filepath.Join(mnt, "posix")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fn(t, dir)
+			if t.Failed() {
+				return
+			}
+			// What the case left behind, as the mount shows it, by key.
+			left := filesByKey(t, dir)
+			unmountOK(t, mnt)
+			if r := cli(t, "verify", ckpt); r.code != 0 {
+				t.Fatalf("verify after the case: exit %d: %s", r.code, r.stderr)
+			}
+			entries, _, data := rawHeader(t, ckpt)
+			for key, e := range entriesBefore {
+				got, ok := entries[key]
+				if !ok {
+					t.Errorf("tensor %s is gone", key)
+					continue
+				}
+				if got.DType != e.DType || !slices.Equal(got.Shape, e.Shape) ||
+					!bytes.Equal(data[got.Offsets[0]:got.Offsets[1]], dataBefore[e.Offsets[0]:e.Offsets[1]]) {
+					t.Errorf("tensor %s changed", key)
+				}
+			}
+			// And it survives: the same tensors, the same bytes, after a
+			// remount. (By key: a created name holding the separator, like
+			// posixtest's file.txt, is split on remount, into file/txt.)
+			ro := filepath.Join(mount(t, ckpt, "--read-only"), "posix")
+			got := map[string][]byte{}
+			if _, err := os.Stat(ro); err == nil {
+				got = filesByKey(t, ro)
+			}
+			if len(got) != len(left) {
+				t.Errorf("after a remount %d files, before %d", len(got), len(left))
+			}
+			for k, b := range got {
+				if want, ok := left[k]; !ok || !bytes.Equal(b, want) {
+					t.Errorf("after a remount %q holds %d bytes, before %d (present: %v)", k, len(b), len(want), ok)
+				}
+			}
+		})
+	}
+}
+
+// filesByKey reads every file under dir, by its tensor key.
+func filesByKey(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	for _, f := range walkFiles(t, dir) {
+		p := filepath.Join(dir, f)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[getxattr(t, p, "user.safetensors.key")] = b
+	}
+	return out
+}
