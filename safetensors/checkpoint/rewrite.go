@@ -74,11 +74,11 @@ func isTempOf(name, base string) bool {
 }
 
 // cleanStaleTemps removes "<dir>/.<base>.safejaxfs-tmp-*" files: rewrites,
-// journals and recovery files a crash left half written. They are harmless
-// (the checkpoint is never touched through them) but can be large. The
-// random part must be exactly what createTemp makes, so the temp files of a
-// checkpoint whose own name happens to start with "<base>.safejaxfs-tmp-"
-// are left alone. It takes the write lock (or relies on this process
+// journals being created and recovery files a crash left half written. They
+// are harmless (the checkpoint is never touched through them) but can be
+// large. The random part must be exactly what createTemp makes, so the temp
+// files of a checkpoint whose own name happens to start with
+// "<base>.safejaxfs-tmp-" are left alone. It takes the write lock (or relies on this process
 // holding it): a live writer's temp files are not stale.
 func cleanStaleTemps(ckpt string) error {
 	path, err := realPath(ckpt)
@@ -124,11 +124,14 @@ func cleanStaleTemps(ckpt string) error {
 // readable until this returns; the old file stays valid for the caller after
 // the rename too, since an open or mapped file outlives its name.
 //
-// A journal left by an interrupted commitInPlace is replayed first, so the
-// bytes copied from the old file are the ones last committed. If the
-// checkpoint's identity changes while the new file is being written (another
-// program saved over it), the rename is not done and the error wraps
-// ErrChanged: the other program's file is never overwritten.
+// The checkpoint's journal is settled first (replayed into the old file if
+// its commit is not marked applied), then removed and the directory synced,
+// before anything is copied: the bytes copied from the old file are the
+// ones last committed, and the new file never meets the old one's journal,
+// whenever a crash comes. If the checkpoint's identity changes while the
+// new file is being written (another program saved over it), the rename is
+// not done and the error wraps ErrChanged: the other program's file is
+// never overwritten.
 //
 // When this process holds the checkpoint's lock, the new file is locked
 // before it is renamed into place and the lock handed to the caller's next
@@ -143,6 +146,13 @@ func rewriteAtomic(ckpt string, sources []safetensors.Source, metadata map[strin
 	if jpath := journalPath(path); exists(jpath) {
 		if err := replayAt(path, jpath); err != nil {
 			return fmt.Errorf("finishing an earlier interrupted write first: %w", err)
+		}
+		// The old file now holds every commit durably. The journal is
+		// removed, durably, before the new file can take the name: a
+		// journal never outlives the file it was written for, and a crash
+		// before the rename leaves the old file complete.
+		if err := removeSynced(jpath); err != nil {
+			return fmt.Errorf("removing journal %s before rewriting: %w", jpath, err)
 		}
 	}
 	var st unix.Stat_t
@@ -222,8 +232,8 @@ func rewriteAtomic(ckpt string, sources []safetensors.Source, metadata map[strin
 	return nil
 }
 
-// replayAt opens the checkpoint for writing and replays its journal; the
-// caller holds the lock.
+// replayAt opens the checkpoint for writing and settles its journal
+// (replayOnto); the caller holds the lock.
 func replayAt(path, jpath string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {

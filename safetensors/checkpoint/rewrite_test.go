@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -222,18 +223,84 @@ func TestRewriteAtomicFinishesJournalFirst(t *testing.T) {
 	fd, mapped := openOld(t, c.path)
 	src, meta := relayout(t, c, fd, mapped)
 	// Expected: the relayout of the committed content.
-	committed := &testCkpt{path: c.path, content: applied(c.content, ps), dataOff: c.dataOff, tensors: c.tensors}
-	want := canonical(t, []safetensors.Source{
-		{Key: src[0].Key, DType: src[0].DType, Shape: src[0].Shape, Data: safetensors.Bytes(committed.content), Off: src[0].Off},
-		{Key: src[1].Key, DType: src[1].DType, Shape: src[1].Shape, Data: safetensors.Bytes(committed.content), Off: src[1].Off},
-		src[2],
-	}, meta)
+	want := committedRelayout(t, src, meta, applied(c.content, ps))
 	if err := rewriteAtomic(c.path, src, meta, nil); err != nil {
 		t.Fatal(err)
 	}
 	checkFile(t, c.path, want, "rewrite after an interrupted commit")
 	if s := sideFiles(t, c.path); len(s) != 0 {
 		t.Errorf("left behind: %v", s)
+	}
+}
+
+// committedRelayout is what relayout's sources give when the old file
+// holds content: the canonical file of the new layout over those bytes.
+func committedRelayout(t testing.TB, src []safetensors.Source, meta map[string]string, content []byte) []byte {
+	t.Helper()
+	return canonical(t, []safetensors.Source{
+		{Key: src[0].Key, DType: src[0].DType, Shape: src[0].Shape, Data: safetensors.Bytes(content), Off: src[0].Off},
+		{Key: src[1].Key, DType: src[1].DType, Shape: src[1].Shape, Data: safetensors.Bytes(content), Off: src[1].Off},
+		src[2],
+	}, meta)
+}
+
+// The journal belongs to the file it was written for: a rewrite settles it
+// into the old file, then removes it (durably) before the new file takes
+// the name. Wherever the rewrite crashes, the file under the name never
+// has another file's journal next to it, and a reopen finds the old file
+// with every commit or the new one, nothing to replay.
+func TestRewriteAtomicRemovesJournal(t *testing.T) {
+	for _, pending := range []bool{false, true} {
+		for _, tc := range []struct {
+			point   string // "" for no crash
+			wantNew bool
+		}{{"", true}, {"tmp-written", false}, {"tmp-synced", false}, {"renamed", true}} {
+			name := fmt.Sprintf("pending=%v/crash=%q", pending, tc.point)
+			t.Run(name, func(t *testing.T) {
+				c := defaultCkpt(t)
+				ps := editPatches(c)
+				f := openRW(t, c.path)
+				var hooks *crashHooks
+				if pending {
+					// Crashed mid-patch: the journal is not marked applied.
+					hooks = crashAt("patch-applied", 1, nil)
+				}
+				if err := commitInPlace(f, c.path, c.dataOff, ps, hooks); pending != errors.Is(err, errCrash) || !pending && err != nil {
+					t.Fatal(err)
+				}
+				if !exists(journalPath(c.path)) {
+					t.Fatal("test setup: no journal")
+				}
+				committed := applied(c.content, ps)
+				fd, mapped := openOld(t, c.path)
+				src, meta := relayout(t, c, fd, mapped)
+				want := committed
+				if tc.wantNew {
+					want = committedRelayout(t, src, meta, committed)
+				}
+				var rh *crashHooks
+				if tc.point != "" {
+					rh = crashAt(tc.point, 1, nil)
+				}
+				if err := rewriteAtomic(c.path, src, meta, rh); tc.point == "" && err != nil || tc.point != "" && !errors.Is(err, errCrash) {
+					t.Fatalf("rewrite: %v", err)
+				}
+				if exists(journalPath(c.path)) {
+					t.Error("the journal survived the rewrite")
+				}
+				checkFile(t, c.path, want, "after the rewrite")
+				if ok, err := replayJournal(c.path); ok || err != nil {
+					t.Fatalf("replayJournal = %v, %v", ok, err)
+				}
+				if err := cleanStaleTemps(c.path); err != nil {
+					t.Fatal(err)
+				}
+				checkFile(t, c.path, want, "after reopening")
+				if s := sideFiles(t, c.path); len(s) != 0 {
+					t.Errorf("left behind: %v", s)
+				}
+			})
+		}
 	}
 }
 
