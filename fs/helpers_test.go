@@ -2,6 +2,7 @@ package fs
 
 import (
 	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -82,5 +83,20 @@ func TestUploadFlushRepeatsRefusal(t *testing.T) {
 	}
 	if errno := u.flush(ok); errno != 0 {
 		t.Fatalf("flush after a new write: %v", errno)
+	}
+}
+
+func TestUnescapeOctal(t *testing.T) {
+	for in, want := range map[string]string{`/mnt/a\040b`: "/mnt/a b", `/plain`: "/plain", `a\134b`: `a\b`, `bad\09`: `bad\09`, `end\04`: `end\04`} {
+		if got := unescapeOctal(in); got != want {
+			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestFindMountRoot(t *testing.T) {
+	m, found, err := FindMount("/")
+	if err != nil || !found || m.FSType == "" || !strings.Contains(m.Dev, ":") {
+		t.Errorf("FindMount(/) = %+v, %v, %v", m, found, err)
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -172,47 +171,8 @@ func exited(pid int) bool {
 	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
 }
 
-// mountType finds mnt in /proc/self/mountinfo and returns its file system
-// type (e.g. fuse.safejaxfs).
+// mountType returns the file system type mounted at mnt.
 func mountType(mnt string) (fstype string, found bool, err error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", false, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 7 || unescapeMountinfo(fields[4]) != mnt {
-			continue
-		}
-		for i := 6; i < len(fields)-1; i++ {
-			if fields[i] == "-" {
-				// The last entry for a path is the one on top.
-				fstype, found = fields[i+1], true
-				break
-			}
-		}
-	}
-	return fstype, found, sc.Err()
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for space etc.).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	m, found, err := fs.FindMount(mnt)
+	return m.FSType, found, err
 }

@@ -1,0 +1,69 @@
+package fs
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// MountEntry is a line of /proc/self/mountinfo.
+type MountEntry struct {
+	Dev    string // "major:minor", the mount's device (its FUSE bdi)
+	FSType string // e.g. fuse.safejaxfs
+	Source string // the checkpoint, for safejaxfs mounts
+}
+
+// FindMount returns the mount on top at path, without touching the mount
+// itself (from inside the daemon a stat of its own mount is a request to
+// itself; from outside, a dead mount would answer ENOTCONN).
+func FindMount(path string) (m MountEntry, found bool, err error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return m, false, err
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return m, false, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 7 || unescapeOctal(fields[4]) != abs {
+			continue
+		}
+		for i := 6; i < len(fields)-1; i++ {
+			if fields[i] == "-" {
+				// Later lines are mounted on top of earlier ones.
+				m, found = MountEntry{Dev: fields[2], FSType: fields[i+1]}, true
+				if i+2 < len(fields) {
+					m.Source = unescapeOctal(fields[i+2])
+				}
+				break
+			}
+		}
+	}
+	return m, found, sc.Err()
+}
+
+// unescapeOctal undoes mountinfo's escapes (\040 for a space, ...).
+func unescapeOctal(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
