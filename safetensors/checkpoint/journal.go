@@ -210,8 +210,10 @@ func journalPath(ckpt string) string {
 	if r, err := realPath(ckpt); err == nil {
 		ckpt = r
 	}
-	return sidePath(ckpt, ".safejaxfs-journal")
+	return sidePath(ckpt, journalSuffix)
 }
+
+const journalSuffix = ".safejaxfs-journal"
 
 // run is a contiguous range of new bytes, from one or more patches.
 type run struct {
@@ -397,7 +399,7 @@ func commitInPlace(f *os.File, ckpt string, dataOffset int64, patches []patch, h
 	if err != nil || len(runs) == 0 {
 		return err
 	}
-	jpath := journalPath(path)
+	jpath := sidePath(path, journalSuffix) // journalPath, path already resolved
 	jf, seq, err := openJournal(f, path, jpath)
 	if err != nil {
 		return err
