@@ -271,8 +271,20 @@ func (c *Checkpoint) Close() error {
 			s.release()
 		}
 	}
+	if !c.readOnly && err == nil {
+		// Everything is in the checkpoint: no journal is left next to an
+		// unmounted checkpoint (removed while we still hold the lock).
+		if rerr := retireJournal(c.path); rerr != nil {
+			err = fmt.Errorf("removing the journal of %s: %w", c.path, rerr)
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.rw != nil {
+		// Leave no applied journal behind: an unmounted checkpoint has no
+		// hidden file next to it the size of its largest edit.
+		retireJournal(c.path)
+	}
 	c.closeFiles()
 	if c.cur != nil {
 		c.cur.release()
@@ -287,9 +299,8 @@ func (c *Checkpoint) Close() error {
 
 // PendingJournal reports the journal of a write-back that a crash
 // interrupted, if the checkpoint at path has one: until a read-write Open
-// replays it, tensors it covers may be torn on disk.
+// replays it, tensors it covers may be torn on disk. A journal whose commit
+// completed (or never started) is not pending.
 func PendingJournal(path string) (string, bool) {
-	j := journalPath(path)
-	_, err := os.Stat(j)
-	return j, err == nil
+	return journalPending(path)
 }
