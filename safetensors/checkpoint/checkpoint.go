@@ -44,10 +44,9 @@ type Checkpoint struct {
 	// persistMu serializes persists; mu guards everything below and is not
 	// held during persistence I/O, so reads go on while a rewrite runs.
 	persistMu sync.Mutex
-	// reads is held shared by every Read until its release: an in-place
-	// persist waits for the reads in flight, whose slices of the mapping
-	// it is about to overwrite, before it writes (see Sync).
-	reads sync.RWMutex
+	// reads tracks Reads until their release, for in-place persists to
+	// wait on (see readTracker).
+	reads readTracker
 	mu    sync.RWMutex
 	cur   *mapping
 	// retired are earlier mappings that tensors edited during a rewrite
@@ -231,26 +230,24 @@ func (c *Checkpoint) Metadata() map[string]string {
 // unchanged until release is called (once), even if the checkpoint is
 // rewritten or written in place meanwhile.
 func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(), err error) {
-	// Before mu, so a Read waiting for a persist's barrier holds nothing
-	// that edits need.
-	c.reads.RLock()
+	done := c.reads.enter()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	t := c.get(id)
 	if t == nil {
-		c.reads.RUnlock()
+		done()
 		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 	}
 	v := t.visible()
 	if off >= v.size || n <= 0 {
-		c.reads.RUnlock()
+		done()
 		return nil, nop, nil
 	}
 	m := v.ref
 	m.acquire()
 	return v.segments(off, int64(n)), func() {
 		m.release()
-		c.reads.RUnlock()
+		done()
 	}, nil
 }
 

@@ -1,0 +1,44 @@
+package checkpoint
+
+import (
+	"testing"
+	"time"
+)
+
+func TestReadTrackerWaitsForEarlierReads(t *testing.T) {
+	var rt readTracker
+	if !rt.wait() {
+		t.Fatal("wait with no reads did not return at once")
+	}
+	release := rt.enter()
+	done := make(chan bool, 1)
+	go func() { done <- rt.wait() }()
+	select {
+	case <-done:
+		t.Fatal("wait returned while an earlier read was in flight")
+	case <-time.After(50 * time.Millisecond):
+	}
+	// A read that starts after the wait began is not waited for.
+	later := rt.enter()
+	defer later()
+	release()
+	release() // releasing twice is harmless
+	if ok := <-done; !ok {
+		t.Fatal("wait reported a timeout")
+	}
+}
+
+func TestReadTrackerWaitIsBounded(t *testing.T) {
+	old := maxReadWait
+	maxReadWait = 20 * time.Millisecond
+	defer func() { maxReadWait = old }()
+	var rt readTracker
+	rt.enter() // never released
+	if rt.wait() {
+		t.Fatal("wait claimed the unreleased read was done")
+	}
+	// The stuck read does not block the next epoch.
+	if !rt.wait() {
+		t.Fatal("the next wait inherited the stuck read")
+	}
+}
