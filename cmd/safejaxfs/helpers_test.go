@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -63,7 +64,10 @@ type result struct {
 // cli runs the safejaxfs command line and returns its output and exit code.
 func cli(t testing.TB, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
+	// Bounded, so a hung daemon fails the test instead of hanging the run.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
 	cmd.Env = append(os.Environ(), asCLIEnv+"=1")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

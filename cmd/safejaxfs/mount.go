@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -123,6 +124,13 @@ func isMountpoint(path string) (bool, error) {
 	return st.Dev != parent.Dev || st.Ino == parent.Ino, nil
 }
 
+// memoryLimit is the daemon's soft Go memory limit (GOMEMLIMIT overrides
+// it). Without one the heap may grow to twice what is live before a
+// collection: a find over a 100k-tensor mount peaked at 260 MB of RSS for
+// about 120 MB live, 166 MB with this limit. It is soft: a bigger
+// checkpoint makes the collector work harder, it never fails an allocation.
+const memoryLimit = 160 << 20
+
 // serve opens, mounts and serves until unmounted or signalled. It reports
 // readiness (or the reason it could not get there) to a waiting parent.
 func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
@@ -143,6 +151,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		logger.SetOutput(io.Discard)
 	}
 
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	readOnly := mf.readOnly
 	if !readOnly && unix.Access(ckpt, unix.W_OK) != nil {
 		// Like mount(8) with a write-protected device: fall back, say so.
@@ -166,6 +177,12 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}
+	// Signals are caught from before the mount exists: one that arrives
+	// while mounting must unmount once the mount is up, not kill the
+	// daemon and leave a dead mount behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	server, err := fs.Mount(mnt, f, fs.MountOptions{
 		AllowOther: mf.allowOther,
 		Extra:      splitOptions(mf.options),
@@ -176,8 +193,6 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		return fail(exitMount, "mounting %s at %s: %v", ckpt, mnt, err)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		for s := range sigs {
 			logger.Printf("%v: unmounting %s", s, mnt)
@@ -194,8 +209,6 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	}()
 	ready.ok()
 	server.Wait()
-	signal.Stop(sigs)
-	close(sigs)
 	// Unmounted: persist what is left. The kernel is gone, so this is the
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.

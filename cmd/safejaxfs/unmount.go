@@ -84,18 +84,25 @@ func writeBack(mnt string) error {
 }
 
 // daemonPID reads the pid the daemon publishes on the mount root; 0 if it
-// does not answer.
+// does not answer within a few seconds (a hung daemon must not hang
+// unmount too: detaching still works without it).
 func daemonPID(mnt string) int {
-	buf := make([]byte, 32)
-	n, err := unix.Getxattr(mnt, fs.XattrPID, buf)
-	if err != nil {
+	got := make(chan int, 1)
+	go func() {
+		buf := make([]byte, 32)
+		n, err := unix.Getxattr(mnt, fs.XattrPID, buf)
+		pid := 0
+		if err == nil {
+			pid, _ = strconv.Atoi(string(buf[:n]))
+		}
+		got <- pid
+	}()
+	select {
+	case pid := <-got:
+		return pid
+	case <-time.After(5 * time.Second):
 		return 0
 	}
-	pid, err := strconv.Atoi(string(buf[:n]))
-	if err != nil {
-		return 0
-	}
-	return pid
 }
 
 // lazyUnmount detaches mnt even though it is busy.

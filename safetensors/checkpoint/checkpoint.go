@@ -277,11 +277,6 @@ func (c *Checkpoint) Close() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.rw != nil {
-		// Leave no applied journal behind: an unmounted checkpoint has no
-		// hidden file next to it the size of its largest edit.
-		retireJournal(c.path)
-	}
 	c.closeFiles()
 	if c.cur != nil {
 		c.cur.release()
