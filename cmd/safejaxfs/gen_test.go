@@ -65,7 +65,11 @@ func writeCheckpoint(t testing.TB, name string, meta map[string]string, tensors 
 
 // flaxModel is a small Flax-style checkpoint: params and batch_stats.
 func flaxModel(t testing.TB) string {
-	return writeCheckpoint(t, "flax.safetensors", map[string]string{"framework": "flax", "step": "1200"},
+	return writeCheckpoint(t, "flax.safetensors", flaxMeta, flaxTensors()...)
+}
+
+func flaxTensors() []genTensor {
+	return []genTensor{
 		f32("params.Dense_0.kernel", 0, 3, 16),
 		f32("params.Dense_0.bias", 100, 16),
 		f32("params.Dense_1.kernel", 200, 16, 4),
@@ -73,5 +77,7 @@ func flaxModel(t testing.TB) string {
 		f32("batch_stats.BatchNorm_0.mean", 400, 16),
 		f32("batch_stats.BatchNorm_0.var", 500, 16),
 		f32("step_scale", 7),
-	)
+	}
 }
+
+var flaxMeta = map[string]string{"framework": "flax", "step": "1200"}

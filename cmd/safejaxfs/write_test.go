@@ -58,20 +58,6 @@ func unmountOK(t testing.TB, mnt string) {
 	}
 }
 
-func flaxTensors() []genTensor {
-	return []genTensor{
-		f32("params.Dense_0.kernel", 0, 3, 16),
-		f32("params.Dense_0.bias", 100, 16),
-		f32("params.Dense_1.kernel", 200, 16, 4),
-		f32("params.Dense_1.bias", 300, 4),
-		f32("batch_stats.BatchNorm_0.mean", 400, 16),
-		f32("batch_stats.BatchNorm_0.var", 500, 16),
-		f32("step_scale", 7),
-	}
-}
-
-var flaxMeta = map[string]string{"framework": "flax", "step": "1200"}
-
 func TestWriteInPlaceMemmap(t *testing.T) {
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)

@@ -277,6 +277,13 @@ func (c *Checkpoint) Close() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.releaseAll()
+	return err
+}
+
+// releaseAll closes the files and drops the mappings (slices handed out to
+// reads still in flight stay valid until their release). Caller holds mu.
+func (c *Checkpoint) releaseAll() {
 	c.closeFiles()
 	if c.cur != nil {
 		c.cur.release()
@@ -286,7 +293,6 @@ func (c *Checkpoint) Close() error {
 		m.release()
 	}
 	c.retired = nil
-	return err
 }
 
 // PendingJournal reports the journal of a write-back that a crash

@@ -25,15 +25,7 @@ var errCkCrash = errors.New("simulated crash (checkpoint test)")
 func ckAbandon(c *Checkpoint) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.closeFiles()
-	if c.cur != nil {
-		c.cur.release()
-		c.cur = nil
-	}
-	for _, m := range c.retired {
-		m.release()
-	}
-	c.retired = nil
+	c.releaseAll()
 }
 
 // ckCrashAt crashes at the nth time (1-based) point is reached.
