@@ -9,8 +9,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -124,12 +126,29 @@ func isMountpoint(path string) (bool, error) {
 	return st.Dev != parent.Dev || st.Ino == parent.Ino, nil
 }
 
-// memoryLimit is the daemon's soft Go memory limit (GOMEMLIMIT overrides
-// it). Without one the heap may grow to twice what is live before a
-// collection: a find over a 100k-tensor mount peaked at 260 MB of RSS for
-// about 120 MB live, 166 MB with this limit. It is soft: a bigger
-// checkpoint makes the collector work harder, it never fails an allocation.
+// memoryLimit is the daemon's soft Go memory limit while little is live
+// (GOMEMLIMIT overrides it). Without one the heap may grow to twice what is
+// live before a collection: a find over a 100k-tensor mount peaked at 260 MB
+// of RSS for about 120 MB live, 166 MB with this limit.
 const memoryLimit = 160 << 20
+
+// followLiveHeap keeps the soft limit a quarter above the live heap once
+// that outgrows the base: a large .npy upload or edit held in memory must
+// not make the collector run back to back (a 256 MiB np.save took 1.7x as
+// long under a fixed limit).
+func followLiveHeap(base int64) {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	set := int64(-1)
+	for {
+		metrics.Read(sample)
+		live := int64(sample[0].Value.Uint64())
+		if limit := max(base, live+live/4); limit != set {
+			debug.SetMemoryLimit(limit)
+			set = limit
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
 
 // serve opens, mounts and serves until unmounted or signalled. It reports
 // readiness (or the reason it could not get there) to a waiting parent.
@@ -152,7 +171,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	}
 
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(memoryLimit)
+		go followLiveHeap(memoryLimit)
 	}
 	readOnly := mf.readOnly
 	if !readOnly && unix.Access(ckpt, unix.W_OK) != nil {
