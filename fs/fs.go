@@ -162,12 +162,25 @@ func (f *FS) forget(ino uint64) { f.inodes.Delete(ino) }
 // kernel already knows, and invalidating an inode from inside its own write
 // would wait on pages that write holds locked.
 func (f *FS) changed(id checkpoint.ID, except uint64) {
-	for _, ino := range []uint64{tensorIno(id), npyIno(id)} {
-		if ino == except {
-			continue
+	f.changedRange(id, except, 0, 0)
+}
+
+// changedRange is changed for the tensor bytes [off, off+n) only (n 0: to
+// the end), so a small write does not drop every cached page of a large
+// tensor's other name.
+func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
+	if t, ok := f.inodes.Load(tensorIno(id)); ok && tensorIno(id) != except {
+		t.(*fs.Inode).NotifyContent(off, n)
+	}
+	if v, ok := f.inodes.Load(npyIno(id)); ok && npyIno(id) != except {
+		vOff := int64(0)
+		if n > 0 {
+			// The view's bytes sit after its header; with no header
+			// (a dtype numpy lacks) there is nothing cached to keep.
+			if h := f.npyView(id); h != nil {
+				vOff = int64(len(h)) + off
+			}
 		}
-		if n, ok := f.inodes.Load(ino); ok {
-			n.(*fs.Inode).NotifyContent(0, 0)
-		}
+		v.(*fs.Inode).NotifyContent(vOff, n)
 	}
 }

@@ -48,7 +48,7 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 		t.fsys.logf("write: %v", err)
 		return 0, editErrno(err)
 	}
-	t.fsys.changed(t.id, tensorIno(t.id))
+	t.fsys.changedRange(t.id, tensorIno(t.id), off, int64(len(data)))
 	return uint32(len(data)), 0
 }
 
