@@ -67,8 +67,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if base, ok := strings.CutSuffix(name, npyExt); ok {
 		if t := d.node.Lookup(base); t != nil && !t.IsDir() {
 			id := checkpoint.ID(t.Tensor)
-			if f.npyView(id) != nil {
-				f.fillNPYAttr(&out.Attr, npyIno(id), id)
+			if f.fillNPYAttr(&out.Attr, npyIno(id), id) {
 				return f.remember(d.NewInode(ctx, &npyNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: npyIno(id)})), 0
 			}
 		}

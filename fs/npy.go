@@ -53,26 +53,33 @@ func (n *npyNode) OnForget() { n.fsys.forget(n.StableAttr().Ino) }
 // call: it is a few dozen bytes of formatting, and the tensor's dtype and
 // shape may change under a read-write mount.
 func (f *FS) npyView(id checkpoint.ID) []byte {
-	info, ok := f.ck.Info(id)
-	if !ok {
-		return nil
-	}
-	h, err := npy.Header(info.DType.String(), info.Shape)
-	if err != nil {
-		return nil
-	}
+	h, _ := f.npyViewInfo(id)
 	return h
 }
 
-func (f *FS) fillNPYAttr(a *fuse.Attr, ino uint64, id checkpoint.ID) syscall.Errno {
+// npyViewInfo is npyView plus what it read of the tensor.
+func (f *FS) npyViewInfo(id checkpoint.ID) ([]byte, checkpoint.Info) {
 	info, ok := f.ck.Info(id)
-	h := f.npyView(id)
+	if !ok {
+		return nil, info
+	}
+	h, err := npy.Header(info.DType.String(), info.Shape)
+	if err != nil {
+		return nil, info
+	}
+	return h, info
+}
+
+// fillNPYAttr fills the view's attributes; false (size 0) when tensor id has
+// no view.
+func (f *FS) fillNPYAttr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
+	h, info := f.npyViewInfo(id)
 	size := uint64(0)
-	if ok && h != nil {
+	if h != nil {
 		size = uint64(len(h)) + uint64(info.Size)
 	}
 	f.fillCommon(a, ino, syscall.S_IFREG|f.fileMode(), size)
-	return 0
+	return h != nil
 }
 
 func (n *npyNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -80,7 +87,8 @@ func (n *npyNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrO
 		n.fsys.fillCommon(&out.Attr, n.StableAttr().Ino, syscall.S_IFREG|n.fsys.fileMode(), uint64(u.size()))
 		return 0
 	}
-	return n.fsys.fillNPYAttr(&out.Attr, n.StableAttr().Ino, n.tensor())
+	n.fsys.fillNPYAttr(&out.Attr, n.StableAttr().Ino, n.tensor())
+	return 0
 }
 
 func (n *npyNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

@@ -44,9 +44,8 @@ func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 
 // npyBytes copies the whole view (for a read-write open of an existing view).
 func (f *FS) npyBytes(id checkpoint.ID) []byte {
-	h := f.npyView(id)
-	info, ok := f.ck.Info(id)
-	if h == nil || !ok {
+	h, info := f.npyViewInfo(id)
+	if h == nil {
 		return nil
 	}
 	b := append([]byte(nil), h...)
