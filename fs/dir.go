@@ -122,6 +122,9 @@ const (
 var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
 
 func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if errno := unsupportedXattr(attr); errno != 0 {
+		return 0, errno
+	}
 	if d.isRoot() {
 		switch attr {
 		case XattrPID:

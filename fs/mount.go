@@ -47,13 +47,20 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		NegativeTimeout: &timeout,
 		Logger:          mo.Logger,
 		MountOptions: fuse.MountOptions{
-			FsName:               src,
-			Name:                 "safejaxfs",
-			AllowOther:           mo.AllowOther,
-			Options:              opts,
-			DirectMount:          os.Geteuid() == 0,
-			IgnoreSecurityLabels: true,
-			DisableReadDirPlus:   true,
+			FsName:      src,
+			Name:        "safejaxfs",
+			AllowOther:  mo.AllowOther,
+			Options:     opts,
+			DirectMount: os.Geteuid() == 0,
+			// READDIRPLUS (the default) answers a listing with every
+			// entry's attributes, so ls -l, du and find do not look
+			// entries up one by one: a round trip per directory instead
+			// of one per entry. The cost, an inode per listed entry, is
+			// the same as an `ls -lR` makes anyway.
+			//
+			// IgnoreSecurityLabels stays off: it answers ENODATA for
+			// the ACL names, and only our EOPNOTSUPP lets ls stop
+			// asking (unsupportedXattr).
 			// Bigger requests mean fewer round trips on sequential reads
 			// and writes: 1 MiB is the kernel's maximum.
 			MaxWrite:     1 << 20,
@@ -62,8 +69,13 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			Logger:       mo.Logger,
 		},
 	}
-	server, err := fs.Mount(mountpoint, f.Root(), fsOpts)
+	raw := &listingFS{RawFileSystem: fs.NewNodeFS(f.Root(), fsOpts)}
+	server, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, err
 	}
 	raiseReadahead(mountpoint, mo.Logger)

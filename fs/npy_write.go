@@ -133,10 +133,10 @@ func (n *npyNode) commit(b []byte) error {
 			return fmt.Errorf("tensor %q: %w", key, err)
 		}
 		n.id = id
-		if _, p := n.Parent(); p != nil {
-			// The raw file may be cached as absent.
-			go p.NotifyEntry(n.base)
-		}
+		// The raw file may be cached as absent, and the listing without it.
+		// Before the close returns, so the next ls sees it.
+		_, p := n.Parent()
+		entryChanged(p, n.base)
 	}
 	// The view's own pages may hold the uploaded bytes, not the view's:
 	// invalidate after this request has returned.

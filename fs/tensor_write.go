@@ -88,7 +88,11 @@ func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) 
 // Setxattr on dtype or shape reinterprets the tensor's bytes; the byte size
 // must stay the same.
 func (t *tensorNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return t.fsys.setxattr(t.id, attr, data)
+	errno := t.fsys.setxattr(t.id, attr, data)
+	if errno == 0 && attr == xattrDType {
+		t.fsys.viewListed(&t.Inode)
+	}
+	return errno
 }
 
 func (t *tensorNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
