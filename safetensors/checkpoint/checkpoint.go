@@ -24,7 +24,7 @@ type Info struct {
 	Key   string
 	DType safetensors.DType
 	Shape []uint64
-	Size  int64 // bytes now visible; differs from dtype x shape only mid-rewrite
+	Size  int64  // bytes now visible; differs from dtype x shape only mid-rewrite
 	Shard string // the file holding it: its name in the index, or the checkpoint's base name
 }
 
@@ -69,7 +69,7 @@ type tensor struct {
 	key   string
 	dtype safetensors.DType
 	shape []uint64
-	shard int     // index in Checkpoint.shards; a tensor never changes shard
+	shard int      // index in Checkpoint.shards; a tensor never changes shard
 	cur   *content // committed bytes: always dtype x shape long
 	// staged holds a rewrite in progress whose size does not (yet) match
 	// dtype x shape (cp truncates, then writes). Readers see it; persistence

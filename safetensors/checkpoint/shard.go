@@ -5,10 +5,10 @@ import "os"
 // shard is one safetensors file of the checkpoint: the only one of a plain
 // checkpoint, or one the index names.
 type shard struct {
-	name string // as the index names it; the base name of a plain checkpoint
-	path string // Dir(index)/name, or the checkpoint path as given
-	cur  *mapping
-	rw   *os.File     // open for in-place writes (read-write mounts)
+	name   string // as the index names it; the base name of a plain checkpoint
+	path   string // Dir(index)/name, or the checkpoint path as given
+	cur    *mapping
+	rw     *os.File     // open for in-place writes (read-write mounts)
 	unlock func() error // drops the advisory lock
 	ident  identity     // the file as we last left it
 	// meta is the header's __metadata__ (nil: the header has none).
