@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
+	"math/big"
 	"path"
 	"slices"
 	"strconv"
@@ -276,7 +278,7 @@ func appendPy(b []byte, g any, depth int) []byte {
 	case bool:
 		return strconv.AppendBool(b, g)
 	case json.Number:
-		return append(b, g...)
+		return appendPyNumber(b, string(g))
 	case string:
 		return appendPyString(b, g)
 	case []any:
@@ -311,6 +313,35 @@ func appendPy(b []byte, g any, depth int) []byte {
 		return append(pyIndent(b, depth), '}')
 	}
 	panic(fmt.Sprintf("safetensors index: cannot render %T", g))
+}
+
+// appendPyNumber renders a JSON number as Python does after json.loads: an
+// integer as the int it is, anything with a fraction or exponent as
+// repr(float) (shortest round-trip digits, fixed notation for decimal
+// exponents in [-4, 16) with at least one digit after the point,
+// exponent notation otherwise).
+func appendPyNumber(b []byte, s string) []byte {
+	if !strings.ContainsAny(s, ".eE") {
+		if n, ok := new(big.Int).SetString(s, 10); ok {
+			return n.Append(b, 10)
+		}
+		return append(b, s...)
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsInf(f, 0) {
+		return append(b, s...) // Python would write Infinity: keep the text
+	}
+	e := strconv.FormatFloat(f, 'e', -1, 64)
+	exp, _ := strconv.Atoi(e[strings.IndexByte(e, 'e')+1:])
+	if exp < -4 || exp >= 16 {
+		return append(b, e...)
+	}
+	fixed := strconv.FormatFloat(f, 'f', -1, 64)
+	b = append(b, fixed...)
+	if !strings.Contains(fixed, ".") {
+		b = append(b, ".0"...)
+	}
+	return b
 }
 
 func pyIndent(b []byte, depth int) []byte {

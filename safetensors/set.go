@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // Rules a sharded set can break (wrapped by *SetError).
@@ -96,7 +97,7 @@ func Locate(p string) (*Location, *Index, error) {
 // ReadIndex reads and parses an index file, refusing a FIFO or device
 // (which could block forever) and anything larger than MaxIndexSize.
 func ReadIndex(p string) (*Index, error) {
-	f, err := os.Open(p)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO must not block
 	if err != nil {
 		return nil, err
 	}

@@ -179,11 +179,11 @@ func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, error)
 				c.closeIndex()
 				return nil, nil, err
 			}
-			unlock := c.index.unlock
+			held := c.index
 			c.index = newIndexState(loc.Index, idx)
-			c.index.unlock = unlock
+			c.index.unlock, c.index.ident = held.unlock, held.ident
 			if err := c.index.lock(); err != nil {
-				unlock()
+				held.unlock()
 				c.index = nil
 				return nil, nil, err
 			}

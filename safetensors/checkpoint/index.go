@@ -52,6 +52,14 @@ func openIndex(path string, idx *safetensors.Index) (*indexState, error) {
 // lock locks the index file at its path (after a rewrite: the new inode,
 // whose lock the rewrite handed over) and records its identity.
 func (x *indexState) lock() error {
+	if x.unlock != nil {
+		// Already locked: a lock on the same inode again would conflict
+		// with our own.
+		if now, err := statIdentity(x.path); err == nil && now.dev == x.ident.dev && now.ino == x.ident.ino {
+			x.ident = now
+			return nil
+		}
+	}
 	f, err := os.Open(x.path)
 	if err != nil {
 		return err
