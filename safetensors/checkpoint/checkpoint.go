@@ -188,16 +188,14 @@ func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, error)
 				return nil, nil, err
 			}
 		}
-		if err := cleanStaleTemps(loc.Index); err != nil {
+		if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
 			c.closeIndex()
 			return nil, nil, err
 		}
+	} else if err := cleanStaleTemps(loc.Paths[0]); err != nil {
+		return nil, nil, err
 	}
 	for _, p := range loc.Paths {
-		if err := cleanStaleTemps(p); err != nil {
-			c.closeIndex()
-			return nil, nil, err
-		}
 		if _, err := replayJournal(p); err != nil {
 			c.closeIndex()
 			return nil, nil, err

@@ -94,22 +94,55 @@ func cleanStaleTemps(ckpt string) error {
 		return err
 	}
 	defer f.Close()
-	return withWriteLock(f, func() error {
-		dir, base := filepath.Split(path)
+	return withWriteLock(f, func() error { return removeTemps([]string{path}) })
+}
+
+// cleanSetTemps is cleanStaleTemps for every file of a sharded checkpoint
+// at once (one directory read per directory, not per shard); the caller
+// holds the set's lock (the index's), which every writer of the set takes
+// first.
+func cleanSetTemps(paths []string) error {
+	var real []string
+	for _, p := range paths {
+		r, err := realPath(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		real = append(real, r)
+	}
+	return removeTemps(real)
+}
+
+// removeTemps removes the temp files of the files at paths (resolved).
+func removeTemps(paths []string) error {
+	byDir := map[string]map[string]bool{}
+	for _, p := range paths {
+		dir, base := filepath.Split(p)
+		if byDir[dir] == nil {
+			byDir[dir] = map[string]bool{}
+		}
+		byDir[dir][base] = true
+	}
+	for dir, bases := range byDir {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			return err
 		}
 		for _, e := range entries {
-			if !isTempOf(e.Name(), base) {
+			name := e.Name()
+			i := strings.Index(name, tmpInfix)
+			if i < 1 || !bases[name[1:i]] || !isTempOf(name, name[1:i]) {
 				continue
 			}
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // replacement is one file a rewrite replaces: its new content comes from
