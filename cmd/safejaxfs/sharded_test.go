@@ -153,9 +153,9 @@ func TestShardedLsAndVerify(t *testing.T) {
 // a message naming the file and key.
 func TestShardedRefusals(t *testing.T) {
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(dir string)
-		says  []string
+		says   []string
 	}{
 		{"missing shard", func(dir string) { os.Remove(filepath.Join(dir, shardName(1, 3))) }, []string{shardName(1, 3), "missing"}},
 		{"key not in the index", func(dir string) {
