@@ -14,9 +14,14 @@ const (
 	xattrKey   = "user.safetensors.key"
 	xattrDType = "user.safetensors.dtype"
 	xattrShape = "user.safetensors.shape"
+	// xattrShard names the file of a sharded checkpoint holding the tensor.
+	xattrShard = "user.safetensors.shard"
 )
 
-var xattrList = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00")
+var (
+	xattrList        = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00")
+	xattrListSharded = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00" + xattrShard + "\x00")
+)
 
 // unsupportedXattr is EOPNOTSUPP for a name outside the user namespace:
 // the mount has no ACLs, security labels or trusted attributes, and saying
@@ -60,6 +65,11 @@ func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, sysca
 		v = []byte(info.DType.String())
 	case xattrShape:
 		v = shapeJSON(info.Shape)
+	case xattrShard:
+		if !f.ck.Sharded() {
+			return 0, syscall.ENODATA
+		}
+		v = []byte(info.Shard)
 	default:
 		return 0, syscall.ENODATA
 	}
@@ -69,6 +79,9 @@ func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, sysca
 func (f *FS) listxattr(id checkpoint.ID, dest []byte) (uint32, syscall.Errno) {
 	if _, ok := f.ck.Info(id); !ok {
 		return 0, syscall.ENOENT
+	}
+	if f.ck.Sharded() {
+		return copyAttr(dest, xattrListSharded)
 	}
 	return copyAttr(dest, xattrList)
 }
