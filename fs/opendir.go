@@ -24,11 +24,23 @@ import (
 // API serves listings only through one, so each such request gets a handle
 // for its duration. Entry offsets are positions in the listing, so a request
 // that continues a listing seeks to where the previous one stopped.
+//
+// Kernels before 5.1 would fail the opendir(3) instead: there (no
+// FUSE_NO_OPENDIR_SUPPORT in INIT) directories open the ordinary way.
 type listingFS struct {
 	fuse.RawFileSystem
+	server *fuse.Server
+}
+
+func (l *listingFS) Init(s *fuse.Server) {
+	l.server = s
+	l.RawFileSystem.Init(s)
 }
 
 func (l *listingFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if l.server.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT == 0 {
+		return l.RawFileSystem.OpenDir(cancel, in, out)
+	}
 	return fuse.ENOSYS
 }
 
