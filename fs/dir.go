@@ -24,7 +24,7 @@ type dirNode struct {
 
 var (
 	_ = (fs.NodeLookuper)((*dirNode)(nil))
-	_ = (fs.NodeReaddirer)((*dirNode)(nil))
+	_ = (fs.NodeOpendirHandler)((*dirNode)(nil))
 	_ = (fs.NodeGetattrer)((*dirNode)(nil))
 	_ = (fs.NodeStatfser)((*dirNode)(nil))
 )
@@ -88,12 +88,15 @@ func (f *FS) newChild(ctx context.Context, parent *fs.Inode, n *tree.Node, a *fu
 	return f.remember(parent.NewInode(ctx, &tensorNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tensorIno(id)})), 0
 }
 
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+// entries lists the directory: the root's special files, then every child
+// in name order, each tensor followed by its view when views are listed.
+// An entry's offset is its position in this list.
+func (d *dirNode) entries() []fuse.DirEntry {
 	f := d.fsys
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	children := d.node.Children()
-	entries := make([]fuse.DirEntry, 0, len(children)+1)
+	entries := make([]fuse.DirEntry, 0, len(children)+len(f.specials))
 	if d.isRoot() {
 		for _, doc := range f.specials {
 			entries = append(entries, fuse.DirEntry{Name: doc.name, Mode: syscall.S_IFREG, Ino: doc.ino})
@@ -110,7 +113,23 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 			entries = append(entries, fuse.DirEntry{Name: c.Name + npyExt, Mode: syscall.S_IFREG, Ino: npyIno(id)})
 		}
 	}
-	return fs.NewListDirStream(entries), 0
+	return entries
+}
+
+// size is len(entries()) when that is known without building the list
+// (views are listed only for dtypes numpy has); ok false otherwise.
+func (d *dirNode) size() (n int, ok bool) {
+	f := d.fsys
+	if f.opt.NPY {
+		return 0, false
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n = d.node.Len()
+	if d.isRoot() {
+		n += len(f.specials)
+	}
+	return n, true
 }
 
 // Hidden attributes of the mount root for `safejaxfs unmount`: the daemon's
