@@ -52,11 +52,10 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			AllowOther:  mo.AllowOther,
 			Options:     opts,
 			DirectMount: os.Geteuid() == 0,
-			// READDIRPLUS (the default) answers a listing with every
-			// entry's attributes, so ls -l, du and find do not look
-			// entries up one by one: a round trip per directory instead
-			// of one per entry. The cost, an inode per listed entry, is
-			// the same as an `ls -lR` makes anyway.
+			// READDIRPLUS (the default) answers a listing with its
+			// subdirectories' attributes (dirHandle), so a walk
+			// (find, du, ls -R) does not look each directory up
+			// before reading it.
 			//
 			// IgnoreSecurityLabels stays off: it answers ENODATA for
 			// the ACL names, and only our EOPNOTSUPP lets ls stop
