@@ -46,6 +46,8 @@ var commands = []command{
 	{"unmount", "[flags] MOUNTPOINT", "unmount, waiting for the daemon to finish", runUnmount},
 	{"ls", "[flags] CHECKPOINT [PREFIX]", "list tensors as a tree without mounting", runLs},
 	{"verify", "CHECKPOINT", "check a checkpoint strictly; exit 0 if valid, 1 if not", runVerify},
+	{"sync", "MOUNTPOINT", "write a mount's edits back into the checkpoint files now", runSync},
+	{"recover", "CHECKPOINT", "finish, without mounting, a write-back a crash interrupted", runRecover},
 }
 
 func usage() {

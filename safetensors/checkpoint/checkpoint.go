@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 
@@ -63,6 +64,22 @@ type Checkpoint struct {
 	// recovery is where edits go once the checkpoint was changed by someone
 	// else: we never overwrite their file.
 	recovery string
+
+	// The log (persist.go): nil until the first commit after an open or a
+	// compaction. walMaps are the mappings tensors may serve bytes from.
+	wal      *wal
+	walMaps  []*walMap
+	walLimit int64
+	// dirty are the tensors changed since the last commit (deleted ones
+	// included until then); gone the keys, as logged, of logged tensors
+	// removed since.
+	dirty map[*tensor]struct{}
+	gone  []string
+	// stuck is a failure after a compaction's commit point: nothing more
+	// is persisted in this mount (see compact.go).
+	stuck error
+	// closed: the files are released (Close, or a test's simulated crash).
+	closed bool
 }
 
 type tensor struct {
@@ -79,6 +96,13 @@ type tensor struct {
 	// shape follows the bytes written.
 	growable bool
 	gen      uint64 // bumped by every change, to notice edits during a persist
+	// logged is the tensor as the log (or the file) has it; replaced says
+	// its bytes were replaced whole since (logged whole again); deleted
+	// that it was removed.
+	logged   logState
+	replaced bool
+	deleted  bool
+	inFlight bool // in a batch being written to the log
 }
 
 func (t *tensor) visible() *content {
@@ -106,7 +130,7 @@ func (c *Checkpoint) info(t *tensor) Info {
 // writer. Nothing is kept open when it fails.
 func Open(path string, opt Options) (*Checkpoint, error) {
 	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
-	loc, idx, err := c.settle()
+	loc, idx, scan, err := c.settle()
 	if err != nil {
 		return nil, err
 	}
@@ -119,19 +143,32 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 		c.index = newIndexState(loc.Index, idx) // read-only: no lock
 	}
 	c.byKey = make(map[string]ID)
+	c.dirty = map[*tensor]struct{}{}
+	var data int64
 	for si, f := range files {
 		m := newMapping(f)
 		sh := &shard{name: loc.Names[si], path: loc.Paths[si], cur: m, meta: f.Metadata}
 		c.shards = append(c.shards, sh)
+		data += int64(f.DataSize())
 		for i := range f.Tensors {
 			t := &f.Tensors[i]
 			c.byKey[t.Key] = ID(len(c.tensors))
-			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: fileContent(m, i)})
+			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: fileContent(m, i),
+				logged: logState{true, t.Key, t.DType, t.Shape}})
 		}
 	}
+	c.walLimit = max(walLimitMin, data/4)
 	if !opt.ReadOnly {
 		for _, sh := range c.shards {
 			if err := sh.openForWrite(); err != nil {
+				c.releaseAll()
+				return nil, err
+			}
+		}
+		if scan != nil {
+			// A crash left edits in the log: replay them and write them
+			// back before anything is served.
+			if err := c.recoverLog(scan); err != nil {
 				c.releaseAll()
 				return nil, err
 			}
@@ -140,68 +177,92 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 	return c, nil
 }
 
+// recoverLog replays the log a crash left and compacts it into the files.
+func (c *Checkpoint) recoverLog(scan *walScan) error {
+	w, err := openWAL(c.walPath(), scan, scan.recs[0].files)
+	if err != nil {
+		return err
+	}
+	c.wal = w
+	c.walMaps = append(c.walMaps, w.m)
+	if err := c.replay(scan); err != nil {
+		return err
+	}
+	c.persistMu.Lock()
+	defer c.persistMu.Unlock()
+	if err := c.compact(); err != nil {
+		return fmt.Errorf("%s: writing back the edits a crash left in %s: %w", c.path, w.path, err)
+	}
+	return nil
+}
+
 // settle resolves the checkpoint's files and, for a read-write open, puts
-// them in a state with nothing half done: a multi-file commit rolled
-// forward, stale temp files removed, each shard's journal replayed. A
-// read-only open refuses a checkpoint that needs any of it.
-func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, error) {
+// them in a state with nothing half done: a compaction a crash interrupted
+// finished, stale temp files removed. A log of edits not yet compacted is
+// returned, for Open to replay and compact once the files are open. A
+// read-only open refuses a checkpoint with a log pending.
+func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, *walScan, error) {
 	loc, idx, err := safetensors.Locate(c.path)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if c.readOnly {
-		if p, ok := pendingCommit(loc); ok {
-			return nil, nil, fmt.Errorf("%s: a write-back was interrupted (%s); mount it read-write once to finish it", c.path, p)
+		if p, ok := pendingLog(loc); ok {
+			return nil, nil, nil, fmt.Errorf("%s: edits are waiting in the log %s to be written back; mount it read-write once (or run safejaxfs recover) to finish", c.path, p)
 		}
-		for _, p := range loc.Paths {
-			if j, ok := PendingJournal(p); ok {
-				return nil, nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", p, j)
-			}
-		}
-		return loc, idx, nil
+		return loc, idx, nil, nil
 	}
-	if loc.Sharded() {
-		// The index's lock stands for the set: held from before recovery
-		// to the end of the mount, so no other writer can interleave.
-		if c.index, err = openIndex(loc.Index, idx); err != nil {
-			return nil, nil, err
-		}
-		done, err := finishCommit(loc.Index)
+	var scan *walScan
+	if !loc.Sharded() {
+		// The file's own lock, for the time of the recovery; Open takes
+		// it for good once the file is open.
+		f, err := os.Open(loc.Paths[0])
 		if err != nil {
-			c.closeIndex()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		if done {
-			// The commit replaced the index: read the one it left, and
-			// move the set's lock to it (taken before the old one is let
-			// go, so no other writer slips in).
-			if loc, idx, err = safetensors.Locate(c.path); err != nil {
-				c.closeIndex()
-				return nil, nil, err
+		defer f.Close()
+		err = withWriteLock(f, func() error {
+			var err error
+			if scan, err = settleLog(loc); err != nil {
+				return err
 			}
-			held := c.index
-			c.index = newIndexState(loc.Index, idx)
-			c.index.unlock, c.index.ident = held.unlock, held.ident
-			if err := c.index.lock(); err != nil {
-				held.unlock()
-				c.index = nil
-				return nil, nil, err
-			}
+			return cleanStaleTemps(loc.Paths[0])
+		})
+		if err != nil {
+			return nil, nil, nil, err
 		}
-		if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
-			c.closeIndex()
-			return nil, nil, err
-		}
-	} else if err := cleanStaleTemps(loc.Paths[0]); err != nil {
-		return nil, nil, err
+		return loc, idx, scan, nil
 	}
-	for _, p := range loc.Paths {
-		if _, err := replayJournal(p); err != nil {
-			c.closeIndex()
-			return nil, nil, err
-		}
+	// The index's lock stands for the set: held from before recovery to
+	// the end of the mount, so no other writer can interleave.
+	if c.index, err = openIndex(loc.Index, idx); err != nil {
+		return nil, nil, nil, err
 	}
-	return loc, idx, nil
+	fail := func(err error) (*safetensors.Location, *safetensors.Index, *walScan, error) {
+		c.closeIndex()
+		return nil, nil, nil, err
+	}
+	if scan, err = settleLog(loc); err != nil {
+		return fail(err)
+	}
+	// A finished compaction may have replaced the index: read the one
+	// there is now, and move the set's lock to it if it is a new file
+	// (taken before the old one is let go).
+	if loc, idx, err = safetensors.Locate(c.path); err != nil {
+		return fail(err)
+	}
+	held := c.index
+	c.index = newIndexState(loc.Index, idx)
+	c.index.unlock, c.index.ident = held.unlock, held.ident
+	if err := c.index.lock(); err != nil {
+		held.unlock()
+		c.index = nil
+		return nil, nil, nil, err
+	}
+	if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
+		return fail(err)
+	}
+	return loc, idx, scan, nil
 }
 
 // openShards opens and validates every shard (concurrently) and, for a
@@ -305,22 +366,49 @@ func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(
 	}
 	m := v.ref
 	m.acquire()
-	return v.segments(off, int64(n)), func() {
+	segs = v.segments(off, int64(n))
+	// Slices of a log's mapping keep it mapped until this read is done.
+	var logs []*walMap
+	for _, lm := range c.walMaps {
+		for _, s := range segs {
+			if lm.holds(s) {
+				lm.acquire()
+				logs = append(logs, lm)
+				break
+			}
+		}
+	}
+	return segs, func() {
 		m.release()
+		for _, lm := range logs {
+			lm.release()
+		}
 		done()
 	}, nil
 }
 
 func nop() {}
 
-// Close persists what is pending (read-write) and releases the files. If
-// the checkpoint cannot take the edits, they are written to a recovery file
-// next to it, named in the returned error: nothing the user wrote is lost
-// silently.
+// Close writes everything back into the checkpoint files (a last commit
+// and a compaction) and releases the files. If the files cannot take the
+// edits, they stay in the log (named in the error) for the next read-write
+// open to finish; if even the log cannot take them, they are written to a
+// recovery file next to the checkpoint, named in the error: nothing the
+// user wrote is lost silently.
 func (c *Checkpoint) Close() error {
+	if c.closed {
+		return nil
+	}
 	var err error
 	if !c.readOnly {
-		if err = c.Sync(); err != nil && !errors.Is(err, ErrChanged) {
+		c.persistMu.Lock()
+		err = c.compact()
+		c.persistMu.Unlock()
+		switch {
+		case err == nil, errors.Is(err, ErrChanged), c.stuck != nil:
+		case c.wal != nil && !c.hasUnlogged():
+			err = fmt.Errorf("%w; every edit is in the log %s, and the next read-write mount (or safejaxfs recover) writes it back", err, c.wal.path)
+		default:
 			s := c.snapshot()
 			if p, rerr := c.writeRecovery(s); rerr == nil {
 				err = fmt.Errorf("%w; your edits are in %s", err, p)
@@ -328,20 +416,17 @@ func (c *Checkpoint) Close() error {
 			s.release()
 		}
 	}
-	if !c.readOnly && err == nil {
-		// Everything is in the checkpoint: no journal is left next to an
-		// unmounted checkpoint (removed while we still hold the lock).
-		for _, sh := range c.shards {
-			if rerr := retireJournal(sh.path); rerr != nil {
-				err = fmt.Errorf("removing the journal of %s: %w", sh.path, rerr)
-				break
-			}
-		}
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.releaseAll()
 	return err
+}
+
+// hasUnlogged reports whether some change is not in the log yet.
+func (c *Checkpoint) hasUnlogged() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.dirty) > 0 || len(c.gone) > 0
 }
 
 // releaseAll closes the files and drops the mappings (slices handed out to
@@ -358,33 +443,26 @@ func (c *Checkpoint) releaseAll() {
 		m.release()
 	}
 	c.retired = nil
+	if c.wal != nil {
+		c.wal.close()
+		c.wal = nil
+	}
+	for _, m := range c.walMaps {
+		m.release()
+	}
+	c.walMaps = nil
+	c.closed = true
 	c.closeIndex()
 }
 
-// PendingJournal reports the journal of a write-back that a crash
-// interrupted, if the checkpoint file at path has one: until a read-write
-// Open replays it, tensors it covers may be torn on disk. A journal whose
-// commit completed (or never started) is not pending.
-func PendingJournal(path string) (string, bool) {
-	return journalPending(path)
-}
-
-// Pending reports what a crash left half done for the checkpoint at path
-// (a file, an index or a directory): a multi-file commit to roll forward or
-// a shard's journal to replay. verify and read-only mounts refuse such a
-// checkpoint until a read-write mount finishes it.
+// Pending reports what a crash left for the checkpoint at path (a file, an
+// index or a directory): a log of edits (or of a compaction) not yet
+// written back. verify and read-only mounts refuse such a checkpoint until
+// a read-write open finishes it.
 func Pending(path string) (string, bool) {
 	loc, _, err := safetensors.Locate(path)
 	if err != nil {
 		return "", false
 	}
-	if p, ok := pendingCommit(loc); ok {
-		return p, true
-	}
-	for _, p := range loc.Paths {
-		if j, ok := PendingJournal(p); ok {
-			return j, true
-		}
-	}
-	return "", false
+	return pendingLog(loc)
 }

@@ -193,23 +193,18 @@ func ckIno(t testing.TB, path string) uint64 {
 	return st.Ino
 }
 
-// ckSideFiles lists what safejaxfs left next to the checkpoint that it
-// should not have: temp files, recovery files, a journal with a write-back
-// still pending. (A journal whose commit is complete may be kept for the
-// next one.)
+// ckSideFiles lists what safejaxfs left next to the checkpoint: temp
+// files, recovery files, a log. Once everything is written back there is
+// none.
 func ckSideFiles(t testing.TB, path string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(filepath.Dir(path))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, pending := PendingJournal(path)
 	var out []string
 	for _, e := range ents {
-		switch {
-		case e.Name() == filepath.Base(path):
-		case e.Name() == filepath.Base(journalPath(path)) && !pending:
-		default:
+		if e.Name() != filepath.Base(path) {
 			out = append(out, e.Name())
 		}
 	}
@@ -318,7 +313,7 @@ func TestEditWriteAndTruncateRules(t *testing.T) {
 	if err := c.Truncate(b, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "synced mid-rewrite")
@@ -557,7 +552,7 @@ func TestReadOnlyRefusesEdits(t *testing.T) {
 		}
 	}
 	ckCheckState(t, c, m, "read-only after refusals")
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Errorf("Sync of a read-only checkpoint: %v", err)
 	}
 	// Read-only opens take no lock: a writer may open alongside.
@@ -673,7 +668,10 @@ func ckSameLayoutEdits(t *testing.T, c *Checkpoint, m *ckModel, seed uint64) {
 	m.tensors["embed"] = ckTensor{safetensors.U8, []uint64{200_000}, ne}
 }
 
-func TestSyncInPlace(t *testing.T) {
+// Sync writes the log and nothing else: the checkpoint file is untouched
+// until a compaction, which for same-layout edits patches it in place (no
+// new file) and removes the log.
+func TestSyncLogsCompactPatchesInPlace(t *testing.T) {
 	m := ckDefault()
 	path := ckFile(t, m)
 	rec := &ckRecorder{}
@@ -681,41 +679,49 @@ func TestSyncInPlace(t *testing.T) {
 	defer c.Close()
 	ino := ckIno(t, path)
 	base := filepath.Base(path)
-	jname := filepath.Base(journalPath(path))
+	lname := filepath.Base(walPathOf(path))
 	w := ckWatchDir(t, filepath.Dir(path))
 
 	for round := range 2 {
+		before, _ := os.ReadFile(path)
 		ckSameLayoutEdits(t, c, m, uint64(100*round))
 		if err := c.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		ckCheckFile(t, path, m, "after an in-place Sync")
+		if got, _ := os.ReadFile(path); !bytes.Equal(got, before) {
+			t.Fatalf("round %d: Sync changed the checkpoint file (it only logs)", round)
+		}
+		ckCheckState(t, c, m, "after Sync, served from the log")
+		for _, p := range rec.take() {
+			if p != "log-written" && p != "log-synced" {
+				t.Errorf("round %d: Sync passed %q", round, p)
+			}
+		}
+		for name, kinds := range w.events(t) {
+			if name != lname && !isTempOf(name, lname[1:len(lname)-len(walSuffix)]) {
+				t.Errorf("round %d: Sync touched %s (%v)", round, name, kinds)
+			}
+		}
+		if err := c.Compact(); err != nil {
+			t.Fatal(err)
+		}
+		ckCheckFile(t, path, m, "after an in-place compaction")
 		if got := ckIno(t, path); got != ino {
 			t.Fatalf("round %d: a same-layout edit replaced the file (inode %d -> %d)", round, ino, got)
 		}
-		points := rec.take()
-		if len(points) == 0 {
-			t.Errorf("round %d: in-place Sync passed no crash point", round)
-		}
-		for _, p := range points {
+		for _, p := range rec.take() {
 			if slices.Contains(rewritePoints, p) {
-				t.Errorf("round %d: in-place Sync reached the rewrite's %q", round, p)
+				t.Errorf("round %d: an in-place compaction reached the rewrite's %q", round, p)
 			}
 		}
-		// Only the checkpoint's bytes and the journal (possibly through
-		// a temp file) were touched; the checkpoint was neither created,
-		// renamed over nor removed.
 		ev := w.events(t)
-		if !slices.Contains(ev[jname], "moved-to") && !slices.Contains(ev[jname], "modify") {
-			t.Errorf("round %d: no journal was written: %v", round, ev)
-		}
 		for name, kinds := range ev {
 			switch {
 			case name == base:
 				if !slices.Equal(kinds, []string{"modify"}) {
 					t.Errorf("round %d: the checkpoint saw %v, want only modify", round, kinds)
 				}
-			case name == jname, isTempOf(name, base):
+			case name == lname:
 			default:
 				t.Errorf("round %d: %s was touched (%v)", round, name, kinds)
 			}
@@ -723,23 +729,26 @@ func TestSyncInPlace(t *testing.T) {
 		if s := ckSideFiles(t, path); len(s) != 0 {
 			t.Errorf("round %d: left behind: %v", round, s)
 		}
-		// Persisted tensors read from the file again: one slice.
+		// Written-back tensors read from the file again: one slice.
 		segs, release, err := c.Read(ckID(t, c, "embed"), 0, 200_000)
 		if err != nil || len(segs) != 1 {
-			t.Errorf("round %d: after Sync a whole-tensor read is %d segments (%v), want one slice of the mapping", round, len(segs), err)
+			t.Errorf("round %d: after compaction a whole-tensor read is %d segments (%v), want one slice of the mapping", round, len(segs), err)
 		}
 		release()
-		ckCheckState(t, c, m, "after Sync")
+		ckCheckState(t, c, m, "after compaction")
 	}
 	// Nothing pending: no write at all.
 	if err := c.Sync(); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Compact(); err != nil {
+		t.Fatal(err)
+	}
 	if p := rec.take(); len(p) != 0 {
-		t.Errorf("a Sync with nothing to do reached %v", p)
+		t.Errorf("a Sync and a Compact with nothing to do reached %v", p)
 	}
 	if ev := w.events(t); len(ev) != 0 {
-		t.Errorf("a Sync with nothing to do touched %v", ev)
+		t.Errorf("a Sync and a Compact with nothing to do touched %v", ev)
 	}
 }
 
@@ -831,7 +840,7 @@ func TestSyncRewrite(t *testing.T) {
 			defer c.Close()
 			ino := ckIno(t, path)
 			tc.apply(t, c, m)
-			if err := c.Sync(); err != nil {
+			if err := c.Compact(); err != nil {
 				t.Fatal(err)
 			}
 			ckCheckFile(t, path, m, "after a rewrite")
@@ -860,7 +869,7 @@ func TestSyncRewrite(t *testing.T) {
 				t.Fatal(err)
 			}
 			m.write("params.w", p, 1)
-			if err := c.Sync(); err != nil {
+			if err := c.Compact(); err != nil {
 				t.Fatal(err)
 			}
 			if ckIno(t, path) != ino {
@@ -917,7 +926,7 @@ func TestReadSurvivesRewrite(t *testing.T) {
 	m.tensors["embed"] = ckTensor{safetensors.U8, []uint64{200_000}, bytes.Clone(d)}
 	tc := ckLayoutChanges[1] // a new tensor moves everything after it
 	tc.apply(t, c, m)
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "after the rewrite")
@@ -963,7 +972,7 @@ func TestReadStableAcrossInPlaceSync(t *testing.T) {
 	}
 	m.write("embed", p, 0)
 	done := make(chan error, 1)
-	go func() { done <- c.Sync() }()
+	go func() { done <- c.Compact() }()
 	var synced bool
 	select {
 	case err := <-done:
@@ -993,11 +1002,16 @@ func TestEditsDuringSync(t *testing.T) {
 		layout bool   // the first Sync rewrites
 		point  string // where the edits come in
 	}{
-		{"in place, journal written", false, "journal-written"},
-		{"in place, journal committed", false, "journal-committed"},
+		{"log written", false, "log-written"},
+		{"log synced", false, "log-synced"},
+		{"in place, patch written", false, "patch-written"},
 		{"rewrite, temp written", true, "tmp-written"},
 		{"rewrite, renamed", true, "renamed"},
 	} {
+		// A commit (Sync) is where edits race at the log's points; a
+		// compaction takes its last commit under the lock, so they race
+		// at its later points.
+		logPoint := strings.HasPrefix(tc.point, "log-")
 		t.Run(tc.name, func(t *testing.T) {
 			m := ckDefault()
 			path := ckFile(t, m)
@@ -1038,11 +1052,28 @@ func TestEditsDuringSync(t *testing.T) {
 				ckLayoutChanges[0].apply(t, c, m)
 				return nil
 			}}
-			if err := c.Sync(); err != nil {
+			persist := c.Compact
+			if logPoint {
+				persist = c.Sync
+			}
+			if err := persist(); err != nil {
 				t.Fatal(err)
 			}
 			if hookErr != nil {
 				t.Fatal(hookErr)
+			}
+			if logPoint {
+				// The batch holds the state before the race (the racing
+				// edits are still to be logged): a crash now recovers
+				// exactly that.
+				ckAbandon(c)
+				r := ckOpen(t, path, Options{})
+				ckCheckState(t, r, snap, "recovered from the log")
+				if err := r.Close(); err != nil {
+					t.Fatal(err)
+				}
+				ckCheckFile(t, path, snap, "recovered from the log")
+				return
 			}
 			ckCheckFile(t, path, snap, "the Sync that edits raced")
 			// The staged rewrite is abandoned: the committed bytes stay.
@@ -1053,7 +1084,7 @@ func TestEditsDuringSync(t *testing.T) {
 				ckCheckState(t, c, m, "after the Sync that edits raced")
 			})
 			ckCatchFault(t, "syncing after a Sync that edits raced", func() {
-				if err := c.Sync(); err != nil {
+				if err := c.Compact(); err != nil {
 					t.Fatal(err)
 				}
 			})
@@ -1084,7 +1115,7 @@ func TestSyncConcurrentWithEdits(t *testing.T) {
 				return
 			default:
 			}
-			if err := c.Sync(); err != nil {
+			if err := c.Compact(); err != nil {
 				errs <- err
 				return
 			}
@@ -1129,7 +1160,7 @@ func TestSyncConcurrentWithEdits(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d syncs ran during the edits", syncs)
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "after the final Sync")
@@ -1191,7 +1222,7 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			m.tensors["notes"] = ckTensor{safetensors.U8, []uint64{0}, nil}
 			time.Sleep(10 * time.Millisecond) // a distinct mtime even on coarse clocks
 			left := tc.change(t, path)
-			err := c.Sync()
+			err := c.Compact()
 			if !errors.Is(err, ErrChanged) {
 				t.Fatalf("Sync over a changed file: %v, want ErrChanged", err)
 			}
@@ -1216,7 +1247,7 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			}
 			ckCheckRecovery(t, rec[0], m, tc.exact)
 			// Nothing new: no new recovery file, the same error.
-			if err := c.Sync(); !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), rec[0]) {
+			if err := c.Compact(); !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), rec[0]) {
 				t.Errorf("second Sync: %v", err)
 			}
 			if r := ckRecoveryFiles(t, path); len(r) != 1 {

@@ -183,3 +183,29 @@ func (c *content) readAt(p []byte, off int64) int {
 	}
 	return n
 }
+
+// cover gives every chunk past the end of a truncated base a chunk of its
+// own (the base's bytes up to its end, zeros after), so the content is the
+// base's untouched prefix plus chunks: what the log records, and what a
+// compaction writes in place.
+func (c *content) cover() {
+	for lo := int64(len(c.base)) / chunkSize * chunkSize; lo < c.size; lo += chunkSize {
+		idx := lo / chunkSize
+		if _, ok := c.chunks[idx]; !ok {
+			if c.chunks == nil {
+				c.chunks = map[int64][]byte{}
+			}
+			c.chunks[idx] = c.chunkFor(idx, false)
+		}
+	}
+}
+
+// covered reports whether every byte past a truncated base is in a chunk.
+func (c *content) covered() bool {
+	for lo := int64(len(c.base)) / chunkSize * chunkSize; lo < c.size; lo += chunkSize {
+		if _, ok := c.chunks[lo/chunkSize]; !ok {
+			return false
+		}
+	}
+	return true
+}

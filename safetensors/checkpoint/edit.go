@@ -49,9 +49,13 @@ func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
 		t.cur.write(p, off)
 	}
 	t.gen++
+	c.mark(t)
 	c.edits++
 	return nil
 }
+
+// mark records that t changed since the last commit. Caller holds mu.
+func (c *Checkpoint) mark(t *tensor) { c.dirty[t] = struct{}{} }
 
 // promote makes a staged rewrite the committed content once its size is
 // right again.
@@ -86,6 +90,7 @@ func (c *Checkpoint) Truncate(id ID, size int64) error {
 		t.promote()
 	}
 	t.gen++
+	c.mark(t)
 	c.edits++
 	return nil
 }
@@ -138,9 +143,17 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 	}
 	if id, ok := c.byKey[key]; ok {
 		t := c.tensors[id]
-		t.dtype, t.shape, t.cur, t.staged, t.growable = dtype, shape, memoryContent(data), nil, false
 		t.gen++
+		c.mark(t)
 		c.edits++
+		if !t.growable && t.staged == nil && t.dtype == dtype && slicesEqual(t.shape, shape) {
+			// Same dtype and shape (np.save over a tensor): new bytes in
+			// place, logged and written back as an edit, not a new layout.
+			t.cur.write(data, 0)
+			return id, nil
+		}
+		t.dtype, t.shape, t.cur, t.staged, t.growable = dtype, shape, memoryContent(data), nil, false
+		t.replaced = true
 		c.layoutChanged(t.shard, true)
 		return id, nil
 	}
@@ -154,6 +167,7 @@ func (c *Checkpoint) add(t *tensor) ID {
 	id := ID(len(c.tensors))
 	c.tensors = append(c.tensors, t)
 	c.byKey[t.key] = id
+	c.mark(t)
 	c.layoutChanged(t.shard, true)
 	return id
 }
@@ -181,6 +195,13 @@ func (c *Checkpoint) Delete(id ID) error {
 	}
 	delete(c.byKey, t.key)
 	c.tensors[id] = nil
+	t.deleted = true
+	delete(c.dirty, t)
+	if t.logged.exists && !t.inFlight {
+		// (A tensor in a batch being written is removed from the log by
+		// apply, under the key that batch gives it.)
+		c.gone = append(c.gone, t.logged.key)
+	}
 	c.layoutChanged(t.shard, true)
 	return nil
 }
@@ -199,30 +220,36 @@ func (c *Checkpoint) RenameAll(renames map[ID]string) error {
 	if c.readOnly {
 		return ErrReadOnly
 	}
-	taken := maps.Clone(c.byKey)
-	for id := range renames {
-		t := c.get(id)
-		if t == nil {
+	// Checked without copying the key map: a rename costs what it renames.
+	targets := make(map[string]bool, len(renames))
+	for id, key := range renames {
+		if c.get(id) == nil {
 			return fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 		}
-		delete(taken, t.key)
-	}
-	for id, key := range renames {
 		if key == "__metadata__" {
 			return fmt.Errorf("tensor %q: the key is reserved for the header's metadata: %w", key, ErrInvalid)
 		}
-		if _, ok := taken[key]; ok {
+		if targets[key] {
 			return fmt.Errorf("tensor %q: %w", key, ErrExists)
 		}
-		taken[key] = id
+		targets[key] = true
+		if other, ok := c.byKey[key]; ok {
+			if _, moving := renames[other]; !moving {
+				return fmt.Errorf("tensor %q: %w", key, ErrExists)
+			}
+		}
+	}
+	for id := range renames {
+		delete(c.byKey, c.tensors[id].key)
 	}
 	for id, key := range renames {
 		t := c.tensors[id]
 		t.key = key
+		c.byKey[key] = id
 		t.gen++
+		c.mark(t)
 		c.layoutChanged(t.shard, true)
 	}
-	c.byKey = taken
 	return nil
 }
 
@@ -245,6 +272,7 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 	}
 	t.dtype, t.shape, t.growable = dtype, shape, false
 	t.gen++
+	c.mark(t)
 	c.edits++
 	c.layoutChanged(t.shard, false)
 	return nil
@@ -279,6 +307,7 @@ func (c *Checkpoint) SetMetadata(m map[string]string) error {
 			continue
 		}
 		sh.meta = next
+		sh.metaGen++
 		c.layoutChanged(i, false)
 	}
 	return nil

@@ -24,8 +24,6 @@ type wal struct {
 	seq  uint64 // of the last commit record
 	base []walFile
 	m    *walMap
-	// hooks simulate crashes (tests only).
-	hooks *crashHooks
 }
 
 const walSuffix = ".safejaxfs-log"
@@ -45,12 +43,19 @@ func walPathOf(path string) string {
 // it far smaller (see compactAt).
 const walReserve = 1 << 40
 
-// walMap is the mapping of a log. Contents that hold slices of it keep a
-// reference, so a log folded into the checkpoint and removed stays mapped
-// until the last read of its bytes is done.
+// walMap is the mapping of a log. Tensors serve committed bytes from it;
+// reads that return slices of it hold a reference, so it is unmapped only
+// when the log was folded into the checkpoint (or the checkpoint closed)
+// and the last such read is done.
 type walMap struct {
 	b    []byte
 	refs atomic.Int64
+}
+
+func newWALMap(b []byte) *walMap {
+	m := &walMap{b: b}
+	m.refs.Store(1) // the checkpoint's own, until the log is dropped
+	return m
 }
 
 func (m *walMap) acquire() { m.refs.Add(1) }
@@ -80,12 +85,12 @@ func (r *walRecord) length() int64 {
 // createWAL starts a log for the files base describes: head, base record
 // and a first commit, written to a temp file, fsynced and renamed into
 // place, the directory fsynced. An earlier log at the path is replaced.
-func createWAL(path string, base []walFile, hooks *crashHooks) (*wal, error) {
+func createWAL(path string, base []walFile) (*wal, error) {
 	f, name, err := createTemp(walTarget(path), 0o600, nil)
 	if err != nil {
 		return nil, err
 	}
-	w := &wal{path: path, f: f, end: walHead, crc: headCRC(), base: base, hooks: hooks}
+	w := &wal{path: path, f: f, end: walHead, crc: headCRC(), base: base}
 	fail := func(err error) (*wal, error) {
 		f.Close()
 		os.Remove(name)
@@ -124,7 +129,7 @@ func walTarget(path string) string {
 
 // openWAL opens an existing log to append to, after scan found its
 // committed part: what follows is cut off.
-func openWAL(path string, s *walScan, base []walFile, hooks *crashHooks) (*wal, error) {
+func openWAL(path string, s *walScan, base []walFile) (*wal, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, err
@@ -133,7 +138,7 @@ func openWAL(path string, s *walScan, base []walFile, hooks *crashHooks) (*wal, 
 		f.Close()
 		return nil, err
 	}
-	w := &wal{path: path, f: f, end: s.end, crc: s.crc, seq: s.seq, base: base, hooks: hooks}
+	w := &wal{path: path, f: f, end: s.end, crc: s.crc, seq: s.seq, base: base}
 	if err := w.mapIt(); err != nil {
 		f.Close()
 		return nil, err
@@ -151,8 +156,7 @@ func (w *wal) mapIt() error {
 	if err != nil {
 		return &os.PathError{Op: "mmap", Path: w.path, Err: err}
 	}
-	w.m = &walMap{b: b}
-	w.m.refs.Store(1) // the wal's own
+	w.m = newWALMap(b)
 	return nil
 }
 
@@ -165,12 +169,12 @@ func (w *wal) bytesAt(off, n int64) []byte { return w.m.b[off : off+n : off+n] }
 // its tensor bytes (data and put records; 0 for others). On failure the
 // log is cut back to where it was, so the batch never happened; the error
 // keeps its errno (ENOSPC, EDQUOT, EIO).
-func (w *wal) commit(recs []walRecord) ([]int64, error) {
+func (w *wal) commit(recs []walRecord, hooks *crashHooks) ([]int64, error) {
 	start, crc := w.end, w.crc
 	recs = append(recs, walRecord{typ: recCommit, head: commitBody(w.seq + 1)})
 	at, err := w.write(recs)
 	if err == nil {
-		if herr := w.hooks.hit("log-written"); herr != nil {
+		if herr := hooks.hit("log-written"); herr != nil {
 			return nil, herr
 		}
 		err = control(w.f, unix.Fdatasync)
@@ -183,7 +187,7 @@ func (w *wal) commit(recs []walRecord) ([]int64, error) {
 		w.end, w.crc = start, crc
 		return nil, err
 	}
-	if herr := w.hooks.hit("log-synced"); herr != nil {
+	if herr := hooks.hit("log-synced"); herr != nil {
 		return nil, herr
 	}
 	w.seq++
@@ -226,16 +230,11 @@ func (w *wal) write(recs []walRecord) ([]int64, error) {
 	return at, nil
 }
 
-// close drops the log's file and its own reference to the mapping (slices
-// handed out stay valid until their holders release them).
+// close closes the log's file; its mapping stays (see walMap).
 func (w *wal) close() {
 	if w.f != nil {
 		w.f.Close()
 		w.f = nil
-	}
-	if w.m != nil {
-		w.m.release()
-		w.m = nil
 	}
 }
 
