@@ -16,9 +16,9 @@ type Options struct {
 	// may share one directory.
 	CacheDir string
 	// CacheSize bounds the chunk cache in bytes (LRU eviction). 0 means
-	// DefaultCacheSize. It is raised to MinCacheSize when smaller, because
-	// read-ahead parks up to MaxWindow of data in the cache before the reader
-	// gets to it.
+	// DefaultCacheSize; at least MinCacheSize. Read-ahead windows are capped
+	// at a quarter of it, so chunks fetched ahead stay cached until the
+	// reader gets to them.
 	CacheSize int64
 	// S3Endpoint overrides AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL and the
 	// shared config's endpoint_url (an S3-compatible store). Requests to a
@@ -62,7 +62,7 @@ type Options struct {
 // Defaults.
 const (
 	DefaultCacheSize = 10 << 30
-	MinCacheSize     = 256 << 20
+	MinCacheSize     = 16 << 20
 	// MaxHeaderSize caps the header length Header accepts, as
 	// huggingface_hub does for remote metadata: a header above it is refused
 	// before it is fetched (the local limit is 100 MB).

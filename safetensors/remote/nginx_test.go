@@ -1,0 +1,176 @@
+package remote
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// nginx is a real nginx (Debian's nginx-light) on 127.0.0.1, started by a
+// test with a generated config and stopped by its Cleanup. Every request is
+// logged, one line each: port, method, URI, Range, status, Authorization
+// and If-Match, so tests count requests and check what was sent.
+type nginx struct {
+	dir  string
+	logf string
+}
+
+type logLine struct {
+	Port, Method, URI, Range, Status, Auth, IfMatch string
+}
+
+// startNginx runs nginx with the given server blocks, each a format string
+// whose %d is replaced by its port; it returns the ports in that order.
+func startNginx(t *testing.T, servers ...string) (*nginx, []int) {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		bin = "/usr/sbin/nginx"
+		if _, err := os.Stat(bin); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatal("nginx is not installed (Debian nginx-light; scripts/test.sh installs it)")
+			}
+			t.Skip("nginx is not installed (apt-get install nginx-light)")
+		}
+	}
+	for try := 0; ; try++ {
+		n, ports, err := tryNginx(t, bin, servers)
+		if err == nil {
+			return n, ports
+		}
+		if try == 3 { // a free port taken between picking and binding
+			t.Fatal(err)
+		}
+	}
+}
+
+func tryNginx(t *testing.T, bin string, servers []string) (*nginx, []int, error) {
+	dir := t.TempDir()
+	n := &nginx{dir: dir, logf: filepath.Join(dir, "access.log")}
+	var ports []int
+	var conf strings.Builder
+	fmt.Fprintf(&conf, `daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 512; }
+http {
+  log_format t '$server_port $request_method $request_uri "$http_range" $status "$http_authorization" "$http_if_match"';
+  access_log %[1]s/access.log t;
+  client_body_temp_path %[1]s/tmp;
+  proxy_temp_path %[1]s/tmp;
+  fastcgi_temp_path %[1]s/tmp;
+  uwsgi_temp_path %[1]s/tmp;
+  scgi_temp_path %[1]s/tmp;
+  default_type application/octet-stream;
+  sendfile on;
+  keepalive_requests 100000;
+`, dir)
+	for _, s := range servers {
+		p := freePort(t)
+		ports = append(ports, p)
+		fmt.Fprintf(&conf, "  server {\n    listen 127.0.0.1:%d;\n%s\n  }\n", p, strings.ReplaceAll(s, "%d", fmt.Sprint(p)))
+	}
+	conf.WriteString("}\n")
+	cf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cf, []byte(conf.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
+	cmd := exec.Command(bin, "-p", dir, "-c", cf, "-e", filepath.Join(dir, "error.log"))
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range ports {
+		for {
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-exited:
+				b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+				return nil, nil, fmt.Errorf("nginx exited: %s", b)
+			default:
+			}
+			if time.Now().After(deadline) {
+				stop()
+				return nil, nil, fmt.Errorf("nginx did not listen on %d", p)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	t.Cleanup(stop)
+	return n, ports, nil
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// log returns the requests logged so far.
+func (n *nginx) log(t *testing.T) []logLine {
+	t.Helper()
+	f, err := os.Open(n.logf)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []logLine
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var l logLine
+		q := strings.Split(sc.Text(), `"`) // port method uri "range" status "auth" "ifmatch"
+		if len(q) < 7 {
+			t.Fatalf("bad log line %q", sc.Text())
+		}
+		f := strings.Fields(q[0])
+		l.Port, l.Method, l.URI = f[0], f[1], f[2]
+		un := func(s string) string { return strings.ReplaceAll(s, `\x22`, `"`) } // nginx escapes quotes
+		l.Range, l.Status, l.Auth, l.IfMatch = q[1], strings.TrimSpace(q[2]), un(q[3]), un(q[5])
+		out = append(out, l)
+	}
+	return out
+}
+
+// since returns the log lines after the first k.
+func (n *nginx) since(t *testing.T, k int) []logLine {
+	l := n.log(t)
+	return l[min(k, len(l)):]
+}
+
+// staticServer serves root with byte ranges and ETags (nginx's defaults).
+func staticServer(root string) string {
+	return fmt.Sprintf("    root %s;", root)
+}
