@@ -26,8 +26,9 @@ type logLine struct {
 	Port, Method, URI, Range, Status, Auth, IfMatch string
 }
 
-// startNginx runs nginx with the given server blocks, each a format string
-// whose %d is replaced by its port; it returns the ports in that order.
+// startNginx runs nginx with the given server blocks, listening on ports it
+// picks and returns in that order; {port0}, {port1}, ... in a block stand
+// for those ports.
 func startNginx(t *testing.T, servers ...string) (*nginx, []int) {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
@@ -73,10 +74,14 @@ http {
   sendfile on;
   keepalive_requests 100000;
 `, dir)
-	for _, s := range servers {
-		p := freePort(t)
-		ports = append(ports, p)
-		fmt.Fprintf(&conf, "  server {\n    listen 127.0.0.1:%d;\n%s\n  }\n", p, strings.ReplaceAll(s, "%d", fmt.Sprint(p)))
+	for range servers {
+		ports = append(ports, freePort(t))
+	}
+	for i, s := range servers {
+		for j, p := range ports {
+			s = strings.ReplaceAll(s, fmt.Sprintf("{port%d}", j), fmt.Sprint(p))
+		}
+		fmt.Fprintf(&conf, "  server {\n    listen 127.0.0.1:%d;\n%s\n  }\n", ports[i], s)
 	}
 	conf.WriteString("}\n")
 	cf := filepath.Join(dir, "nginx.conf")
