@@ -89,14 +89,14 @@ func transient(status int, err error) attempt { return attempt{status: status, e
 // opt.Retries times, sleeping between attempts (doubling backoff with
 // jitter, or the server's Retry-After). Every failed attempt is logged with
 // the display URL and status.
-func (o *Object) withRetries(ctx context.Context, op, rng string, fn func() attempt) error {
+func (o *Object) withRetries(ctx context.Context, op string, rng func() string, fn func() attempt) error {
 	opt := &o.c.opt
 	for i := 0; ; i++ {
 		a := fn()
 		if a.err == nil {
 			return nil
 		}
-		e := &Error{Op: op, URL: o.display, Range: rng, Status: a.status, Err: a.err}
+		e := &Error{Op: op, URL: o.display, Range: rng(), Status: a.status, Err: a.err}
 		if ctx.Err() != nil {
 			e.Err = fmt.Errorf("%w (%w)", context.Cause(ctx), a.err)
 			return e
@@ -142,7 +142,7 @@ func classify(resp *http.Response) attempt {
 	case s == http.StatusPreconditionFailed:
 		return fail(s, ErrChanged)
 	case s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || (s >= 500 && s != http.StatusNotImplemented):
-		a := transient(s, errors.New("server error"))
+		a := transient(s, errors.New("temporary server failure"))
 		a.wait = retryAfter(resp.Header.Get("Retry-After"))
 		return a
 	}

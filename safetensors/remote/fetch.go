@@ -17,7 +17,7 @@ func (o *Object) get(ctx context.Context, off, n int64, sink func([]byte) error)
 	done := int64(0)
 	var sinkErr error
 	rng := func() string { return fmt.Sprintf("bytes=%d-%d", off+done, off+n-1) }
-	err := o.withRetries(ctx, "GET", fmt.Sprintf("bytes=%d-%d", off, off+n-1), func() attempt {
+	err := o.withRetries(ctx, "GET", rng, func() attempt {
 		a := o.getOnce(ctx, off+done, n-done, rng(), func(p []byte) error {
 			if err := sink(p); err != nil {
 				sinkErr = err

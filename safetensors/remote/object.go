@@ -160,7 +160,7 @@ func (o *Object) originURL() *url.URL {
 func (o *Object) open(ctx context.Context, pinned string) error {
 	probe := o.c.opt.HeaderProbe
 	rng := fmt.Sprintf("bytes=0-%d", probe-1)
-	return o.withRetries(ctx, "GET", rng, func() attempt {
+	return o.withRetries(ctx, "GET", func() string { return rng }, func() attempt {
 		return o.probeOnce(ctx, rng, probe, pinned)
 	})
 }
