@@ -80,11 +80,8 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, _ := http.NewRequestWithContext(r.Context(), r.Method, p.up+r.URL.RequestURI(), nil)
-	for _, h := range []string{"Range", "If-Match", "Authorization"} {
-		if v := r.Header.Get(h); v != "" {
-			req.Header.Set(h, v)
-		}
-	}
+	req.Header = r.Header.Clone()
+	req.Host = r.Host // S3 signatures cover the Host the client sent
 	resp, err := p.tr.RoundTrip(req)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
