@@ -132,3 +132,5 @@ func gets(l []logLine) []logLine {
 	}
 	return out
 }
+
+func bgCtx() context.Context { return context.Background() }
