@@ -82,7 +82,7 @@ type attempt struct {
 	err    error
 }
 
-func fail(status int, err error) attempt     { return attempt{status: status, err: err} }
+func fail(status int, err error) attempt      { return attempt{status: status, err: err} }
 func transient(status int, err error) attempt { return attempt{status: status, err: err, retry: true} }
 
 // withRetries runs fn until it succeeds, fails for good, or has been retried
@@ -92,11 +92,12 @@ func transient(status int, err error) attempt { return attempt{status: status, e
 func (o *Object) withRetries(ctx context.Context, op string, rng func() string, fn func() attempt) error {
 	opt := &o.c.opt
 	for i := 0; ; i++ {
+		r := rng() // before fn, which may advance it
 		a := fn()
 		if a.err == nil {
 			return nil
 		}
-		e := &Error{Op: op, URL: o.display, Range: rng(), Status: a.status, Err: a.err}
+		e := &Error{Op: op, URL: o.display, Range: r, Status: a.status, Err: a.err}
 		if ctx.Err() != nil {
 			e.Err = fmt.Errorf("%w (%w)", context.Cause(ctx), a.err)
 			return e
@@ -136,9 +137,9 @@ func classify(resp *http.Response) attempt {
 	s := resp.StatusCode
 	switch {
 	case s == http.StatusNotFound:
-		return fail(s, ErrNotFound)
+		return fail(s, withReason(ErrNotFound, resp))
 	case s == http.StatusUnauthorized || s == http.StatusForbidden:
-		return fail(s, ErrDenied)
+		return fail(s, withReason(ErrDenied, resp))
 	case s == http.StatusPreconditionFailed:
 		return fail(s, ErrChanged)
 	case s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || (s >= 500 && s != http.StatusNotImplemented):
@@ -147,6 +148,34 @@ func classify(resp *http.Response) attempt {
 		return a
 	}
 	return attempt{status: s}
+}
+
+// withReason adds what the server said about an error: the Hub's
+// X-Error-Message, or an S3 error document's Code and Message (e.g.
+// SignatureDoesNotMatch). Servers do not echo credentials there.
+func withReason(err error, resp *http.Response) error {
+	msg := resp.Header.Get("X-Error-Message")
+	if msg == "" && strings.Contains(resp.Header.Get("Content-Type"), "xml") {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		code, m := xmlField(b, "Code"), xmlField(b, "Message")
+		msg = strings.TrimSpace(code + " " + m)
+	}
+	if msg == "" {
+		return err
+	}
+	if len(msg) > 200 {
+		msg = msg[:200] + "…"
+	}
+	return fmt.Errorf("%w (%s)", err, msg)
+}
+
+func xmlField(b []byte, name string) string {
+	_, rest, ok := strings.Cut(string(b), "<"+name+">")
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, "</"+name+">")
+	return v
 }
 
 // retryAfter parses delay-seconds or an HTTP date; 0 when absent or bad.
@@ -186,6 +215,12 @@ func (g *stallGuard) stop() { g.t.Stop() }
 func netErr(ctx context.Context, err error) attempt {
 	if c := context.Cause(ctx); c != nil && errors.Is(c, errStalled) {
 		return transient(0, c)
+	}
+	// A *url.Error quotes the whole request URL, which for a redirect
+	// target holds its signature; the caller names the object instead.
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
 	}
 	return transient(0, err)
 }
