@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: fusermount3 (non-root mounts), getfattr/setfattr, numpy for
 # the interop tests (Debian's /usr/bin/python3, not whatever python3 is on PATH),
-# strace for the fsync-ordering test.
+# strace for the fsync-ordering test, nginx-light as the HTTP server of the
+# remote-read tests.
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v getfattr >/dev/null || need+=(attr)
 command -v strace >/dev/null || need+=(strace)
 /usr/bin/python3 -c 'import numpy' 2>/dev/null || need+=(python3-numpy)
@@ -22,6 +24,15 @@ if ((${#need[@]})); then
     echo "missing Debian packages: ${need[*]} (run as root, or apt-get install them)" >&2
     exit 1
   fi
+fi
+# The S3 server of the remote-read tests, pinned; a binary of that version
+# is reused (building it takes minutes). The tests look for it on PATH and
+# in $(go env GOPATH)/bin, and fail under CI when it is missing.
+vgw_version=v1.8.0
+vgw="$(go env GOPATH)/bin/versitygw"
+if ! go version -m "$vgw" 2>/dev/null | grep -Eq "^\s+mod\s+github.com/versity/versitygw\s+$vgw_version\b"; then
+  echo "== building versitygw $vgw_version (a few minutes, once)"
+  GOFLAGS=-buildvcs=false nice -n 10 go install "github.com/versity/versitygw/cmd/versitygw@$vgw_version"
 fi
 # Mount tests must run, not skip: no FUSE is a failure here.
 [ -c /dev/fuse ] || { echo "/dev/fuse is missing: the mount tests cannot run" >&2; exit 1; }
