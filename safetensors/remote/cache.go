@@ -55,7 +55,7 @@ type openChunk struct {
 }
 
 const (
-	maxOpenChunks = 64
+	maxOpenChunks = 256 // more than a full read-ahead window, so chunks fetched ahead are still open when read
 	touchEvery    = time.Minute
 	staleTemp     = time.Hour
 )
@@ -102,9 +102,15 @@ func (c *cache) get(key string, idx, n int64) *os.File {
 		now := time.Now()
 		os.Chtimes(p, now, now)
 	}
+	return c.adopt(p, f)
+}
+
+// adopt makes f the open, verified file of chunk path p (or returns the
+// one another reader adopted first).
+func (c *cache) adopt(p string, f *os.File) *os.File {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.open[p]; ok { // another reader opened it meanwhile
+	if e, ok := c.open[p]; ok {
 		f.Close()
 		c.order.MoveToFront(e)
 		return e.Value.(*openChunk).f
@@ -198,16 +204,17 @@ func (w *chunkWriter) commit() error {
 	var t [4]byte
 	binary.LittleEndian.PutUint32(t[:], w.sum)
 	_, err := w.f.Write(t[:])
-	if cerr := w.f.Close(); err == nil {
-		err = cerr
-	}
 	if err == nil {
 		err = os.Rename(w.f.Name(), w.path)
 	}
 	if err != nil {
+		w.f.Close()
 		os.Remove(w.f.Name())
 		return err
 	}
+	// The temp file stays open as the chunk's file: its bytes were
+	// checksummed on the way in, so its readers skip a verifying read.
+	w.c.adopt(w.path, w.f)
 	if w.c.added.Add(w.n+4) > w.c.limit/10 || w.c.used.Load() < 0 {
 		w.c.scans.Go(w.c.scan)
 	}

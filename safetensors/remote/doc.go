@@ -24,7 +24,7 @@
 // header of almost every real checkpoint (huggingface_hub reads 100,000
 // bytes for the same reason). A longer header costs one more request for
 // the rest. Every later request is a ranged GET of whole chunks
-// (Options.ChunkSize, 1 MiB, aligned), sent with If-Match and checked
+// (Options.ChunkSize, 4 MiB, aligned), sent with If-Match and checked
 // against the version Open saw, so an object that changes under a mount
 // fails its reads with ErrChanged instead of mixing two versions. For hf://
 // every request names the commit Open resolved (X-Repo-Commit), so a push

@@ -42,6 +42,9 @@ func testOpts(t *testing.T) (Options, *logSink) {
 		Logger:       log.New(ls, "", 0),
 		RetryBase:    5 * time.Millisecond,
 		StallTimeout: 2 * time.Second,
+		// 1 MiB chunks keep test objects small; TestStreamingMemoryBounded
+		// runs the default.
+		ChunkSize: 1 << 20,
 	}, ls
 }
 

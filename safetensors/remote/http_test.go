@@ -253,6 +253,7 @@ func TestStreamingMemoryBounded(t *testing.T) {
 	want := genCheckpoint(t, filepath.Join(root, "big.safetensors"), 7, "w", 16<<20) // 64 MiB
 	_, ports := startNginx(t, staticServer(root))
 	opt, _ := testOpts(t)
+	opt.ChunkSize = 0 // the default
 	o := mustOpen(t, fmt.Sprintf("http://127.0.0.1:%d/big.safetensors", ports[0]), opt)
 	runtime.GC()
 	var ms runtime.MemStats

@@ -32,8 +32,10 @@ type Options struct {
 	// siblings. 0 means 8.
 	MaxConns int
 	// ChunkSize is the unit of range requests and of the cache, a power of
-	// two. 0 means 1 MiB: a random read fetches no more than the 1 MiB
-	// chunks it touches (FUSE reads are at most 1 MiB).
+	// two. 0 means 4 MiB: a random read fetches only the chunks it touches
+	// (one or two: FUSE reads are at most 1 MiB). Smaller chunks cost a
+	// cache file create and rename each; measured here under load, 1 MiB
+	// chunks halved sequential throughput against 4 MiB ones.
 	ChunkSize int64
 	// PartSize bounds one read-ahead request. 0 means 8 MiB.
 	PartSize int64
@@ -96,7 +98,7 @@ func (o Options) withDefaults() (Options, error) {
 			*v = d
 		}
 	}
-	def(&o.ChunkSize, 1<<20)
+	def(&o.ChunkSize, 4<<20)
 	if o.ChunkSize&(o.ChunkSize-1) != 0 {
 		return o, errors.New("remote: ChunkSize must be a power of two")
 	}

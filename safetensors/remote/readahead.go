@@ -31,7 +31,7 @@ type stream struct {
 func (r *readahead) init(opt *Options) {
 	r.min, r.max = opt.MinWindow, min(opt.MaxWindow, opt.CacheSize/4)
 	r.min = min(r.min, r.max)
-	r.slack = 4 * opt.ChunkSize
+	r.slack = 2 * opt.ChunkSize
 }
 
 // observe records a read of [off, end) and returns the range to fetch
