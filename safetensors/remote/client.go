@@ -78,6 +78,7 @@ func (c *client) release() {
 type attempt struct {
 	status int
 	retry  bool
+	quiet  bool // not a request failure (the caller's sink failed): not logged
 	wait   time.Duration
 	err    error
 }
@@ -106,7 +107,9 @@ func (o *Object) withRetries(ctx context.Context, op string, rng func() string, 
 			if a.retry {
 				e.Err = fmt.Errorf("%w (gave up after %d attempts)", a.err, i+1)
 			}
-			opt.Logger.Print(e.Error())
+			if !a.quiet {
+				opt.Logger.Print(e.Error())
+			}
 			return e
 		}
 		wait := a.wait

@@ -27,7 +27,7 @@ func (o *Object) get(ctx context.Context, off, n int64, sink func([]byte) error)
 			return nil
 		})
 		if sinkErr != nil {
-			return fail(0, sinkErr)
+			return attempt{err: sinkErr, quiet: true}
 		}
 		return a
 	})

@@ -44,7 +44,7 @@ type Options struct {
 	// MaxWindow. 0 means 8 MiB and 128 MiB.
 	MinWindow, MaxWindow int64
 	// HeaderProbe is the length of the first range request, which Open
-	// sends and Header reuses. 0 means 128 KiB.
+	// sends and Header reuses. 0 means 128 KiB; at least 4 KiB.
 	HeaderProbe int64
 
 	// Retries is how many times a failed request is retried (connection
@@ -106,6 +106,7 @@ func (o Options) withDefaults() (Options, error) {
 	def(&o.MinWindow, 8<<20)
 	def(&o.MaxWindow, 128<<20)
 	def(&o.HeaderProbe, 128<<10)
+	o.HeaderProbe = max(o.HeaderProbe, 4096)
 	o.PartSize = max(o.PartSize, o.ChunkSize)
 	o.MaxWindow = max(o.MaxWindow, o.MinWindow)
 	if o.MaxConns <= 0 {
