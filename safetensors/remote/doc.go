@@ -31,7 +31,9 @@
 // to the branch cannot mix versions either.
 //
 // Requests for an Object and its siblings share Options.MaxConns
-// connections. Failed attempts (connection errors, 5xx, 429, bodies that
+// connections, so a sharded mount may call Sibling and Header for all its
+// shards at once and still send at most MaxConns requests at a time. All
+// methods are safe for concurrent use. Failed attempts (connection errors, 5xx, 429, bodies that
 // break off or stall for Options.StallTimeout) are retried with a doubling
 // backoff or after the server's Retry-After, resuming where the body broke
 // off; a read that still fails returns an *Error, which the mount turns
