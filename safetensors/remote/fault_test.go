@@ -38,6 +38,7 @@ const (
 	unavailable        // 503 with Retry-After: 1
 	retryLater         // 503 with Retry-After: 120
 	serverError        // 500
+	tooMany            // 429 without Retry-After
 	shortBody          // a well-formed response with half the bytes it should have
 	otherETag          // the ETag of another version (a server that ignores If-Match)
 )
@@ -74,6 +75,9 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	case serverError:
 		w.WriteHeader(http.StatusInternalServerError)
+		return
+	case tooMany:
+		w.WriteHeader(http.StatusTooManyRequests)
 		return
 	case stallHeaders:
 		<-r.Context().Done() // until the client gives up
@@ -174,6 +178,11 @@ func TestFaults(t *testing.T) {
 			}
 			if !strings.Contains(logs, "503") {
 				t.Fatalf("503 not logged: %s", logs)
+			}
+		}},
+		{name: "429 Too Many Requests", rule: every(2, tooMany), check: func(t *testing.T, _ *faultProxy, logs string) {
+			if !strings.Contains(logs, "429 Too Many Requests") {
+				t.Fatalf("429 not logged: %s", logs)
 			}
 		}},
 		{name: "Retry-After too long", rule: from(2, retryLater), want: "retry after 2m0s", check: func(t *testing.T, p *faultProxy, _ string) {
