@@ -51,12 +51,12 @@ func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	f := d.fsys
-	if d.isRoot() && name == MetadataName {
-		m := &metadataNode{fsys: f}
+	if doc := f.doc(name); doc != nil && d.isRoot() {
+		m := &metadataNode{fsys: f, doc: doc}
 		var a fuse.AttrOut
 		m.Getattr(ctx, nil, &a)
 		out.Attr = a.Attr
-		return d.NewInode(ctx, m, fs.StableAttr{Mode: syscall.S_IFREG, Ino: inoMetadata}), 0
+		return d.NewInode(ctx, m, fs.StableAttr{Mode: syscall.S_IFREG, Ino: doc.ino}), 0
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -95,7 +95,9 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	children := d.node.Children()
 	entries := make([]fuse.DirEntry, 0, len(children)+1)
 	if d.isRoot() {
-		entries = append(entries, fuse.DirEntry{Name: MetadataName, Mode: syscall.S_IFREG, Ino: inoMetadata})
+		for _, doc := range f.specials {
+			entries = append(entries, fuse.DirEntry{Name: doc.name, Mode: syscall.S_IFREG, Ino: doc.ino})
+		}
 	}
 	for _, c := range children {
 		if c.IsDir() {

@@ -37,7 +37,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		return nil, nil, 0, errno
 	}
 	f := d.fsys
-	if d.isRoot() && name == MetadataName {
+	if d.isRoot() && f.doc(name) != nil {
 		return nil, nil, 0, syscall.EEXIST
 	}
 	if base, ok := strings.CutSuffix(name, npyExt); ok && base != "" {
@@ -91,7 +91,7 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		return nil, errno
 	}
 	f := d.fsys
-	if d.isRoot() && name == MetadataName {
+	if d.isRoot() && f.doc(name) != nil {
 		return nil, syscall.EEXIST
 	}
 	f.mu.Lock()
@@ -113,7 +113,7 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	defer f.mu.Unlock()
 	n := d.node.Lookup(name)
 	switch {
-	case n == nil && d.isRoot() && name == MetadataName:
+	case n == nil && d.isRoot() && f.doc(name) != nil:
 		return syscall.EPERM
 	case n == nil:
 		// Views (.npy) are not entries of their own.
@@ -170,7 +170,7 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		return syscall.EXDEV
 	}
 	f := d.fsys
-	if (d.isRoot() && name == MetadataName) || (dst.isRoot() && newName == MetadataName) {
+	if (d.isRoot() && f.doc(name) != nil) || (dst.isRoot() && f.doc(newName) != nil) {
 		return syscall.EPERM
 	}
 	f.mu.Lock()

@@ -52,12 +52,14 @@ type FS struct {
 	inodes sync.Map
 	// nextIno numbers .npy files created before their tensor exists.
 	nextIno atomic.Uint64
+	// specials are the root's JSON documents (__metadata__, ...).
+	specials []*doc
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a
 // stat of the checkpoint file.
 func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
-	t, err := tree.Build(ck.Keys(), tree.Options{Sep: opt.Sep, Reserved: []string{MetadataName}})
+	t, err := tree.Build(ck.Keys(), tree.Options{Sep: opt.Sep, Reserved: ReservedNames(ck.Sharded())})
 	if err != nil {
 		return nil, err
 	}
@@ -70,6 +72,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		f.logger = log.New(io.Discard, "", 0)
 	}
 	f.nextIno.Store(1 << 62)
+	f.specials = f.docs()
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		f.uid, f.gid = sys.Uid, sys.Gid
 	}
@@ -85,9 +88,10 @@ func (f *FS) Root() *dirNode {
 // disjoint sequences derived from IDs that are never reused, so a number
 // names the same object for the whole mount (find, tar and rsync rely on it).
 const (
-	inoRoot     = 1
-	inoMetadata = 2
-	inoBase     = 16
+	inoRoot          = 1
+	inoMetadata      = 2
+	inoIndexMetadata = 3
+	inoBase          = 16
 )
 
 const (

@@ -11,11 +11,14 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// metadataNode is /__metadata__: the header's metadata as a JSON object.
-// Writing a JSON object of strings to strings replaces the metadata.
+// metadataNode is a special root file (doc): /__metadata__, the header's
+// metadata as a JSON object, where writing a JSON object of strings to
+// strings replaces the metadata; /__index_metadata__ likewise for the
+// index's metadata.
 type metadataNode struct {
 	fs.Inode
 	fsys    *FS
+	doc     *doc
 	uploads uploadSet
 }
 
@@ -47,11 +50,11 @@ func (f *FS) metadataJSON() []byte {
 }
 
 func (m *metadataNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	size := len(m.fsys.metadataJSON())
+	size := len(m.doc.render())
 	if u, ok := fh.(*upload); ok {
 		size = u.size()
 	}
-	m.fsys.fillCommon(&out.Attr, inoMetadata, syscall.S_IFREG|m.fsys.fileMode(), uint64(size))
+	m.fsys.fillCommon(&out.Attr, m.doc.ino, syscall.S_IFREG|m.fsys.fileMode(), uint64(size))
 	return 0
 }
 
@@ -66,7 +69,7 @@ func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, u
 	}
 	var buf []byte
 	if flags&syscall.O_TRUNC == 0 {
-		buf = m.fsys.metadataJSON()
+		buf = m.doc.render()
 	}
 	return m.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0)), fuse.FOPEN_DIRECT_IO, 0
 }
@@ -75,7 +78,7 @@ func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, 
 	if u, ok := fh.(*upload); ok {
 		return u.read(dest, off), 0
 	}
-	b := m.fsys.metadataJSON()
+	b := m.doc.render()
 	if off >= int64(len(b)) {
 		return fuse.ReadResultData(nil), 0
 	}
@@ -93,16 +96,10 @@ func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.S
 	return m.Getattr(ctx, fh, out)
 }
 
-// Flush replaces the metadata with what was written, if it is a JSON object
-// of strings; otherwise the metadata is kept and close fails with EINVAL.
+// Flush replaces the document with what was written, if it parses;
+// otherwise it is kept and close fails with EINVAL.
 func (m *metadataNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	return m.fsys.flushUpload(ctx, fh, func(b []byte) error {
-		meta, err := parseMetadata(b)
-		if err != nil {
-			return err
-		}
-		return m.fsys.ck.SetMetadata(meta)
-	})
+	return m.fsys.flushUpload(ctx, fh, m.doc.commit)
 }
 
 func (m *metadataNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {

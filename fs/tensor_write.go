@@ -118,9 +118,9 @@ func (f *FS) setxattr(id checkpoint.ID, attr string, data []byte) syscall.Errno 
 			f.logf("setxattr %s on %q: %q is not a JSON array of non-negative integers", attr, info.Key, data)
 			return syscall.EINVAL
 		}
-	case xattrKey:
+	case xattrKey, xattrShard:
 		// Renaming is what mv is for; a key that disagrees with the path
-		// would break the key-to-path rules.
+		// would break the key-to-path rules. A tensor stays in its shard.
 		return syscall.EPERM
 	default:
 		return syscall.ENOTSUP
@@ -135,7 +135,7 @@ func (f *FS) setxattr(id checkpoint.ID, attr string, data []byte) syscall.Errno 
 
 func (f *FS) removexattr(attr string) syscall.Errno {
 	switch attr {
-	case xattrKey, xattrDType, xattrShape:
+	case xattrKey, xattrDType, xattrShape, xattrShard:
 		return syscall.EPERM
 	}
 	return syscall.ENODATA

@@ -13,9 +13,14 @@ const (
 	xattrKey   = "user.safetensors.key"
 	xattrDType = "user.safetensors.dtype"
 	xattrShape = "user.safetensors.shape"
+	// xattrShard names the file of a sharded checkpoint holding the tensor.
+	xattrShard = "user.safetensors.shard"
 )
 
-var xattrList = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00")
+var (
+	xattrList        = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00")
+	xattrListSharded = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00" + xattrShard + "\x00")
+)
 
 // shapeJSON renders a shape the way the header does: [3,16], [] for scalars.
 func shapeJSON(shape []uint64) []byte {
@@ -42,6 +47,11 @@ func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, sysca
 		v = []byte(info.DType.String())
 	case xattrShape:
 		v = shapeJSON(info.Shape)
+	case xattrShard:
+		if !f.ck.Sharded() {
+			return 0, syscall.ENODATA
+		}
+		v = []byte(info.Shard)
 	default:
 		return 0, syscall.ENODATA
 	}
@@ -51,6 +61,9 @@ func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, sysca
 func (f *FS) listxattr(id checkpoint.ID, dest []byte) (uint32, syscall.Errno) {
 	if _, ok := f.ck.Info(id); !ok {
 		return 0, syscall.ENOENT
+	}
+	if f.ck.Sharded() {
+		return copyAttr(dest, xattrListSharded)
 	}
 	return copyAttr(dest, xattrList)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"syscall"
 
 	"github.com/edsrzf/mmap-go"
 )
@@ -29,7 +30,9 @@ type File struct {
 // Open opens and validates the checkpoint at path. A malformed file yields
 // an *os.PathError wrapping a *FormatError, and nothing is left open.
 func Open(path string) (*File, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK so that a FIFO given as a checkpoint is refused below
+	// instead of blocking the open; it changes nothing for a regular file.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -228,7 +228,9 @@ type crashState struct {
 	acks, pendingJournals, aheadOfAck, rounds, killsInPersist int
 }
 
-func newCrashState(t *testing.T, layout bool, sizes []int) *crashState {
+// newCrashState makes the checkpoint: one file, or with shards > 1 a
+// sharded set in a directory (st.ckpt is then the directory).
+func newCrashState(t *testing.T, layout bool, sizes []int, shards int) *crashState {
 	st := &crashState{layout: layout, byKey: map[string]*crashTensor{}, persisting: make(chan int, 1)}
 	var gen []genTensor
 	for k, n := range sizes {
@@ -246,7 +248,16 @@ func newCrashState(t *testing.T, layout bool, sizes []int) *crashState {
 	for _, ct := range st.tensors {
 		st.byKey[ct.key] = ct
 	}
-	st.ckpt = writeCheckpoint(t, "model.safetensors", map[string]string{"framework": "flax"}, gen...)
+	if shards <= 1 {
+		st.ckpt = writeCheckpoint(t, "model.safetensors", map[string]string{"framework": "flax"}, gen...)
+		return st
+	}
+	// Round-robin over the shards, so every rewrite spans several files.
+	parts := make([][]genTensor, shards)
+	for i, g := range gen {
+		parts[i%shards] = append(parts[i%shards], g)
+	}
+	st.ckpt = writeShardedSet(t, map[string]string{"format": "pt"}, parts...)
 	return st
 }
 
@@ -470,13 +481,13 @@ func (st *crashState) check(t *testing.T) {
 	// a kill during the in-place apply leaves one, and tensors may be torn
 	// on disk until a read-write open replays it (as the README says).
 	r := cli(t, "verify", st.ckpt)
-	if _, pending := checkpoint.PendingJournal(st.ckpt); pending {
+	if _, pending := checkpoint.Pending(st.ckpt); pending {
 		st.pendingJournals++
-		if r.code != exitInvalid || !strings.Contains(r.stderr, "journal") {
-			t.Errorf("verify with a pending journal: exit %d %q", r.code, r.stderr)
+		if r.code != exitInvalid || !strings.Contains(r.stderr, "interrupted") {
+			t.Errorf("verify with a write-back pending: exit %d %q", r.code, r.stderr)
 		}
 	} else if r.code != 0 {
-		t.Fatalf("verify after the kill, no journal pending: exit %d: %s", r.code, r.stderr)
+		t.Fatalf("verify after the kill, nothing pending: exit %d: %s", r.code, r.stderr)
 	}
 	// The next read-write open replays: through a mount now and then, as a
 	// user would, else directly.
@@ -491,30 +502,52 @@ func (st *crashState) check(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, pending := checkpoint.PendingJournal(st.ckpt); pending {
-		t.Fatal("a journal is still pending after a read-write open")
+	if p, pending := checkpoint.Pending(st.ckpt); pending {
+		t.Fatalf("%s is still pending after a read-write open", p)
 	}
 	if r := cli(t, "verify", st.ckpt); r.code != 0 {
 		t.Fatalf("verify after replay: exit %d: %s", r.code, r.stderr)
 	}
-	if tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(st.ckpt), ".*safejaxfs-tmp-*")); len(tmps) > 0 {
+	dir := st.ckpt
+	if !st.sharded() {
+		dir = filepath.Dir(st.ckpt)
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(dir, ".*safejaxfs-tmp-*")); len(tmps) > 0 {
 		t.Errorf("temp files left after a read-write open: %v", tmps)
 	}
 
-	// The truth, parsed independently of our parser.
-	entries, meta, data := rawHeader(t, st.ckpt)
-	var gen []genTensor
+	// The truth, parsed independently of our parser: each file's header
+	// and, for a set, the index.
+	entries := map[string]rawEntry{}
+	datas := map[string][]byte{}
+	owner := map[string]string{}
+	files := map[string][]genTensor{}
+	metas := map[string]map[string]string{}
+	for _, f := range st.files(t) {
+		e, meta, data := rawHeader(t, f)
+		metas[f] = meta
+		files[f] = []genTensor{}
+		for k, v := range e {
+			if prev, ok := owner[k]; ok {
+				t.Fatalf("%q is in two files: %s and %s", k, prev, f)
+			}
+			owner[k], entries[k], datas[k] = f, v, data
+		}
+	}
+	if st.sharded() {
+		checkIndex(t, st.ckpt, owner, entries)
+	}
 	for key, e := range entries {
 		ct := st.byKey[key]
 		if ct == nil {
 			t.Fatalf("unexpected tensor %q", key)
 		}
-		b := data[e.Offsets[0]:e.Offsets[1]]
+		b := datas[key][e.Offsets[0]:e.Offsets[1]]
 		dt, ok := safetensors.ParseDType(e.DType)
 		if !ok {
 			t.Fatalf("%s: dtype %q", key, e.DType)
 		}
-		gen = append(gen, genTensor{key, dt, e.Shape, b})
+		files[owner[key]] = append(files[owner[key]], genTensor{key, dt, e.Shape, b})
 		if ct.readOnly {
 			if !bytes.Equal(b, ct.fixed) {
 				t.Errorf("%s: a tensor nobody wrote changed", key)
@@ -552,12 +585,29 @@ func (st *crashState) check(t *testing.T) {
 		}
 	}
 	// In-place commits keep the layout and rewrites go through the
-	// canonical writer, so the file is always the canonical one.
-	checkFile(t, st.ckpt, meta, gen...)
+	// canonical writer, so every file is always the canonical one.
+	for f, gen := range files {
+		checkFile(t, f, metas[f], gen...)
+	}
 }
 
-func runCrashRounds(t *testing.T, layout bool, sizes []int, seed uint64, rounds int, maxDelay, budget time.Duration) {
-	st := newCrashState(t, layout, sizes)
+func (st *crashState) sharded() bool { return filepath.Ext(st.ckpt) != ".safetensors" }
+
+// files are the checkpoint's safetensors files: the one file, or every
+// shard in the set's directory.
+func (st *crashState) files(t *testing.T) []string {
+	if !st.sharded() {
+		return []string{st.ckpt}
+	}
+	fs, err := filepath.Glob(filepath.Join(st.ckpt, "model-*.safetensors"))
+	if err != nil || len(fs) == 0 {
+		t.Fatalf("no shards in %s: %v", st.ckpt, err)
+	}
+	return fs
+}
+
+func runCrashRounds(t *testing.T, layout bool, sizes []int, shards int, seed uint64, rounds int, maxDelay, budget time.Duration) {
+	st := newCrashState(t, layout, sizes, shards)
 	mnt := newMountpoint(t)
 	r := rand.New(rand.NewPCG(seed, seed))
 	start := time.Now()
@@ -575,12 +625,19 @@ func runCrashRounds(t *testing.T, layout bool, sizes []int, seed uint64, rounds 
 // Same-layout rewrites (in place, behind the journal) killed at random.
 func TestCrashKillDuringInPlaceWrites(t *testing.T) {
 	sizes := []int{8, 4096 + 8, 64<<10 + 24, 1<<20 + 8, 3 << 20}
-	runCrashRounds(t, false, sizes, 1, 24, 400*time.Millisecond, 20*time.Second)
+	runCrashRounds(t, false, sizes, 1, 1, 24, 400*time.Millisecond, 20*time.Second)
 }
 
 // Layout changes (np.save of other sizes, new tensors: whole-file
 // rewrites) mixed with same-layout rewrites, killed at random.
 func TestCrashKillDuringRewrites(t *testing.T) {
 	sizes := []int{8, 4096 + 8, 64<<10 + 24, 1<<20 + 8, 2 << 20}
-	runCrashRounds(t, true, sizes, 2, 24, 400*time.Millisecond, 20*time.Second)
+	runCrashRounds(t, true, sizes, 1, 2, 24, 400*time.Millisecond, 20*time.Second)
+}
+
+// The same mix on a sharded set of three files: every layout change
+// rewrites several shards and the index behind one commit.
+func TestCrashKillDuringShardedRewrites(t *testing.T) {
+	sizes := []int{8, 4096 + 8, 64<<10 + 24, 1<<20 + 8, 2 << 20, 16}
+	runCrashRounds(t, true, sizes, 3, 3, 24, 400*time.Millisecond, 20*time.Second)
 }

@@ -15,26 +15,27 @@ import (
 
 func runLs(args []string) error {
 	fl := newFlags("ls", "[flags] CHECKPOINT [PREFIX]",
-		"List the tensors of CHECKPOINT as the tree a mount would show, with dtype, shape\nand size, without mounting. PREFIX limits the listing to a subtree, given as a\npath (params/Dense_0) or a key prefix (params.Dense_0).")
+		"List the tensors of CHECKPOINT (a file, an index or a directory) as the tree a\nmount would show, with dtype, shape, size (and shard), without mounting. PREFIX limits the listing to a subtree, given as a\npath (params/Dense_0) or a key prefix (params.Dense_0).")
 	sep := fl.String("sep", ".", "key separator, as for mount")
-	asJSON := fl.Bool("json", false, "print a JSON array of {key, path, dtype, shape, bytes, offsets}")
+	asJSON := fl.Bool("json", false, "print a JSON array of {key, path, dtype, shape, bytes, data_offsets, shard}")
 	rest, err := parseFlags(fl, args, 1, 2)
 	if err != nil {
 		return err
 	}
-	if err := checkCheckpoint(rest[0]); err != nil {
+	if _, err := checkCheckpoint(rest[0]); err != nil {
 		return err
 	}
-	f, err := safetensors.Open(rest[0])
+	set, err := safetensors.OpenSet(rest[0])
 	if err != nil {
 		return fail(exitInvalid, "%v", err)
 	}
-	defer f.Close()
-	keys := make([]string, len(f.Tensors))
-	for i := range f.Tensors {
-		keys[i] = f.Tensors[i].Key
+	defer set.Close()
+	ts := tensorsOf(set)
+	keys := make([]string, len(ts))
+	for i := range ts {
+		keys[i] = ts[i].Key
 	}
-	t, err := tree.Build(keys, tree.Options{Sep: *sep, Reserved: []string{fs.MetadataName}})
+	t, err := tree.Build(keys, tree.Options{Sep: *sep, Reserved: fs.ReservedNames(set.Sharded())})
 	if err != nil {
 		return fail(exitUsage, "%v", err)
 	}
@@ -45,11 +46,28 @@ func runLs(args []string) error {
 		}
 	}
 	if *asJSON {
-		return listJSON(os.Stdout, f, top)
+		return listJSON(os.Stdout, ts, top)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	listTree(w, f, top, 0)
+	listTree(w, ts, top, 0, set.Sharded())
 	return w.Flush()
+}
+
+// lsTensor is a tensor of any shard, with the shard's name.
+type lsTensor struct {
+	*safetensors.Tensor
+	shard string
+}
+
+// tensorsOf lists every tensor of every file of the set.
+func tensorsOf(set *safetensors.Set) []lsTensor {
+	var ts []lsTensor
+	for i, f := range set.Files {
+		for j := range f.Tensors {
+			ts = append(ts, lsTensor{&f.Tensors[j], set.Names[i]})
+		}
+	}
+	return ts
 }
 
 // findPrefix resolves PREFIX as a tree path first, then as a key prefix.
@@ -73,11 +91,15 @@ func walk(n *tree.Node, fn func(*tree.Node)) {
 	}
 }
 
-func listTree(w io.Writer, f *safetensors.File, n *tree.Node, depth int) {
+func listTree(w io.Writer, ts []lsTensor, n *tree.Node, depth int, sharded bool) {
 	indent := strings.Repeat("  ", depth)
 	if !n.IsDir() {
-		t := &f.Tensors[n.Tensor]
-		fmt.Fprintf(w, "%s%s\t%s\t%s\t%d\n", indent, n.Name, t.DType, shapeString(t.Shape), t.Size())
+		t := ts[n.Tensor]
+		fmt.Fprintf(w, "%s%s\t%s\t%s\t%d", indent, n.Name, t.DType, shapeString(t.Shape), t.Size())
+		if sharded {
+			fmt.Fprintf(w, "\t%s", t.shard)
+		}
+		fmt.Fprintln(w)
 		return
 	}
 	if n.Parent != nil {
@@ -85,7 +107,7 @@ func listTree(w io.Writer, f *safetensors.File, n *tree.Node, depth int) {
 		depth++
 	}
 	for _, c := range n.Children() {
-		listTree(w, f, c, depth)
+		listTree(w, ts, c, depth, sharded)
 	}
 }
 
@@ -104,16 +126,17 @@ type jsonTensor struct {
 	Shape   []uint64  `json:"shape"`
 	Bytes   uint64    `json:"bytes"`
 	Offsets [2]uint64 `json:"data_offsets"`
+	Shard   string    `json:"shard"`
 }
 
-func listJSON(w io.Writer, f *safetensors.File, top *tree.Node) error {
+func listJSON(w io.Writer, ts []lsTensor, top *tree.Node) error {
 	out := []jsonTensor{}
 	walk(top, func(n *tree.Node) {
 		if n.IsDir() {
 			return
 		}
-		t := &f.Tensors[n.Tensor]
-		out = append(out, jsonTensor{t.Key, n.Path(), t.DType.String(), t.Shape, t.Size(), [2]uint64{t.Begin, t.End}})
+		t := ts[n.Tensor]
+		out = append(out, jsonTensor{t.Key, n.Path(), t.DType.String(), t.Shape, t.Size(), [2]uint64{t.Begin, t.End}, t.shard})
 	})
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)

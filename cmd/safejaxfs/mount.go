@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/safejaxfs/safejaxfs/fs"
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
@@ -41,7 +42,7 @@ func runMount(args []string) (err error) {
 	}()
 	var mf mountFlags
 	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
-		"Mount CHECKPOINT (a .safetensors file) at MOUNTPOINT. Runs in the background and\nreturns once the mount answers, unless -f is given.")
+		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them. Runs in the\nbackground and returns once the mount answers, unless -f is given.")
 	fl.BoolVar(&mf.readOnly, "read-only", false, "mount read-only")
 	fl.StringVar(&mf.sep, "sep", ".", "key separator that splits keys into directories ('/' always does too)")
 	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
@@ -57,7 +58,7 @@ func runMount(args []string) (err error) {
 		return fail(exitUsage, "--sep must not be empty")
 	}
 	ckpt, mnt := rest[0], rest[1]
-	if err := checkCheckpoint(ckpt); err != nil {
+	if _, err := checkCheckpoint(ckpt); err != nil {
 		return err
 	}
 	if err := checkMountpoint(mnt); err != nil {
@@ -69,17 +70,38 @@ func runMount(args []string) (err error) {
 	return serve(ckpt, mnt, mf, ready)
 }
 
-func checkCheckpoint(path string) error {
+// checkCheckpoint resolves CHECKPOINT (a file, an index or a directory)
+// and refuses what cannot be one, quickly, before a daemon is started; the
+// full validation of every shard is the daemon's, before it mounts.
+func checkCheckpoint(path string) (*safetensors.Location, error) {
 	st, err := os.Stat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return fail(exitInvalid, "checkpoint %s does not exist", path)
+		return nil, fail(exitInvalid, "checkpoint %s does not exist", path)
 	case err != nil:
-		return fail(exitInvalid, "checkpoint %s: %v", path, err)
-	case st.IsDir():
-		return fail(exitInvalid, "checkpoint %s is a directory, not a .safetensors file", path)
+		return nil, fail(exitInvalid, "checkpoint %s: %v", path, err)
+	case !st.IsDir() && !st.Mode().IsRegular():
+		return nil, fail(exitInvalid, "checkpoint %s is not a regular file", path)
 	}
-	return nil
+	loc, _, err := safetensors.Locate(path)
+	if err != nil {
+		return nil, fail(exitInvalid, "checkpoint %s: %v", path, err)
+	}
+	return loc, nil
+}
+
+// writable reports whether every file of the checkpoint can be written.
+func writable(loc *safetensors.Location) bool {
+	files := loc.Paths
+	if loc.Sharded() {
+		files = append([]string{loc.Index}, files...)
+	}
+	for _, p := range files {
+		if unix.Access(p, unix.W_OK) != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // checkMountpoint refuses what mount(2) would refuse less clearly, or would
@@ -174,7 +196,11 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		go followLiveHeap(memoryLimit)
 	}
 	readOnly := mf.readOnly
-	if !readOnly && unix.Access(ckpt, unix.W_OK) != nil {
+	loc, err := checkCheckpoint(ckpt)
+	if err != nil {
+		return err
+	}
+	if !readOnly && !writable(loc) {
 		// Like mount(8) with a write-protected device: fall back, say so.
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s is not writable: mounting read-only\n", ckpt)
 		readOnly = true

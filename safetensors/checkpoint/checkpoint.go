@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"sync"
 
@@ -25,7 +24,8 @@ type Info struct {
 	Key   string
 	DType safetensors.DType
 	Shape []uint64
-	Size  int64 // bytes now visible; differs from dtype x shape only mid-rewrite
+	Size  int64  // bytes now visible; differs from dtype x shape only mid-rewrite
+	Shard string // the file holding it: its name in the index, or the checkpoint's base name
 }
 
 // Options control how a checkpoint is opened.
@@ -37,7 +37,7 @@ type Options struct {
 
 // Checkpoint is safe for concurrent use.
 type Checkpoint struct {
-	path     string
+	path     string // as given to Open: a file, an index or a directory
 	readOnly bool
 	hooks    *crashHooks
 
@@ -48,20 +48,15 @@ type Checkpoint struct {
 	// wait on (see readTracker).
 	reads readTracker
 	mu    sync.RWMutex
-	cur   *mapping
+	// shards are the checkpoint's files: one for a plain checkpoint, the
+	// index's shards (sorted by name) for a sharded one.
+	shards []*shard
+	index  *indexState // nil unless sharded
 	// retired are earlier mappings that tensors edited during a rewrite
 	// still read their unedited bytes from; released once none does.
 	retired []*mapping
-	rw      *os.File     // the checkpoint opened for writing (read-write mounts)
-	unlock  func() error // drops the advisory lock
-	ident   identity     // the file as we last left it
-	tensors []*tensor    // indexed by ID; nil once deleted
+	tensors []*tensor // indexed by ID; nil once deleted
 	byKey   map[string]ID
-	meta    map[string]string
-	// layoutGen counts changes that need a rewrite (keys, dtypes, shapes,
-	// metadata, tensors added or removed); persistedLayout is its value at
-	// the last successful persist.
-	layoutGen, persistedLayout uint64
 	// edits counts every change; persistedEdits is its value at the last
 	// successful persist, recoveredEdits at the last recovery file.
 	edits, persistedEdits, recoveredEdits uint64
@@ -74,6 +69,7 @@ type tensor struct {
 	key   string
 	dtype safetensors.DType
 	shape []uint64
+	shard int      // index in Checkpoint.shards; a tensor never changes shard
 	cur   *content // committed bytes: always dtype x shape long
 	// staged holds a rewrite in progress whose size does not (yet) match
 	// dtype x shape (cp truncates, then writes). Readers see it; persistence
@@ -97,92 +93,135 @@ func (t *tensor) want() int64 {
 	return int64(n)
 }
 
-func (t *tensor) info() Info {
+func (c *Checkpoint) info(t *tensor) Info {
 	// The shape is copied: callers may not write through to ours.
-	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.visible().size}
+	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.visible().size, Shard: c.shards[t.shard].name}
 }
 
-// Open validates the checkpoint strictly and maps it. A read-write open
-// first finishes a write-back a crash interrupted (journal replay), then
-// takes the advisory lock that makes this the checkpoint's only writer.
-// Nothing is kept open when it fails.
+// Open validates the checkpoint strictly and maps it. path is a
+// .safetensors file, an index ("*.safetensors.index.json") or a directory
+// holding one of them (safetensors.Locate). A read-write open first
+// finishes what a crash interrupted (a multi-file commit, journal replays),
+// then takes the advisory locks that make this the checkpoint's only
+// writer. Nothing is kept open when it fails.
 func Open(path string, opt Options) (*Checkpoint, error) {
 	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
-	if opt.ReadOnly {
-		if j, ok := PendingJournal(path); ok {
-			return nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", path, j)
-		}
-	} else {
-		if err := cleanStaleTemps(path); err != nil {
-			return nil, err
-		}
-		if _, err := replayJournal(path); err != nil {
-			return nil, err
-		}
-	}
-	f, err := safetensors.Open(path)
+	loc, idx, err := c.settle()
 	if err != nil {
 		return nil, err
 	}
-	m := newMapping(f)
-	if !opt.ReadOnly {
-		if err := c.openForWrite(); err != nil {
-			m.release()
-			return nil, err
+	files, err := openShards(loc, idx)
+	if err != nil {
+		c.closeIndex()
+		return nil, err
+	}
+	if loc.Sharded() && c.index == nil {
+		c.index = newIndexState(loc.Index, idx) // read-only: no lock
+	}
+	c.byKey = make(map[string]ID)
+	for si, f := range files {
+		m := newMapping(f)
+		sh := &shard{name: loc.Names[si], path: loc.Paths[si], cur: m, meta: f.Metadata}
+		c.shards = append(c.shards, sh)
+		for i := range f.Tensors {
+			t := &f.Tensors[i]
+			c.byKey[t.Key] = ID(len(c.tensors))
+			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: fileContent(m, i)})
 		}
 	}
-	c.cur = m
-	c.meta = f.Metadata
-	c.tensors = make([]*tensor, len(f.Tensors))
-	c.byKey = make(map[string]ID, len(f.Tensors))
-	for i := range f.Tensors {
-		t := &f.Tensors[i]
-		c.tensors[i] = &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: fileContent(m, i)}
-		c.byKey[t.Key] = ID(i)
+	if !opt.ReadOnly {
+		for _, sh := range c.shards {
+			if err := sh.openForWrite(); err != nil {
+				c.releaseAll()
+				return nil, err
+			}
+		}
 	}
 	return c, nil
 }
 
-// openForWrite opens the checkpoint for in-place writes, locks it, and
-// remembers its identity. Called at open and after every rewrite (the new
-// file is a new inode).
-func (c *Checkpoint) openForWrite() error {
-	rw, err := os.OpenFile(c.path, os.O_RDWR, 0)
+// settle resolves the checkpoint's files and, for a read-write open, puts
+// them in a state with nothing half done: a multi-file commit rolled
+// forward, stale temp files removed, each shard's journal replayed. A
+// read-only open refuses a checkpoint that needs any of it.
+func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, error) {
+	loc, idx, err := safetensors.Locate(c.path)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	unlock, err := lockFile(rw)
-	if err != nil {
-		rw.Close()
-		return err
+	if c.readOnly {
+		if p, ok := pendingCommit(loc); ok {
+			return nil, nil, fmt.Errorf("%s: a write-back was interrupted (%s); mount it read-write once to finish it", c.path, p)
+		}
+		for _, p := range loc.Paths {
+			if j, ok := PendingJournal(p); ok {
+				return nil, nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", p, j)
+			}
+		}
+		return loc, idx, nil
 	}
-	ident, err := statIdentity(c.path)
-	if err != nil {
-		unlock()
-		rw.Close()
-		return err
+	if loc.Sharded() {
+		// The index's lock stands for the set: held from before recovery
+		// to the end of the mount, so no other writer can interleave.
+		if c.index, err = openIndex(loc.Index, idx); err != nil {
+			return nil, nil, err
+		}
+		done, err := finishCommit(loc.Index)
+		if err != nil {
+			c.closeIndex()
+			return nil, nil, err
+		}
+		if done {
+			// The commit replaced the index: read the one it left, and
+			// move the set's lock to it (taken before the old one is let
+			// go, so no other writer slips in).
+			if loc, idx, err = safetensors.Locate(c.path); err != nil {
+				c.closeIndex()
+				return nil, nil, err
+			}
+			held := c.index
+			c.index = newIndexState(loc.Index, idx)
+			c.index.unlock, c.index.ident = held.unlock, held.ident
+			if err := c.index.lock(); err != nil {
+				held.unlock()
+				c.index = nil
+				return nil, nil, err
+			}
+		}
+		if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
+			c.closeIndex()
+			return nil, nil, err
+		}
+	} else if err := cleanStaleTemps(loc.Paths[0]); err != nil {
+		return nil, nil, err
 	}
-	c.closeFiles()
-	c.rw, c.unlock, c.ident = rw, unlock, ident
-	return nil
+	for _, p := range loc.Paths {
+		if _, err := replayJournal(p); err != nil {
+			c.closeIndex()
+			return nil, nil, err
+		}
+	}
+	return loc, idx, nil
 }
 
-func (c *Checkpoint) closeFiles() {
-	if c.unlock != nil {
-		c.unlock()
-		c.unlock = nil
+// openShards opens and validates every shard (concurrently) and, for a
+// sharded checkpoint, the rules tying them to the index.
+func openShards(loc *safetensors.Location, idx *safetensors.Index) ([]*safetensors.File, error) {
+	set, err := safetensors.OpenLocated(loc, idx)
+	if err != nil {
+		return nil, err
 	}
-	if c.rw != nil {
-		c.rw.Close()
-		c.rw = nil
-	}
+	return set.Files, nil
 }
 
-// Path is the checkpoint's file name as given to Open.
+// Path is the checkpoint's path as given to Open.
 func (c *Checkpoint) Path() string { return c.path }
 
 // ReadOnly reports whether edits are refused.
 func (c *Checkpoint) ReadOnly() bool { return c.readOnly }
+
+// Sharded reports whether the checkpoint is an index over shards.
+func (c *Checkpoint) Sharded() bool { return c.index != nil }
 
 // Keys returns the tensors' keys indexed by ID, so a caller can build its
 // namespace with tensor index == ID. Deleted IDs hold "": call it before
@@ -207,7 +246,7 @@ func (c *Checkpoint) Info(id ID) (Info, bool) {
 	if t == nil {
 		return Info{}, false
 	}
-	return t.info(), true
+	return c.info(t), true
 }
 
 func (c *Checkpoint) get(id ID) *tensor {
@@ -218,11 +257,32 @@ func (c *Checkpoint) get(id ID) *tensor {
 }
 
 // Metadata returns a copy of the header's metadata; nil when the checkpoint
-// has none.
+// has none. For a sharded checkpoint it is the entries every shard's header
+// has with the same value (what SetMetadata sets in all of them).
 func (c *Checkpoint) Metadata() map[string]string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return maps.Clone(c.meta)
+	return maps.Clone(c.commonMeta())
+}
+
+// commonMeta is the metadata all shards share. Caller holds mu.
+func (c *Checkpoint) commonMeta() map[string]string {
+	if len(c.shards) == 1 {
+		return c.shards[0].meta
+	}
+	var common map[string]string
+	for i, sh := range c.shards {
+		if i == 0 {
+			common = maps.Clone(sh.meta)
+			continue
+		}
+		for k, v := range common {
+			if w, ok := sh.meta[k]; !ok || w != v {
+				delete(common, k)
+			}
+		}
+	}
+	return common
 }
 
 // Read returns up to n bytes of tensor id starting at off, as slices of the
@@ -262,7 +322,7 @@ func (c *Checkpoint) Close() error {
 	if !c.readOnly {
 		if err = c.Sync(); err != nil && !errors.Is(err, ErrChanged) {
 			s := c.snapshot()
-			if p, rerr := writeRecovery(c.path, c.sources(s), s.meta); rerr == nil {
+			if p, rerr := c.writeRecovery(s); rerr == nil {
 				err = fmt.Errorf("%w; your edits are in %s", err, p)
 			}
 			s.release()
@@ -271,8 +331,11 @@ func (c *Checkpoint) Close() error {
 	if !c.readOnly && err == nil {
 		// Everything is in the checkpoint: no journal is left next to an
 		// unmounted checkpoint (removed while we still hold the lock).
-		if rerr := retireJournal(c.path); rerr != nil {
-			err = fmt.Errorf("removing the journal of %s: %w", c.path, rerr)
+		for _, sh := range c.shards {
+			if rerr := retireJournal(sh.path); rerr != nil {
+				err = fmt.Errorf("removing the journal of %s: %w", sh.path, rerr)
+				break
+			}
 		}
 	}
 	c.mu.Lock()
@@ -284,21 +347,44 @@ func (c *Checkpoint) Close() error {
 // releaseAll closes the files and drops the mappings (slices handed out to
 // reads still in flight stay valid until their release). Caller holds mu.
 func (c *Checkpoint) releaseAll() {
-	c.closeFiles()
-	if c.cur != nil {
-		c.cur.release()
-		c.cur = nil
+	for _, sh := range c.shards {
+		sh.closeFiles()
+		if sh.cur != nil {
+			sh.cur.release()
+			sh.cur = nil
+		}
 	}
 	for _, m := range c.retired {
 		m.release()
 	}
 	c.retired = nil
+	c.closeIndex()
 }
 
 // PendingJournal reports the journal of a write-back that a crash
-// interrupted, if the checkpoint at path has one: until a read-write Open
-// replays it, tensors it covers may be torn on disk. A journal whose commit
-// completed (or never started) is not pending.
+// interrupted, if the checkpoint file at path has one: until a read-write
+// Open replays it, tensors it covers may be torn on disk. A journal whose
+// commit completed (or never started) is not pending.
 func PendingJournal(path string) (string, bool) {
 	return journalPending(path)
+}
+
+// Pending reports what a crash left half done for the checkpoint at path
+// (a file, an index or a directory): a multi-file commit to roll forward or
+// a shard's journal to replay. verify and read-only mounts refuse such a
+// checkpoint until a read-write mount finishes it.
+func Pending(path string) (string, bool) {
+	loc, _, err := safetensors.Locate(path)
+	if err != nil {
+		return "", false
+	}
+	if p, ok := pendingCommit(loc); ok {
+		return p, true
+	}
+	for _, p := range loc.Paths {
+		if j, ok := PendingJournal(p); ok {
+			return j, true
+		}
+	}
+	return "", false
 }

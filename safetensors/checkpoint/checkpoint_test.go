@@ -899,7 +899,7 @@ func TestReadSurvivesRewrite(t *testing.T) {
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
 	defer c.Close()
-	oldMap := c.cur
+	oldMap := c.shards[0].cur
 	e, w := ckID(t, c, "embed"), ckID(t, c, "params.w")
 	eSegs, eRelease, err := c.Read(e, 0, 200_000)
 	if err != nil {
@@ -921,7 +921,7 @@ func TestReadSurvivesRewrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "after the rewrite")
-	if c.cur == oldMap {
+	if c.shards[0].cur == oldMap {
 		t.Fatal("no new mapping after a rewrite")
 	}
 	ckCatchFault(t, "reading slices taken before a rewrite", func() {

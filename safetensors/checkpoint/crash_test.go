@@ -238,12 +238,6 @@ func TestFailedSyncRetried(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			for _, cp := range ckPoints(t, sc) {
 				t.Run(fmt.Sprintf("%s#%d", cp.point, cp.nth), func(t *testing.T) {
-					if cp.point == "renamed" {
-						// The edits are safe (in the file and in a
-						// recovery file), but the message is wrong.
-						t.Skip("known issue: after a failure that follows the rename (the directory fsync), " +
-							"persistRewrite cannot tell the new file is its own and the next Sync reports ErrChanged")
-					}
 					m := ckDefault()
 					path := ckFile(t, m)
 					c := ckOpen(t, path, Options{})

@@ -38,8 +38,7 @@ func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
 	case t.growable:
 		t.cur.write(p, off)
 		t.shape = []uint64{uint64(t.cur.size)}
-		c.layoutGen++
-		c.edits++
+		c.layoutChanged(t.shard, true)
 	case end > t.want():
 		return fmt.Errorf("tensor %q: writing up to byte %d, but %s %s holds %d bytes: %w",
 			t.key, end, t.dtype, shapeString(t.shape), t.want(), ErrSize)
@@ -76,8 +75,7 @@ func (c *Checkpoint) Truncate(id ID, size int64) error {
 	case t.growable:
 		t.cur.truncate(size)
 		t.shape = []uint64{uint64(size)}
-		c.layoutGen++
-		c.edits++
+		c.layoutChanged(t.shard, true)
 	case t.staged == nil && size == t.cur.size:
 		return nil
 	default:
@@ -118,7 +116,7 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, cur: memoryContent(nil), growable: true}
+	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, shard: c.shardFor(key), cur: memoryContent(nil), growable: true}
 	return c.add(t), nil
 }
 
@@ -143,22 +141,20 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 		t.dtype, t.shape, t.cur, t.staged, t.growable = dtype, shape, memoryContent(data), nil, false
 		t.gen++
 		c.edits++
-		c.layoutGen++
-		c.edits++
+		c.layoutChanged(t.shard, true)
 		return id, nil
 	}
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	return c.add(&tensor{key: key, dtype: dtype, shape: shape, cur: memoryContent(data)}), nil
+	return c.add(&tensor{key: key, dtype: dtype, shape: shape, shard: c.shardFor(key), cur: memoryContent(data)}), nil
 }
 
 func (c *Checkpoint) add(t *tensor) ID {
 	id := ID(len(c.tensors))
 	c.tensors = append(c.tensors, t)
 	c.byKey[t.key] = id
-	c.layoutGen++
-	c.edits++
+	c.layoutChanged(t.shard, true)
 	return id
 }
 
@@ -185,8 +181,7 @@ func (c *Checkpoint) Delete(id ID) error {
 	}
 	delete(c.byKey, t.key)
 	c.tensors[id] = nil
-	c.layoutGen++
-	c.edits++
+	c.layoutChanged(t.shard, true)
 	return nil
 }
 
@@ -225,11 +220,9 @@ func (c *Checkpoint) RenameAll(renames map[ID]string) error {
 		t := c.tensors[id]
 		t.key = key
 		t.gen++
-		c.edits++
+		c.layoutChanged(t.shard, true)
 	}
 	c.byKey = taken
-	c.layoutGen++
-	c.edits++
 	return nil
 }
 
@@ -253,25 +246,80 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 	t.dtype, t.shape, t.growable = dtype, shape, false
 	t.gen++
 	c.edits++
-	c.layoutGen++
-	c.edits++
+	c.layoutChanged(t.shard, false)
 	return nil
 }
 
-// SetMetadata replaces the header's metadata.
+// SetMetadata replaces the header's metadata. In a sharded checkpoint it
+// replaces the entries all shards share (what Metadata shows) in every
+// shard, leaving entries particular to one shard as they are.
 func (c *Checkpoint) SetMetadata(m map[string]string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.readOnly {
 		return ErrReadOnly
 	}
-	c.meta = maps.Clone(m)
-	if c.meta == nil {
-		c.meta = map[string]string{}
+	common := c.commonMeta()
+	for i, sh := range c.shards {
+		next := maps.Clone(m)
+		if next == nil {
+			next = map[string]string{}
+		}
+		if len(c.shards) > 1 {
+			if sh.meta == nil && len(m) == 0 {
+				continue // no __metadata__ before, none needed now
+			}
+			for k, v := range sh.meta {
+				if _, shared := common[k]; !shared {
+					next[k] = v
+				}
+			}
+		}
+		if sh.meta != nil && maps.Equal(next, sh.meta) {
+			continue
+		}
+		sh.meta = next
+		c.layoutChanged(i, false)
 	}
-	c.layoutGen++
-	c.edits++
 	return nil
+}
+
+// layoutChanged records a change to shard's header; derived says it may
+// change what the index derives from the tensors (keys, sizes).
+func (c *Checkpoint) layoutChanged(shard int, derived bool) {
+	c.shards[shard].layoutGen++
+	if derived && c.index != nil {
+		c.index.layoutGen++
+	}
+	c.edits++
+}
+
+// shardFor is the shard a new tensor goes to: the one holding the tensor
+// whose key shares the longest prefix with key (in practice its siblings:
+// model.layers.5.mlp.new joins model.layers.5.mlp.*), the last shard when
+// no key shares a byte with it. Caller holds mu.
+func (c *Checkpoint) shardFor(key string) int {
+	best, bestLen := len(c.shards)-1, 0
+	for _, t := range c.tensors {
+		if t == nil {
+			continue
+		}
+		n := commonPrefix(t.key, key)
+		if n > bestLen || n == bestLen && n > 0 && t.shard > best {
+			best, bestLen = t.shard, n
+		}
+	}
+	return best
+}
+
+func commonPrefix(a, b string) int {
+	n := min(len(a), len(b))
+	for i := range n {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return n
 }
 
 func shapeString(shape []uint64) string {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,143 +94,313 @@ func cleanStaleTemps(ckpt string) error {
 		return err
 	}
 	defer f.Close()
-	return withWriteLock(f, func() error {
-		dir, base := filepath.Split(path)
+	return withWriteLock(f, func() error { return removeTemps([]string{path}) })
+}
+
+// cleanSetTemps is cleanStaleTemps for every file of a sharded checkpoint
+// at once (one directory read per directory, not per shard); the caller
+// holds the set's lock (the index's), which every writer of the set takes
+// first.
+func cleanSetTemps(paths []string) error {
+	var real []string
+	for _, p := range paths {
+		r, err := realPath(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		real = append(real, r)
+	}
+	return removeTemps(real)
+}
+
+// removeTemps removes the temp files of the files at paths (resolved).
+func removeTemps(paths []string) error {
+	byDir := map[string]map[string]bool{}
+	for _, p := range paths {
+		dir, base := filepath.Split(p)
+		if byDir[dir] == nil {
+			byDir[dir] = map[string]bool{}
+		}
+		byDir[dir][base] = true
+	}
+	for dir, bases := range byDir {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			return err
 		}
 		for _, e := range entries {
-			if !isTempOf(e.Name(), base) {
+			name := e.Name()
+			i := strings.Index(name, tmpInfix)
+			if i < 1 || !bases[name[1:i]] || !isTempOf(name, name[1:i]) {
 				continue
 			}
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
-// rewriteAtomic replaces the checkpoint by the canonical file for sources
-// and metadata: written by safetensors.Write into a temp file in the
-// checkpoint's directory with the checkpoint's permission bits (and owner,
-// as root), fsynced, validated again with safetensors.ReadHeader (never
-// rename an invalid file over a checkpoint), renamed over ckpt, directory
-// fsynced. On any error before the rename the temp file is removed and the
-// checkpoint is untouched.
-//
-// Sources may point at the checkpoint being replaced (*os.File: copied with
-// copy_file_range; *safetensors.File: from its mapping). They must stay
-// readable until this returns; the old file stays valid for the caller after
-// the rename too, since an open or mapped file outlives its name.
-//
-// The checkpoint's journal is settled first (replayed into the old file if
-// its commit is not marked applied), then removed and the directory synced,
-// before anything is copied: the bytes copied from the old file are the
-// ones last committed, and the new file never meets the old one's journal,
-// whenever a crash comes. If the checkpoint's identity changes while the
-// new file is being written (another program saved over it), the rename is
-// not done and the error wraps ErrChanged: the other program's file is
-// never overwritten.
-//
-// When this process holds the checkpoint's lock, the new file is locked
-// before it is renamed into place and the lock handed to the caller's next
-// lockFile of it (see lockFile). Extended attributes and ACLs of the old file
-// are not carried over.
-func rewriteAtomic(ckpt string, sources []safetensors.Source, metadata map[string]string, hooks *crashHooks) (err error) {
-	path, err := realPath(ckpt)
-	if err != nil {
-		return err
-	}
-	dir := filepath.Dir(path)
-	if jpath := journalPath(path); exists(jpath) {
-		if err := replayAt(path, jpath); err != nil {
-			return fmt.Errorf("finishing an earlier interrupted write first: %w", err)
-		}
-		// The old file now holds every commit durably. The journal is
-		// removed, durably, before the new file can take the name: a
-		// journal never outlives the file it was written for, and a crash
-		// before the rename leaves the old file complete.
-		if err := removeSynced(jpath); err != nil {
-			return fmt.Errorf("removing journal %s before rewriting: %w", jpath, err)
-		}
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return &os.PathError{Op: "stat", Path: path, Err: err}
-	}
-	was := identityOf(&st)
+// replacement is one file a rewrite replaces: its new content comes from
+// write, and check validates the written temp file before it may take the
+// file's name.
+type replacement struct {
+	path  string // the file to replace, as named (symlinks are resolved)
+	write func(*os.File) (int64, error)
+	check func(f *os.File, size int64) error
 
-	tmp, name, err := createTemp(path, st.Mode&0o7777, &st)
-	if err != nil {
-		return err
+	// Set by replaceFiles.
+	real    string
+	st      unix.Stat_t // of the file replaced
+	was     identity
+	tmp     *os.File
+	tmpName string
+	tst     unix.Stat_t // of the temp file
+	locked  bool
+}
+
+// shardReplacement is a safetensors file rewritten canonically.
+func shardReplacement(path string, sources []safetensors.Source, metadata map[string]string) *replacement {
+	return &replacement{
+		path: path,
+		write: func(f *os.File) (int64, error) {
+			return safetensors.Write(f, sources, metadata)
+		},
+		check: func(f *os.File, n int64) error {
+			if _, err := safetensors.ReadHeader(f, n); err != nil {
+				return fmt.Errorf("the rewritten file does not validate: %w", err)
+			}
+			return nil
+		},
+	}
+}
+
+// indexReplacement is an index file with new content b.
+func indexReplacement(path string, b []byte) *replacement {
+	return &replacement{
+		path: path,
+		write: func(f *os.File) (int64, error) {
+			n, err := f.Write(b)
+			return int64(n), err
+		},
+		check: func(f *os.File, n int64) error {
+			got := make([]byte, n)
+			if _, err := f.ReadAt(got, 0); err != nil {
+				return err
+			}
+			if _, err := safetensors.ParseIndex(got); err != nil {
+				return fmt.Errorf("the rewritten index does not validate: %w", err)
+			}
+			return nil
+		},
+	}
+}
+
+// lateError is a failure after the files were renamed into place (the
+// directory fsync, or removing the commit record): the new files are in
+// place and the caller's, only their durability is in doubt.
+type lateError struct{ err error }
+
+func (e *lateError) Error() string { return e.err.Error() }
+func (e *lateError) Unwrap() error { return e.err }
+
+// rewriteAtomic replaces one checkpoint file by the canonical file for
+// sources and metadata (replaceFiles with one file).
+func rewriteAtomic(ckpt string, sources []safetensors.Source, metadata map[string]string, hooks *crashHooks) error {
+	return replaceFiles([]*replacement{shardReplacement(ckpt, sources, metadata)}, "", hooks)
+}
+
+// replaceFiles replaces each file by what its replacement writes, all of
+// them or none: each is written into a temp file in its directory with the
+// permission bits (and owner, as root) of the file it replaces, fsynced,
+// validated again (never rename an invalid file over a checkpoint), then
+// all are renamed into place and their directories fsynced. On any error
+// before the first rename the temp files are removed and nothing changed.
+//
+// One rename is atomic by itself. For several, the commit point is a
+// commit record at commitAt listing every rename, made durable (temp file,
+// fsync, rename, directory fsync) before the first rename: a crash after
+// it is rolled forward by finishCommit at the next read-write open, a crash
+// before it leaves every old file (the temp files are stale and removed).
+// The record is removed once every rename is durable.
+//
+// A file's write-ahead journal is settled first (replayed into the old
+// file if its commit is not marked applied), then removed and the
+// directory synced, before anything is copied: the bytes copied from the
+// old file are the ones last committed, and the new file never meets the
+// old one's journal, whenever a crash comes. If any file's identity
+// changes while the new ones are being written (another program saved
+// over it), nothing is renamed and the error wraps ErrChanged: the other
+// program's file is never overwritten.
+//
+// Sources may read the files being replaced; they must stay readable until
+// this returns, and the old files stay valid for the caller after the
+// rename too, since an open or mapped file outlives its name. When this
+// process holds a file's lock, the new file is locked before it is renamed
+// into place and the lock handed to the caller's next lockFile of it (see
+// lockFile). Extended attributes and ACLs of the old files are not carried
+// over.
+//
+// A failure after the first rename is a *lateError: the files in place are
+// the new ones.
+func replaceFiles(reps []*replacement, commitAt string, hooks *crashHooks) (err error) {
+	for _, r := range reps {
+		if r.real, err = realPath(r.path); err != nil {
+			return err
+		}
+		if jpath := journalPath(r.real); exists(jpath) {
+			if err := replayAt(r.real, jpath); err != nil {
+				return fmt.Errorf("finishing an earlier interrupted write to %s first: %w", r.real, err)
+			}
+			// The old file now holds every commit durably. The journal is
+			// removed, durably, before the new file can take the name: a
+			// journal never outlives the file it was written for, and a
+			// crash before the rename leaves the old file complete.
+			if err := removeSynced(jpath); err != nil {
+				return fmt.Errorf("removing journal %s before rewriting: %w", jpath, err)
+			}
+		}
 	}
 	crashed := false
 	defer func() {
 		if err != nil && !crashed {
-			tmp.Close()
-			os.Remove(name)
+			for _, r := range reps {
+				if r.tmp != nil {
+					r.tmp.Close()
+					os.Remove(r.tmpName)
+				}
+			}
 		}
 	}()
 	crash := func(herr error) error {
 		crashed = true
-		tmp.Close()
+		for _, r := range reps {
+			if r.tmp != nil {
+				r.tmp.Close()
+			}
+		}
 		return herr
 	}
-
-	n, err := safetensors.Write(tmp, sources, metadata)
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	if herr := hooks.hit("tmp-written"); herr != nil {
-		return crash(herr)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", name, err)
-	}
-	tst, err := fstat(tmp)
-	if err != nil {
-		return err
-	}
-	if tst.Size != n {
-		return fmt.Errorf("%s is %d bytes after writing %d; not replacing the checkpoint with it", name, tst.Size, n)
-	}
-	if _, err = safetensors.ReadHeader(tmp, n); err != nil {
-		return fmt.Errorf("the rewritten checkpoint does not validate, so it did not replace %s: %w", path, err)
-	}
-	// Lock the new inode while only we know it, so it is locked from the
-	// instant it has the checkpoint's name.
-	locked := false
-	if heldByUs(keyOf(&st)) {
-		if err = flock(tmp, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			return fmt.Errorf("locking %s: %w", name, err)
+	for _, r := range reps {
+		if err := unix.Stat(r.real, &r.st); err != nil {
+			return &os.PathError{Op: "stat", Path: r.real, Err: err}
 		}
-		locked = true
+		r.was = identityOf(&r.st)
+		if r.tmp, r.tmpName, err = createTemp(r.real, r.st.Mode&0o7777, &r.st); err != nil {
+			return err
+		}
+		n, err := r.write(r.tmp)
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", r.tmpName, err)
+		}
+		if herr := hooks.hit("tmp-written"); herr != nil {
+			return crash(herr)
+		}
+		if err = r.tmp.Sync(); err != nil {
+			return fmt.Errorf("syncing %s: %w", r.tmpName, err)
+		}
+		if r.tst, err = fstat(r.tmp); err != nil {
+			return err
+		}
+		if r.tst.Size != n {
+			return fmt.Errorf("%s is %d bytes after writing %d; not replacing %s with it", r.tmpName, r.tst.Size, n, r.real)
+		}
+		if err = r.check(r.tmp, n); err != nil {
+			return fmt.Errorf("%w, so it did not replace %s", err, r.real)
+		}
+		// Lock the new inode while only we know it, so it is locked from
+		// the instant it has the file's name.
+		if heldByUs(keyOf(&r.st)) {
+			if err = flock(r.tmp, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+				return fmt.Errorf("locking %s: %w", r.tmpName, err)
+			}
+			r.locked = true
+		}
 	}
 	if herr := hooks.hit("tmp-synced"); herr != nil {
 		return crash(herr)
 	}
-	now, err := statIdentity(path)
-	if err != nil {
-		return fmt.Errorf("%s: %w during the rewrite: %v; it was not replaced", path, ErrChanged, err)
+	for _, r := range reps {
+		now, err := statIdentity(r.real)
+		if err != nil {
+			return fmt.Errorf("%s: %w during the rewrite: %v; it was not replaced", r.real, ErrChanged, err)
+		}
+		if !now.same(r.was) {
+			return fmt.Errorf("%s: %w during the rewrite (was %s, now %s); it was not replaced", r.real, ErrChanged, r.was, now)
+		}
 	}
-	if !now.same(was) {
-		return fmt.Errorf("%s: %w during the rewrite (was %s, now %s); it was not replaced", path, ErrChanged, was, now)
+	multi := len(reps) > 1
+	if multi {
+		if err := writeCommit(commitAt, reps); err != nil {
+			return err
+		}
+		if herr := hooks.hit("commit-written"); herr != nil {
+			return crash(herr)
+		}
 	}
-	if err = os.Rename(name, path); err != nil {
-		return err
+	// Past the commit point: the temp files are the files now, whatever
+	// happens next.
+	crashed = true // from here on, no temp file is removed on error
+	var late error
+	for _, r := range reps {
+		if err := os.Rename(r.tmpName, r.real); err != nil {
+			if !multi {
+				crashed = false
+				return err
+			}
+			// The record says what is left to do: try it once more now,
+			// else the next read-write open does it.
+			if _, ferr := finishCommit(commitAt); ferr != nil {
+				return fmt.Errorf("renaming %s into place: %w (the next read-write mount finishes the commit)", r.real, err)
+			}
+			break
+		}
+		if herr := hooks.hit("renamed"); herr != nil {
+			if multi {
+				return crash(herr) // a crash between renames: the record finishes them
+			}
+			late = herr
+		}
 	}
-	if herr := hooks.hit("renamed"); herr != nil {
-		return crash(herr)
+	if late == nil {
+		for _, dir := range dirsOf(reps) {
+			if err := syncDir(dir); err != nil {
+				late = fmt.Errorf("the files were replaced, but syncing %s failed: %w", dir, err)
+				break
+			}
+		}
 	}
-	if err = syncDir(dir); err != nil {
-		return fmt.Errorf("%s was replaced, but syncing its directory failed: %w", path, err)
+	if late == nil && multi {
+		if herr := hooks.hit("commit-done"); herr != nil {
+			late = herr
+		} else if err := removeSynced(commitAt); err != nil {
+			late = fmt.Errorf("removing the commit record %s: %w", commitAt, err)
+		}
 	}
-	if !locked || !offerHandoff(tmp, keyOf(&tst), keyOf(&st), path) {
-		tmp.Close()
+	for _, r := range reps {
+		if !r.locked || !offerHandoff(r.tmp, keyOf(&r.tst), keyOf(&r.st), r.real) {
+			r.tmp.Close()
+		}
+	}
+	if late != nil {
+		return &lateError{late}
 	}
 	return nil
+}
+
+// dirsOf returns the distinct directories of the replaced files.
+func dirsOf(reps []*replacement) []string {
+	var dirs []string
+	for _, r := range reps {
+		if d := filepath.Dir(r.real); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
 }
 
 // replayAt opens the checkpoint for writing and settles its journal
@@ -244,17 +415,88 @@ func replayAt(path, jpath string) error {
 	return err
 }
 
-// writeRecovery writes the canonical file for sources and metadata to
+// writeRecovery saves the snapshot next to the checkpoint, which someone
+// else changed while it was mounted: theirs must not be overwritten, ours
+// must not be lost. A plain checkpoint goes to one recovery file
+// (writeRecoveryFile); a sharded one to a recovery directory next to the
+// index holding the index and every shard: the shards this mount changed
+// are written whole, the others are symlinks to the originals.
+func (c *Checkpoint) writeRecovery(s *snapshot) (string, error) {
+	if c.index == nil {
+		ss := &s.shards[0]
+		return writeRecoveryFile(c.shards[0].path, "", sources(ss.tensors), ss.meta)
+	}
+	ix, err := realPath(c.index.path)
+	if err != nil {
+		return "", err
+	}
+	dir, base := filepath.Split(ix)
+	stem := strings.TrimSuffix(base, safetensors.IndexSuffix)
+	out, err := mkdirFresh(filepath.Join(dir, stem+".safejaxfs-recovered-"+time.Now().Format("20060102-150405")))
+	if err != nil {
+		return "", err
+	}
+	for i, sh := range c.shards {
+		ss := &s.shards[i]
+		dst := filepath.Join(out, filepath.FromSlash(sh.name))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return "", err
+		}
+		if !ss.dirty {
+			abs, err := filepath.Abs(sh.path)
+			if err != nil {
+				return "", err
+			}
+			if err := os.Symlink(abs, dst); err != nil {
+				return "", err
+			}
+			continue
+		}
+		if _, err := writeRecoveryFile(sh.path, dst, sources(ss.tensors), ss.meta); err != nil {
+			return "", err
+		}
+	}
+	b, err := c.renderIndex(s)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(out, base), b, 0o644); err != nil {
+		return "", err
+	}
+	if err := syncDir(out); err != nil {
+		return "", err
+	}
+	return out, syncDir(dir)
+}
+
+// mkdirFresh creates dir, or dir-2, dir-3... if taken.
+func mkdirFresh(dir string) (string, error) {
+	for i := 1; ; i++ {
+		name := dir
+		if i > 1 {
+			name = fmt.Sprintf("%s-%d", dir, i)
+		}
+		err := os.Mkdir(name, 0o755)
+		if err == nil {
+			return name, nil
+		}
+		if !errors.Is(err, fs.ErrExist) || i >= 1000 {
+			return "", err
+		}
+	}
+}
+
+// writeRecoveryFile writes the canonical file for sources and metadata to
+// dst, or when dst is "" to
 // "<dir>/<base without .safetensors>.safejaxfs-recovered-<YYYYmmdd-HHMMSS>.safetensors"
-// (local time; "-2", "-3"... before ".safetensors" if taken) and returns
-// its path. It is for a checkpoint someone else changed while it was
-// mounted: theirs must not be overwritten, ours must not be lost. It goes
-// through a temp file, is synced and validated before it gets its name
-// (never over an existing file), so a file with that name is always
-// complete. Sources pointing at our old mapping of the checkpoint show what
-// the mapping shows: if the other program wrote into the same inode rather
-// than replacing it, unchanged tensors carry its bytes.
-func writeRecovery(ckpt string, sources []safetensors.Source, metadata map[string]string) (path string, err error) {
+// next to ckpt (local time; "-2", "-3"... before ".safetensors" if taken),
+// and returns its path. It goes through a temp file, is synced and
+// validated before it gets its name (never over an existing file), so a
+// file with that name is always complete. Sources pointing at our old
+// mapping of the checkpoint show what the mapping shows: if the other
+// program wrote into the same inode rather than replacing it, unchanged
+// tensors carry its bytes.
+func writeRecoveryFile(ckpt, dst string, sources []safetensors.Source, metadata map[string]string) (path string, err error) {
 	ck, err := realPath(ckpt)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", err
@@ -264,7 +506,11 @@ func writeRecovery(ckpt string, sources []safetensors.Source, metadata map[strin
 	if unix.Stat(ck, &st) == nil {
 		perm, owner = st.Mode&0o777, &st
 	}
-	tmp, name, err := createTemp(ck, perm, owner)
+	near := ck
+	if dst != "" {
+		near = dst
+	}
+	tmp, name, err := createTemp(near, perm, owner)
 	if err != nil {
 		return "", err
 	}
@@ -283,6 +529,9 @@ func writeRecovery(ckpt string, sources []safetensors.Source, metadata map[strin
 	}
 	if _, err = safetensors.ReadHeader(tmp, n); err != nil {
 		return "", fmt.Errorf("the recovery file does not validate: %w", err)
+	}
+	if dst != "" {
+		return dst, renameNoReplace(name, dst)
 	}
 	dir, base := filepath.Split(ck)
 	stem := strings.TrimSuffix(base, ".safetensors")

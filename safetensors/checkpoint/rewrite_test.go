@@ -392,7 +392,7 @@ func TestWriteRecovery(t *testing.T) {
 
 	var paths []string
 	for range 3 {
-		p, err := writeRecovery(c.path, src, meta)
+		p, err := writeRecoveryFile(c.path, "", src, meta)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -425,7 +425,7 @@ func TestWriteRecovery(t *testing.T) {
 	if err := os.WriteFile(other, c.content, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := writeRecovery(other, src, meta)
+	p, err := writeRecoveryFile(other, "", src, meta)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +436,7 @@ func TestWriteRecovery(t *testing.T) {
 	// Invalid content never gets a recovery name.
 	bad := []safetensors.Source{{Key: "a", DType: safetensors.F32, Shape: []uint64{4}, Data: safetensors.Bytes{1}}}
 	before, _ := os.ReadDir(filepath.Dir(c.path))
-	if p, err := writeRecovery(c.path, bad, nil); err == nil {
+	if p, err := writeRecoveryFile(c.path, "", bad, nil); err == nil {
 		t.Errorf("writeRecovery of a short source succeeded: %s", p)
 	}
 	after, _ := os.ReadDir(filepath.Dir(c.path))

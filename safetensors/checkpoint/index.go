@@ -1,0 +1,154 @@
+package checkpoint
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// indexState is the index of a sharded checkpoint. Its weight_map and
+// metadata.total_size are derived from the tensors whenever it is written,
+// so they always match the shards; other metadata members and top-level
+// members are kept as they were (or as SetIndexMetadata set them).
+type indexState struct {
+	path   string
+	extra  map[string]json.RawMessage
+	meta   map[string]json.RawMessage // without total_size, which is derived
+	unlock func() error               // read-write: the set's lock
+	ident  identity
+	// layoutGen counts changes that alter the index (keys added, removed or
+	// renamed, sizes changed, its metadata edited); persistedLayout is its
+	// value when it was last written.
+	layoutGen, persistedLayout uint64
+}
+
+// totalSizeKey is the metadata member huggingface_hub derives.
+const totalSizeKey = "total_size"
+
+func newIndexState(path string, idx *safetensors.Index) *indexState {
+	x := &indexState{path: path, extra: idx.Extra, meta: maps.Clone(idx.Metadata)}
+	if x.meta == nil {
+		x.meta = map[string]json.RawMessage{}
+	}
+	delete(x.meta, totalSizeKey)
+	return x
+}
+
+// openIndex takes the set's write lock on the index file and remembers the
+// index as it is on disk.
+func openIndex(path string, idx *safetensors.Index) (*indexState, error) {
+	x := newIndexState(path, idx)
+	if err := x.lock(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// lock locks the index file at its path (after a rewrite: the new inode,
+// whose lock the rewrite handed over) and records its identity.
+func (x *indexState) lock() error {
+	if x.unlock != nil {
+		// Already locked: a lock on the same inode again would conflict
+		// with our own.
+		if now, err := statIdentity(x.path); err == nil && now.dev == x.ident.dev && now.ino == x.ident.ino {
+			x.ident = now
+			return nil
+		}
+	}
+	f, err := os.Open(x.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	unlock, err := lockFile(f)
+	if err != nil {
+		return err
+	}
+	ident, err := statIdentity(x.path)
+	if err != nil {
+		unlock()
+		return err
+	}
+	if x.unlock != nil {
+		x.unlock()
+	}
+	x.unlock, x.ident = unlock, ident
+	return nil
+}
+
+func (c *Checkpoint) closeIndex() {
+	if c.index != nil && c.index.unlock != nil {
+		c.index.unlock()
+		c.index.unlock = nil
+	}
+}
+
+// render is the index for the given tensors (key -> shard name and byte
+// size), in transformers' format.
+func (x *indexState) render(keys, shards []string, sizes []uint64) ([]byte, error) {
+	idx := &safetensors.Index{Extra: x.extra, WeightMap: make(map[string]string, len(keys))}
+	var total uint64
+	for i, k := range keys {
+		idx.WeightMap[k] = shards[i]
+		total += sizes[i]
+	}
+	idx.Metadata = maps.Clone(x.meta)
+	idx.Metadata[totalSizeKey] = json.RawMessage(strconv.FormatUint(total, 10))
+	return idx.Marshal()
+}
+
+// IndexMetadata returns the index's "metadata" object of a sharded
+// checkpoint, total_size (the sum of the tensors' sizes) included; nil for
+// a plain checkpoint.
+func (c *Checkpoint) IndexMetadata() map[string]json.RawMessage {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.index == nil {
+		return nil
+	}
+	m := maps.Clone(c.index.meta)
+	var total uint64
+	for _, t := range c.tensors {
+		if t != nil {
+			total += uint64(t.want())
+		}
+	}
+	m[totalSizeKey] = json.RawMessage(strconv.FormatUint(total, 10))
+	return m
+}
+
+// SetIndexMetadata replaces the members of the index's metadata object.
+// total_size is derived from the tensors: a value given for it is ignored.
+// Values must be valid JSON.
+func (c *Checkpoint) SetIndexMetadata(m map[string]json.RawMessage) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.readOnly {
+		return ErrReadOnly
+	}
+	if c.index == nil {
+		return fmt.Errorf("%s has no index: %w", c.path, ErrInvalid)
+	}
+	meta := make(map[string]json.RawMessage, len(m))
+	for k, v := range m {
+		if k == totalSizeKey {
+			continue
+		}
+		if !json.Valid(v) {
+			return fmt.Errorf("index metadata %q: %q is not JSON: %w", k, v, ErrInvalid)
+		}
+		meta[k] = slices.Clone(v)
+	}
+	if maps.EqualFunc(meta, c.index.meta, func(a, b json.RawMessage) bool { return string(a) == string(b) }) {
+		return nil
+	}
+	c.index.meta = meta
+	c.index.layoutGen++
+	c.edits++
+	return nil
+}
