@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/safejaxfs/safejaxfs/internal/testsrv"
 )
 
 func cacheBytes(t *testing.T, dir string) (total int64, chunks []string) {
@@ -33,7 +35,7 @@ func cacheBytes(t *testing.T, dir string) (total int64, chunks []string) {
 func TestCacheBounded(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "big.safetensors"), 40, "w", 10<<20) // 40 MiB
-	_, ports := startNginx(t, staticServer(root))
+	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	opt, _ := testOpts(t)
 	opt.CacheSize = MinCacheSize
 	o, err := Open(ctxT(t), fmt.Sprintf("http://127.0.0.1:%d/big.safetensors", ports[0]), opt)
@@ -52,7 +54,7 @@ func TestCacheBounded(t *testing.T) {
 func TestCacheTornChunks(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m.safetensors"), 41, "w", 1<<20) // 4 MiB
-	ng, ports := startNginx(t, staticServer(root))
+	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	url := fmt.Sprintf("http://127.0.0.1:%d/m.safetensors", ports[0])
 	opt, _ := testOpts(t)
 	o, err := Open(ctxT(t), url, opt)
@@ -69,10 +71,10 @@ func TestCacheTornChunks(t *testing.T) {
 	b[100] ^= 0xff
 	os.WriteFile(chunks[0], b, 0o600)
 	os.Truncate(chunks[1], 1000)
-	k := len(ng.log(t))
+	k := len(ng.Log(t))
 	o2 := mustOpen(t, url, opt)
 	sameBytes(t, "read over torn chunks", readAllAt(t, o2, 1<<20), want)
-	if n := len(ng.since(t, k)); n != 1+2 {
+	if n := len(ng.Since(t, k)); n != 1+2 {
 		t.Fatalf("%d requests, want the probe and the two torn chunks", n)
 	}
 }
@@ -82,7 +84,7 @@ func TestCacheTornChunks(t *testing.T) {
 func TestCacheUnwritable(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m.safetensors"), 42, "w", 700_000)
-	_, ports := startNginx(t, staticServer(root))
+	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	opt, logs := testOpts(t)
 	o := mustOpen(t, fmt.Sprintf("http://127.0.0.1:%d/m.safetensors", ports[0]), opt)
 	d := filepath.Join(opt.CacheDir, "chunks-v1")
@@ -104,7 +106,7 @@ func TestCacheSharedByProcesses(t *testing.T) {
 	root := t.TempDir()
 	src := filepath.Join(root, "big.safetensors")
 	genCheckpoint(t, src, 43, "w", 8<<20) // 32 MiB, twice the cache
-	_, ports := startNginx(t, staticServer(root))
+	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	url := fmt.Sprintf("http://127.0.0.1:%d/big.safetensors", ports[0])
 	cacheDir := t.TempDir()
 	var wg sync.WaitGroup

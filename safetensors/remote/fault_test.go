@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/safejaxfs/safejaxfs/internal/testsrv"
 )
 
 // faultProxy stands between the client and nginx and breaks chosen
@@ -122,7 +124,7 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 func TestFaults(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m.safetensors"), 20, "w", 1_500_000) // ~6 MiB
-	_, ports := startNginx(t, staticServer(root))
+	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	upstream := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
 
 	// every returns a rule that applies f to every k-th request after the

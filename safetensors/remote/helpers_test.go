@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/safejaxfs/safejaxfs/internal/testsrv"
 )
 
 // logSink collects the package's log lines (to check what they say and
@@ -126,8 +128,8 @@ func shardNames(t *testing.T, idx []byte) []string {
 }
 
 // ranges returns the GET lines of log l (with a Range).
-func gets(l []logLine) []logLine {
-	var out []logLine
+func gets(l []testsrv.LogLine) []testsrv.LogLine {
+	var out []testsrv.LogLine
 	for _, x := range l {
 		if x.Method == "GET" {
 			out = append(out, x)

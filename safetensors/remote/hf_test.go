@@ -1,66 +1,20 @@
 package remote
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// An hf:// layout on nginx, as the Hub's resolve endpoint answers:
-// /ORG/REPO/resolve/REV/PATH with X-Repo-Commit; small files served
-// directly, large ones (LFS) as a 302 with X-Linked-Size and X-Linked-Etag
-// to a second server standing in for the CDN, which refuses (403) any
-// request that carries an Authorization header.
-type hfEntry struct {
-	repo, rev, path string // URL parts
-	commit          string // X-Repo-Commit
-	file            string // what it serves
-	big             bool   // 302 to the CDN
-}
+	"github.com/safejaxfs/safejaxfs/internal/testsrv"
+)
 
 const hfTestToken = "hf_TestTokenSecret123"
 
-func startHub(t *testing.T, token string, entries ...hfEntry) (ng *nginx, endpoint string, ports []int) {
-	t.Helper()
-	blobs := t.TempDir()
-	var origin, cdn strings.Builder
-	origin.WriteString("    root " + blobs + "/none;\n")
-	if token != "" {
-		fmt.Fprintf(&origin, "    if ($http_authorization != 'Bearer %s') { return 401; }\n", token)
-	}
-	for _, e := range entries {
-		fmt.Fprintf(&origin, "    location = /%s/resolve/%s/%s {\n      add_header X-Repo-Commit %s always;\n", e.repo, e.rev, e.path, e.commit)
-		if e.big {
-			b, err := os.ReadFile(e.file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sum := sha256.Sum256(b)
-			h := hex.EncodeToString(sum[:])
-			os.Symlink(e.file, filepath.Join(blobs, h))
-			fmt.Fprintf(&origin, "      add_header X-Linked-Size %d always;\n      add_header X-Linked-Etag '\"%s\"' always;\n      return 302 http://127.0.0.1:{port1}/blobs/%s;\n    }\n", len(b), h, h)
-		} else {
-			fmt.Fprintf(&origin, "      alias %s;\n    }\n", e.file)
-		}
-	}
-	fmt.Fprintf(&cdn, "    location /blobs/ {\n      if ($http_authorization) { return 403; }\n      alias %s/;\n    }\n", blobs)
-	ng, ports = startNginx(t, origin.String(), cdn.String())
-	endpoint = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	t.Setenv("HF_ENDPOINT", endpoint)
-	return ng, endpoint, ports
-}
-
-// noHFEnv clears the variables that would find a real token.
-func noHFEnv(t *testing.T) {
-	for _, v := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"} {
-		t.Setenv(v, "")
-	}
-	t.Setenv("HF_HOME", t.TempDir())
+func hfEntry(repo, rev, path, commit, file string, big bool) testsrv.HubEntry {
+	return testsrv.HubEntry{Repo: repo, Rev: rev, Path: path, Commit: commit, File: file, Big: big}
 }
 
 const commitA = "0123456789abcdef0123456789abcdef01234567"
@@ -69,18 +23,18 @@ const commitA = "0123456789abcdef0123456789abcdef01234567"
 // shards come from the CDN through the 302 without the token, and every
 // request after the first names the commit.
 func TestHFRepoRootSharded(t *testing.T) {
-	noHFEnv(t)
+	testsrv.NoHFEnv(t)
 	t.Setenv("HF_TOKEN", hfTestToken)
 	dir := t.TempDir()
 	shards, idx := genSharded(t, dir, 3, 300_000, 5, 100_000)
-	var es []hfEntry
+	var es []testsrv.HubEntry
 	for _, rev := range []string{"main", commitA} {
-		es = append(es, hfEntry{"org/sharded", rev, "model.safetensors.index.json", commitA, filepath.Join(dir, "model.safetensors.index.json"), false})
+		es = append(es, hfEntry("org/sharded", rev, "model.safetensors.index.json", commitA, filepath.Join(dir, "model.safetensors.index.json"), false))
 		for name := range shards {
-			es = append(es, hfEntry{"org/sharded", rev, name, commitA, filepath.Join(dir, name), true})
+			es = append(es, hfEntry("org/sharded", rev, name, commitA, filepath.Join(dir, name), true))
 		}
 	}
-	ng, _, ports := startHub(t, hfTestToken, es...)
+	ng, _, ports := testsrv.StartHub(t, hfTestToken, es...)
 	opt, logs := testOpts(t)
 	o := mustOpen(t, "hf://org/sharded", opt)
 	if !o.IsIndex() || o.Version() != commitA || o.String() != "hf://org/sharded/model.safetensors.index.json" {
@@ -109,7 +63,7 @@ func TestHFRepoRootSharded(t *testing.T) {
 	}
 	origin, cdn := fmt.Sprint(ports[0]), fmt.Sprint(ports[1])
 	var originShard, cdnReqs int
-	for i, l := range ng.log(t) {
+	for i, l := range ng.Log(t) {
 		switch l.Port {
 		case origin:
 			if l.Auth != "Bearer "+hfTestToken {
@@ -140,13 +94,13 @@ func TestHFRepoRootSharded(t *testing.T) {
 // commit it resolved to. A revision named after @ and a path in a
 // subdirectory resolve too.
 func TestHFPinnedCommit(t *testing.T) {
-	noHFEnv(t)
+	testsrv.NoHFEnv(t)
 	dir := t.TempDir()
 	orig := genCheckpoint(t, filepath.Join(dir, "c", "model.safetensors"), 10, "w", 600_000)
 	genCheckpoint(t, filepath.Join(dir, "main", "model.safetensors"), 10, "w", 600_000)
-	ng, _, _ := startHub(t, "",
-		hfEntry{"org/repo", "dev", "sub/dir/model.safetensors", commitA, filepath.Join(dir, "main", "model.safetensors"), false},
-		hfEntry{"org/repo", commitA, "sub/dir/model.safetensors", commitA, filepath.Join(dir, "c", "model.safetensors"), false},
+	ng, _, _ := testsrv.StartHub(t, "",
+		hfEntry("org/repo", "dev", "sub/dir/model.safetensors", commitA, filepath.Join(dir, "main", "model.safetensors"), false),
+		hfEntry("org/repo", commitA, "sub/dir/model.safetensors", commitA, filepath.Join(dir, "c", "model.safetensors"), false),
 	)
 	opt, _ := testOpts(t)
 	o := mustOpen(t, "hf://org/repo@dev/sub/dir/model.safetensors", opt)
@@ -156,14 +110,14 @@ func TestHFPinnedCommit(t *testing.T) {
 	// The push: dev now holds other bytes.
 	genCheckpoint(t, filepath.Join(dir, "main", "model.safetensors"), 11, "w", 600_000)
 	sameBytes(t, "read after a push", readAllAt(t, o, 1<<20), orig)
-	for _, l := range ng.since(t, 1) {
+	for _, l := range ng.Since(t, 1) {
 		if !strings.Contains(l.URI, "/resolve/"+commitA+"/sub/dir/") {
 			t.Fatalf("request not pinned to the commit: %+v", l)
 		}
 	}
 	// A repo root without an index opens model.safetensors.
 	single := genCheckpoint(t, filepath.Join(dir, "s", "model.safetensors"), 12, "w", 10)
-	startHub(t, "", hfEntry{"org/single", "main", "model.safetensors", commitA, filepath.Join(dir, "s", "model.safetensors"), false})
+	testsrv.StartHub(t, "", hfEntry("org/single", "main", "model.safetensors", commitA, filepath.Join(dir, "s", "model.safetensors"), false))
 	s := mustOpen(t, "hf://org/single", opt)
 	if s.IsIndex() || s.Size() != int64(len(single)) {
 		t.Fatalf("repo root without an index: IsIndex %v size %d", s.IsIndex(), s.Size())
@@ -174,10 +128,10 @@ func TestHFPinnedCommit(t *testing.T) {
 // not set; without any token a private repo is refused with a clear error
 // that holds no token.
 func TestHFTokenFile(t *testing.T) {
-	noHFEnv(t)
+	testsrv.NoHFEnv(t)
 	dir := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(dir, "model.safetensors"), 13, "w", 1000)
-	startHub(t, hfTestToken, hfEntry{"org/private", "main", "model.safetensors", commitA, filepath.Join(dir, "model.safetensors"), true})
+	testsrv.StartHub(t, hfTestToken, hfEntry("org/private", "main", "model.safetensors", commitA, filepath.Join(dir, "model.safetensors"), true))
 	opt, _ := testOpts(t)
 	_, err := Open(ctxT(t), "hf://org/private/model.safetensors", opt)
 	if !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), "hf://org/private/model.safetensors") || !strings.Contains(err.Error(), "401") {

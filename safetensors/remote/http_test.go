@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/safejaxfs/safejaxfs/internal/testsrv"
 )
 
 // An https:// (here http://) checkpoint on nginx: size, version, header in
@@ -20,7 +22,7 @@ import (
 func TestHTTPSingle(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m", "model.safetensors"), 1, "params", 300_000, 1000, 500_001, 7)
-	ng, ports := startNginx(t, staticServer(root))
+	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	url := fmt.Sprintf("http://127.0.0.1:%d/m/model.safetensors", ports[0])
 	opt, _ := testOpts(t)
 
@@ -36,24 +38,24 @@ func TestHTTPSingle(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameBytes(t, "header", h, want[:headerLen(want)])
-	if l := ng.log(t); len(l) != 1 || l[0].Range != "bytes=0-131071" {
+	if l := ng.Log(t); len(l) != 1 || l[0].Range != "bytes=0-131071" {
 		t.Fatalf("Open+Header sent %v, want one ranged GET", l)
 	}
 	sameBytes(t, "first read", readAllAt(t, o, 100_000), want)
 	// Every chunk request carries If-Match with the ETag Open saw.
-	for _, l := range ng.since(t, 1) {
+	for _, l := range ng.Since(t, 1) {
 		if l.IfMatch != o.Version() || l.Status != "206" {
 			t.Fatalf("request %+v: want If-Match %s and 206", l, o.Version())
 		}
 	}
-	k := len(ng.log(t))
+	k := len(ng.Log(t))
 	sameBytes(t, "second read", readAllAt(t, o, 1<<20), want)
-	if l := ng.since(t, k); len(l) != 0 {
+	if l := ng.Since(t, k); len(l) != 0 {
 		t.Fatalf("a repeat read sent %d requests: %v", len(l), l)
 	}
 	o2 := mustOpen(t, url, opt) // another "mount" of the same object and cache
 	sameBytes(t, "read by a new Object", readAllAt(t, o2, 3<<20), want)
-	if l := ng.since(t, k); len(l) != 1 {
+	if l := ng.Since(t, k); len(l) != 1 {
 		t.Fatalf("a new Object over a warm cache sent %v, want only its probe", l)
 	}
 	// ReadAt past the end behaves like io.ReaderAt.
@@ -73,7 +75,7 @@ func TestHTTPLongHeader(t *testing.T) {
 	if headerLen(want) <= 128<<10 {
 		t.Fatalf("header is only %d bytes", headerLen(want))
 	}
-	ng, ports := startNginx(t, staticServer(root))
+	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	opt, _ := testOpts(t)
 	o := mustOpen(t, fmt.Sprintf("http://127.0.0.1:%d/long.safetensors", ports[0]), opt)
 	h, err := o.Header(ctxT(t))
@@ -81,7 +83,7 @@ func TestHTTPLongHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameBytes(t, "header", h, want[:headerLen(want)])
-	l := ng.log(t)
+	l := ng.Log(t)
 	if len(l) != 2 || l[1].Range != fmt.Sprintf("bytes=%d-%d", 128<<10, headerLen(want)-1) {
 		t.Fatalf("want the probe and one request for the rest of the header, got %v", l)
 	}
@@ -92,13 +94,13 @@ func TestHTTPLongHeader(t *testing.T) {
 func TestHTTPSharded(t *testing.T) {
 	root := t.TempDir()
 	shards, idx := genSharded(t, filepath.Join(root, "sharded"), 3, 200_000, 70_000, 3)
-	ng, ports := startNginx(t, staticServer(root))
+	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	opt, _ := testOpts(t)
 	for _, url := range []string{
 		fmt.Sprintf("http://127.0.0.1:%d/sharded/model.safetensors.index.json", ports[0]),
 		fmt.Sprintf("http://127.0.0.1:%d/sharded/", ports[0]), // a directory resolves to its index
 	} {
-		k := len(ng.log(t))
+		k := len(ng.Log(t))
 		o := mustOpen(t, url, opt)
 		if !o.IsIndex() {
 			t.Fatalf("%s: IsIndex false", url)
@@ -123,13 +125,13 @@ func TestHTTPSharded(t *testing.T) {
 			s.Close()
 		}
 		var probes int
-		for _, l := range ng.since(t, k) {
+		for _, l := range ng.Since(t, k) {
 			if l.Range == "bytes=0-131071" {
 				probes++
 			}
 		}
 		if probes != 1+len(names) {
-			t.Fatalf("%d probes for an index and %d shards: %v", probes, len(names), ng.since(t, k))
+			t.Fatalf("%d probes for an index and %d shards: %v", probes, len(names), ng.Since(t, k))
 		}
 		for _, bad := range []string{"../sharded/x.safetensors", "/etc/passwd", "a/../../b", "", "a//b", `a\b`} {
 			if _, err := o.Sibling(ctxT(t), bad); err == nil || !errors.Is(err, ErrBadURL) {
@@ -158,12 +160,12 @@ func TestHTTPSharded(t *testing.T) {
 func TestReadAheadAndRandomReads(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "big.safetensors"), 4, "w", 10<<20) // 40 MiB
-	ng, ports := startNginx(t, staticServer(root))
+	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	url := fmt.Sprintf("http://127.0.0.1:%d/big.safetensors", ports[0])
 	opt, _ := testOpts(t)
 	o := mustOpen(t, url, opt)
 	sameBytes(t, "sequential read", readAllAt(t, o, 128<<10), want)
-	l := gets(ng.since(t, 1))
+	l := gets(ng.Since(t, 1))
 	var fetched, largest int64
 	for _, x := range l {
 		a, b := parseRange(t, x.Range)
@@ -179,7 +181,7 @@ func TestReadAheadAndRandomReads(t *testing.T) {
 
 	opt2, _ := testOpts(t)
 	o2 := mustOpen(t, url, opt2)
-	k := len(ng.log(t))
+	k := len(ng.Log(t))
 	r := rand.New(rand.NewPCG(1, 2))
 	chunks := r.Perm(int(o2.Size()>>20) / 8) // every 8th chunk, shuffled: never sequential
 	for _, c := range chunks {
@@ -190,13 +192,13 @@ func TestReadAheadAndRandomReads(t *testing.T) {
 		}
 		sameBytes(t, "random read", p, want[off:off+4096])
 	}
-	for _, x := range gets(ng.since(t, k)) {
+	for _, x := range gets(ng.Since(t, k)) {
 		a, b := parseRange(t, x.Range)
 		if a%(1<<20) != 0 || b-a+1 != 1<<20 {
 			t.Fatalf("a random 4 KiB read fetched %s, want its one aligned 1 MiB chunk", x.Range)
 		}
 	}
-	if n := len(ng.since(t, k)); n != len(chunks) {
+	if n := len(ng.Since(t, k)); n != len(chunks) {
 		t.Fatalf("%d random reads sent %d requests", len(chunks), n)
 	}
 }
@@ -219,7 +221,7 @@ func TestChangedObject(t *testing.T) {
 	root := t.TempDir()
 	p := filepath.Join(root, "m.safetensors")
 	old := genCheckpoint(t, p, 5, "w", 1<<20) // 4 MiB
-	ng, ports := startNginx(t, staticServer(root))
+	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	url := fmt.Sprintf("http://127.0.0.1:%d/m.safetensors", ports[0])
 	opt, logs := testOpts(t)
 	o := mustOpen(t, url, opt)
@@ -251,7 +253,7 @@ func TestChangedObject(t *testing.T) {
 func TestStreamingMemoryBounded(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "big.safetensors"), 7, "w", 16<<20) // 64 MiB
-	_, ports := startNginx(t, staticServer(root))
+	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	opt, _ := testOpts(t)
 	opt.ChunkSize = 0 // the default
 	o := mustOpen(t, fmt.Sprintf("http://127.0.0.1:%d/big.safetensors", ports[0]), opt)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Object is one remote file pinned to the version Open found (an ETag, or
@@ -31,6 +32,9 @@ type Object struct {
 	etag    string
 	ifMatch bool
 	lastMod string
+	// modTime is the response's Last-Modified (zero when it had none),
+	// for the mtime a mount shows.
+	modTime time.Time
 
 	// probe holds the first bytes of the object, read by Open; whole says
 	// they are all of it.
@@ -242,6 +246,9 @@ func (o *Object) probeOnce(ctx context.Context, rng string, probe int64, pinned 
 			o.version = o.lastMod
 		}
 	}
+	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
+		o.modTime = t
+	}
 	want := min(total, probe)
 	buf := make([]byte, want)
 	n, err := readFullGuarded(resp.Body, buf, guard)
@@ -300,6 +307,13 @@ func (o *Object) Size() int64 { return o.size }
 // Version is what the object is pinned to: for hf:// the commit, else the
 // ETag (or Last-Modified when the server sends no ETag).
 func (o *Object) Version() string { return o.version }
+
+// Name is the file's name: the last segment of its path or key.
+func (o *Object) Name() string { return o.loc.name() }
+
+// ModTime is the Last-Modified the server sent when the object was opened;
+// zero when it sent none.
+func (o *Object) ModTime() time.Time { return o.modTime }
 
 // IsIndex says the object is a sharded checkpoint's index
 // (*.safetensors.index.json).

@@ -31,6 +31,25 @@ type location struct {
 
 const hfDefaultEndpoint = "https://huggingface.co"
 
+// IsURL reports whether s names a remote checkpoint, by a scheme Open
+// understands (http, https, hf, s3), rather than a local path.
+func IsURL(s string) bool {
+	scheme, _, ok := strings.Cut(s, "://")
+	if !ok {
+		return false
+	}
+	switch strings.ToLower(scheme) {
+	case "http", "https", "hf", "s3":
+		return true
+	}
+	return false
+}
+
+// Redact returns the URL s without userinfo or query string, for messages
+// about a URL before (or without) an Object: Object.String is the form to
+// use once there is one.
+func Redact(s string) string { return redact(s) }
+
 func parseLocation(raw string) (location, error) {
 	bad := func(why string) (location, error) {
 		return location{}, &Error{Op: "open", URL: redact(raw), Err: fmt.Errorf("%w: %s", ErrBadURL, why)}

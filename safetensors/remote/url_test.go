@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/safejaxfs/safejaxfs/internal/testsrv"
 )
 
 func TestParseLocation(t *testing.T) {
@@ -47,7 +49,7 @@ func TestParseLocation(t *testing.T) {
 func TestHTTPBasicAuth(t *testing.T) {
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m.safetensors"), 50, "w", 1000)
-	_, ports := startNginx(t, "    if ($http_authorization != 'Basic dXNlcjpwNHNz') { return 401; }\n"+staticServer(root))
+	_, ports := testsrv.StartNginx(t, "    if ($http_authorization != 'Basic dXNlcjpwNHNz') { return 401; }\n"+testsrv.StaticServer(root))
 	opt, _ := testOpts(t)
 	o := mustOpen(t, fmt.Sprintf("http://user:p4ss@127.0.0.1:%d/m.safetensors", ports[0]), opt)
 	if strings.Contains(o.String(), "p4ss") {

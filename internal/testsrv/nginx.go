@@ -1,4 +1,11 @@
-package remote
+// Package testsrv starts the real servers the remote-read tests run
+// against: nginx (Debian's nginx-light) for https:// and an hf:// Hub
+// layout, versitygw for s3://. Tests of safetensors/remote and the
+// end-to-end mount tests share it; nothing else imports it.
+//
+// A missing server binary fails the test under CI (scripts/test.sh installs
+// nginx-light and builds versitygw) and skips it elsewhere.
+package testsrv
 
 import (
 	"bufio"
@@ -13,23 +20,24 @@ import (
 	"time"
 )
 
-// nginx is a real nginx (Debian's nginx-light) on 127.0.0.1, started by a
+// Nginx is a real nginx (Debian's nginx-light) on 127.0.0.1, started by a
 // test with a generated config and stopped by its Cleanup. Every request is
 // logged, one line each: port, method, URI, Range, status, Authorization
 // and If-Match, so tests count requests and check what was sent.
-type nginx struct {
+type Nginx struct {
 	dir  string
 	logf string
 }
 
-type logLine struct {
+// LogLine is one logged request.
+type LogLine struct {
 	Port, Method, URI, Range, Status, Auth, IfMatch string
 }
 
-// startNginx runs nginx with the given server blocks, listening on ports it
+// StartNginx runs nginx with the given server blocks, listening on ports it
 // picks and returns in that order; {port0}, {port1}, ... in a block stand
 // for those ports.
-func startNginx(t *testing.T, servers ...string) (*nginx, []int) {
+func StartNginx(t testing.TB, servers ...string) (*Nginx, []int) {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
@@ -52,9 +60,9 @@ func startNginx(t *testing.T, servers ...string) (*nginx, []int) {
 	}
 }
 
-func tryNginx(t *testing.T, bin string, servers []string) (*nginx, []int, error) {
+func tryNginx(t testing.TB, bin string, servers []string) (*Nginx, []int, error) {
 	dir := t.TempDir()
-	n := &nginx{dir: dir, logf: filepath.Join(dir, "access.log")}
+	n := &Nginx{dir: dir, logf: filepath.Join(dir, "access.log")}
 	var ports []int
 	var conf strings.Builder
 	fmt.Fprintf(&conf, `daemon off;
@@ -75,7 +83,7 @@ http {
   keepalive_requests 100000;
 `, dir)
 	for range servers {
-		ports = append(ports, freePort(t))
+		ports = append(ports, FreePort(t))
 	}
 	for i, s := range servers {
 		for j, p := range ports {
@@ -131,7 +139,8 @@ http {
 	return n, ports, nil
 }
 
-func freePort(t *testing.T) int {
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -141,8 +150,8 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// log returns the requests logged so far.
-func (n *nginx) log(t *testing.T) []logLine {
+// Log returns the requests logged so far.
+func (n *Nginx) Log(t testing.TB) []LogLine {
 	t.Helper()
 	f, err := os.Open(n.logf)
 	if err != nil {
@@ -152,10 +161,10 @@ func (n *nginx) log(t *testing.T) []logLine {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var out []logLine
+	var out []LogLine
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var l logLine
+		var l LogLine
 		q := strings.Split(sc.Text(), `"`) // port method uri "range" status "auth" "ifmatch"
 		if len(q) < 7 {
 			t.Fatalf("bad log line %q", sc.Text())
@@ -169,13 +178,13 @@ func (n *nginx) log(t *testing.T) []logLine {
 	return out
 }
 
-// since returns the log lines after the first k.
-func (n *nginx) since(t *testing.T, k int) []logLine {
-	l := n.log(t)
+// Since returns the log lines after the first k.
+func (n *Nginx) Since(t testing.TB, k int) []LogLine {
+	l := n.Log(t)
 	return l[min(k, len(l)):]
 }
 
-// staticServer serves root with byte ranges and ETags (nginx's defaults).
-func staticServer(root string) string {
+// StaticServer serves root with byte ranges and ETags (nginx's defaults).
+func StaticServer(root string) string {
 	return fmt.Sprintf("    root %s;", root)
 }
