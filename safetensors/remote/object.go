@@ -135,7 +135,11 @@ func openFile(ctx context.Context, c *client, l location, rev string) (*Object, 
 	id := o.display
 	switch l.kind {
 	case "http":
-		id = l.u.String() // the hash hides any credentials in it
+		// The query stays (it may name a version); the credentials do not
+		// change what the object is, so another user's mount shares it.
+		u := *l.u
+		u.User = nil
+		id = u.String()
 	case "hf":
 		id = l.endpoint.String() + "|" + l.display(o.version)
 	case "s3":
