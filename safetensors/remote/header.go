@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
@@ -23,7 +24,7 @@ func (o *Object) Header(ctx context.Context) ([]byte, error) {
 	if o.size < 8 {
 		return nil, ferr(safetensors.ErrTooSmall, fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", o.size))
 	}
-	n := binary.LittleEndian.Uint64(o.probe[:8])
+	n := binary.LittleEndian.Uint64(o.probeBytes()[:8])
 	if n > MaxHeaderSize {
 		return nil, ferr(safetensors.ErrHeaderTooLarge, fmt.Sprintf("header length %d is above the limit of %d bytes for a remote file", n, MaxHeaderSize))
 	}
@@ -49,7 +50,7 @@ func (o *Object) ReadAll(ctx context.Context) ([]byte, error) {
 // rest if there is a rest. Not cached: a mount reads these once.
 func (o *Object) prefix(ctx context.Context, op string, n int64) ([]byte, error) {
 	b := make([]byte, n)
-	have := copy(b, o.probe)
+	have := copy(b, o.probeBytes())
 	if int64(have) == n {
 		return b, nil
 	}
@@ -62,4 +63,22 @@ func (o *Object) prefix(ctx context.Context, op string, n int64) ([]byte, error)
 		return nil, err
 	}
 	return b, nil
+}
+
+func (o *Object) probeBytes() []byte {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.probe
+}
+
+// trimProbe keeps only the first n bytes of the probe (the header, once
+// it is parsed) unless the probe is the whole object: the rest of its 128
+// KiB would otherwise stay in memory for the life of a mount, per shard.
+// ReadAt fetches those bytes like any others.
+func (o *Object) trimProbe(n int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.whole && int64(len(o.probe)) > n {
+		o.probe = slices.Clone(o.probe[:n])
+	}
 }

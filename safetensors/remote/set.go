@@ -144,6 +144,7 @@ func validHeader(ctx context.Context, o *Object) (*safetensors.Header, error) {
 	if err != nil {
 		return nil, &Error{Op: "header", URL: o.String(), Err: err}
 	}
+	o.trimProbe(int64(len(b)))
 	return h, nil
 }
 

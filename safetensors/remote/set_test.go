@@ -48,6 +48,18 @@ func TestOpenSetSharded(t *testing.T) {
 		t.Fatalf("Size %d (want %d), ModTime %v", s.Size(), size, s.ModTime)
 	}
 	l := ng.Log(t)
+	// Every byte reads back (the probe was trimmed to the header: the
+	// bytes after it come from range requests now).
+	for i, o := range s.Objects {
+		b, err := os.ReadFile(filepath.Join(dir, s.Names[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(o.probeBytes()) != int(s.Headers[i].DataOffset()) {
+			t.Errorf("%s: %d probe bytes kept, want the %d of the header", s.Names[i], len(o.probeBytes()), s.Headers[i].DataOffset())
+		}
+		sameBytes(t, s.Names[i], readAllAt(t, o, 300_000), b)
+	}
 	if len(l) != 1+len(s.Names) {
 		t.Fatalf("%d requests for an index and %d shards: %v", len(l), len(s.Names), l)
 	}
