@@ -37,6 +37,22 @@ fi
 # Mount tests must run, not skip: no FUSE is a failure here.
 [ -c /dev/fuse ] || { echo "/dev/fuse is missing: the mount tests cannot run" >&2; exit 1; }
 
+# Everything this run creates (the tests' temp dirs and mountpoints, the
+# benchmark's work dir) goes under one directory of its own, so the check for
+# leftover mounts at the end looks at this run's mounts only: other runs on the
+# same machine (other worktrees, CI jobs) mount under their own directories.
+run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/safejaxfs-test.XXXXXX")
+export TMPDIR=$run_tmp
+our_mounts() { awk -v d="$run_tmp/" '$3 == "fuse.safejaxfs" && index($2, d) == 1' /proc/mounts; }
+cleanup() {
+  local m
+  for m in $(our_mounts | awk '{print $2}'); do
+    umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || true
+  done
+  rm -rf "$run_tmp"
+}
+trap cleanup EXIT
+
 echo "== gofmt"
 bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 [ -z "$bad" ] || { echo "not gofmt-formatted: $bad" >&2; exit 1; }
@@ -56,6 +72,6 @@ if [ -x scripts/bench ]; then
   scripts/bench --smoke
 fi
 
-left=$(grep ' fuse.safejaxfs ' /proc/mounts || true)
+left=$(our_mounts)
 [ -z "$left" ] || { echo "tests left mounts behind:" >&2; echo "$left" >&2; exit 1; }
 echo "== all tests passed"
