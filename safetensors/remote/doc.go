@@ -3,7 +3,10 @@
 // S3-compatible object store (s3://), lazily and through a local chunk
 // cache. It knows nothing of FUSE: a mount calls it.
 //
-// The contract a mount integrates against:
+// A mount opens a whole checkpoint with OpenSet: the file, or the index
+// and every shard it names, validated from their headers alone by the same
+// rules as a local checkpoint (safetensors.ReadHeader, CheckSet), shards
+// opened concurrently within MaxConns. Underneath, one file:
 //
 //	o, err := remote.Open(ctx, url, remote.Options{CacheDir: ..., CacheSize: ...})
 //	o.String()      // URL for errors, logs and /proc/mounts, never credentials
