@@ -63,16 +63,28 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(ck.Path())
-	if err != nil {
-		return nil, err
-	}
-	f := &FS{ck: ck, opt: opt, tree: t, mtime: st.ModTime(), logger: opt.Logger}
+	f := &FS{ck: ck, opt: opt, tree: t, logger: opt.Logger}
 	if f.logger == nil {
 		f.logger = log.New(io.Discard, "", 0)
 	}
 	f.nextIno.Store(1 << 62)
 	f.specials = f.docs()
+	if r := ck.Remote(); r != nil {
+		// A remote file has no local owner: the mount belongs to whoever
+		// mounted it (as sshfs -o idmap=user shows it), dated by the
+		// server's Last-Modified, else by the mount.
+		f.uid, f.gid = uint32(os.Getuid()), uint32(os.Getgid())
+		f.mtime = r.ModTime
+		if f.mtime.IsZero() {
+			f.mtime = time.Now()
+		}
+		return f, nil
+	}
+	st, err := os.Stat(ck.Path())
+	if err != nil {
+		return nil, err
+	}
+	f.mtime = st.ModTime()
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		f.uid, f.gid = sys.Uid, sys.Gid
 	}
@@ -141,7 +153,16 @@ func (f *FS) fillCommon(a *fuse.Attr, ino uint64, mode uint32, size uint64) {
 
 // Statfs reports the file system holding the checkpoint: that is where
 // tensors written through the mount end up, so its free space is the truth.
+// A remote checkpoint has none (see below).
 func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
+	if r := f.ck.Remote(); r != nil {
+		// Nothing can be written to a remote checkpoint: like a
+		// read-only image (an ISO, squashfs), its size and no free space.
+		const bsize = 4096
+		*out = fuse.StatfsOut{Bsize: bsize, Frsize: bsize, NameLen: 255,
+			Blocks: uint64(r.Size+bsize-1) / bsize, Files: uint64(len(f.ck.Keys()))}
+		return 0
+	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(f.ck.Path(), &st); err != nil {
 		return toErrno(err)

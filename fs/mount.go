@@ -31,9 +31,14 @@ const cacheTimeout = time.Hour
 // INIT handshake, so the mount is usable when it returns. As root it mounts
 // directly (no fusermount needed); otherwise go-fuse uses fusermount3.
 func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
-	src, err := filepath.Abs(f.ck.Path())
-	if err != nil {
-		return nil, err
+	// /proc/mounts shows the source: the checkpoint's absolute path, or
+	// a remote checkpoint's URL (which never carries credentials).
+	src := f.ck.Path()
+	if f.ck.Remote() == nil {
+		var err error
+		if src, err = filepath.Abs(src); err != nil {
+			return nil, err
+		}
 	}
 	timeout := cacheTimeout
 	opts := []string{"default_permissions"}

@@ -112,7 +112,7 @@ func (n *npyNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 	}
 	data, release, err := n.fsys.ck.Read(id, max(off-hn, 0), int(want))
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.fsys.readFailed(&n.Inode, off, err)
 	}
 	return &mappedResult{segs: append(segs, data...), release: release}, 0
 }

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -45,9 +46,19 @@ func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.At
 func (t *tensorNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	segs, release, err := t.fsys.ck.Read(t.id, off, len(dest))
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, t.fsys.readFailed(&t.Inode, off, err)
 	}
 	return &mappedResult{segs: segs, release: release}, 0
+}
+
+// readFailed logs why a read of node failed (the errno is all the reader
+// gets) and returns that errno. A tensor deleted under an open file is no
+// news.
+func (f *FS) readFailed(node *fs.Inode, off int64, err error) syscall.Errno {
+	if !errors.Is(err, checkpoint.ErrNotFound) {
+		f.logf("read %s at %d: %v", node.Path(nil), off, err)
+	}
+	return toErrno(err)
 }
 
 func (t *tensorNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {

@@ -16,13 +16,14 @@ import (
 // it: "ok" once the mount answers, or "<exit code> <message>".
 const readyEnv = "SAFEJAXFS_READY_FD"
 
-// mountWait bounds how long the parent waits for the daemon to mount.
+// mountWait bounds how long the parent waits for the daemon to mount a
+// local checkpoint (remoteMountWait a remote one).
 const mountWait = 60 * time.Second
 
 // spawnDaemon re-runs this mount in the foreground as a detached child (its
 // own session, no terminal) and waits until the child says the mount answers
 // or why it could not mount. The parent's exit code is the child's verdict.
-func spawnDaemon(args []string, mnt string) error {
+func spawnDaemon(args []string, mnt string, wait time.Duration) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fail(exitMount, "%v", err)
@@ -80,10 +81,10 @@ func spawnDaemon(args []string, mnt string) error {
 		}
 		cmd.Wait()
 		return &exitError{code: n, err: errors.New(msg + stderrTail(startErr))}
-	case <-time.After(mountWait):
+	case <-time.After(wait):
 		cmd.Process.Kill()
 		cmd.Wait()
-		return fail(exitMount, "mount at %s did not answer within %v", mnt, mountWait)
+		return fail(exitMount, "mount at %s did not answer within %v", mnt, wait)
 	}
 }
 

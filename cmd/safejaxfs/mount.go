@@ -19,6 +19,7 @@ import (
 	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
 
 type mountFlags struct {
@@ -29,6 +30,8 @@ type mountFlags struct {
 	options    []string
 	debug      bool
 	foreground bool
+	logFile    string
+	remote     remoteFlags
 }
 
 func runMount(args []string) (err error) {
@@ -42,7 +45,7 @@ func runMount(args []string) (err error) {
 	}()
 	var mf mountFlags
 	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
-		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them. Runs in the\nbackground and returns once the mount answers, unless -f is given.")
+		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them; or such a file or\ndirectory as an https://, http://, hf:// or s3:// URL (mounted read-only, read\nlazily through a local chunk cache). Runs in the background and returns once\nthe mount answers, unless -f is given.")
 	fl.BoolVar(&mf.readOnly, "read-only", false, "mount read-only")
 	fl.StringVar(&mf.sep, "sep", ".", "key separator that splits keys into directories ('/' always does too)")
 	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
@@ -50,6 +53,8 @@ func runMount(args []string) (err error) {
 	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime)")
 	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
 	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
+	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to this file (default: stderr with -f, none in the background)")
+	addRemoteFlags(fl, &mf.remote, true)
 	rest, err := parseFlags(fl, args, 2, 2)
 	if err != nil {
 		return err
@@ -58,14 +63,21 @@ func runMount(args []string) (err error) {
 		return fail(exitUsage, "--sep must not be empty")
 	}
 	ckpt, mnt := rest[0], rest[1]
-	if _, err := checkCheckpoint(ckpt); err != nil {
+	wait := mountWait
+	if remote.IsURL(ckpt) {
+		// Checked by the daemon, over the network, before it mounts.
+		if _, err := mf.remote.options(nil); err != nil {
+			return err
+		}
+		wait = remoteMountWait
+	} else if _, err := checkCheckpoint(ckpt); err != nil {
 		return err
 	}
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
 	if !mf.foreground {
-		return spawnDaemon(args, mnt)
+		return spawnDaemon(args, mnt, wait)
 	}
 	return serve(ckpt, mnt, mf, ready)
 }
@@ -177,35 +189,56 @@ func followLiveHeap(base int64) {
 func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// The daemon must not keep the caller's working directory busy, so
 	// it works with absolute paths from /.
-	if ckpt, err = filepath.Abs(ckpt); err != nil {
+	isRemote := remote.IsURL(ckpt)
+	shown := ckpt // for messages: a URL without its credentials
+	if isRemote {
+		shown = remote.Redact(ckpt)
+	} else if ckpt, err = filepath.Abs(ckpt); err != nil {
 		return fail(exitInvalid, "%v", err)
+	} else {
+		shown = ckpt
 	}
 	if mnt, err = filepath.Abs(mnt); err != nil {
 		return fail(exitMount, "%v", err)
 	}
-	if err := os.Chdir("/"); err != nil {
-		return fail(exitMount, "%v", err)
-	}
 	logger := log.New(os.Stderr, "safejaxfs: ", log.LstdFlags)
-	if ready != nil {
+	if mf.logFile != "" {
+		lf, err := os.OpenFile(mf.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return fail(exitUsage, "--log-file: %v", err)
+		}
+		defer lf.Close()
+		logger.SetOutput(lf)
+	} else if ready != nil {
 		// A background daemon has no terminal to write to.
 		logger.SetOutput(io.Discard)
+	}
+	ropt, err := mf.remote.options(logger)
+	if err != nil {
+		return err
+	}
+	if err := os.Chdir("/"); err != nil {
+		return fail(exitMount, "%v", err)
 	}
 
 	if os.Getenv("GOMEMLIMIT") == "" {
 		go followLiveHeap(memoryLimit)
 	}
 	readOnly := mf.readOnly
-	loc, err := checkCheckpoint(ckpt)
-	if err != nil {
-		return err
+	if isRemote {
+		readOnly = true // always, and documented so: no notice
+	} else {
+		loc, err := checkCheckpoint(ckpt)
+		if err != nil {
+			return err
+		}
+		if !readOnly && !writable(loc) {
+			// Like mount(8) with a write-protected device: fall back, say so.
+			fmt.Fprintf(os.Stderr, "safejaxfs: %s is not writable: mounting read-only\n", ckpt)
+			readOnly = true
+		}
 	}
-	if !readOnly && !writable(loc) {
-		// Like mount(8) with a write-protected device: fall back, say so.
-		fmt.Fprintf(os.Stderr, "safejaxfs: %s is not writable: mounting read-only\n", ckpt)
-		readOnly = true
-	}
-	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly})
+	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fail(exitMount, "%v", err)
 	}
@@ -235,7 +268,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		Logger:     logger,
 	})
 	if err != nil {
-		return fail(exitMount, "mounting %s at %s: %v", ckpt, mnt, err)
+		return fail(exitMount, "mounting %s at %s: %v", shown, mnt, err)
 	}
 
 	go func() {

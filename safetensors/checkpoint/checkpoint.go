@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
 
 // ID names a tensor for the life of the Checkpoint. IDs are never reused, so a
@@ -32,6 +33,9 @@ type Info struct {
 // Options control how a checkpoint is opened.
 type Options struct {
 	ReadOnly bool
+	// Remote configures the reads of a remote checkpoint (a URL: see
+	// remote.go); unused for a local one.
+	Remote remote.Options
 	// hooks simulate crashes inside persistence (tests only).
 	hooks *crashHooks
 }
@@ -80,6 +84,9 @@ type Checkpoint struct {
 	stuck error
 	// closed: the files are released (Close, or a test's simulated crash).
 	closed bool
+	// remote is set (once, by Open) for a checkpoint read from a URL; nil
+	// for a local one. See remote.go.
+	remote *remoteSet
 }
 
 type tensor struct {
@@ -124,11 +131,15 @@ func (c *Checkpoint) info(t *tensor) Info {
 
 // Open validates the checkpoint strictly and maps it. path is a
 // .safetensors file, an index ("*.safetensors.index.json") or a directory
-// holding one of them (safetensors.Locate). A read-write open first
+// holding one of them (safetensors.Locate), or a URL (https://, hf://,
+// s3://: opened read-only, see remote.go). A read-write open first
 // finishes what a crash interrupted (a multi-file commit, journal replays),
 // then takes the advisory locks that make this the checkpoint's only
 // writer. Nothing is kept open when it fails.
 func Open(path string, opt Options) (*Checkpoint, error) {
+	if IsRemote(path) {
+		return openRemote(path, opt)
+	}
 	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
 	loc, idx, scan, err := c.settle()
 	if err != nil {
@@ -351,6 +362,9 @@ func (c *Checkpoint) commonMeta() map[string]string {
 // unchanged until release is called (once), even if the checkpoint is
 // rewritten or written in place meanwhile.
 func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(), err error) {
+	if c.remote != nil {
+		return c.remote.read(c, id, off, n) // immutable: no lock held across requests
+	}
 	done := c.reads.enter()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -453,6 +467,7 @@ func (c *Checkpoint) releaseAll() {
 	c.walMaps = nil
 	c.closed = true
 	c.closeIndex()
+	c.remote.close()
 }
 
 // Pending reports what a crash left for the checkpoint at path (a file, an
