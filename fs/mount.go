@@ -54,6 +54,10 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			DirectMount:          os.Geteuid() == 0,
 			IgnoreSecurityLabels: true,
 			DisableReadDirPlus:   true,
+			// O_TRUNC arrives with the OPEN it belongs to: a rewrite that
+			// starts with a truncate is then one open file's (see
+			// writeHandle), and a truncated .npy upload copies nothing.
+			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
 			// Bigger requests mean fewer round trips on sequential reads
 			// and writes: 1 MiB is the kernel's maximum.
 			MaxWrite:     1 << 20,

@@ -38,12 +38,30 @@ func (f *FS) fillTensorAttr(a *fuse.Attr, id checkpoint.ID) syscall.Errno {
 	return 0
 }
 
+// Getattr through a handle with a rewrite under way shows the rewrite's
+// size to its owner (fstat); everyone else sees the tensor.
 func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	return t.fsys.fillTensorAttr(&out.Attr, t.id)
+	if errno := t.fsys.fillTensorAttr(&out.Attr, t.id); errno != 0 {
+		return errno
+	}
+	if h, ok := fh.(*writeHandle); ok {
+		if s := h.rewrite(); s != nil {
+			out.Size = uint64(s.Size())
+			out.Blocks = (out.Size + 511) / 512
+		}
+	}
+	return 0
 }
 
+// Read through a handle with a rewrite under way reads the rewrite back.
 func (t *tensorNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	segs, release, err := t.fsys.ck.Read(t.id, off, len(dest))
+	read := t.fsys.ck.Read
+	if h, ok := fh.(*writeHandle); ok {
+		if s := h.rewrite(); s != nil {
+			read = func(_ checkpoint.ID, off int64, n int) ([][]byte, func(), error) { return s.Read(off, n) }
+		}
+	}
+	segs, release, err := read(t.id, off, len(dest))
 	if err != nil {
 		return nil, toErrno(err)
 	}

@@ -19,6 +19,7 @@ var (
 	_ = (fs.NodeFsyncer)((*tensorNode)(nil))
 	_ = (fs.NodeSetxattrer)((*tensorNode)(nil))
 	_ = (fs.NodeRemovexattrer)((*tensorNode)(nil))
+	_ = (fs.NodeReleaser)((*tensorNode)(nil))
 )
 
 func isWrite(flags uint32) bool {
@@ -27,7 +28,8 @@ func isWrite(flags uint32) bool {
 
 // Open keeps the page cache across opens: tensor bytes change only through
 // this mount, and the mount invalidates what it changes. No direct I/O, so
-// clients can mmap tensor files (np.memmap, safe_open).
+// clients can mmap tensor files (np.memmap, safe_open). O_TRUNC (atomic
+// with the open, see Mount) starts the new handle's rewrite.
 func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
@@ -35,15 +37,27 @@ func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if t.fsys.ck.ReadOnly() {
 		return nil, 0, syscall.EROFS
 	}
+	h := &writeHandle{}
 	if flags&syscall.O_TRUNC != 0 {
-		if err := t.fsys.ck.Truncate(t.id, 0); err != nil {
+		if err := t.fsys.truncate(h, t.id, 0); err != nil {
+			t.fsys.logf("open: %v", err)
 			return nil, 0, editErrno(err)
 		}
 	}
-	return &writeHandle{}, fuse.FOPEN_KEEP_CACHE, 0
+	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	h, _ := fh.(*writeHandle)
+	if s := h.rewrite(); s != nil {
+		// Nobody else sees a rewrite before it is committed: no
+		// invalidation yet.
+		if err := s.WriteAt(data, off); err != nil {
+			t.fsys.logf("write: %v", err)
+			return 0, editErrno(err)
+		}
+		return uint32(len(data)), 0
+	}
 	if err := t.fsys.ck.WriteAt(t.id, data, off); err != nil {
 		t.fsys.logf("write: %v", err)
 		return 0, editErrno(err)
@@ -52,36 +66,76 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 	return uint32(len(data)), 0
 }
 
-// Setattr takes truncation (cp, O_TRUNC, ftruncate). Mode, owner and times
-// are not stored in a checkpoint: accepted and ignored, so cp -p and tar
-// still work.
+// Setattr takes truncation (ftruncate; O_TRUNC comes with the open). Mode
+// and owner are not stored in a checkpoint: accepted and ignored, so cp -p
+// and tar still work.
 func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	h, _ := fh.(*writeHandle)
 	if size, ok := in.GetSize(); ok {
-		if err := t.fsys.ck.Truncate(t.id, int64(size)); err != nil {
+		if err := t.fsys.truncate(h, t.id, int64(size)); err != nil {
+			t.fsys.fail(err)
 			return editErrno(err)
 		}
-		t.fsys.changed(t.id, tensorIno(t.id))
+		if h.rewrite() == nil {
+			t.fsys.changed(t.id, tensorIno(t.id))
+		}
 	}
-	return t.fsys.fillTensorAttr(&out.Attr, t.id)
+	return t.Getattr(ctx, fh, out)
 }
 
-// Flush (close) of a handle opened for writing checks the tensor ended at
-// its size and persists. Every write handle does this, not only those that
-// wrote: a truncate at open reaches us without a handle.
+// Flush (close of one descriptor) decides a rewrite of the handle: at the
+// tensor's size it is committed; at another size the close fails with
+// EINVAL and the rewrite stays open, since a dup of the descriptor may
+// still complete it (the shell closes the original of a redirection
+// before the command writes). Either way what is committed is persisted.
 func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	h, ok := fh.(*writeHandle)
 	if !ok {
 		return 0
 	}
-	if err := t.fsys.ck.EndWrite(t.id); err != nil {
-		t.fsys.fail(err)
-		t.fsys.changed(t.id, 0)
-		return h.fail(syscall.EINVAL)
+	if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
+		return errno
 	}
-	return h.fail(t.fsys.sync(ctx))
+	return t.fsys.sync(ctx)
 }
 
+// commitRewrite commits h's rewrite of tensor id if it has the right size;
+// EINVAL, with the reason recorded, if not.
+func (f *FS) commitRewrite(h *writeHandle, id checkpoint.ID) syscall.Errno {
+	committed, err := h.commit()
+	if err != nil {
+		f.fail(err)
+		// The kernel's cache of the file holds what was written, and
+		// its size: the tensor does not.
+		f.changed(id, 0)
+		return syscall.EINVAL
+	}
+	if committed {
+		f.changed(id, tensorIno(id))
+	}
+	return 0
+}
+
+// Release drops a rewrite no close completed: the tensor keeps its bytes.
+func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	if h, ok := fh.(*writeHandle); ok && h.abandon() {
+		if info, ok := t.fsys.ck.Info(t.id); ok {
+			t.fsys.logf("tensor %q: a rewrite closed at the wrong size was dropped; the tensor keeps its previous bytes", info.Key)
+		}
+		go t.fsys.changed(t.id, 0)
+	}
+	return 0
+}
+
+// Fsync makes what is committed durable. A rewrite of the handle at the
+// tensor's size is committed first (dd conv=fsync, then close); one at
+// another size cannot be made durable and fails with EINVAL.
 func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	if h, ok := fh.(*writeHandle); ok {
+		if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
+			return errno
+		}
+	}
 	return t.fsys.sync(ctx)
 }
 

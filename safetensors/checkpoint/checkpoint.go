@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
@@ -25,7 +26,11 @@ type Info struct {
 	Key   string
 	DType safetensors.DType
 	Shape []uint64
-	Size  int64 // bytes now visible; differs from dtype x shape only mid-rewrite
+	Size  int64 // bytes: dtype x shape, except for a plain file being written
+	// MTime moves when the bytes change, CTime when anything about the
+	// tensor does (bytes, key, dtype, shape). They live as long as the
+	// mount: a checkpoint stores no times.
+	MTime, CTime time.Time
 }
 
 // Options control how a checkpoint is opened.
@@ -75,21 +80,12 @@ type tensor struct {
 	dtype safetensors.DType
 	shape []uint64
 	cur   *content // committed bytes: always dtype x shape long
-	// staged holds a rewrite in progress whose size does not (yet) match
-	// dtype x shape (cp truncates, then writes). Readers see it; persistence
-	// keeps using cur until it completes.
-	staged *content
 	// growable tensors were created as plain files: a 1-D U8 tensor whose
 	// shape follows the bytes written.
 	growable bool
 	gen      uint64 // bumped by every change, to notice edits during a persist
-}
-
-func (t *tensor) visible() *content {
-	if t.staged != nil {
-		return t.staged
-	}
-	return t.cur
+	// mtime and ctime as stat shows them (see Info).
+	mtime, ctime time.Time
 }
 
 func (t *tensor) want() int64 {
@@ -97,9 +93,22 @@ func (t *tensor) want() int64 {
 	return int64(n)
 }
 
+// touch records a change of the tensor's bytes.
+func (t *tensor) touch() {
+	t.gen++
+	t.mtime = time.Now()
+	t.ctime = t.mtime
+}
+
+// changed records a change of anything else about the tensor.
+func (t *tensor) changed() {
+	t.gen++
+	t.ctime = time.Now()
+}
+
 func (t *tensor) info() Info {
 	// The shape is copied: callers may not write through to ours.
-	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.visible().size}
+	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.cur.size, MTime: t.mtime, CTime: t.ctime}
 }
 
 // Open validates the checkpoint strictly and maps it. A read-write open
@@ -135,9 +144,14 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 	c.meta = f.Metadata
 	c.tensors = make([]*tensor, len(f.Tensors))
 	c.byKey = make(map[string]ID, len(f.Tensors))
+	// Until something changes, every tensor carries the file's times.
+	var mtime time.Time
+	if st, err := os.Stat(path); err == nil {
+		mtime = st.ModTime()
+	}
 	for i := range f.Tensors {
 		t := &f.Tensors[i]
-		c.tensors[i] = &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: fileContent(m, i)}
+		c.tensors[i] = &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: fileContent(m, i), mtime: mtime, ctime: mtime}
 		c.byKey[t.Key] = ID(i)
 	}
 	return c, nil
@@ -238,7 +252,7 @@ func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(
 		done()
 		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 	}
-	v := t.visible()
+	v := t.cur
 	if off >= v.size || n <= 0 {
 		done()
 		return nil, nop, nil

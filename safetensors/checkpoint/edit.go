@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
@@ -23,9 +24,8 @@ func (c *Checkpoint) writable(id ID) (*tensor, error) {
 }
 
 // WriteAt writes p at off into tensor id. A write that would make a fixed-size
-// tensor longer than dtype x shape is refused (ErrSize); a tensor being
-// rewritten after a truncate takes its new bytes as staged content until its
-// size matches again.
+// tensor longer than dtype x shape is refused (ErrSize). A rewrite from a
+// truncate goes through Stage instead.
 func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -34,37 +34,27 @@ func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
 		return err
 	}
 	end := off + int64(len(p))
-	switch {
-	case t.growable:
-		t.cur.write(p, off)
+	if !t.growable && end > t.want() {
+		return sizeError(t, end)
+	}
+	if err := t.cur.write(p, off); err != nil {
+		return fmt.Errorf("tensor %q: %w", t.key, err)
+	}
+	if t.growable {
 		t.shape = []uint64{uint64(t.cur.size)}
 		c.layoutGen++
 		c.edits++
-	case end > t.want():
-		return fmt.Errorf("tensor %q: writing up to byte %d, but %s %s holds %d bytes: %w",
-			t.key, end, t.dtype, shapeString(t.shape), t.want(), ErrSize)
-	case t.staged != nil:
-		t.staged.write(p, off)
-		t.promote()
-	default:
-		t.cur.write(p, off)
 	}
-	t.gen++
+	t.touch()
 	c.edits++
 	return nil
 }
 
-// promote makes a staged rewrite the committed content once its size is
-// right again.
-func (t *tensor) promote() {
-	if t.staged != nil && t.staged.size == t.want() {
-		t.cur, t.staged = t.staged, nil
-	}
-}
-
-// Truncate sets tensor id's visible size (ftruncate, O_TRUNC). A size other
-// than dtype x shape starts a staged rewrite; the committed bytes stay what
-// persistence sees until the rewrite reaches the right size.
+// Truncate sets the size of a tensor created as a plain file (its shape
+// follows). A fixed-size tensor keeps dtype x shape: truncating it to that
+// size changes nothing, to another size is refused (ErrSize); a rewrite
+// that starts with a truncate belongs to the descriptor that does it
+// (Stage).
 func (c *Checkpoint) Truncate(id ID, size int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -78,36 +68,24 @@ func (c *Checkpoint) Truncate(id ID, size int64) error {
 		t.shape = []uint64{uint64(size)}
 		c.layoutGen++
 		c.edits++
-	case t.staged == nil && size == t.cur.size:
+	case size == t.cur.size:
 		return nil
 	default:
-		if t.staged == nil {
-			t.staged = t.cur.clone()
-		}
-		t.staged.truncate(size)
-		t.promote()
+		return fmt.Errorf("tensor %q: truncating to %d bytes, but %s %s holds %d: %w",
+			t.key, size, t.dtype, shapeString(t.shape), t.want(), ErrSize)
 	}
-	t.gen++
+	t.touch()
 	c.edits++
 	return nil
 }
 
-// EndWrite is called when a handle that wrote tensor id is closed: a rewrite
-// that did not end at the tensor's size is refused and the tensor keeps its
-// previous bytes.
-func (c *Checkpoint) EndWrite(id ID) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// Growable reports whether tensor id is a plain file created in the mount
+// that no dtype or shape was given yet (its shape follows its bytes).
+func (c *Checkpoint) Growable(id ID) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	t := c.get(id)
-	if t == nil || t.staged == nil {
-		return nil
-	}
-	got := t.staged.size
-	t.staged = nil
-	t.gen++
-	c.edits++
-	return fmt.Errorf("tensor %q: %d bytes written, but %s %s needs %d; kept the previous bytes: %w",
-		t.key, got, t.dtype, shapeString(t.shape), t.want(), ErrSize)
+	return t != nil && t.growable
 }
 
 // Create adds an empty tensor. A growable one is a 1-D U8 tensor whose
@@ -118,7 +96,8 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, cur: memoryContent(nil), growable: true}
+	now := time.Now()
+	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, cur: memoryContent(nil), growable: true, mtime: now, ctime: now}
 	return c.add(t), nil
 }
 
@@ -140,8 +119,8 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 	}
 	if id, ok := c.byKey[key]; ok {
 		t := c.tensors[id]
-		t.dtype, t.shape, t.cur, t.staged, t.growable = dtype, shape, memoryContent(data), nil, false
-		t.gen++
+		t.dtype, t.shape, t.cur, t.growable = dtype, shape, memoryContent(data), false
+		t.touch()
 		c.edits++
 		c.layoutGen++
 		c.edits++
@@ -150,7 +129,8 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	return c.add(&tensor{key: key, dtype: dtype, shape: shape, cur: memoryContent(data)}), nil
+	now := time.Now()
+	return c.add(&tensor{key: key, dtype: dtype, shape: shape, cur: memoryContent(data), mtime: now, ctime: now}), nil
 }
 
 func (c *Checkpoint) add(t *tensor) ID {
@@ -224,7 +204,7 @@ func (c *Checkpoint) RenameAll(renames map[ID]string) error {
 	for id, key := range renames {
 		t := c.tensors[id]
 		t.key = key
-		t.gen++
+		t.changed()
 		c.edits++
 	}
 	c.byKey = taken
@@ -246,12 +226,12 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 	if err != nil {
 		return fmt.Errorf("tensor %q: %v: %w", t.key, err, ErrInvalid)
 	}
-	if int64(n) != t.cur.size || t.staged != nil {
+	if int64(n) != t.cur.size {
 		return fmt.Errorf("tensor %q: %s %s needs %d bytes, the tensor has %d: %w",
 			t.key, dtype, shapeString(shape), n, t.cur.size, ErrSize)
 	}
 	t.dtype, t.shape, t.growable = dtype, shape, false
-	t.gen++
+	t.changed()
 	c.edits++
 	c.layoutGen++
 	c.edits++

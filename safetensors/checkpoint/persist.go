@@ -259,9 +259,6 @@ func (c *Checkpoint) releaseRetired() {
 	for _, t := range c.tensors {
 		if t != nil {
 			used[t.cur.ref] = true
-			if t.staged != nil {
-				used[t.staged.ref] = true
-			}
 		}
 	}
 	kept := c.retired[:0]
@@ -296,7 +293,10 @@ func (c *Checkpoint) recover(s *snapshot) error {
 type contentReader struct{ c *content }
 
 func (r contentReader) ReadAt(p []byte, off int64) (int, error) {
-	n := r.c.readAt(p, off)
+	n, err := r.c.readAt(p, off)
+	if err != nil {
+		return n, err
+	}
 	if n < len(p) {
 		return n, io.EOF
 	}
