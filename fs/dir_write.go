@@ -14,6 +14,7 @@ import (
 
 var (
 	_ = (fs.NodeCreater)((*dirNode)(nil))
+	_ = (fs.NodeMknoder)((*dirNode)(nil))
 	_ = (fs.NodeMkdirer)((*dirNode)(nil))
 	_ = (fs.NodeUnlinker)((*dirNode)(nil))
 	_ = (fs.NodeRmdirer)((*dirNode)(nil))
@@ -31,21 +32,49 @@ func (d *dirNode) writable() syscall.Errno {
 
 // Create makes a new tensor. name.npy uploads a .npy (dtype and shape from
 // its header) when the file is closed; any other name is a 1-D U8 tensor
-// holding the bytes written.
+// holding the bytes written (until something gives it a dtype: see
+// retype.go).
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	if errno := d.writable(); errno != 0 {
+	f := d.fsys
+	child, n, errno := d.newFile(ctx, name, out)
+	if errno != 0 {
 		return nil, nil, 0, errno
+	}
+	if n != nil {
+		// A created .npy is committed at close even if nothing was
+		// written (and then refused: an empty file is no .npy).
+		return child, n.uploads.add(newUpload(nil, true)), fuse.FOPEN_DIRECT_IO, 0
+	}
+	return child, f.newWriteHandle(child.Operations().(*tensorNode).id), fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// Mknod of a regular file is Create without opening it (tar makes a file
+// this way to set its attributes before writing it). Special files have
+// no place in a checkpoint.
+func (d *dirNode) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if mode&syscall.S_IFMT != syscall.S_IFREG {
+		return nil, syscall.EPERM
+	}
+	child, _, errno := d.newFile(ctx, name, out)
+	return child, errno
+}
+
+// newFile makes the node of a new file: an upload for name.npy (returned
+// as n), else a new growable tensor.
+func (d *dirNode) newFile(ctx context.Context, name string, out *fuse.EntryOut) (child *fs.Inode, n *npyNode, errno syscall.Errno) {
+	if errno := d.writable(); errno != 0 {
+		return nil, nil, errno
 	}
 	f := d.fsys
 	if d.isRoot() && name == MetadataName {
-		return nil, nil, 0, syscall.EEXIST
+		return nil, nil, syscall.EEXIST
 	}
 	if base, ok := strings.CutSuffix(name, npyExt); ok && base != "" {
 		f.mu.RLock()
 		existing := d.node.Lookup(base)
 		f.mu.RUnlock()
 		if existing != nil && existing.IsDir() {
-			return nil, nil, 0, syscall.EISDIR
+			return nil, nil, syscall.EISDIR
 		}
 		n := &npyNode{fsys: f, id: noTensor, dir: d.node, base: base}
 		ino := f.nextIno.Add(1)
@@ -55,33 +84,28 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 			ino = npyIno(n.id)
 		}
 		f.fillCommon(&out.Attr, ino, syscall.S_IFREG|f.fileMode(), 0)
-		child := f.remember(d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}))
-		// A created .npy is committed at close even if nothing was
-		// written (and then refused: an empty file is no .npy).
-		return child, n.uploads.add(newUpload(nil, true)), fuse.FOPEN_DIRECT_IO, 0
+		return f.remember(d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})), n, 0
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	key := f.tree.ChildKey(d.node, name)
 	if !tree.ValidName(name) {
-		return nil, nil, 0, syscall.EINVAL
+		return nil, nil, syscall.EINVAL
 	}
 	id, err := f.ck.Create(key)
 	if err != nil {
 		f.logf("create %s: %v", name, err)
-		return nil, nil, 0, editErrno(err)
+		return nil, nil, editErrno(err)
 	}
 	node, err := f.tree.AddFile(d.node, name, key, int(id))
 	if err != nil {
 		f.ck.Delete(id)
 		f.logf("create %s: %v", name, err)
-		return nil, nil, 0, syscall.EEXIST
+		return nil, nil, syscall.EEXIST
 	}
-	child, errno := f.newChild(ctx, &d.Inode, node, &out.Attr)
-	if errno != 0 {
-		return nil, nil, 0, errno
-	}
-	return child, &writeHandle{}, fuse.FOPEN_KEEP_CACHE, 0
+	f.retype.newFile(id)
+	child, errno = f.newChild(ctx, &d.Inode, node, &out.Attr)
+	return child, nil, errno
 }
 
 // Mkdir makes a key prefix. It exists only in the mount until a tensor is
@@ -124,11 +148,24 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	case n.IsDir():
 		return syscall.EISDIR
 	}
-	if err := f.ck.Delete(checkpoint.ID(n.Tensor)); err != nil {
-		return editErrno(err)
+	if errno := f.removeTensor(checkpoint.ID(n.Tensor)); errno != 0 {
+		return errno
 	}
 	if err := f.tree.Remove(n); err != nil {
 		return syscall.EIO
+	}
+	return 0
+}
+
+// removeTensor deletes tensor id (unlinked, or renamed over), remembering
+// its dtype and shape for a file created again at its key.
+func (f *FS) removeTensor(id checkpoint.ID) syscall.Errno {
+	info, ok := f.ck.Info(id)
+	if err := f.ck.Delete(id); err != nil {
+		return editErrno(err)
+	}
+	if ok {
+		f.forgetTensor(id, info)
 	}
 	return 0
 }
@@ -179,6 +216,8 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	if src == nil {
 		return syscall.ENOENT
 	}
+	var replaced checkpoint.Info // the tensor renamed over, if any
+	hasReplaced := false
 	if old := dst.node.Lookup(newName); old != nil {
 		if old == src {
 			return 0
@@ -195,8 +234,9 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 			return syscall.ENOTEMPTY
 		}
 		if !old.IsDir() {
-			if err := f.ck.Delete(checkpoint.ID(old.Tensor)); err != nil {
-				return editErrno(err)
+			replaced, hasReplaced = f.ck.Info(checkpoint.ID(old.Tensor))
+			if errno := f.removeTensor(checkpoint.ID(old.Tensor)); errno != 0 {
+				return errno
 			}
 		}
 		if err := f.tree.Remove(old); err != nil {
@@ -218,6 +258,9 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		f.tree.Move(src, oldDir, oldName)
 		return editErrno(err)
 	}
+	if hasReplaced && !src.IsDir() {
+		f.adoptReplaced(checkpoint.ID(src.Tensor), replaced)
+	}
 	return 0
 }
 
@@ -230,4 +273,19 @@ func (d *dirNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 // Setattr on a directory changes nothing a checkpoint stores.
 func (d *dirNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	return d.Getattr(ctx, fh, out)
+}
+
+var (
+	_ = (fs.NodeSetxattrer)((*dirNode)(nil))
+	_ = (fs.NodeRemovexattrer)((*dirNode)(nil))
+)
+
+// Setxattr: a checkpoint stores no attributes of a directory. ENOTSUP, as
+// a file system without them says, so cp -a and rsync -X carry on.
+func (d *dirNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.ENOTSUP
+}
+
+func (d *dirNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.ENOTSUP
 }

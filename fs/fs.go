@@ -52,6 +52,9 @@ type FS struct {
 	inodes sync.Map
 	// nextIno numbers .npy files created before their tensor exists.
 	nextIno atomic.Uint64
+
+	retype  retyper     // dtypes and shapes waiting for bytes that fit
+	writers writerCount // write handles open per tensor
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a

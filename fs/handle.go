@@ -21,6 +21,13 @@ type writeHandle struct {
 	staged *checkpoint.Staged // nil unless a rewrite is under way
 }
 
+// newWriteHandle opens a write handle on tensor id; its Release must call
+// f.writers.add(id, -1).
+func (f *FS) newWriteHandle(id checkpoint.ID) *writeHandle {
+	f.writers.add(id, 1)
+	return &writeHandle{}
+}
+
 // rewrite returns the handle's rewrite in progress, if any.
 func (h *writeHandle) rewrite() *checkpoint.Staged {
 	if h == nil {

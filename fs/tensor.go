@@ -55,17 +55,26 @@ func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.At
 
 // Read through a handle with a rewrite under way reads the rewrite back.
 func (t *tensorNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	read := t.fsys.ck.Read
-	if h, ok := fh.(*writeHandle); ok {
-		if s := h.rewrite(); s != nil {
-			read = func(_ checkpoint.ID, off int64, n int) ([][]byte, func(), error) { return s.Read(off, n) }
-		}
-	}
-	segs, release, err := read(t.id, off, len(dest))
+	segs, release, err := t.readFor(fh)(off, len(dest))
 	if err != nil {
 		return nil, toErrno(err)
 	}
 	return &mappedResult{segs: segs, release: release}, 0
+}
+
+// rewriteOf is the rewrite under way through handle fh, if any.
+func (t *tensorNode) rewriteOf(fh fs.FileHandle) *checkpoint.Staged {
+	h, _ := fh.(*writeHandle)
+	return h.rewrite()
+}
+
+// readFor returns how to read the tensor through handle fh: its rewrite
+// if one is under way, else the tensor's bytes.
+func (t *tensorNode) readFor(fh fs.FileHandle) func(off int64, n int) ([][]byte, func(), error) {
+	if s := t.rewriteOf(fh); s != nil {
+		return s.Read
+	}
+	return func(off int64, n int) ([][]byte, func(), error) { return t.fsys.ck.Read(t.id, off, n) }
 }
 
 func (t *tensorNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {

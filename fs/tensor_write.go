@@ -2,13 +2,11 @@ package fs
 
 import (
 	"context"
-	"encoding/json"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
@@ -37,9 +35,10 @@ func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if t.fsys.ck.ReadOnly() {
 		return nil, 0, syscall.EROFS
 	}
-	h := &writeHandle{}
+	h := t.fsys.newWriteHandle(t.id)
 	if flags&syscall.O_TRUNC != 0 {
 		if err := t.fsys.truncate(h, t.id, 0); err != nil {
+			t.fsys.writers.add(t.id, -1)
 			t.fsys.logf("open: %v", err)
 			return nil, 0, editErrno(err)
 		}
@@ -96,6 +95,7 @@ func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno 
 	if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
 		return errno
 	}
+	t.fsys.settle(t.id)
 	return t.fsys.sync(ctx)
 }
 
@@ -118,7 +118,12 @@ func (f *FS) commitRewrite(h *writeHandle, id checkpoint.ID) syscall.Errno {
 
 // Release drops a rewrite no close completed: the tensor keeps its bytes.
 func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	if h, ok := fh.(*writeHandle); ok && h.abandon() {
+	h, ok := fh.(*writeHandle)
+	if !ok {
+		return 0
+	}
+	t.fsys.writers.add(t.id, -1)
+	if h.abandon() {
 		if info, ok := t.fsys.ck.Info(t.id); ok {
 			t.fsys.logf("tensor %q: a rewrite closed at the wrong size was dropped; the tensor keeps its previous bytes", info.Key)
 		}
@@ -147,44 +152,6 @@ func (t *tensorNode) Setxattr(ctx context.Context, attr string, data []byte, fla
 
 func (t *tensorNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return t.fsys.removexattr(attr)
-}
-
-func (f *FS) setxattr(id checkpoint.ID, attr string, data []byte) syscall.Errno {
-	if f.ck.ReadOnly() {
-		return syscall.EROFS
-	}
-	info, ok := f.ck.Info(id)
-	if !ok {
-		return syscall.ENOENT
-	}
-	dtype, shape := info.DType, info.Shape
-	switch attr {
-	case xattrDType:
-		d, ok := safetensors.ParseDType(string(data))
-		if !ok {
-			f.logf("setxattr %s on %q: unknown dtype %q", attr, info.Key, data)
-			return syscall.EINVAL
-		}
-		dtype = d
-	case xattrShape:
-		shape = nil
-		if err := json.Unmarshal(data, &shape); err != nil || shape == nil {
-			f.logf("setxattr %s on %q: %q is not a JSON array of non-negative integers", attr, info.Key, data)
-			return syscall.EINVAL
-		}
-	case xattrKey:
-		// Renaming is what mv is for; a key that disagrees with the path
-		// would break the key-to-path rules.
-		return syscall.EPERM
-	default:
-		return syscall.ENOTSUP
-	}
-	if err := f.ck.Reshape(id, dtype, shape); err != nil {
-		f.logf("setxattr %s on %q: %v", attr, info.Key, err)
-		return syscall.EINVAL
-	}
-	f.changed(id, 0)
-	return 0
 }
 
 func (f *FS) removexattr(attr string) syscall.Errno {
