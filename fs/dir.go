@@ -66,9 +66,8 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	// A real entry always wins over a view: only an absent name can be a view.
 	if base, ok := strings.CutSuffix(name, npyExt); ok {
 		if t := d.node.Lookup(base); t != nil && !t.IsDir() {
-			id := checkpoint.ID(t.Tensor)
-			if f.fillNPYAttr(&out.Attr, npyIno(id), id) {
-				return f.remember(d.NewInode(ctx, &npyNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: npyIno(id)})), 0
+			if n := f.viewNode(ctx, &d.Inode, checkpoint.ID(t.Tensor), &out.Attr); n != nil {
+				return n, 0
 			}
 		}
 	}
@@ -85,7 +84,9 @@ func (f *FS) newChild(ctx context.Context, parent *fs.Inode, n *tree.Node, a *fu
 	if errno := f.fillTensorAttr(a, id); errno != 0 {
 		return nil, errno
 	}
-	return f.remember(parent.NewInode(ctx, &tensorNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tensorIno(id)})), 0
+	child := parent.NewInode(ctx, &tensorNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tensorIno(id)})
+	f.live.add(id, child, false)
+	return child, 0
 }
 
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {

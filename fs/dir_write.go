@@ -43,7 +43,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if n != nil {
 		// A created .npy is committed at close even if nothing was
 		// written (and then refused: an empty file is no .npy).
-		return child, n.uploads.add(newUpload(nil, true)), fuse.FOPEN_DIRECT_IO, 0
+		return child, &npyHandle{up: n.uploads.add(newUpload(nil, true, f.maxUpload))}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	return child, f.newWriteHandle(child.Operations().(*tensorNode).id), fuse.FOPEN_KEEP_CACHE, 0
 }
@@ -79,12 +79,19 @@ func (d *dirNode) newFile(ctx context.Context, name string, out *fuse.EntryOut) 
 		n := &npyNode{fsys: f, id: noTensor, dir: d.node, base: base}
 		ino := f.nextIno.Add(1)
 		if existing != nil {
-			// Replacing a tensor whose view was not looked up yet.
+			// Replacing a tensor whose view the kernel did not know.
 			n.id = checkpoint.ID(existing.Tensor)
-			ino = npyIno(n.id)
+			info, ok := f.ck.Info(n.id)
+			if !ok {
+				return nil, nil, syscall.ENOENT
+			}
+			n.key = info.Key
+			ino = f.viewIno(n.id, info.Key)
 		}
 		f.fillCommon(&out.Attr, ino, syscall.S_IFREG|f.fileMode(), 0)
-		return f.remember(d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})), n, 0
+		child := d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+		f.live.add(n.id, child, true)
+		return child, n, 0
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -154,6 +161,8 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err := f.tree.Remove(n); err != nil {
 		return syscall.EIO
 	}
+	// The kernel may keep name.npy, the view of what was removed.
+	go d.notifyEntries(name + npyExt)
 	return 0
 }
 
@@ -213,6 +222,20 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	src := d.node.Lookup(name)
+	viewRename := false
+	if src == nil {
+		// A view renamed to another view renames its tensor: np.save to
+		// tmp.npy, then os.replace to final.npy.
+		base, isView := strings.CutSuffix(name, npyExt)
+		if t := d.node.Lookup(base); isView && t != nil && !t.IsDir() {
+			newBase, toView := strings.CutSuffix(newName, npyExt)
+			if !toView || newBase == "" {
+				f.logf("rename %s to %s: a .npy view renames its tensor, so the new name must end in .npy too", name, newName)
+				return syscall.EINVAL
+			}
+			src, name, newName, viewRename = t, base, newBase, true
+		}
+	}
 	if src == nil {
 		return syscall.ENOENT
 	}
@@ -261,7 +284,25 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	if hasReplaced && !src.IsDir() {
 		f.adoptReplaced(checkpoint.ID(src.Tensor), replaced)
 	}
+	// The kernel keeps entries of names whose meaning changed: the views
+	// of both names (and, when a view was renamed, the raw names, which
+	// the kernel did not see move). After this request returns, since the
+	// kernel holds the directories locked until then.
+	stale := []string{name + npyExt}
+	newStale := []string{newName + npyExt}
+	if viewRename {
+		stale, newStale = append(stale, name), append(newStale, newName)
+	}
+	go d.notifyEntries(stale...)
+	go dst.notifyEntries(newStale...)
 	return 0
+}
+
+// notifyEntries drops the kernel's cached entries of names in d.
+func (d *dirNode) notifyEntries(names ...string) {
+	for _, name := range names {
+		d.NotifyEntry(name)
+	}
 }
 
 // Fsync on a directory (or `safejaxfs unmount`, which fsyncs the root)

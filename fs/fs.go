@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
@@ -47,11 +46,16 @@ type FS struct {
 	logger  *log.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
 
-	// inodes the kernel knows, by number, so a change made through one name
-	// can invalidate the kernel's cache of the other (a tensor and its view).
-	inodes sync.Map
+	// live are the inodes the kernel knows, by tensor, so a change made
+	// through one name can invalidate the kernel's cache of the others
+	// (a tensor and its views).
+	live  liveNodes
+	views viewInos
 	// nextIno numbers .npy files created before their tensor exists.
 	nextIno atomic.Uint64
+
+	metaJSON  atomic.Pointer[[]byte] // __metadata__ as rendered, nil after a change
+	maxUpload int64                  // the most a .npy written into the mount may hold
 
 	retype  retyper     // dtypes and shapes waiting for bytes that fit
 	writers writerCount // write handles open per tensor
@@ -73,6 +77,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		f.logger = log.New(io.Discard, "", 0)
 	}
 	f.nextIno.Store(1 << 62)
+	f.maxUpload = uploadLimit()
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		f.uid, f.gid = sys.Uid, sys.Gid
 	}
@@ -151,17 +156,8 @@ func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 
 func (f *FS) logf(format string, args ...any) { f.logger.Printf(format, args...) }
 
-// remember records a live inode so changed can reach it.
-func (f *FS) remember(n *fs.Inode) *fs.Inode {
-	f.inodes.Store(n.StableAttr().Ino, n)
-	return n
-}
-
-// forget drops a forgotten inode from the registry.
-func (f *FS) forget(ino uint64) { f.inodes.Delete(ino) }
-
 // changed tells the kernel that tensor id's bytes or attributes changed, for
-// its raw file and its view, except the inode the change came through: the
+// its raw file and its views, except the inode the change came through: the
 // kernel already knows, and invalidating an inode from inside its own write
 // would wait on pages that write holds locked.
 func (f *FS) changed(id checkpoint.ID, except uint64) {
@@ -170,20 +166,40 @@ func (f *FS) changed(id checkpoint.ID, except uint64) {
 
 // changedRange is changed for the tensor bytes [off, off+n) only (n 0: to
 // the end), so a small write does not drop every cached page of a large
-// tensor's other name.
+// tensor's other names.
 func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
-	if t, ok := f.inodes.Load(tensorIno(id)); ok && tensorIno(id) != except {
-		t.(*fs.Inode).NotifyContent(off, n)
-	}
-	if v, ok := f.inodes.Load(npyIno(id)); ok && npyIno(id) != except {
+	var hdr int64 = -1
+	for _, r := range f.live.of(id) {
+		if r.n.StableAttr().Ino == except {
+			continue
+		}
+		if !r.view {
+			r.n.NotifyContent(off, n)
+			continue
+		}
 		vOff := int64(0)
 		if n > 0 {
 			// The view's bytes sit after its header; with no header
 			// (a dtype numpy lacks) there is nothing cached to keep.
-			if h := f.npyView(id); h != nil {
-				vOff = int64(len(h)) + off
+			if hdr < 0 {
+				hdr = int64(len(f.npyView(id)))
+			}
+			if hdr > 0 {
+				vOff = hdr + off
 			}
 		}
-		v.(*fs.Inode).NotifyContent(vOff, n)
+		r.n.NotifyContent(vOff, n)
 	}
+}
+
+// uploadLimit is the most a .npy written into the mount may hold: it is
+// buffered in memory until closed, so half the machine's RAM. Beyond it a
+// write or truncate fails with EFBIG instead of taking the daemon (and
+// every edit it holds) down.
+func uploadLimit() int64 {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil || si.Totalram == 0 {
+		return 1 << 32
+	}
+	return int64(si.Totalram) * int64(si.Unit) / 2
 }

@@ -30,9 +30,18 @@ var (
 	_ = (fs.NodeReleaser)((*metadataNode)(nil))
 )
 
+// maxMetadataUpload caps what may be written to __metadata__: the whole
+// header of a safetensors file is at most 100,000,000 bytes.
+const maxMetadataUpload = 100_000_000
+
 // metadataJSON renders the metadata with sorted keys, no HTML escaping (keys
-// and values are shown as written) and a trailing newline for cat.
+// and values are shown as written) and a trailing newline for cat. It is
+// rendered once per change, not per read: reads of a large metadata file
+// come in many requests.
 func (f *FS) metadataJSON() []byte {
+	if b := f.metaJSON.Load(); b != nil {
+		return *b
+	}
 	m := f.ck.Metadata()
 	if m == nil {
 		m = map[string]string{}
@@ -43,7 +52,9 @@ func (f *FS) metadataJSON() []byte {
 	// Encoding a map of strings cannot fail (invalid UTF-8 would already
 	// have been refused by the header parser).
 	_ = enc.Encode(m)
-	return b.Bytes()
+	out := b.Bytes()
+	f.metaJSON.Store(&out)
+	return out
 }
 
 func (m *metadataNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -55,8 +66,8 @@ func (m *metadataNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.
 	return 0
 }
 
-// Open uses direct I/O: the content is a few bytes rendered per read, and
-// direct I/O keeps readers from seeing a stale cached copy after a change.
+// Open uses direct I/O: the content is small, and direct I/O keeps readers
+// from seeing a stale cached copy after a change.
 func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_DIRECT_IO, 0
@@ -68,7 +79,7 @@ func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, u
 	if flags&syscall.O_TRUNC == 0 {
 		buf = m.fsys.metadataJSON()
 	}
-	return m.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0)), fuse.FOPEN_DIRECT_IO, 0
+	return m.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload)), fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -83,12 +94,28 @@ func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, 
 }
 
 func (m *metadataNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	return writeUpload(fh, data, off)
+	u, ok := fh.(*upload)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	if errno := u.write(data, off); errno != 0 {
+		m.fsys.logf("__metadata__: writing %d bytes at %d: metadata is limited to %d bytes", len(data), off, maxMetadataUpload)
+		return 0, errno
+	}
+	return uint32(len(data)), 0
 }
 
 func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if errno := m.uploads.setattr(fh, in); errno != 0 {
-		return errno
+	if size, ok := in.GetSize(); ok {
+		errno := syscall.Errno(0)
+		if u, ok := fh.(*upload); ok {
+			errno = u.truncate(int64(size))
+		} else {
+			errno = m.uploads.truncateAll(int64(size))
+		}
+		if errno != 0 {
+			return errno
+		}
 	}
 	return m.Getattr(ctx, fh, out)
 }
@@ -96,17 +123,27 @@ func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.S
 // Flush replaces the metadata with what was written, if it is a JSON object
 // of strings; otherwise the metadata is kept and close fails with EINVAL.
 func (m *metadataNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	return m.fsys.flushUpload(ctx, fh, func(b []byte) error {
+	u, ok := fh.(*upload)
+	if !ok {
+		return 0
+	}
+	return m.fsys.flushUpload(ctx, u, func(b []byte) error {
 		meta, err := parseMetadata(b)
 		if err != nil {
 			return err
 		}
-		return m.fsys.ck.SetMetadata(meta)
+		if err := m.fsys.ck.SetMetadata(meta); err != nil {
+			return err
+		}
+		m.fsys.metaJSON.Store(nil)
+		return nil
 	})
 }
 
 func (m *metadataNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	m.uploads.release(fh)
+	if u, ok := fh.(*upload); ok {
+		m.uploads.release(u)
+	}
 	return 0
 }
 

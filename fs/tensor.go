@@ -27,7 +27,7 @@ var (
 	_ = (fs.NodeOnForgetter)((*tensorNode)(nil))
 )
 
-func (t *tensorNode) OnForget() { t.fsys.forget(tensorIno(t.id)) }
+func (t *tensorNode) OnForget() { t.fsys.live.remove(t.id, &t.Inode) }
 
 func (f *FS) fillTensorAttr(a *fuse.Attr, id checkpoint.ID) syscall.Errno {
 	info, ok := f.ck.Info(id)

@@ -106,6 +106,11 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.put(key, dtype, shape, data)
+}
+
+// put is Put; caller holds mu.
+func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
 	if c.readOnly {
 		return 0, ErrReadOnly
 	}
@@ -131,6 +136,30 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 	}
 	now := time.Now()
 	return c.add(&tensor{key: key, dtype: dtype, shape: shape, cur: memoryContent(data), mtime: now, ctime: now}), nil
+}
+
+// PutNew is Put of a tensor that must be new: a key that exists is
+// refused (ErrExists), never replaced.
+func (c *Checkpoint) PutNew(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, taken := c.byKey[key]; taken {
+		return 0, fmt.Errorf("tensor %q: %w", key, ErrExists)
+	}
+	return c.put(key, dtype, shape, data)
+}
+
+// Replace gives tensor id new bytes, dtype and shape (a .npy written over
+// its view). data is kept, not copied.
+func (c *Checkpoint) Replace(id ID, dtype safetensors.DType, shape []uint64, data []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.get(id)
+	if t == nil {
+		return fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+	}
+	_, err := c.put(t.key, dtype, shape, data)
+	return err
 }
 
 func (c *Checkpoint) add(t *tensor) ID {
