@@ -42,6 +42,8 @@ func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrO
 
 func (f *FS) fillDirAttr(a *fuse.Attr, n *tree.Node) {
 	f.fillCommon(a, dirIno(n), syscall.S_IFDIR|f.dirMode(), 0)
+	t := f.dirTime(n)
+	setTimes(a, t, t)
 	a.Nlink = 2
 }
 

@@ -111,6 +111,7 @@ func (d *dirNode) newFile(ctx context.Context, name string, out *fuse.EntryOut) 
 		return nil, nil, syscall.EEXIST
 	}
 	f.retype.newFile(id)
+	f.touchDir(d.node)
 	child, errno = f.newChild(ctx, &d.Inode, node, &out.Attr)
 	return child, nil, errno
 }
@@ -132,6 +133,7 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		f.logf("mkdir %s: %v", name, err)
 		return nil, syscall.EEXIST
 	}
+	f.touchDir(d.node)
 	return f.newChild(ctx, &d.Inode, node, &out.Attr)
 }
 
@@ -161,6 +163,7 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err := f.tree.Remove(n); err != nil {
 		return syscall.EIO
 	}
+	f.touchDir(d.node)
 	// The kernel may keep name.npy, the view of what was removed.
 	go d.notifyEntries(name + npyExt)
 	return 0
@@ -176,6 +179,7 @@ func (f *FS) removeTensor(id checkpoint.ID) syscall.Errno {
 	if ok {
 		f.forgetTensor(id, info)
 	}
+	f.dropIfUnused(id)
 	return 0
 }
 
@@ -198,6 +202,7 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err := f.tree.Remove(n); err != nil {
 		return syscall.EIO
 	}
+	f.touchDir(d.node)
 	return 0
 }
 
@@ -284,6 +289,8 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	if hasReplaced && !src.IsDir() {
 		f.adoptReplaced(checkpoint.ID(src.Tensor), replaced)
 	}
+	f.touchDir(d.node)
+	f.touchDir(dst.node)
 	// The kernel keeps entries of names whose meaning changed: the views
 	// of both names (and, when a view was renamed, the raw names, which
 	// the kernel did not see move). After this request returns, since the

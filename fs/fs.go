@@ -57,6 +57,9 @@ type FS struct {
 	metaJSON  atomic.Pointer[[]byte] // __metadata__ as rendered, nil after a change
 	maxUpload int64                  // the most a .npy written into the mount may hold
 
+	dirTimes dirTimes
+	metaTime atomic.Pointer[time.Time] // when __metadata__ last changed; nil: the file's mtime
+
 	retype  retyper     // dtypes and shapes waiting for bytes that fit
 	writers writerCount // write handles open per tensor
 }
@@ -140,7 +143,41 @@ func (f *FS) fillCommon(a *fuse.Attr, ino uint64, mode uint32, size uint64) {
 	a.Blocks = (size + 511) / 512
 	a.Nlink = 1
 	a.Owner = fuse.Owner{Uid: f.uid, Gid: f.gid}
-	a.SetTimes(nil, &f.mtime, &f.mtime)
+	setTimes(a, f.mtime, f.mtime)
+}
+
+// setTimes sets what stat shows. A checkpoint stores no times: they start
+// as the checkpoint file's mtime and move with changes made through the
+// mount (rsync, make, find -newer, cp -u compare them). No access times
+// are kept: atime is the mtime.
+func setTimes(a *fuse.Attr, mtime, ctime time.Time) {
+	a.SetTimes(&mtime, &mtime, &ctime)
+}
+
+// dirTimes are the times of directories whose entries changed in this
+// mount; others show the checkpoint's.
+type dirTimes struct {
+	mu sync.Mutex
+	t  map[*tree.Node]time.Time
+}
+
+// touchDir records that directory n's entries changed now.
+func (f *FS) touchDir(n *tree.Node) {
+	f.dirTimes.mu.Lock()
+	defer f.dirTimes.mu.Unlock()
+	if f.dirTimes.t == nil {
+		f.dirTimes.t = map[*tree.Node]time.Time{}
+	}
+	f.dirTimes.t[n] = time.Now()
+}
+
+func (f *FS) dirTime(n *tree.Node) time.Time {
+	f.dirTimes.mu.Lock()
+	defer f.dirTimes.mu.Unlock()
+	if t, ok := f.dirTimes.t[n]; ok {
+		return t
+	}
+	return f.mtime
 }
 
 // Statfs reports the file system holding the checkpoint: that is where

@@ -78,11 +78,25 @@ func (l *liveNodes) of(id checkpoint.ID) []nodeRef {
 	return refs
 }
 
-// any reports whether the kernel may still hold a node of tensor id.
+// any reports whether the kernel may still hold a node of tensor id. A
+// node it does not hold (a Lookup's loser) does not count.
 func (l *liveNodes) any(id checkpoint.ID) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.byID[id]) > 0
+	for n := range l.byID[id] {
+		if !n.Forgotten() {
+			return true
+		}
+	}
+	return false
+}
+
+// dropIfUnused lets the checkpoint forget removed tensor id once the
+// kernel holds no node of it (no file has it open).
+func (f *FS) dropIfUnused(id checkpoint.ID) {
+	if id != noTensor && !f.live.any(id) {
+		f.ck.Drop(id)
+	}
 }
 
 // viewInos gives each .npy view an inode number per (tensor, key): a view

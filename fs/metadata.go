@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -63,6 +64,9 @@ func (m *metadataNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.
 		size = u.size()
 	}
 	m.fsys.fillCommon(&out.Attr, inoMetadata, syscall.S_IFREG|m.fsys.fileMode(), uint64(size))
+	if t := m.fsys.metaTime.Load(); t != nil {
+		setTimes(&out.Attr, *t, *t)
+	}
 	return 0
 }
 
@@ -136,6 +140,8 @@ func (m *metadataNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errn
 			return err
 		}
 		m.fsys.metaJSON.Store(nil)
+		now := time.Now()
+		m.fsys.metaTime.Store(&now)
 		return nil
 	})
 }

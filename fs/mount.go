@@ -46,6 +46,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		Logger:          mo.Logger,
+		RootStableAttr:  &fs.StableAttr{Ino: inoRoot},
 		MountOptions: fuse.MountOptions{
 			FsName:               src,
 			Name:                 "safejaxfs",
@@ -58,6 +59,11 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			// starts with a truncate is then one open file's (see
 			// writeHandle), and a truncated .npy upload copies nothing.
 			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+			// The daemon invalidates exactly what changes (see
+			// changedRange); mtimes move with every write, and the
+			// kernel must not drop a whole tensor's cached pages
+			// because one did.
+			ExplicitDataCacheControl: true,
 			// Bigger requests mean fewer round trips on sequential reads
 			// and writes: 1 MiB is the kernel's maximum.
 			MaxWrite:     1 << 20,

@@ -50,7 +50,11 @@ func (n *npyNode) tensor() checkpoint.ID {
 	return n.id
 }
 
-func (n *npyNode) OnForget() { n.fsys.live.remove(n.tensor(), &n.Inode) }
+func (n *npyNode) OnForget() {
+	id := n.tensor()
+	n.fsys.live.remove(id, &n.Inode)
+	n.fsys.dropIfUnused(id)
+}
 
 // viewNode makes the node of tensor id's view under parent, filling its
 // attributes; nil when numpy has no form for the tensor.
@@ -94,7 +98,7 @@ func (f *FS) npyView(id checkpoint.ID) []byte {
 
 // npyViewInfo is npyView plus what it read of the tensor.
 func (f *FS) npyViewInfo(id checkpoint.ID) ([]byte, checkpoint.Info) {
-	info, ok := f.ck.Info(id)
+	info, ok := f.ck.Attr(id)
 	if !ok {
 		return nil, info
 	}
@@ -114,6 +118,9 @@ func (f *FS) fillNPYAttr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
 		size = uint64(len(h)) + uint64(info.Size)
 	}
 	f.fillCommon(a, ino, syscall.S_IFREG|f.fileMode(), size)
+	if h != nil {
+		setTimes(a, info.MTime, info.CTime)
+	}
 	return h != nil
 }
 

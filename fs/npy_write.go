@@ -273,6 +273,7 @@ func (n *npyNode) commit(b []byte) error {
 		}
 		target = id
 		f.retype.newFile(id)
+		f.touchDir(n.dir)
 		if _, p := n.Parent(); p != nil {
 			// The raw file may be cached as absent.
 			go p.NotifyEntry(n.base)

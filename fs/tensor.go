@@ -27,14 +27,22 @@ var (
 	_ = (fs.NodeOnForgetter)((*tensorNode)(nil))
 )
 
-func (t *tensorNode) OnForget() { t.fsys.live.remove(t.id, &t.Inode) }
+func (t *tensorNode) OnForget() {
+	t.fsys.live.remove(t.id, &t.Inode)
+	t.fsys.dropIfUnused(t.id)
+}
 
 func (f *FS) fillTensorAttr(a *fuse.Attr, id checkpoint.ID) syscall.Errno {
-	info, ok := f.ck.Info(id)
+	info, ok := f.ck.Attr(id)
 	if !ok {
 		return syscall.ENOENT
 	}
 	f.fillCommon(a, tensorIno(id), syscall.S_IFREG|f.fileMode(), uint64(info.Size))
+	setTimes(a, info.MTime, info.CTime)
+	if info.Removed {
+		// Still open somewhere after rm or a rename over it.
+		a.Nlink = 0
+	}
 	return 0
 }
 

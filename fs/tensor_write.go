@@ -29,6 +29,7 @@ func isWrite(flags uint32) bool {
 // clients can mmap tensor files (np.memmap, safe_open). O_TRUNC (atomic
 // with the open, see Mount) starts the new handle's rewrite.
 func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	t.fsys.live.add(t.id, &t.Inode, false)
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
@@ -65,9 +66,10 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 	return uint32(len(data)), 0
 }
 
-// Setattr takes truncation (ftruncate; O_TRUNC comes with the open). Mode
-// and owner are not stored in a checkpoint: accepted and ignored, so cp -p
-// and tar still work.
+// Setattr takes truncation (ftruncate; O_TRUNC comes with the open) and
+// the mtime (touch, cp -p, rsync -a), which lasts as long as the mount.
+// Mode and owner are not stored in a checkpoint: accepted and ignored, so
+// cp -p and tar still work.
 func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	h, _ := fh.(*writeHandle)
 	if size, ok := in.GetSize(); ok {
@@ -77,6 +79,12 @@ func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 		}
 		if h.rewrite() == nil {
 			t.fsys.changed(t.id, tensorIno(t.id))
+		}
+	}
+	if mtime, ok := in.GetMTime(); ok {
+		// Kept for this mount only: rsync -a and make compare it.
+		if err := t.fsys.ck.SetMTime(t.id, mtime); err != nil {
+			return toErrno(err)
 		}
 	}
 	return t.Getattr(ctx, fh, out)
@@ -147,6 +155,7 @@ func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) 
 // Setxattr on dtype or shape reinterprets the tensor's bytes; the byte size
 // must stay the same.
 func (t *tensorNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	t.fsys.live.add(t.id, &t.Inode, false)
 	return t.fsys.setxattr(t.id, attr, data)
 }
 

@@ -31,6 +31,9 @@ type Info struct {
 	// tensor does (bytes, key, dtype, shape). They live as long as the
 	// mount: a checkpoint stores no times.
 	MTime, CTime time.Time
+	// Removed: the tensor was deleted (or renamed over) and is kept only
+	// for files that still have it open (see Attr).
+	Removed bool
 }
 
 // Options control how a checkpoint is opened.
@@ -61,6 +64,9 @@ type Checkpoint struct {
 	unlock  func() error // drops the advisory lock
 	ident   identity     // the file as we last left it
 	tensors []*tensor    // indexed by ID; nil once deleted
+	// removed are deleted tensors a file may still have open: they keep
+	// their bytes (and take writes that go nowhere) until Drop.
+	removed map[ID]*tensor
 	byKey   map[string]ID
 	meta    map[string]string
 	// layoutGen counts changes that need a rewrite (keys, dtypes, shapes,
@@ -249,8 +255,12 @@ func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(
 	defer c.mu.RUnlock()
 	t := c.get(id)
 	if t == nil {
-		done()
-		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		// A file open on a tensor removed since reads on, as on any
+		// POSIX file system.
+		if t = c.removed[id]; t == nil {
+			done()
+			return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		}
 	}
 	v := t.cur
 	if off >= v.size || n <= 0 {
@@ -307,6 +317,9 @@ func (c *Checkpoint) releaseAll() {
 		m.release()
 	}
 	c.retired = nil
+	for id := range c.removed {
+		c.drop(id)
+	}
 }
 
 // PendingJournal reports the journal of a write-back that a crash

@@ -403,11 +403,28 @@ func TestEditCreateGrowable(t *testing.T) {
 	if _, ok := c.Info(id); ok {
 		t.Error("deleted tensor still has Info")
 	}
+	// Until dropped (no file has it open any more) it reads on, takes
+	// writes that go nowhere, and stats as removed.
+	if err := c.WriteAt(id, []byte("9"), 0); err != nil {
+		t.Errorf("write to a deleted tensor still open: %v", err)
+	}
+	if segs, release, err := c.Read(id, 0, 100); err != nil || !bytes.Equal(bytes.Join(segs, nil), []byte("9ello\x00\x00")) {
+		t.Errorf("read of a deleted tensor still open: %q %v", bytes.Join(segs, nil), err)
+	} else {
+		release()
+	}
+	if info, ok := c.Attr(id); !ok || !info.Removed || info.Size != 7 {
+		t.Errorf("Attr of a deleted tensor still open: %+v %v", info, ok)
+	}
+	c.Drop(id)
 	if _, _, err := c.Read(id, 0, 1); !errors.Is(err, ErrNotFound) {
 		t.Errorf("read of a deleted tensor: %v", err)
 	}
 	if err := c.WriteAt(id, []byte{1}, 0); !errors.Is(err, ErrNotFound) {
 		t.Errorf("write to a deleted tensor: %v", err)
+	}
+	if _, ok := c.Attr(id); ok {
+		t.Error("a dropped tensor still has Attr")
 	}
 	if err := c.Delete(id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second delete: %v", err)

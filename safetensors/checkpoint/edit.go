@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"time"
@@ -30,6 +31,9 @@ func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t, err := c.writable(id)
+	if errors.Is(err, ErrNotFound) && c.removed[id] != nil {
+		return c.removed[id].cur.write(p, off)
+	}
 	if err != nil {
 		return err
 	}
@@ -194,6 +198,7 @@ func (c *Checkpoint) Delete(id ID) error {
 	}
 	delete(c.byKey, t.key)
 	c.tensors[id] = nil
+	c.keepRemoved(id, t)
 	c.layoutGen++
 	c.edits++
 	return nil
@@ -264,6 +269,20 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 	c.edits++
 	c.layoutGen++
 	c.edits++
+	return nil
+}
+
+// SetMTime sets the modification time tensor id shows (touch, cp -p,
+// rsync -a and tar set it after writing). A checkpoint stores no times, so
+// it lasts as long as the mount and is no edit to persist.
+func (c *Checkpoint) SetMTime(id ID, mtime time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, err := c.writable(id)
+	if err != nil {
+		return err
+	}
+	t.mtime, t.ctime = mtime, time.Now()
 	return nil
 }
 
