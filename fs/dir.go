@@ -120,6 +120,12 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 const (
 	XattrPID   = "user.safejaxfs.pid"
 	XattrError = "user.safejaxfs.error"
+	// XattrLog names the daemon's log file.
+	XattrLog = "user.safejaxfs.log"
+	// XattrRecover, set on the root, makes the daemon save every edit to
+	// a recovery file (unmount --force, when the write-back failed); read,
+	// it names the last such file.
+	XattrRecover = "user.safejaxfs.recover"
 )
 
 var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
@@ -132,6 +138,14 @@ func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint3
 		case XattrError:
 			if msg := d.fsys.lastErr.Load(); msg != nil {
 				return copyAttr(dest, []byte(*msg))
+			}
+		case XattrLog:
+			if d.fsys.opt.LogPath != "" {
+				return copyAttr(dest, []byte(d.fsys.opt.LogPath))
+			}
+		case XattrRecover:
+			if p := d.fsys.rescued.Load(); p != nil {
+				return copyAttr(dest, []byte(*p))
 			}
 		}
 	}

@@ -329,9 +329,29 @@ var (
 )
 
 // Setxattr: a checkpoint stores no attributes of a directory. ENOTSUP, as
-// a file system without them says, so cp -a and rsync -X carry on.
+// a file system without them says, so cp -a and rsync -X carry on. On the
+// root, XattrRecover asks for a recovery file.
 func (d *dirNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if d.isRoot() && attr == XattrRecover {
+		return d.fsys.saveRecovery()
+	}
 	return syscall.ENOTSUP
+}
+
+// saveRecovery writes every edit to a recovery file (see
+// checkpoint.SaveRecovery), for unmount --force after a failed write-back.
+func (f *FS) saveRecovery() syscall.Errno {
+	if f.ck.ReadOnly() {
+		return syscall.EROFS
+	}
+	p, err := f.ck.SaveRecovery(f.opt.RecoveryDirs...)
+	if err != nil {
+		f.fail(err)
+		return writeBackErrno(err)
+	}
+	f.logf("edits saved to the recovery file %s", p)
+	f.rescued.Store(&p)
+	return 0
 }
 
 func (d *dirNode) Removexattr(ctx context.Context, attr string) syscall.Errno {

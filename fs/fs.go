@@ -27,6 +27,12 @@ type Options struct {
 	Sep    string      // key separator ("" = ".")
 	NPY    bool        // list <tensor>.npy views in directory listings
 	Logger *log.Logger // where refused edits and write-back failures are explained; nil: discarded
+	// LogPath is the file Logger writes to, if any (shown by the root's
+	// user.safejaxfs.log attribute).
+	LogPath string
+	// RecoveryDirs are where edits go when neither the checkpoint nor
+	// its directory can take them (see checkpoint.SaveRecovery).
+	RecoveryDirs []string
 }
 
 // FS is the state shared by all nodes of one mount.
@@ -45,6 +51,7 @@ type FS struct {
 
 	logger  *log.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
+	rescued atomic.Pointer[string] // the last recovery file written on request
 
 	// live are the inodes the kernel knows, by tensor, so a change made
 	// through one name can invalidate the kernel's cache of the others

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,7 +14,8 @@ import (
 )
 
 // readyEnv names the fd on which a daemon reports to the parent that started
-// it: "ok" once the mount answers, or "<exit code> <message>".
+// it: "note <message>" lines for the user (printed by the parent), then
+// "ok" once the mount answers, or "<exit code> <message>".
 const readyEnv = "SAFEJAXFS_READY_FD"
 
 // mountWait bounds how long the parent waits for the daemon to mount.
@@ -62,8 +64,16 @@ func spawnDaemon(args []string, mnt string) error {
 	}
 	done := make(chan verdict, 1)
 	go func() {
-		line, err := bufio.NewReader(r).ReadString('\n')
-		done <- verdict{strings.TrimSpace(line), err}
+		br := bufio.NewReader(r)
+		for {
+			line, err := br.ReadString('\n')
+			if note, ok := strings.CutPrefix(line, "note "); ok && err == nil {
+				fmt.Fprintf(os.Stderr, "safejaxfs: %s\n", strings.TrimSpace(note))
+				continue
+			}
+			done <- verdict{strings.TrimSpace(line), err}
+			return
+		}
 	}()
 	select {
 	case v := <-done:
@@ -136,6 +146,14 @@ func (r *ready) ok() {
 	r.f.WriteString("ok\n")
 	r.f.Close()
 	r.f = nil
+}
+
+// note passes a message for the user to the waiting parent.
+func (r *ready) note(msg string) {
+	if r == nil || r.f == nil {
+		return
+	}
+	r.f.WriteString("note " + strings.ReplaceAll(msg, "\n", "; ") + "\n")
 }
 
 func (r *ready) fail(err error) {

@@ -2,9 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"io"
-	"log"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -164,20 +161,21 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	if err := os.Chdir("/"); err != nil {
 		return fail(exitMount, "%v", err)
 	}
-	logger := log.New(os.Stderr, "safejaxfs: ", log.LstdFlags)
-	if ready != nil {
-		// A background daemon has no terminal to write to.
-		logger.SetOutput(io.Discard)
-	}
+	logger, state := newDaemonLog(mnt, ready)
 
 	if os.Getenv("GOMEMLIMIT") == "" {
 		go followLiveHeap(memoryLimit)
 	}
 	readOnly := mf.readOnly
-	if !readOnly && unix.Access(ckpt, unix.W_OK) != nil {
+	if !readOnly {
 		// Like mount(8) with a write-protected device: fall back, say so.
-		fmt.Fprintf(os.Stderr, "safejaxfs: %s is not writable: mounting read-only\n", ckpt)
-		readOnly = true
+		if err := unix.Access(ckpt, unix.W_OK); err != nil {
+			logger.notice("%s is not writable (%v): mounting read-only", ckpt, err)
+			readOnly = true
+		} else if err := writableDir(ckpt); err != nil {
+			logger.notice("%s cannot be saved into: %v: mounting read-only", ckpt, err)
+			readOnly = true
+		}
 	}
 	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly})
 	if errors.Is(err, checkpoint.ErrLocked) {
@@ -192,7 +190,8 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			ck.Close()
 		}
 	}()
-	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger})
+	dirs := recoveryDirs(state)
+	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs})
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}
@@ -206,7 +205,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		AllowOther: mf.allowOther,
 		Extra:      splitOptions(mf.options),
 		Debug:      mf.debug,
-		Logger:     logger,
+		Logger:     logger.Logger,
 	})
 	if err != nil {
 		return fail(exitMount, "mounting %s at %s: %v", ckpt, mnt, err)
@@ -216,9 +215,10 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		for s := range sigs {
 			logger.Printf("%v: unmounting %s", s, mnt)
 			// Persist first: if the unmount itself is refused (busy), the
-			// edits are safe anyway.
-			if err := ck.Sync(); err != nil {
-				logger.Printf("write-back: %v", err)
+			// edits are safe anyway. Edits that can be saved nowhere keep
+			// the mount up.
+			if !saveBeforeUnmount(ck, logger, dirs) {
+				continue
 			}
 			if err := server.Unmount(); err != nil {
 				logger.Printf("unmount %s: %v; detaching lazily", mnt, err)
@@ -232,11 +232,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.
 	closed = true
-	if err := ck.Close(); err != nil {
-		logger.Printf("write-back at unmount failed: %v", err)
-		return fail(exitWriteBack, "write-back at unmount failed: %v", err)
-	}
-	return nil
+	return finish(ck, logger, dirs)
 }
 
 // splitOptions accepts both -o a,b and repeated -o a -o b.

@@ -79,6 +79,10 @@ type Checkpoint struct {
 	// recovery is where edits go once the checkpoint was changed by someone
 	// else: we never overwrite their file.
 	recovery string
+	// rescued is the last file SaveRecovery wrote, holding the state at
+	// edits == rescuedEdits.
+	rescued      string
+	rescuedEdits uint64
 }
 
 type tensor struct {
