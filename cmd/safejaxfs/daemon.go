@@ -75,8 +75,7 @@ func spawnDaemon(args []string, mnt string) error {
 			return
 		}
 	}()
-	select {
-	case v := <-done:
+	verdictOf := func(v verdict) error {
 		if v.line == "ok" {
 			cmd.Process.Release()
 			return nil
@@ -85,15 +84,55 @@ func spawnDaemon(args []string, mnt string) error {
 		n, convErr := strconv.Atoi(code)
 		if !found || convErr != nil {
 			// The daemon died without a word: reap it for its status.
+			cleanupDeadDaemon(mnt)
 			werr := cmd.Wait()
 			return fail(exitMount, "daemon exited before the mount was ready: %v%s", errors.Join(werr, v.err), stderrTail(startErr))
 		}
 		cmd.Wait()
-		return &exitError{code: n, err: errors.New(msg + stderrTail(startErr))}
-	case <-time.After(mountWait):
-		cmd.Process.Kill()
-		cmd.Wait()
-		return fail(exitMount, "mount at %s did not answer within %v", mnt, mountWait)
+		msg += stderrTail(startErr)
+		if devFuseDenied(nil, msg) {
+			msg += "; " + devFuseHint()
+		}
+		return &exitError{code: n, err: errors.New(msg)}
+	}
+	// The daemon may die before it says anything (killed while mounting):
+	// then no mount it may have made can be left for no one to answer.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(mountWait)
+	for {
+		select {
+		case v := <-done:
+			return verdictOf(v)
+		case <-tick.C:
+			if !exited(cmd.Process.Pid) {
+				continue
+			}
+			// Gone: its last words are in the pipe, which its exit
+			// closed. Unless it is stuck dying on its own mount, and the
+			// pipe never closes.
+			select {
+			case v := <-done:
+				return verdictOf(v)
+			case <-time.After(200 * time.Millisecond):
+			}
+			cleanupDeadDaemon(mnt)
+			werr := cmd.Wait()
+			return fail(exitMount, "daemon died before the mount was ready: %v%s", werr, stderrTail(startErr))
+		case <-deadline:
+			cmd.Process.Kill()
+			cleanupDeadDaemon(mnt)
+			cmd.Wait()
+			return fail(exitMount, "mount at %s did not answer within %v", mnt, mountWait)
+		}
+	}
+}
+
+// cleanupDeadDaemon removes a mount a daemon that died while starting may
+// have left (see abort.go).
+func cleanupDeadDaemon(mnt string) {
+	if err := abortMount(mnt); err != nil {
+		fmt.Fprintf(os.Stderr, "safejaxfs: cleaning up the mount at %s: %v\n", mnt, err)
 	}
 }
 

@@ -22,6 +22,9 @@ func runLs(args []string) error {
 	if err != nil {
 		return err
 	}
+	if *sep == "" {
+		return fail(exitUsage, "--sep must not be empty")
+	}
 	if err := checkCheckpoint(rest[0]); err != nil {
 		return err
 	}
@@ -68,7 +71,7 @@ func findPrefix(t *tree.Tree, prefix string) *tree.Node {
 
 func walk(n *tree.Node, fn func(*tree.Node)) {
 	fn(n)
-	for _, c := range n.Children() {
+	for _, c := range sortedChildren(n) {
 		walk(c, fn)
 	}
 }
@@ -84,7 +87,7 @@ func listTree(w io.Writer, f *safetensors.File, n *tree.Node, depth int) {
 		fmt.Fprintf(w, "%s%s/\n", indent, n.Name)
 		depth++
 	}
-	for _, c := range n.Children() {
+	for _, c := range sortedChildren(n) {
 		listTree(w, f, c, depth)
 	}
 }

@@ -43,7 +43,7 @@ func runMount(args []string) (err error) {
 	fl.StringVar(&mf.sep, "sep", ".", "key separator that splits keys into directories ('/' always does too)")
 	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
 	fl.BoolVar(&mf.allowOther, "allow-other", false, "let other users access the mount (non-root needs user_allow_other in /etc/fuse.conf)")
-	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime)")
+	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime); -o nonempty mounts over a non-empty directory")
 	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
 	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
 	rest, err := parseFlags(fl, args, 2, 2)
@@ -58,6 +58,9 @@ func runMount(args []string) (err error) {
 		return err
 	}
 	if err := checkMountpoint(mnt); err != nil {
+		return err
+	}
+	if err := checkEmpty(mnt, mf.options); err != nil {
 		return err
 	}
 	if !mf.foreground {
@@ -75,8 +78,23 @@ func checkCheckpoint(path string) error {
 		return fail(exitInvalid, "checkpoint %s: %v", path, err)
 	case st.IsDir():
 		return fail(exitInvalid, "checkpoint %s is a directory, not a .safetensors file", path)
+	case !st.Mode().IsRegular():
+		// Opening a FIFO would wait for a writer; a device is no file.
+		return fail(exitInvalid, "checkpoint %s is not a regular file (%s)", path, fileKind(st.Mode()))
 	}
 	return nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return m.Type().String()
 }
 
 // checkMountpoint refuses what mount(2) would refuse less clearly, or would
@@ -203,12 +221,12 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	defer signal.Stop(sigs)
 	server, err := fs.Mount(mnt, f, fs.MountOptions{
 		AllowOther: mf.allowOther,
-		Extra:      splitOptions(mf.options),
+		Extra:      kernelOptions(mf.options),
 		Debug:      mf.debug,
 		Logger:     logger.Logger,
 	})
 	if err != nil {
-		return fail(exitMount, "mounting %s at %s: %v", ckpt, mnt, err)
+		return fail(exitMount, "mounting %s at %s: %s", ckpt, mnt, explainMountError(err, ""))
 	}
 
 	go func() {
