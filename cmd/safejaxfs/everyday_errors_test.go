@@ -256,3 +256,45 @@ func TestUnsavedEditsKeepDaemon(t *testing.T) {
 		t.Error("the recovery file does not hold the edits")
 	}
 }
+
+// TestCheckpointTruncatedUnderneath: another program truncates the
+// checkpoint in place while it is mounted. Reads and writes of the lost
+// bytes fail with EIO; the daemon (and every edit it holds) lives on.
+func TestCheckpointTruncatedUnderneath(t *testing.T) {
+	big := raw("big", safetensors.U8, randomBytes(256<<10, 8), 256<<10)
+	ckpt := writeCheckpoint(t, "model.safetensors", nil, f32("a", 1, 4), big)
+	mnt := mount(t, ckpt)
+	pid := daemonOf(t, mnt)
+	if err := os.Truncate(ckpt, 100); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 2)
+	go func() {
+		_, err := os.ReadFile(filepath.Join(mnt, "big"))
+		done <- err
+	}()
+	go func() {
+		f, err := os.OpenFile(filepath.Join(mnt, "big"), os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteAt([]byte{1}, 200<<10)
+			f.Close()
+		}
+		done <- err
+	}()
+	for _, what := range []string{"read", "write"} {
+		select {
+		case err := <-done:
+			if !errors.Is(err, unix.EIO) {
+				t.Errorf("a %s of bytes the truncate took: %v, want EIO", what, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("a %s of bytes the truncate took hangs", what)
+		}
+	}
+	if exited(pid) {
+		t.Fatal("the daemon died")
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "a")); err != nil {
+		t.Error(err)
+	}
+}

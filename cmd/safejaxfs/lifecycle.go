@@ -7,6 +7,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -137,7 +138,28 @@ func finish(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string) error {
 			l.Printf("write-back at unmount failed: %v; your edits are in %s", err, p)
 			return fail(exitWriteBack, "write-back at unmount failed: %v; your edits are in %s", err, p)
 		}
+		if !fixable(rerr) {
+			ck.Abandon()
+			l.Printf("write-back at unmount failed: %v; %v; the edits are lost", err, rerr)
+			return fail(exitWriteBack, "write-back at unmount failed: %v; %v; the edits are lost", err, rerr)
+		}
 		l.Printf("write-back at unmount failed: %v; %v; the daemon (pid %d) keeps the edits and retries every %v", err, rerr, os.Getpid(), retryEvery)
 		time.Sleep(retryEvery)
 	}
+}
+
+// fixable reports whether a failure to save is one the user can fix (room
+// on a disk, permission on a directory) so that retrying makes sense; a
+// checkpoint whose mapped bytes another program truncated away never
+// comes back.
+func fixable(err error) bool {
+	var e syscall.Errno
+	if !errors.As(err, &e) || errors.Is(err, checkpoint.ErrFault) {
+		return false
+	}
+	switch e {
+	case syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EACCES, syscall.EPERM, syscall.ENOENT:
+		return true
+	}
+	return false
 }

@@ -272,6 +272,10 @@ func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(
 		return nil, nop, nil
 	}
 	m := v.ref
+	if off < int64(len(v.base)) && !m.intact() {
+		done()
+		return nil, nop, fmt.Errorf("tensor %q: %w", t.key, ErrFault)
+	}
 	m.acquire()
 	return v.segments(off, int64(n)), func() {
 		m.release()

@@ -35,6 +35,19 @@ func (m *mapping) acquire() {
 	}
 }
 
+// intact reports whether the mapped file still covers the whole mapping.
+// Another program may truncate the checkpoint in place; bytes of the
+// mapping past its new end fault when touched, and a FUSE reply written
+// from them would fail without reaching the kernel, leaving the reader
+// waiting: Read checks first and fails with ErrFault.
+func (m *mapping) intact() bool {
+	if m == nil {
+		return true
+	}
+	st, err := m.file.Fd().Stat()
+	return err == nil && st.Size() >= m.file.Size
+}
+
 func (m *mapping) release() {
 	if m != nil && m.refs.Add(-1) == 0 {
 		m.file.Close()
