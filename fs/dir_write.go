@@ -244,6 +244,11 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	if src == nil {
 		return syscall.ENOENT
 	}
+	if !viewRename && !src.IsDir() {
+		if done, errno := f.renameIntoView(src, dst, newName); done {
+			return errno
+		}
+	}
 	var replaced checkpoint.Info // the tensor renamed over, if any
 	hasReplaced := false
 	if old := dst.node.Lookup(newName); old != nil {

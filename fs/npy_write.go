@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
+	"github.com/safejaxfs/safejaxfs/tree"
 )
 
 var (
@@ -242,19 +244,9 @@ func (n *npyNode) commit(b []byte) error {
 		}
 		key = old.Key
 	}
-	var dtype safetensors.DType
-	switch {
-	case errors.Is(perr, npy.ErrAmbiguousVoid) && old.DType.Bits() == 8 && old.DType != safetensors.U8 && old.DType != safetensors.I8 && old.DType != safetensors.BOOL:
-		// |V1 is any of the float8 types: keep the one the tensor had.
-		dtype = old.DType
-	case perr != nil:
-		return fmt.Errorf("tensor %q: %s.npy: %w", key, n.base, perr)
-	default:
-		d, ok := safetensors.ParseDType(info.DType)
-		if !ok {
-			return fmt.Errorf("tensor %q: %s.npy: dtype %s has no safetensors form", key, n.base, info.DType)
-		}
-		dtype = d
+	dtype, err := npyDType(info, perr, old, key, n.base)
+	if err != nil {
+		return err
 	}
 	data := b[info.DataOffset:]
 	if target != noTensor {
@@ -289,4 +281,100 @@ func (n *npyNode) commit(b []byte) error {
 	f.changed(target, self)
 	go n.NotifyContent(0, 0)
 	return nil
+}
+
+// npyDType is the safetensors dtype of a parsed .npy (perr: the parse's
+// error) that replaces tensor old (zero Info for a new one).
+func npyDType(info *npy.Info, perr error, old checkpoint.Info, key, base string) (safetensors.DType, error) {
+	switch {
+	case errors.Is(perr, npy.ErrAmbiguousVoid) && old.DType.Bits() == 8 && old.DType != safetensors.U8 && old.DType != safetensors.I8 && old.DType != safetensors.BOOL:
+		// |V1 is any of the float8 types: keep the one the tensor had.
+		return old.DType, nil
+	case perr != nil:
+		return 0, fmt.Errorf("tensor %q: %s.npy: %w", key, base, perr)
+	}
+	d, ok := safetensors.ParseDType(info.DType)
+	if !ok {
+		return 0, fmt.Errorf("tensor %q: %s.npy: dtype %s has no safetensors form", key, base, info.DType)
+	}
+	return d, nil
+}
+
+// renameIntoView handles a file created in the mount renamed to name.npy
+// where no real tensor has that name: rsync (and other tools that write a
+// temp file and rename it) uploading a .npy. If the file parses as a .npy
+// it becomes the tensor name (created or replaced) and the temp file is
+// gone; done is false when it does not, and the rename happens as for any
+// file. Caller holds f.mu.
+func (f *FS) renameIntoView(src *tree.Node, dst *dirNode, newName string) (done bool, errno syscall.Errno) {
+	base, ok := strings.CutSuffix(newName, npyExt)
+	id := checkpoint.ID(src.Tensor)
+	if !ok || base == "" || dst.node.Lookup(newName) != nil || !f.retype.isNew(id) || !f.ck.Growable(id) {
+		return false, 0
+	}
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return false, 0
+	}
+	segs, release, err := f.ck.Read(id, 0, int(info.Size))
+	if err != nil {
+		return false, 0
+	}
+	b := make([]byte, 0, info.Size)
+	for _, s := range segs {
+		b = append(b, s...)
+	}
+	release()
+	parsed, perr := npy.Parse(b)
+	if perr != nil && !errors.Is(perr, npy.ErrAmbiguousVoid) {
+		return false, 0
+	}
+	target := dst.node.Lookup(base)
+	var old checkpoint.Info
+	key := f.tree.ChildKey(dst.node, base)
+	if target != nil {
+		if target.IsDir() {
+			return true, syscall.EISDIR
+		}
+		old, _ = f.ck.Info(checkpoint.ID(target.Tensor))
+		key = old.Key
+	}
+	dtype, err := npyDType(parsed, perr, old, key, base)
+	if err != nil {
+		f.fail(err)
+		return true, syscall.EINVAL
+	}
+	data := b[parsed.DataOffset:]
+	if target != nil {
+		err = f.ck.Replace(checkpoint.ID(target.Tensor), dtype, parsed.Shape, data)
+	} else {
+		var nid checkpoint.ID
+		if nid, err = f.ck.PutNew(key, dtype, parsed.Shape, data); err == nil {
+			if _, err = f.tree.AddFile(dst.node, base, key, int(nid)); err != nil {
+				f.ck.Delete(nid)
+			} else {
+				f.retype.newFile(nid)
+			}
+		}
+	}
+	if err != nil {
+		f.fail(err)
+		return true, editErrno(err)
+	}
+	if errno := f.removeTensor(id); errno != 0 {
+		return true, errno
+	}
+	oldDir := src.Parent
+	if err := f.tree.Remove(src); err != nil {
+		return true, syscall.EIO
+	}
+	f.touchDir(dst.node)
+	f.touchDir(oldDir)
+	if target != nil {
+		f.changed(checkpoint.ID(target.Tensor), 0)
+	}
+	// The kernel moves the temp file's entry to newName itself: drop it,
+	// and the raw name's, once the rename has returned.
+	go dst.notifyEntries(newName, base)
+	return true, 0
 }

@@ -38,6 +38,13 @@ type retyper struct {
 	created map[checkpoint.ID]bool
 }
 
+// isNew reports whether id is a file created in this mount.
+func (r *retyper) isNew(id checkpoint.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.created[id]
+}
+
 // newFile records a file created in the mount.
 func (r *retyper) newFile(id checkpoint.ID) {
 	r.mu.Lock()

@@ -309,3 +309,31 @@ assert np.fromfile(m + 'bias', '<f4')[-1] == -1
 	copy(want[1].data[60:], f32("", -1).data)
 	checkFile(t, ckpt, flaxMeta, want...)
 }
+
+// TestRsyncNPYIntoMount: rsync writes each .npy under a temp name and
+// renames it into place; the .npy still becomes the tensor its name says.
+func TestRsyncNPYIntoMount(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	src := t.TempDir()
+	fresh := f32("params.Dense_0.fresh", 9, 2, 2)
+	bias := f32("params.Dense_0.bias", -5, 3)
+	os.WriteFile(filepath.Join(src, "fresh.npy"), npyFile(t, fresh), 0o644)
+	os.WriteFile(filepath.Join(src, "bias.npy"), npyFile(t, bias), 0o644)
+	runCmd(t, "rsync", "-a", src+"/", filepath.Join(mnt, "params/Dense_0")+"/")
+	ents, _ := os.ReadDir(filepath.Join(mnt, "params/Dense_0"))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"bias", "fresh", "kernel"}) {
+		t.Errorf("after rsync of .npy files: %v", names)
+	}
+	if s := getxattr(t, filepath.Join(mnt, "params/Dense_0/fresh"), "user.safetensors.shape"); s != "[2,2]" {
+		t.Errorf("fresh has shape %s", s)
+	}
+	unmountOK(t, mnt)
+	want := flaxTensors()
+	want[1] = bias
+	checkFile(t, ckpt, flaxMeta, append(want, fresh)...)
+}
