@@ -103,3 +103,20 @@ func TestKilledWhileMounting(t *testing.T) {
 		}
 	}
 }
+
+// TestUnmountOfStuckDaemon: a mount whose daemon answers nothing (here:
+// stopped) is aborted and detached by safejaxfs unmount instead of
+// hanging it.
+func TestUnmountOfStuckDaemon(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := newMountpoint(t)
+	d := startDaemon(t, ckpt, mnt, "--read-only")
+	if err := unix.Kill(d.pid, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(d.pid, unix.SIGKILL); unix.Kill(d.pid, unix.SIGCONT) })
+	r := cli(t, "unmount", mnt)
+	if r.code != 0 || mounted(t, mnt) || !strings.Contains(r.stderr, "does not answer") {
+		t.Errorf("unmount of a stuck daemon's mount: exit %d %q, mounted %v", r.code, r.stderr, mounted(t, mnt))
+	}
+}

@@ -38,6 +38,16 @@ func runUnmount(args []string) error {
 	if fstype != "fuse.safejaxfs" {
 		return fail(exitMount, "%s is a %s mount, not safejaxfs", mnt, fstype)
 	}
+	// A mount whose daemon is stuck (killed while its own start-up probe
+	// held a file of the mount open) answers nothing, ever: abort its
+	// connection rather than wait with it.
+	if !responds(mnt, hangTimeout) {
+		fmt.Fprintf(os.Stderr, "safejaxfs: %s does not answer within %v: aborting its FUSE connection and detaching it\n", mnt, hangTimeout)
+		if err := abortMount(mnt); err != nil {
+			return fail(exitMount, "aborting %s: %v", mnt, err)
+		}
+		return nil
+	}
 	// Ask the daemon who it is before detaching it; a dead mount has no
 	// daemon to wait for.
 	pid := daemonPID(mnt)
@@ -226,4 +236,26 @@ func exited(pid int) bool {
 func mountType(mnt string) (fstype string, found bool, err error) {
 	m, found, err := fs.FindMount(mnt)
 	return m.FSType, found, err
+}
+
+// hangTimeout is how long a statfs of the mount may take before its daemon
+// is taken for stuck. go-fuse answers statfs even while a long write-back
+// runs, so only a daemon that answers nothing at all takes this long.
+var hangTimeout = 5 * time.Second
+
+// responds reports whether a statfs of mnt returns (with any result, a
+// dead mount's ENOTCONN included) within d.
+func responds(mnt string, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		var st unix.Statfs_t
+		unix.Statfs(mnt, &st)
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
