@@ -19,6 +19,17 @@ import (
 type writeHandle struct {
 	mu     sync.Mutex
 	staged *checkpoint.Staged // nil unless a rewrite is under way
+	// changes counts writes and truncates of the rewrite; shown is its
+	// value when a refused close last dropped the rewrite from the
+	// kernel's cache (so Release need not do it again).
+	changes, shown uint64
+}
+
+// changedRewrite records a write or truncate of the rewrite.
+func (h *writeHandle) changedRewrite() {
+	h.mu.Lock()
+	h.changes++
+	h.mu.Unlock()
 }
 
 // newWriteHandle opens a write handle on tensor id; its Release must call
@@ -47,6 +58,7 @@ func (f *FS) truncate(h *writeHandle, id checkpoint.ID, size int64) error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if h.staged != nil {
+			h.changes++
 			return h.staged.Truncate(size)
 		}
 	}
@@ -78,6 +90,7 @@ func (h *writeHandle) commit() (committed bool, err error) {
 		return false, nil
 	}
 	if err := h.staged.Commit(); err != nil {
+		h.shown = h.changes
 		return false, err
 	}
 	h.staged.Close()
@@ -85,17 +98,18 @@ func (h *writeHandle) commit() (committed bool, err error) {
 	return true, nil
 }
 
-// abandon drops a rewrite that never reached the tensor's size; true if
-// there was one.
-func (h *writeHandle) abandon() bool {
+// abandon drops a rewrite that never reached the tensor's size. dropped:
+// there was one; stale: the kernel's cache may still hold some of it (it
+// changed after the last refused close dropped it from the cache).
+func (h *writeHandle) abandon() (dropped, stale bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.staged == nil {
-		return false
+		return false, false
 	}
 	h.staged.Close()
 	h.staged = nil
-	return true
+	return true, h.changes != h.shown
 }
 
 // sync persists everything pending and turns a failure into the errno the

@@ -56,6 +56,7 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 			t.fsys.logf("write: %v", err)
 			return 0, editErrno(err)
 		}
+		h.changedRewrite()
 		return uint32(len(data)), 0
 	}
 	if err := t.fsys.ck.WriteAt(t.id, data, off); err != nil {
@@ -94,7 +95,8 @@ func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 // tensor's size it is committed; at another size the close fails with
 // EINVAL and the rewrite stays open, since a dup of the descriptor may
 // still complete it (the shell closes the original of a redirection
-// before the command writes). Either way what is committed is persisted.
+// before the command writes). A close that fails nothing persists what is
+// committed.
 func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	h, ok := fh.(*writeHandle)
 	if !ok {
@@ -131,11 +133,16 @@ func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errn
 		return 0
 	}
 	t.fsys.writers.add(t.id, -1)
-	if h.abandon() {
+	if dropped, stale := h.abandon(); dropped {
 		if info, ok := t.fsys.ck.Info(t.id); ok {
 			t.fsys.logf("tensor %q: a rewrite closed at the wrong size was dropped; the tensor keeps its previous bytes", info.Key)
 		}
-		go t.fsys.changed(t.id, 0)
+		// Only if the refused close did not already: an invalidation
+		// while a reader's GETATTR is in flight makes the kernel drop
+		// that reply and keep the size it had.
+		if stale {
+			go t.fsys.changed(t.id, 0)
+		}
 	}
 	return 0
 }
