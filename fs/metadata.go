@@ -58,11 +58,10 @@ func (f *FS) metadataJSON() []byte {
 	return out
 }
 
+// Getattr shows the metadata as it is, not an upload in progress (the
+// handle go-fuse passes may be anyone's: see npyNode.Getattr).
 func (m *metadataNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	size := len(m.fsys.metadataJSON())
-	if u, ok := fh.(*upload); ok {
-		size = u.size()
-	}
 	m.fsys.fillCommon(&out.Attr, inoMetadata, syscall.S_IFREG|m.fsys.fileMode(), uint64(size))
 	if t := m.fsys.metaTime.Load(); t != nil {
 		setTimes(&out.Attr, *t, *t)

@@ -124,13 +124,10 @@ func (f *FS) fillNPYAttr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
 	return h != nil
 }
 
+// Getattr shows the view as it is, not an upload in progress: go-fuse
+// passes the first open handle of the node when the kernel sends none
+// (every stat), so a handle here may be anyone's.
 func (n *npyNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if h, ok := fh.(*npyHandle); ok {
-		if u := h.upload(); u != nil {
-			n.fsys.fillCommon(&out.Attr, n.StableAttr().Ino, syscall.S_IFREG|n.fsys.fileMode(), uint64(u.size()))
-			return 0
-		}
-	}
 	n.fsys.fillNPYAttr(&out.Attr, n.StableAttr().Ino, n.tensor())
 	return 0
 }

@@ -46,19 +46,11 @@ func (f *FS) fillTensorAttr(a *fuse.Attr, id checkpoint.ID) syscall.Errno {
 	return 0
 }
 
-// Getattr through a handle with a rewrite under way shows the rewrite's
-// size to its owner (fstat); everyone else sees the tensor.
+// Getattr shows the tensor as it is, even through a handle with a rewrite
+// under way: go-fuse passes the first open handle of the node when the
+// kernel sends none (every stat), so a handle here may be anyone's.
 func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if errno := t.fsys.fillTensorAttr(&out.Attr, t.id); errno != 0 {
-		return errno
-	}
-	if h, ok := fh.(*writeHandle); ok {
-		if s := h.rewrite(); s != nil {
-			out.Size = uint64(s.Size())
-			out.Blocks = (out.Size + 511) / 512
-		}
-	}
-	return 0
+	return t.fsys.fillTensorAttr(&out.Attr, t.id)
 }
 
 // Read through a handle with a rewrite under way reads the rewrite back.

@@ -165,6 +165,11 @@ func TestRewriteBelongsToItsOpener(t *testing.T) {
 	if _, err := a.Write(want[:1024]); err != nil {
 		t.Fatal(err)
 	}
+	// Everyone else still sees the tensor (a stat arrives with no file
+	// handle; go-fuse hands over whichever is open).
+	if st, err := os.Stat(p); err != nil || st.Size() != 2048 {
+		t.Errorf("stat during another's rewrite: %v bytes, %v; want the tensor's 2048", st.Size(), err)
+	}
 	b, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
