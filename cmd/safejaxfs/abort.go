@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -60,4 +61,28 @@ func abortConnection(minor string) error {
 		unix.Mount("fusectl", fuseConnections, "fusectl", 0, "")
 	}
 	return os.WriteFile(abort, []byte("1"), 0)
+}
+
+// dying reports whether process pid has exited, or was killed and cannot
+// finish dying: a thread stuck in an uninterruptible FUSE request keeps
+// SIGKILL pending (and, if it is the main thread, the process does not
+// even show as a zombie).
+func dying(pid int) bool {
+	if exited(pid) {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return true
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok || (k != "SigPnd" && k != "ShdPnd") {
+			continue
+		}
+		if mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && mask&(1<<(unix.SIGKILL-1)) != 0 {
+			return true
+		}
+	}
+	return false
 }

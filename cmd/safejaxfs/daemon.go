@@ -105,7 +105,7 @@ func spawnDaemon(args []string, mnt string) error {
 		case v := <-done:
 			return verdictOf(v)
 		case <-tick.C:
-			if !exited(cmd.Process.Pid) {
+			if !dying(cmd.Process.Pid) {
 				continue
 			}
 			// Gone: its last words are in the pipe, which its exit
