@@ -20,6 +20,10 @@ func toErrno(err error) syscall.Errno {
 		return syscall.ENOENT
 	case errors.Is(err, checkpoint.ErrReadOnly):
 		return syscall.EROFS
+	case errors.Is(err, checkpoint.ErrRemote):
+		// Whatever broke underneath (a network errno, a changed object),
+		// for the reader it is an I/O error; the log has the reason.
+		return syscall.EIO
 	}
 	var e syscall.Errno
 	if errors.As(err, &e) {

@@ -28,6 +28,12 @@ type Options struct {
 	Sep    string      // key separator ("" = ".")
 	NPY    bool        // list <tensor>.npy views in directory listings
 	Logger *log.Logger // where refused edits and write-back failures are explained; nil: discarded
+	// LogPath is the file Logger writes to, if any (shown by the root's
+	// user.safejaxfs.log attribute).
+	LogPath string
+	// RecoveryDirs are where edits go when neither the checkpoint nor
+	// its directory can take them (see checkpoint.SaveRecovery).
+	RecoveryDirs []string
 }
 
 // FS is the state shared by all nodes of one mount.
@@ -46,17 +52,25 @@ type FS struct {
 
 	logger  *log.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
+	rescued atomic.Pointer[string] // the last recovery file written on request
 
-	// inodes the kernel knows, by number, so a change made through one name
-	// can invalidate the kernel's cache of the other (a tensor and its view).
-	// A plain map: a listing registers every tensor, and a sync.Map entry
-	// costs three times as much (10 MB against 3 for 94k tensors).
-	inodesMu sync.RWMutex
-	inodes   map[uint64]*fs.Inode
+	// live are the inodes the kernel knows, by tensor, so a change made
+	// through one name can invalidate the kernel's cache of the others
+	// (a tensor and its views).
+	live  liveNodes
+	views viewInos
 	// nextIno numbers .npy files created before their tensor exists.
 	nextIno atomic.Uint64
 	// specials are the root's JSON documents (__metadata__, ...).
 	specials []*doc
+
+	metaJSON  atomic.Pointer[[]byte] // __metadata__ as rendered, nil after a change
+	maxUpload int64                  // the most a .npy written into the mount may hold
+
+	dirTimes dirTimes
+
+	retype  retyper     // dtypes and shapes waiting for bytes that fit
+	writers writerCount // write handles open per tensor
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a
@@ -66,16 +80,29 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(ck.Path())
-	if err != nil {
-		return nil, err
-	}
-	f := &FS{ck: ck, opt: opt, tree: t, mtime: st.ModTime(), logger: opt.Logger, inodes: map[uint64]*fs.Inode{}}
+	f := &FS{ck: ck, opt: opt, tree: t, logger: opt.Logger}
 	if f.logger == nil {
 		f.logger = log.New(io.Discard, "", 0)
 	}
 	f.nextIno.Store(1 << 62)
+	f.maxUpload = uploadLimit()
 	f.specials = f.docs()
+	if r := ck.Remote(); r != nil {
+		// A remote file has no local owner: the mount belongs to whoever
+		// mounted it (as sshfs -o idmap=user shows it), dated by the
+		// server's Last-Modified, else by the mount.
+		f.uid, f.gid = uint32(os.Getuid()), uint32(os.Getgid())
+		f.mtime = r.ModTime
+		if f.mtime.IsZero() {
+			f.mtime = time.Now()
+		}
+		return f, nil
+	}
+	st, err := os.Stat(ck.Path())
+	if err != nil {
+		return nil, err
+	}
+	f.mtime = st.ModTime()
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		f.uid, f.gid = sys.Uid, sys.Gid
 	}
@@ -139,12 +166,55 @@ func (f *FS) fillCommon(a *fuse.Attr, ino uint64, mode uint32, size uint64) {
 	a.Blocks = (size + 511) / 512
 	a.Nlink = 1
 	a.Owner = fuse.Owner{Uid: f.uid, Gid: f.gid}
-	a.SetTimes(nil, &f.mtime, &f.mtime)
+	setTimes(a, f.mtime, f.mtime)
+}
+
+// setTimes sets what stat shows. A checkpoint stores no times: they start
+// as the checkpoint file's mtime and move with changes made through the
+// mount (rsync, make, find -newer, cp -u compare them). No access times
+// are kept: atime is the mtime.
+func setTimes(a *fuse.Attr, mtime, ctime time.Time) {
+	a.SetTimes(&mtime, &mtime, &ctime)
+}
+
+// dirTimes are the times of directories whose entries changed in this
+// mount; others show the checkpoint's.
+type dirTimes struct {
+	mu sync.Mutex
+	t  map[*tree.Node]time.Time
+}
+
+// touchDir records that directory n's entries changed now.
+func (f *FS) touchDir(n *tree.Node) {
+	f.dirTimes.mu.Lock()
+	defer f.dirTimes.mu.Unlock()
+	if f.dirTimes.t == nil {
+		f.dirTimes.t = map[*tree.Node]time.Time{}
+	}
+	f.dirTimes.t[n] = time.Now()
+}
+
+func (f *FS) dirTime(n *tree.Node) time.Time {
+	f.dirTimes.mu.Lock()
+	defer f.dirTimes.mu.Unlock()
+	if t, ok := f.dirTimes.t[n]; ok {
+		return t
+	}
+	return f.mtime
 }
 
 // Statfs reports the file system holding the checkpoint: that is where
 // tensors written through the mount end up, so its free space is the truth.
+// A remote checkpoint has none (see below).
 func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
+	if r := f.ck.Remote(); r != nil {
+		// Nothing can be written to a remote checkpoint: like a
+		// read-only image (an ISO, squashfs), its size and no free space.
+		const bsize = 4096
+		*out = fuse.StatfsOut{Bsize: bsize, Frsize: bsize, NameLen: 255,
+			Blocks: uint64(r.Size+bsize-1) / bsize, Files: uint64(len(f.ck.Keys()))}
+		return 0
+	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(f.ck.Path(), &st); err != nil {
 		return toErrno(err)
@@ -155,31 +225,8 @@ func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 
 func (f *FS) logf(format string, args ...any) { f.logger.Printf(format, args...) }
 
-// remember records a live inode so changed can reach it.
-func (f *FS) remember(n *fs.Inode) *fs.Inode {
-	f.inodesMu.Lock()
-	defer f.inodesMu.Unlock()
-	f.inodes[n.StableAttr().Ino] = n
-	return n
-}
-
-// forget drops a forgotten inode from the registry.
-func (f *FS) forget(ino uint64) {
-	f.inodesMu.Lock()
-	defer f.inodesMu.Unlock()
-	delete(f.inodes, ino)
-}
-
-// known returns the registered inode numbered ino.
-func (f *FS) known(ino uint64) (*fs.Inode, bool) {
-	f.inodesMu.RLock()
-	defer f.inodesMu.RUnlock()
-	n, ok := f.inodes[ino]
-	return n, ok
-}
-
 // changed tells the kernel that tensor id's bytes or attributes changed, for
-// its raw file and its view, except the inode the change came through: the
+// its raw file and its views, except the inode the change came through: the
 // kernel already knows, and invalidating an inode from inside its own write
 // would wait on pages that write holds locked.
 func (f *FS) changed(id checkpoint.ID, except uint64) {
@@ -188,22 +235,42 @@ func (f *FS) changed(id checkpoint.ID, except uint64) {
 
 // changedRange is changed for the tensor bytes [off, off+n) only (n 0: to
 // the end), so a small write does not drop every cached page of a large
-// tensor's other name.
+// tensor's other names.
 func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
-	if t, ok := f.known(tensorIno(id)); ok && tensorIno(id) != except {
-		t.NotifyContent(off, n)
-	}
-	if v, ok := f.known(npyIno(id)); ok && npyIno(id) != except {
+	var hdr int64 = -1
+	for _, r := range f.live.of(id) {
+		if r.n.StableAttr().Ino == except {
+			continue
+		}
+		if !r.view {
+			r.n.NotifyContent(off, n)
+			continue
+		}
 		vOff := int64(0)
 		if n > 0 {
 			// The view's bytes sit after its header; with no header
 			// (a dtype numpy lacks) there is nothing cached to keep.
-			if h := f.npyView(id); h != nil {
-				vOff = int64(len(h)) + off
+			if hdr < 0 {
+				hdr = int64(len(f.npyView(id)))
+			}
+			if hdr > 0 {
+				vOff = hdr + off
 			}
 		}
-		v.NotifyContent(vOff, n)
+		r.n.NotifyContent(vOff, n)
 	}
+}
+
+// uploadLimit is the most a .npy written into the mount may hold: it is
+// buffered in memory until closed, so half the machine's RAM. Beyond it a
+// write or truncate fails with EFBIG instead of taking the daemon (and
+// every edit it holds) down.
+func uploadLimit() int64 {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil || si.Totalram == 0 {
+		return 1 << 32
+	}
+	return int64(si.Totalram) * int64(si.Unit) / 2
 }
 
 // entryChanged tells the kernel that the daemon itself added, removed or

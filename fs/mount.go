@@ -31,9 +31,14 @@ const cacheTimeout = time.Hour
 // INIT handshake, so the mount is usable when it returns. As root it mounts
 // directly (no fusermount needed); otherwise go-fuse uses fusermount3.
 func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
-	src, err := filepath.Abs(f.ck.Path())
-	if err != nil {
-		return nil, err
+	// /proc/mounts shows the source: the checkpoint's absolute path, or
+	// a remote checkpoint's URL (which never carries credentials).
+	src := f.ck.Path()
+	if f.ck.Remote() == nil {
+		var err error
+		if src, err = filepath.Abs(src); err != nil {
+			return nil, err
+		}
 	}
 	timeout := cacheTimeout
 	opts := []string{"default_permissions"}
@@ -46,6 +51,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		Logger:          mo.Logger,
+		RootStableAttr:  &fs.StableAttr{Ino: inoRoot},
 		MountOptions: fuse.MountOptions{
 			FsName:      src,
 			Name:        "safejaxfs",
@@ -60,6 +66,16 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			// IgnoreSecurityLabels stays off: it answers ENODATA for
 			// the ACL names, and only our EOPNOTSUPP lets ls stop
 			// asking (unsupportedXattr).
+			//
+			// O_TRUNC arrives with the OPEN it belongs to: a rewrite that
+			// starts with a truncate is then one open file's (see
+			// writeHandle), and a truncated .npy upload copies nothing.
+			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+			// The daemon invalidates exactly what changes (see
+			// changedRange); mtimes move with every write, and the
+			// kernel must not drop a whole tensor's cached pages
+			// because one did.
+			ExplicitDataCacheControl: true,
 			// Bigger requests mean fewer round trips on sequential reads
 			// and writes: 1 MiB is the kernel's maximum.
 			MaxWrite:     1 << 20,

@@ -82,6 +82,15 @@ func ParseIndex(b []byte) (*Index, error) {
 	if !utf8.Valid(b) {
 		return nil, &IndexError{Rule: ErrIndexJSON, Detail: "index is not valid UTF-8"}
 	}
+	if idx, ok := fastIndex(b); ok {
+		return idx, nil // see index_fast.go
+	}
+	return parseIndexCareful(b)
+}
+
+// parseIndexCareful is ParseIndex member by member, naming the rule an
+// index breaks (fastIndex only accepts).
+func parseIndexCareful(b []byte) (*Index, error) {
 	bad := func(key, format string, args ...any) error {
 		return &IndexError{Key: key, Rule: ErrIndexJSON, Detail: fmt.Sprintf(format, args...)}
 	}

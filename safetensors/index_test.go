@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os/exec"
+	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // Python's json.dumps(indent=2, sort_keys=True) is what transformers writes;
@@ -87,6 +90,10 @@ func TestParseIndexRefuses(t *testing.T) {
 		{`{"weight_map": {"a": ""}}`, ErrIndexShardName, "a", "empty"},
 		{`{"weight_map": {"a": "x\u0000y"}}`, ErrIndexShardName, "a", "NUL"},
 		{"{\"weight_map\": {\"a\": \"\xff\"}}", ErrIndexJSON, "", "UTF-8"},
+		// The same key spelled two ways: one map entry, two members.
+		{`{"weight_map": {"a": "s.safetensors", "\u0061": "s.safetensors"}}`, ErrIndexJSON, "a", "twice"},
+		{`{"weight_map": {"a:{": "s.safetensors", "b": "s.safetensors", "b": "s.safetensors"}}`, ErrIndexJSON, "b", "twice"},
+		{`{"weight_map": null}`, ErrIndexJSON, "", "JSON object"},
 	}
 	for _, c := range cases {
 		_, err := ParseIndex([]byte(c.doc))
@@ -98,6 +105,19 @@ func TestParseIndexRefuses(t *testing.T) {
 		if ie.Key != c.key || !strings.Contains(err.Error(), c.says) {
 			t.Errorf("%s: %q (key %q), want key %q and %q in the message", c.doc, err, ie.Key, c.key, c.says)
 		}
+	}
+}
+
+// Keys holding the characters the member count steps over (quotes,
+// escapes, colons, braces) parse to the map they spell.
+func TestParseIndexOddKeys(t *testing.T) {
+	idx, err := ParseIndex([]byte(`{"weight_map": {"a:{\"[": "s.safetensors", "}\\": "t.safetensors", "x": "s.safetensors"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{`a:{"[`: "s.safetensors", `}\`: "t.safetensors", "x": "s.safetensors"}
+	if !maps.Equal(idx.WeightMap, want) {
+		t.Fatalf("weight_map %q, want %q", idx.WeightMap, want)
 	}
 }
 
@@ -114,4 +134,34 @@ func TestParseIndexKeepsUnknownMembers(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil || back["note"] == nil {
 		t.Errorf("Marshal dropped a member: %s", b)
 	}
+}
+
+// fastIndex accepts only what the careful parser accepts, with the same
+// result (on valid UTF-8: ParseIndex refuses the rest first).
+func FuzzIndexFastAgrees(f *testing.F) {
+	for _, s := range []string{
+		`{"metadata": {"total_size": 123, "format": "pt"}, "weight_map": {"b": "m-2.safetensors", "a": "m-1.safetensors"}}`,
+		`{"weight_map": {}}`, `{"weight_map": {"a": "s.safetensors", "a": "s.safetensors"}}`,
+		`{"weight_map": {"a\"b\\c\u00e9": "d/s.safetensors"}, "x": [1, {"y": null}], "metadata": {}}`,
+		`{"weight_map": {"a": "../s"}}`, `{"weight_map": {"a": 1}}`, `{"weight_map": {}} {}`, ` {"weight_map" : { } } `,
+		`{"weight_map": {"a": "s.safetensors", "\u0061": "s.safetensors"}}`, `{"metadata": {"a": 1, "a": 2}, "weight_map": {}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !utf8.Valid(b) {
+			return // ParseIndex refuses it before either parser runs
+		}
+		fast, ok := fastIndex(b)
+		careful, err := parseIndexCareful(b)
+		if !ok {
+			return
+		}
+		if err != nil {
+			t.Fatalf("fastIndex accepted %q, the careful parser says %v", b, err)
+		}
+		if !reflect.DeepEqual(fast, careful) {
+			t.Fatalf("%q: fastIndex %+v, careful %+v", b, fast, careful)
+		}
+	})
 }

@@ -7,11 +7,15 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: fusermount3 (non-root mounts), getfattr/setfattr, numpy for
 # the interop tests (Debian's /usr/bin/python3, not whatever python3 is on PATH),
-# strace for the fsync-ordering test.
+# strace for the fsync-ordering test, nginx-light as the HTTP server of the
+# remote-read tests, rsync and tar for the backup/restore tests.
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v getfattr >/dev/null || need+=(attr)
 command -v strace >/dev/null || need+=(strace)
+command -v rsync >/dev/null || need+=(rsync)
+command -v tar >/dev/null || need+=(tar)
 /usr/bin/python3 -c 'import numpy' 2>/dev/null || need+=(python3-numpy)
 if ((${#need[@]})); then
   if [ "$(id -u)" -eq 0 ]; then
@@ -23,8 +27,33 @@ if ((${#need[@]})); then
     exit 1
   fi
 fi
+# The S3 server of the remote-read tests, pinned; a binary of that version
+# is reused (building it takes minutes). The tests look for it on PATH and
+# in $(go env GOPATH)/bin, and fail under CI when it is missing.
+vgw_version=v1.8.0
+vgw="$(go env GOPATH)/bin/versitygw"
+if ! go version -m "$vgw" 2>/dev/null | grep -Eq "^\s+mod\s+github.com/versity/versitygw\s+$vgw_version\b"; then
+  echo "== building versitygw $vgw_version (a few minutes, once)"
+  GOFLAGS=-buildvcs=false nice -n 10 go install "github.com/versity/versitygw/cmd/versitygw@$vgw_version"
+fi
 # Mount tests must run, not skip: no FUSE is a failure here.
 [ -c /dev/fuse ] || { echo "/dev/fuse is missing: the mount tests cannot run" >&2; exit 1; }
+
+# Everything this run creates (the tests' temp dirs and mountpoints, the
+# benchmark's work dir) goes under one directory of its own, so the check for
+# leftover mounts at the end looks at this run's mounts only: other runs on the
+# same machine (other worktrees, CI jobs) mount under their own directories.
+run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/safejaxfs-test.XXXXXX")
+export TMPDIR=$run_tmp
+our_mounts() { awk -v d="$run_tmp/" '$3 == "fuse.safejaxfs" && index($2, d) == 1' /proc/mounts; }
+cleanup() {
+  local m
+  for m in $(our_mounts | awk '{print $2}'); do
+    umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || true
+  done
+  rm -rf "$run_tmp"
+}
+trap cleanup EXIT
 
 echo "== gofmt"
 bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
@@ -45,6 +74,6 @@ if [ -x scripts/bench ]; then
   scripts/bench --smoke
 fi
 
-left=$(grep ' fuse.safejaxfs ' /proc/mounts || true)
+left=$(our_mounts)
 [ -z "$left" ] || { echo "tests left mounts behind:" >&2; echo "$left" >&2; exit 1; }
 echo "== all tests passed"

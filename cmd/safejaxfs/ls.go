@@ -10,47 +10,75 @@ import (
 
 	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
 
 func runLs(args []string) error {
 	fl := newFlags("ls", "[flags] CHECKPOINT [PREFIX]",
-		"List the tensors of CHECKPOINT (a file, an index or a directory) as the tree a\nmount would show, with dtype, shape, size (and shard), without mounting. PREFIX limits the listing to a subtree, given as a\npath (params/Dense_0) or a key prefix (params.Dense_0).")
+		"List the tensors of CHECKPOINT (a file, an index or a directory, local or a URL)\nas the tree a mount would show, with dtype, shape, size (and shard), without mounting. PREFIX limits the listing to a subtree, given as a\npath (params/Dense_0) or a key prefix (params.Dense_0).")
 	sep := fl.String("sep", ".", "key separator, as for mount")
 	asJSON := fl.Bool("json", false, "print a JSON array of {key, path, dtype, shape, bytes, data_offsets, shard}")
+	var rf remoteFlags
+	addRemoteFlags(fl, &rf, false)
 	rest, err := parseFlags(fl, args, 1, 2)
 	if err != nil {
 		return err
 	}
-	if _, err := checkCheckpoint(rest[0]); err != nil {
+	if *sep == "" {
+		return fail(exitUsage, "--sep must not be empty")
+	}
+	shown, names, headers, sharded, closeSet, err := openHeaders(rest[0], &rf)
+	if err != nil {
 		return err
 	}
-	set, err := safetensors.OpenSet(rest[0])
-	if err != nil {
-		return fail(exitInvalid, "%v", err)
-	}
-	defer set.Close()
-	ts := tensorsOf(set)
+	defer closeSet()
+	ts := tensorsOf(names, headers)
 	keys := make([]string, len(ts))
 	for i := range ts {
 		keys[i] = ts[i].Key
 	}
-	t, err := tree.Build(keys, tree.Options{Sep: *sep, Reserved: fs.ReservedNames(set.Sharded())})
+	t, err := tree.Build(keys, tree.Options{Sep: *sep, Reserved: fs.ReservedNames(sharded)})
 	if err != nil {
 		return fail(exitUsage, "%v", err)
 	}
 	top := t.Root
 	if len(rest) == 2 {
 		if top = findPrefix(t, rest[1]); top == nil {
-			return fail(exitInvalid, "no tensor or directory %q in %s", rest[1], rest[0])
+			return fail(exitInvalid, "no tensor or directory %q in %s", rest[1], shown)
 		}
 	}
 	if *asJSON {
 		return listJSON(os.Stdout, ts, top)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	listTree(w, ts, top, 0, set.Sharded())
+	listTree(w, ts, top, 0, sharded)
 	return w.Flush()
+}
+
+// openHeaders opens and validates a checkpoint, local or remote, and
+// returns its files' names and headers; shown is how to name it in
+// messages (a URL without credentials). A remote one costs its headers'
+// requests, no tensor bytes.
+func openHeaders(ckpt string, rf *remoteFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), err error) {
+	if remote.IsURL(ckpt) {
+		set, err := openRemoteSet(ckpt, rf)
+		if err != nil {
+			return "", nil, nil, false, nil, err
+		}
+		return set.URL, set.Names, set.Headers, set.Sharded(), func() { set.Close() }, nil
+	}
+	if _, err := checkCheckpoint(ckpt); err != nil {
+		return "", nil, nil, false, nil, err
+	}
+	set, err := safetensors.OpenSet(ckpt)
+	if err != nil {
+		return "", nil, nil, false, nil, fail(exitInvalid, "%v", err)
+	}
+	for _, f := range set.Files {
+		headers = append(headers, &f.Header)
+	}
+	return ckpt, set.Names, headers, set.Sharded(), func() { set.Close() }, nil
 }
 
 // lsTensor is a tensor of any shard, with the shard's name.
@@ -59,12 +87,12 @@ type lsTensor struct {
 	shard string
 }
 
-// tensorsOf lists every tensor of every file of the set.
-func tensorsOf(set *safetensors.Set) []lsTensor {
+// tensorsOf lists every tensor of every file (names[i] is headers[i]'s).
+func tensorsOf(names []string, headers []*safetensors.Header) []lsTensor {
 	var ts []lsTensor
-	for i, f := range set.Files {
-		for j := range f.Tensors {
-			ts = append(ts, lsTensor{&f.Tensors[j], set.Names[i]})
+	for i, h := range headers {
+		for j := range h.Tensors {
+			ts = append(ts, lsTensor{&h.Tensors[j], names[i]})
 		}
 	}
 	return ts
@@ -86,7 +114,7 @@ func findPrefix(t *tree.Tree, prefix string) *tree.Node {
 
 func walk(n *tree.Node, fn func(*tree.Node)) {
 	fn(n)
-	for _, c := range n.Children() {
+	for _, c := range sortedChildren(n) {
 		walk(c, fn)
 	}
 }
@@ -106,7 +134,7 @@ func listTree(w io.Writer, ts []lsTensor, n *tree.Node, depth int, sharded bool)
 		fmt.Fprintf(w, "%s%s/\n", indent, n.Name)
 		depth++
 	}
-	for _, c := range n.Children() {
+	for _, c := range sortedChildren(n) {
 		listTree(w, ts, c, depth, sharded)
 	}
 }

@@ -46,6 +46,9 @@ var commands = []command{
 	{"unmount", "[flags] MOUNTPOINT", "unmount, waiting for the daemon to finish", runUnmount},
 	{"ls", "[flags] CHECKPOINT [PREFIX]", "list tensors as a tree without mounting", runLs},
 	{"verify", "CHECKPOINT", "check a checkpoint strictly; exit 0 if valid, 1 if not", runVerify},
+	{"sync", "MOUNTPOINT", "write a mount's edits back into the checkpoint files now", runSync},
+	{"recover", "CHECKPOINT", "finish, without mounting, a write-back a crash interrupted", runRecover},
+	{"version", "", "print the version of this build (also: safejaxfs --version)", runVersion},
 }
 
 func usage() {
@@ -68,6 +71,9 @@ func run(args []string) int {
 	switch args[0] {
 	case "-h", "--help", "help":
 		usage()
+		return exitOK
+	case "--version", "-V":
+		fmt.Println(version())
 		return exitOK
 	}
 	for _, c := range commands {

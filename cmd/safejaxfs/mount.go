@@ -2,9 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"io"
-	"log"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,6 +16,7 @@ import (
 	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
 
 type mountFlags struct {
@@ -29,6 +27,8 @@ type mountFlags struct {
 	options    []string
 	debug      bool
 	foreground bool
+	logFile    string
+	remote     remoteFlags
 }
 
 func runMount(args []string) (err error) {
@@ -42,14 +42,16 @@ func runMount(args []string) (err error) {
 	}()
 	var mf mountFlags
 	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
-		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them. Runs in the\nbackground and returns once the mount answers, unless -f is given.")
+		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them; or such a file or\ndirectory as an https://, http://, hf:// or s3:// URL (mounted read-only, read\nlazily through a local chunk cache). Runs in the background and returns once\nthe mount answers, unless -f is given.")
 	fl.BoolVar(&mf.readOnly, "read-only", false, "mount read-only")
 	fl.StringVar(&mf.sep, "sep", ".", "key separator that splits keys into directories ('/' always does too)")
 	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
 	fl.BoolVar(&mf.allowOther, "allow-other", false, "let other users access the mount (non-root needs user_allow_other in /etc/fuse.conf)")
-	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime)")
+	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime); -o nonempty mounts over a non-empty directory")
 	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
 	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
+	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to this file (default: stderr with -f, none in the background)")
+	addRemoteFlags(fl, &mf.remote, true)
 	rest, err := parseFlags(fl, args, 2, 2)
 	if err != nil {
 		return err
@@ -58,14 +60,24 @@ func runMount(args []string) (err error) {
 		return fail(exitUsage, "--sep must not be empty")
 	}
 	ckpt, mnt := rest[0], rest[1]
-	if _, err := checkCheckpoint(ckpt); err != nil {
+	wait := mountWait
+	if remote.IsURL(ckpt) {
+		// Checked by the daemon, over the network, before it mounts.
+		if _, err := mf.remote.options(nil); err != nil {
+			return err
+		}
+		wait = remoteMountWait
+	} else if _, err := checkCheckpoint(ckpt); err != nil {
 		return err
 	}
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
+	if err := checkEmpty(mnt, mf.options); err != nil {
+		return err
+	}
 	if !mf.foreground {
-		return spawnDaemon(args, mnt)
+		return spawnDaemon(args, mnt, wait)
 	}
 	return serve(ckpt, mnt, mf, ready)
 }
@@ -81,7 +93,8 @@ func checkCheckpoint(path string) (*safetensors.Location, error) {
 	case err != nil:
 		return nil, fail(exitInvalid, "checkpoint %s: %v", path, err)
 	case !st.IsDir() && !st.Mode().IsRegular():
-		return nil, fail(exitInvalid, "checkpoint %s is not a regular file", path)
+		// Opening a FIFO would wait for a writer; a device is no file.
+		return nil, fail(exitInvalid, "checkpoint %s is not a regular file (%s)", path, fileKind(st.Mode()))
 	}
 	loc, _, err := safetensors.Locate(path)
 	if err != nil {
@@ -102,6 +115,18 @@ func writable(loc *safetensors.Location) bool {
 		}
 	}
 	return true
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return m.Type().String()
 }
 
 // checkMountpoint refuses what mount(2) would refuse less clearly, or would
@@ -177,8 +202,14 @@ func followLiveHeap(base int64) {
 func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// The daemon must not keep the caller's working directory busy, so
 	// it works with absolute paths from /.
-	if ckpt, err = filepath.Abs(ckpt); err != nil {
+	isRemote := remote.IsURL(ckpt)
+	shown := ckpt // for messages: a URL without its credentials
+	if isRemote {
+		shown = remote.Redact(ckpt)
+	} else if ckpt, err = filepath.Abs(ckpt); err != nil {
 		return fail(exitInvalid, "%v", err)
+	} else {
+		shown = ckpt
 	}
 	if mnt, err = filepath.Abs(mnt); err != nil {
 		return fail(exitMount, "%v", err)
@@ -186,26 +217,45 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	if err := os.Chdir("/"); err != nil {
 		return fail(exitMount, "%v", err)
 	}
-	logger := log.New(os.Stderr, "safejaxfs: ", log.LstdFlags)
-	if ready != nil {
-		// A background daemon has no terminal to write to.
-		logger.SetOutput(io.Discard)
+	logger, state := newDaemonLog(mnt, ready)
+	if mf.logFile != "" {
+		// An explicit log file instead of the default one.
+		lf, err := os.OpenFile(mf.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return fail(exitUsage, "--log-file: %v", err)
+		}
+		defer lf.Close()
+		logger.SetOutput(lf)
+		logger.path = mf.logFile
+	}
+	ropt, err := mf.remote.options(logger.Logger)
+	if err != nil {
+		return err
 	}
 
 	if os.Getenv("GOMEMLIMIT") == "" {
 		go followLiveHeap(memoryLimit)
 	}
 	readOnly := mf.readOnly
-	loc, err := checkCheckpoint(ckpt)
-	if err != nil {
-		return err
-	}
-	if !readOnly && !writable(loc) {
+	if isRemote {
+		readOnly = true // always, and documented so: no notice
+	} else {
+		loc, err := checkCheckpoint(ckpt)
+		if err != nil {
+			return err
+		}
 		// Like mount(8) with a write-protected device: fall back, say so.
-		fmt.Fprintf(os.Stderr, "safejaxfs: %s is not writable: mounting read-only\n", ckpt)
-		readOnly = true
+		switch dirErr := writableDirs(loc); {
+		case readOnly:
+		case !writable(loc):
+			logger.notice("%s is not writable: mounting read-only", ckpt)
+			readOnly = true
+		case dirErr != nil:
+			logger.notice("%s cannot be saved into: %v: mounting read-only", ckpt, dirErr)
+			readOnly = true
+		}
 	}
-	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly})
+	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fail(exitMount, "%v", err)
 	}
@@ -218,7 +268,8 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			ck.Close()
 		}
 	}()
-	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger})
+	dirs := recoveryDirs(state)
+	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs})
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}
@@ -230,21 +281,22 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	defer signal.Stop(sigs)
 	server, err := fs.Mount(mnt, f, fs.MountOptions{
 		AllowOther: mf.allowOther,
-		Extra:      splitOptions(mf.options),
+		Extra:      kernelOptions(mf.options),
 		Debug:      mf.debug,
-		Logger:     logger,
+		Logger:     logger.Logger,
 	})
 	if err != nil {
-		return fail(exitMount, "mounting %s at %s: %v", ckpt, mnt, err)
+		return fail(exitMount, "mounting %s at %s: %s", shown, mnt, explainMountError(err, ""))
 	}
 
 	go func() {
 		for s := range sigs {
 			logger.Printf("%v: unmounting %s", s, mnt)
 			// Persist first: if the unmount itself is refused (busy), the
-			// edits are safe anyway.
-			if err := ck.Sync(); err != nil {
-				logger.Printf("write-back: %v", err)
+			// edits are safe anyway. Edits that can be saved nowhere keep
+			// the mount up.
+			if !saveBeforeUnmount(ck, logger, dirs) {
+				continue
 			}
 			if err := server.Unmount(); err != nil {
 				logger.Printf("unmount %s: %v; detaching lazily", mnt, err)
@@ -252,6 +304,10 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			}
 		}
 	}()
+	// fs.Mount has returned: go-fuse's start-up probe of the mount (a file
+	// this process opens in it) is closed, so a kill from now on leaves a
+	// dead mount, not a hung one.
+	logger.Printf("%s mounted at %s (pid %d)", ckpt, mnt, os.Getpid())
 	ready.ok()
 	// Parsing the headers left about as much garbage as stays live (for
 	// 94k tensors in 163 shards, 60 MB of RSS next to 63 MB live): collect
@@ -262,11 +318,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.
 	closed = true
-	if err := ck.Close(); err != nil {
-		logger.Printf("write-back at unmount failed: %v", err)
-		return fail(exitWriteBack, "write-back at unmount failed: %v", err)
-	}
-	return nil
+	return finish(ck, logger, dirs)
 }
 
 // splitOptions accepts both -o a,b and repeated -o a -o b.

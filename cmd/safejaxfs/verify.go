@@ -3,39 +3,43 @@ package main
 import (
 	"fmt"
 
-	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
 
 func runVerify(args []string) error {
 	fl := newFlags("verify", "CHECKPOINT",
-		"Check CHECKPOINT strictly against the safetensors format (every rule the reference\nreader enforces, plus duplicate keys); for a sharded checkpoint (an index, or a\ndirectory holding one) every shard, and that every key is in exactly the shard\nthe index names. Exit 0 if valid, 1 with the reason if not.")
+		"Check CHECKPOINT strictly against the safetensors format (every rule the reference\nreader enforces, plus duplicate keys); for a sharded checkpoint (an index, or a\ndirectory holding one) every shard, and that every key is in exactly the shard\nthe index names. A URL is checked from its headers alone (no tensor bytes\nare fetched). Exit 0 if valid, 1 with the reason if not.")
+	var rf remoteFlags
+	addRemoteFlags(fl, &rf, false)
 	rest, err := parseFlags(fl, args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if _, err := checkCheckpoint(rest[0]); err != nil {
+	if !remote.IsURL(rest[0]) {
+		if _, err := checkCheckpoint(rest[0]); err != nil {
+			return err
+		}
+		if p, ok := checkpoint.Pending(rest[0]); ok {
+			return fail(exitInvalid, "%s: a write-back was interrupted (%s): tensors may be torn until a read-write mount finishes it", rest[0], p)
+		}
+	}
+	shown, _, headers, sharded, closeSet, err := openHeaders(rest[0], &rf)
+	if err != nil {
 		return err
 	}
-	if p, ok := checkpoint.Pending(rest[0]); ok {
-		return fail(exitInvalid, "%s: a write-back was interrupted (%s): tensors may be torn until a read-write mount finishes it", rest[0], p)
-	}
-	set, err := safetensors.OpenSet(rest[0])
-	if err != nil {
-		return fail(exitInvalid, "%v", err)
-	}
-	defer set.Close()
+	defer closeSet()
 	var tensors, meta int
 	var data uint64
-	for _, f := range set.Files {
-		tensors += len(f.Tensors)
-		data += f.DataSize()
-		meta = max(meta, len(f.Metadata))
+	for _, h := range headers {
+		tensors += len(h.Tensors)
+		data += h.DataSize()
+		meta = max(meta, len(h.Metadata))
 	}
-	if set.Sharded() {
-		fmt.Printf("%s: ok, %d shards, %d tensors, %d bytes of tensor data\n", rest[0], len(set.Files), tensors, data)
+	if sharded {
+		fmt.Printf("%s: ok, %d shards, %d tensors, %d bytes of tensor data\n", shown, len(headers), tensors, data)
 		return nil
 	}
-	fmt.Printf("%s: ok, %d tensors, %d bytes of tensor data, %d metadata entries\n", rest[0], tensors, data, meta)
+	fmt.Printf("%s: ok, %d tensors, %d bytes of tensor data, %d metadata entries\n", shown, tensors, data, meta)
 	return nil
 }

@@ -96,10 +96,57 @@ func TestWriteFsyncIsDurable(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	// Still mounted, file still open: the checkpoint on disk has it.
+	// The fsync returned: the edit survives the daemon's death (SIGKILL,
+	// the file still open), and the next read-write open writes it back.
+	pid := daemonPID(mnt)
+	if pid == 0 {
+		t.Fatal("no daemon pid")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+	f.Close()
+	lazyUnmount(mnt)
+	if r := cli(t, "verify", ckpt); r.code != exitInvalid || !strings.Contains(r.stderr, "log") {
+		t.Errorf("verify before recovery: exit %d %q, want a pending log named", r.code, r.stderr)
+	}
+	if r := cli(t, "recover", ckpt); r.code != 0 || !strings.Contains(r.stdout, "wrote back") {
+		t.Fatalf("recover: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
 	want := flaxTensors()
 	want[3] = raw("params.Dense_1.bias", safetensors.F32, b, 4)
 	checkFile(t, ckpt, flaxMeta, want...)
+	if r := cli(t, "recover", ckpt); r.code != 0 || !strings.Contains(r.stdout, "nothing to recover") {
+		t.Errorf("recover again: exit %d %q", r.code, r.stdout)
+	}
+}
+
+// safejaxfs sync writes the checkpoint file while it stays mounted.
+func TestSyncCommand(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	before, _ := os.ReadFile(ckpt)
+	b := []byte{1, 2, 3, 4}
+	if err := os.WriteFile(filepath.Join(mnt, "step_scale"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(ckpt); !bytes.Equal(after, before) {
+		t.Error("the checkpoint file changed before a write-back (edits go to the log)")
+	}
+	if r := cli(t, "sync", mnt); r.code != 0 {
+		t.Fatalf("sync: exit %d %s", r.code, r.stderr)
+	}
+	want := flaxTensors()
+	for i, g := range want {
+		if g.key == "step_scale" {
+			want[i] = raw("step_scale", safetensors.F32, b)
+		}
+	}
+	checkFile(t, ckpt, flaxMeta, want...)
+	if r := cli(t, "sync", t.TempDir()); r.code != exitMount {
+		t.Errorf("sync of a directory that is no mount: exit %d", r.code)
+	}
 }
 
 func TestWriteLayoutChanges(t *testing.T) {

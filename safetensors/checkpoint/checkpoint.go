@@ -9,10 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
 
 // ID names a tensor for the life of the Checkpoint. IDs are never reused, so a
@@ -24,13 +27,23 @@ type Info struct {
 	Key   string
 	DType safetensors.DType
 	Shape []uint64
-	Size  int64  // bytes now visible; differs from dtype x shape only mid-rewrite
+	Size  int64  // bytes: dtype x shape, except for a plain file being written
 	Shard string // the file holding it: its name in the index, or the checkpoint's base name
+	// MTime moves when the bytes change, CTime when anything about the
+	// tensor does (bytes, key, dtype, shape). They live as long as the
+	// mount: a checkpoint stores no times.
+	MTime, CTime time.Time
+	// Removed: the tensor was deleted (or renamed over) and is kept only
+	// for files that still have it open (see Attr).
+	Removed bool
 }
 
 // Options control how a checkpoint is opened.
 type Options struct {
 	ReadOnly bool
+	// Remote configures the reads of a remote checkpoint (a URL: see
+	// remote.go); unused for a local one.
+	Remote remote.Options
 	// hooks simulate crashes inside persistence (tests only).
 	hooks *crashHooks
 }
@@ -56,6 +69,9 @@ type Checkpoint struct {
 	// still read their unedited bytes from; released once none does.
 	retired []*mapping
 	tensors []*tensor // indexed by ID; nil once deleted
+	// removed are deleted tensors a file may still have open: they keep
+	// their bytes (and take writes that go nowhere) until Drop.
+	removed map[ID]*tensor
 	byKey   map[string]ID
 	// edits counts every change; persistedEdits is its value at the last
 	// successful persist, recoveredEdits at the last recovery file.
@@ -63,6 +79,29 @@ type Checkpoint struct {
 	// recovery is where edits go once the checkpoint was changed by someone
 	// else: we never overwrite their file.
 	recovery string
+
+	// The log (persist.go): nil until the first commit after an open or a
+	// compaction. walMaps are the mappings tensors may serve bytes from.
+	wal      *wal
+	walMaps  []*walMap
+	walLimit int64
+	// dirty are the tensors changed since the last commit (deleted ones
+	// included until then); gone the keys, as logged, of logged tensors
+	// removed since.
+	dirty map[*tensor]struct{}
+	gone  []string
+	// stuck is a failure after a compaction's commit point: nothing more
+	// is persisted in this mount (see compact.go).
+	stuck error
+	// closed: the files are released (Close, or a test's simulated crash).
+	closed bool
+	// remote is set (once, by Open) for a checkpoint read from a URL; nil
+	// for a local one. See remote.go.
+	remote *remoteSet
+	// rescued is the last file SaveRecovery wrote, holding the state at
+	// edits == rescuedEdits.
+	rescued      string
+	rescuedEdits uint64
 }
 
 type tensor struct {
@@ -71,21 +110,20 @@ type tensor struct {
 	shape []uint64
 	shard int      // index in Checkpoint.shards; a tensor never changes shard
 	cur   *content // committed bytes: always dtype x shape long
-	// staged holds a rewrite in progress whose size does not (yet) match
-	// dtype x shape (cp truncates, then writes). Readers see it; persistence
-	// keeps using cur until it completes.
-	staged *content
 	// growable tensors were created as plain files: a 1-D U8 tensor whose
 	// shape follows the bytes written.
 	growable bool
 	gen      uint64 // bumped by every change, to notice edits during a persist
-}
-
-func (t *tensor) visible() *content {
-	if t.staged != nil {
-		return t.staged
-	}
-	return t.cur
+	// logged is the tensor as the log (or the file) has it; replaced says
+	// its bytes were replaced whole since (logged whole again); deleted
+	// that it was removed.
+	logged   logState
+	replaced bool
+	deleted  bool
+	inFlight bool      // in a batch being written to the log
+	pins     []*walMap // a removed tensor's hold on the logs its bytes may be in
+	// mtime and ctime as stat shows them (see Info).
+	mtime, ctime time.Time
 }
 
 func (t *tensor) want() int64 {
@@ -93,20 +131,37 @@ func (t *tensor) want() int64 {
 	return int64(n)
 }
 
+// touch records a change of the tensor's bytes.
+func (t *tensor) touch() {
+	t.gen++
+	t.mtime = time.Now()
+	t.ctime = t.mtime
+}
+
+// changed records a change of anything else about the tensor.
+func (t *tensor) changed() {
+	t.gen++
+	t.ctime = time.Now()
+}
+
 func (c *Checkpoint) info(t *tensor) Info {
 	// The shape is copied: callers may not write through to ours.
-	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.visible().size, Shard: c.shards[t.shard].name}
+	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.cur.size, Shard: c.shards[t.shard].name, MTime: t.mtime, CTime: t.ctime}
 }
 
 // Open validates the checkpoint strictly and maps it. path is a
 // .safetensors file, an index ("*.safetensors.index.json") or a directory
-// holding one of them (safetensors.Locate). A read-write open first
+// holding one of them (safetensors.Locate), or a URL (https://, hf://,
+// s3://: opened read-only, see remote.go). A read-write open first
 // finishes what a crash interrupted (a multi-file commit, journal replays),
 // then takes the advisory locks that make this the checkpoint's only
 // writer. Nothing is kept open when it fails.
 func Open(path string, opt Options) (*Checkpoint, error) {
+	if IsRemote(path) {
+		return openRemote(path, opt)
+	}
 	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
-	loc, idx, err := c.settle()
+	loc, idx, scan, err := c.settle()
 	if err != nil {
 		return nil, err
 	}
@@ -119,19 +174,37 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 		c.index = newIndexState(loc.Index, idx) // read-only: no lock
 	}
 	c.byKey = make(map[string]ID)
+	c.dirty = map[*tensor]struct{}{}
+	var data int64
 	for si, f := range files {
 		m := newMapping(f)
 		sh := &shard{name: loc.Names[si], path: loc.Paths[si], cur: m, meta: f.Metadata}
 		c.shards = append(c.shards, sh)
+		data += int64(f.DataSize())
+		// Until something changes, every tensor carries its file's times.
+		var mtime time.Time
+		if st, err := os.Stat(sh.path); err == nil {
+			mtime = st.ModTime()
+		}
 		for i := range f.Tensors {
 			t := &f.Tensors[i]
 			c.byKey[t.Key] = ID(len(c.tensors))
-			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: fileContent(m, i)})
+			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: fileContent(m, i),
+				logged: logState{true, t.Key, t.DType, t.Shape}, mtime: mtime, ctime: mtime})
 		}
 	}
+	c.walLimit = max(walLimitMin, data/4)
 	if !opt.ReadOnly {
 		for _, sh := range c.shards {
 			if err := sh.openForWrite(); err != nil {
+				c.releaseAll()
+				return nil, err
+			}
+		}
+		if scan != nil {
+			// A crash left edits in the log: replay them and write them
+			// back before anything is served.
+			if err := c.recoverLog(scan); err != nil {
 				c.releaseAll()
 				return nil, err
 			}
@@ -140,68 +213,92 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 	return c, nil
 }
 
+// recoverLog replays the log a crash left and compacts it into the files.
+func (c *Checkpoint) recoverLog(scan *walScan) error {
+	w, err := openWAL(c.walPath(), scan, scan.recs[0].files)
+	if err != nil {
+		return err
+	}
+	c.wal = w
+	c.walMaps = append(c.walMaps, w.m)
+	if err := c.replay(scan); err != nil {
+		return err
+	}
+	c.persistMu.Lock()
+	defer c.persistMu.Unlock()
+	if err := c.compact(); err != nil {
+		return fmt.Errorf("%s: writing back the edits a crash left in %s: %w", c.path, w.path, err)
+	}
+	return nil
+}
+
 // settle resolves the checkpoint's files and, for a read-write open, puts
-// them in a state with nothing half done: a multi-file commit rolled
-// forward, stale temp files removed, each shard's journal replayed. A
-// read-only open refuses a checkpoint that needs any of it.
-func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, error) {
+// them in a state with nothing half done: a compaction a crash interrupted
+// finished, stale temp files removed. A log of edits not yet compacted is
+// returned, for Open to replay and compact once the files are open. A
+// read-only open refuses a checkpoint with a log pending.
+func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, *walScan, error) {
 	loc, idx, err := safetensors.Locate(c.path)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if c.readOnly {
-		if p, ok := pendingCommit(loc); ok {
-			return nil, nil, fmt.Errorf("%s: a write-back was interrupted (%s); mount it read-write once to finish it", c.path, p)
+		if p, ok := pendingLog(loc); ok {
+			return nil, nil, nil, fmt.Errorf("%s: edits are waiting in the log %s to be written back; mount it read-write once (or run safejaxfs recover) to finish", c.path, p)
 		}
-		for _, p := range loc.Paths {
-			if j, ok := PendingJournal(p); ok {
-				return nil, nil, fmt.Errorf("%s: a write-back was interrupted (journal %s); mount it read-write once to finish it", p, j)
-			}
-		}
-		return loc, idx, nil
+		return loc, idx, nil, nil
 	}
-	if loc.Sharded() {
-		// The index's lock stands for the set: held from before recovery
-		// to the end of the mount, so no other writer can interleave.
-		if c.index, err = openIndex(loc.Index, idx); err != nil {
-			return nil, nil, err
-		}
-		done, err := finishCommit(loc.Index)
+	var scan *walScan
+	if !loc.Sharded() {
+		// The file's own lock, for the time of the recovery; Open takes
+		// it for good once the file is open.
+		f, err := os.Open(loc.Paths[0])
 		if err != nil {
-			c.closeIndex()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		if done {
-			// The commit replaced the index: read the one it left, and
-			// move the set's lock to it (taken before the old one is let
-			// go, so no other writer slips in).
-			if loc, idx, err = safetensors.Locate(c.path); err != nil {
-				c.closeIndex()
-				return nil, nil, err
+		defer f.Close()
+		err = withWriteLock(f, func() error {
+			var err error
+			if scan, err = settleLog(loc); err != nil {
+				return err
 			}
-			held := c.index
-			c.index = newIndexState(loc.Index, idx)
-			c.index.unlock, c.index.ident = held.unlock, held.ident
-			if err := c.index.lock(); err != nil {
-				held.unlock()
-				c.index = nil
-				return nil, nil, err
-			}
+			return cleanStaleTemps(loc.Paths[0])
+		})
+		if err != nil {
+			return nil, nil, nil, err
 		}
-		if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
-			c.closeIndex()
-			return nil, nil, err
-		}
-	} else if err := cleanStaleTemps(loc.Paths[0]); err != nil {
-		return nil, nil, err
+		return loc, idx, scan, nil
 	}
-	for _, p := range loc.Paths {
-		if _, err := replayJournal(p); err != nil {
-			c.closeIndex()
-			return nil, nil, err
-		}
+	// The index's lock stands for the set: held from before recovery to
+	// the end of the mount, so no other writer can interleave.
+	if c.index, err = openIndex(loc.Index, idx); err != nil {
+		return nil, nil, nil, err
 	}
-	return loc, idx, nil
+	fail := func(err error) (*safetensors.Location, *safetensors.Index, *walScan, error) {
+		c.closeIndex()
+		return nil, nil, nil, err
+	}
+	if scan, err = settleLog(loc); err != nil {
+		return fail(err)
+	}
+	// A finished compaction may have replaced the index: read the one
+	// there is now, and move the set's lock to it if it is a new file
+	// (taken before the old one is let go).
+	if loc, idx, err = safetensors.Locate(c.path); err != nil {
+		return fail(err)
+	}
+	held := c.index
+	c.index = newIndexState(loc.Index, idx)
+	c.index.unlock, c.index.ident = held.unlock, held.ident
+	if err := c.index.lock(); err != nil {
+		held.unlock()
+		c.index = nil
+		return nil, nil, nil, err
+	}
+	if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
+		return fail(err)
+	}
+	return loc, idx, scan, nil
 }
 
 // openShards opens and validates every shard (concurrently) and, for a
@@ -290,37 +387,75 @@ func (c *Checkpoint) commonMeta() map[string]string {
 // unchanged until release is called (once), even if the checkpoint is
 // rewritten or written in place meanwhile.
 func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(), err error) {
+	if c.remote != nil {
+		return c.remote.read(c, id, off, n) // immutable: no lock held across requests
+	}
 	done := c.reads.enter()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	t := c.get(id)
 	if t == nil {
-		done()
-		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		// A file open on a tensor removed since reads on, as on any
+		// POSIX file system.
+		if t = c.removed[id]; t == nil {
+			done()
+			return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		}
 	}
-	v := t.visible()
+	v := t.cur
 	if off >= v.size || n <= 0 {
 		done()
 		return nil, nop, nil
 	}
 	m := v.ref
+	if off < int64(len(v.base)) && !m.intact() {
+		done()
+		return nil, nop, fmt.Errorf("tensor %q: %w", t.key, ErrFault)
+	}
 	m.acquire()
-	return v.segments(off, int64(n)), func() {
+	segs = v.segments(off, int64(n))
+	// Slices of a log's mapping keep it mapped until this read is done.
+	var logs []*walMap
+	for _, lm := range c.walMaps {
+		for _, s := range segs {
+			if lm.holds(s) {
+				lm.acquire()
+				logs = append(logs, lm)
+				break
+			}
+		}
+	}
+	return segs, func() {
 		m.release()
+		for _, lm := range logs {
+			lm.release()
+		}
 		done()
 	}, nil
 }
 
 func nop() {}
 
-// Close persists what is pending (read-write) and releases the files. If
-// the checkpoint cannot take the edits, they are written to a recovery file
-// next to it, named in the returned error: nothing the user wrote is lost
-// silently.
+// Close writes everything back into the checkpoint files (a last commit
+// and a compaction) and releases the files. If the files cannot take the
+// edits, they stay in the log (named in the error) for the next read-write
+// open to finish; if even the log cannot take them, they are written to a
+// recovery file next to the checkpoint, named in the error: nothing the
+// user wrote is lost silently.
 func (c *Checkpoint) Close() error {
+	if c.closed {
+		return nil
+	}
 	var err error
 	if !c.readOnly {
-		if err = c.Sync(); err != nil && !errors.Is(err, ErrChanged) {
+		c.persistMu.Lock()
+		err = c.compact()
+		c.persistMu.Unlock()
+		switch {
+		case err == nil, errors.Is(err, ErrChanged), c.stuck != nil:
+		case c.wal != nil && !c.hasUnlogged():
+			err = fmt.Errorf("%w; every edit is in the log %s, and the next read-write mount (or safejaxfs recover) writes it back", err, c.wal.path)
+		default:
 			s := c.snapshot()
 			if p, rerr := c.writeRecovery(s); rerr == nil {
 				err = fmt.Errorf("%w; your edits are in %s", err, p)
@@ -328,20 +463,17 @@ func (c *Checkpoint) Close() error {
 			s.release()
 		}
 	}
-	if !c.readOnly && err == nil {
-		// Everything is in the checkpoint: no journal is left next to an
-		// unmounted checkpoint (removed while we still hold the lock).
-		for _, sh := range c.shards {
-			if rerr := retireJournal(sh.path); rerr != nil {
-				err = fmt.Errorf("removing the journal of %s: %w", sh.path, rerr)
-				break
-			}
-		}
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.releaseAll()
 	return err
+}
+
+// hasUnlogged reports whether some change is not in the log yet.
+func (c *Checkpoint) hasUnlogged() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.dirty) > 0 || len(c.gone) > 0
 }
 
 // releaseAll closes the files and drops the mappings (slices handed out to
@@ -358,33 +490,30 @@ func (c *Checkpoint) releaseAll() {
 		m.release()
 	}
 	c.retired = nil
+	for id := range c.removed {
+		c.drop(id)
+	}
+	if c.wal != nil {
+		c.wal.close()
+		c.wal = nil
+	}
+	for _, m := range c.walMaps {
+		m.release()
+	}
+	c.walMaps = nil
+	c.closed = true
 	c.closeIndex()
+	c.remote.close()
 }
 
-// PendingJournal reports the journal of a write-back that a crash
-// interrupted, if the checkpoint file at path has one: until a read-write
-// Open replays it, tensors it covers may be torn on disk. A journal whose
-// commit completed (or never started) is not pending.
-func PendingJournal(path string) (string, bool) {
-	return journalPending(path)
-}
-
-// Pending reports what a crash left half done for the checkpoint at path
-// (a file, an index or a directory): a multi-file commit to roll forward or
-// a shard's journal to replay. verify and read-only mounts refuse such a
-// checkpoint until a read-write mount finishes it.
+// Pending reports what a crash left for the checkpoint at path (a file, an
+// index or a directory): a log of edits (or of a compaction) not yet
+// written back. verify and read-only mounts refuse such a checkpoint until
+// a read-write open finishes it.
 func Pending(path string) (string, bool) {
 	loc, _, err := safetensors.Locate(path)
 	if err != nil {
 		return "", false
 	}
-	if p, ok := pendingCommit(loc); ok {
-		return p, true
-	}
-	for _, p := range loc.Paths {
-		if j, ok := PendingJournal(p); ok {
-			return j, true
-		}
-	}
-	return "", false
+	return pendingLog(loc)
 }

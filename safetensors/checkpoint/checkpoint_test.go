@@ -193,23 +193,18 @@ func ckIno(t testing.TB, path string) uint64 {
 	return st.Ino
 }
 
-// ckSideFiles lists what safejaxfs left next to the checkpoint that it
-// should not have: temp files, recovery files, a journal with a write-back
-// still pending. (A journal whose commit is complete may be kept for the
-// next one.)
+// ckSideFiles lists what safejaxfs left next to the checkpoint: temp
+// files, recovery files, a log. Once everything is written back there is
+// none.
 func ckSideFiles(t testing.TB, path string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(filepath.Dir(path))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, pending := PendingJournal(path)
 	var out []string
 	for _, e := range ents {
-		switch {
-		case e.Name() == filepath.Base(path):
-		case e.Name() == filepath.Base(journalPath(path)) && !pending:
-		default:
+		if e.Name() != filepath.Base(path) {
 			out = append(out, e.Name())
 		}
 	}
@@ -267,30 +262,43 @@ func TestEditWriteAndTruncateRules(t *testing.T) {
 	m.write("params.b", p, 300)
 	ckCheckState(t, c, m, "after a write")
 
-	// Truncate then rewrite to the right size: promoted, as cp does it.
-	if err := c.Truncate(b, 0); err != nil {
+	// Truncate then rewrite to the right size: committed, as cp does it.
+	st, err := c.Stage(b, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if info, _ := c.Info(b); info.Size != 0 {
-		t.Errorf("after truncate to 0 the tensor shows %d bytes", info.Size)
+	if st.Size() != 0 {
+		t.Errorf("after truncate to 0 the rewrite has %d bytes", st.Size())
 	}
 	newB := ctPattern(31, 400)
-	if err := c.WriteAt(b, newB[:150], 0); err != nil {
+	if err := st.WriteAt(newB[:150], 0); err != nil {
 		t.Fatal(err)
 	}
-	if info, _ := c.Info(b); info.Size != 150 {
-		t.Errorf("mid-rewrite the tensor shows %d bytes, want the 150 written", info.Size)
+	if st.Size() != 150 {
+		t.Errorf("mid-rewrite the rewrite has %d bytes, want the 150 written", st.Size())
 	}
-	if err := c.WriteAt(b, newB[150:], 150); err != nil {
+	// Until committed, the tensor keeps its bytes for everyone else.
+	ckCheckState(t, c, m, "mid-rewrite")
+	if err := st.Commit(); !errors.Is(err, ErrSize) {
+		t.Errorf("commit of 150 bytes of 400: %v, want ErrSize", err)
+	}
+	if err := st.WriteAt(newB[150:], 150); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EndWrite(b); err != nil {
-		t.Errorf("EndWrite after a complete rewrite: %v", err)
+	if err := st.WriteAt([]byte{1}, 400); !errors.Is(err, ErrSize) {
+		t.Errorf("rewrite past the end: %v, want ErrSize", err)
 	}
+	if got := ckReadStaged(t, st); !bytes.Equal(got, newB) {
+		t.Error("the rewrite does not read back what was written")
+	}
+	if err := st.Commit(); err != nil {
+		t.Errorf("commit of a complete rewrite: %v", err)
+	}
+	st.Close()
 	m.tensors["params.b"] = ckTensor{safetensors.F32, []uint64{100}, bytes.Clone(newB)}
 	ckCheckState(t, c, m, "after truncate and a complete rewrite")
 
-	// Wrong size then EndWrite: refused, the previous bytes come back.
+	// Wrong size, then abandoned: the tensor never changed.
 	for _, tc := range []struct {
 		name  string
 		trunc int64
@@ -298,39 +306,43 @@ func TestEditWriteAndTruncateRules(t *testing.T) {
 	}{
 		{"short", 0, 200},
 		{"nothing written", 0, 0},
-		{"truncated longer", 1000, 0},
 		{"truncated shorter, not rewritten", 10, 0},
 	} {
-		if err := c.Truncate(b, tc.trunc); err != nil {
+		st, err := c.Stage(b, tc.trunc)
+		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if tc.write > 0 {
-			if err := c.WriteAt(b, ctPattern(32, tc.write), 0); err != nil {
+			if err := st.WriteAt(ctPattern(32, tc.write), 0); err != nil {
 				t.Fatalf("%s: %v", tc.name, err)
 			}
 		}
-		if err := c.EndWrite(b); !errors.Is(err, ErrSize) {
-			t.Errorf("%s: EndWrite = %v, want ErrSize", tc.name, err)
+		if err := st.Commit(); !errors.Is(err, ErrSize) {
+			t.Errorf("%s: Commit = %v, want ErrSize", tc.name, err)
 		}
+		st.Close()
 		ckCheckState(t, c, m, tc.name+": after the refused rewrite")
 	}
-	// A staged rewrite never reaches the file.
-	if err := c.Truncate(b, 0); err != nil {
+	if _, err := c.Stage(b, 1000); !errors.Is(err, ErrSize) {
+		t.Errorf("a rewrite longer than the tensor: %v, want ErrSize", err)
+	}
+	// A rewrite in progress never reaches the file.
+	st, err = c.Stage(b, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "synced mid-rewrite")
-	if err := c.EndWrite(b); !errors.Is(err, ErrSize) {
-		t.Errorf("EndWrite: %v", err)
-	}
-	// Truncate to the same size is a no-op, not a rewrite.
+	st.Close()
+	// Truncate to the same size is a no-op; to another without a
+	// rewrite of one's own, refused.
 	if err := c.Truncate(b, 400); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EndWrite(b); err != nil {
-		t.Errorf("EndWrite after a same-size truncate: %v", err)
+	if err := c.Truncate(b, 10); !errors.Is(err, ErrSize) {
+		t.Errorf("truncate by path to another size: %v, want ErrSize", err)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -366,9 +378,6 @@ func TestEditCreateGrowable(t *testing.T) {
 	if err := c.Truncate(id, 7); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EndWrite(id); err != nil {
-		t.Errorf("EndWrite of a growable tensor: %v", err)
-	}
 	m.tensors["notes"] = ckTensor{safetensors.U8, []uint64{7}, want[:7]}
 	ckCheckState(t, c, m, "growable")
 
@@ -389,11 +398,28 @@ func TestEditCreateGrowable(t *testing.T) {
 	if _, ok := c.Info(id); ok {
 		t.Error("deleted tensor still has Info")
 	}
+	// Until dropped (no file has it open any more) it reads on, takes
+	// writes that go nowhere, and stats as removed.
+	if err := c.WriteAt(id, []byte("9"), 0); err != nil {
+		t.Errorf("write to a deleted tensor still open: %v", err)
+	}
+	if segs, release, err := c.Read(id, 0, 100); err != nil || !bytes.Equal(bytes.Join(segs, nil), []byte("9ello\x00\x00")) {
+		t.Errorf("read of a deleted tensor still open: %q %v", bytes.Join(segs, nil), err)
+	} else {
+		release()
+	}
+	if info, ok := c.Attr(id); !ok || !info.Removed || info.Size != 7 {
+		t.Errorf("Attr of a deleted tensor still open: %+v %v", info, ok)
+	}
+	c.Drop(id)
 	if _, _, err := c.Read(id, 0, 1); !errors.Is(err, ErrNotFound) {
 		t.Errorf("read of a deleted tensor: %v", err)
 	}
 	if err := c.WriteAt(id, []byte{1}, 0); !errors.Is(err, ErrNotFound) {
 		t.Errorf("write to a deleted tensor: %v", err)
+	}
+	if _, ok := c.Attr(id); ok {
+		t.Error("a dropped tensor still has Attr")
 	}
 	if err := c.Delete(id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second delete: %v", err)
@@ -492,16 +518,15 @@ func TestEditPutRenameReshapeMetadata(t *testing.T) {
 	}
 	mt := m.tensors["params.w"]
 	m.tensors["params.w"] = ckTensor{safetensors.F16, []uint64{1000, 100}, mt.data}
-	// Not while a rewrite of another size is under way.
-	if err := c.Truncate(pw, 10); err != nil {
+	// A rewrite under way must fit the new shape to commit.
+	st, err := c.Stage(pw, 10)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Reshape(pw, safetensors.U8, []uint64{200_000}); !errors.Is(err, ErrSize) {
-		t.Errorf("reshape mid-rewrite: %v", err)
+	if err := st.Commit(); !errors.Is(err, ErrSize) {
+		t.Errorf("commit of 10 bytes: %v", err)
 	}
-	if err := c.EndWrite(pw); !errors.Is(err, ErrSize) {
-		t.Errorf("EndWrite: %v", err)
-	}
+	st.Close()
 	ckCheckState(t, c, m, "after reshape")
 
 	// Metadata: copies in and out.
@@ -557,7 +582,7 @@ func TestReadOnlyRefusesEdits(t *testing.T) {
 		}
 	}
 	ckCheckState(t, c, m, "read-only after refusals")
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Errorf("Sync of a read-only checkpoint: %v", err)
 	}
 	// Read-only opens take no lock: a writer may open alongside.
@@ -645,35 +670,25 @@ func ckSameLayoutEdits(t *testing.T, c *Checkpoint, m *ckModel, seed uint64) {
 	edit("half", 28, 2)
 	// cp-style rewrite of params.b that only writes from byte 200 on.
 	b := ckID(t, c, "params.b")
-	if err := c.Truncate(b, 10); err != nil {
-		t.Fatal(err)
-	}
 	tail := ctPattern(seed+99, 200)
-	if err := c.WriteAt(b, tail, 200); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.EndWrite(b); err != nil {
-		t.Fatal(err)
-	}
+	ckRewrite(t, c, b, 10, tail, 200)
 	old := m.tensors["params.b"].data
 	nb := append(append(bytes.Clone(old[:10]), make([]byte, 190)...), tail...)
 	m.tensors["params.b"] = ckTensor{safetensors.F32, []uint64{100}, nb}
 	// The same on several chunks of embed: whole chunks of zeros that no
 	// write covers must reach the file as zeros.
 	e := ckID(t, c, "embed")
-	if err := c.Truncate(e, 10); err != nil {
-		t.Fatal(err)
-	}
 	tail = ctPattern(seed+98, 200_000-3*chunkSize)
-	if err := c.WriteAt(e, tail, 3*chunkSize); err != nil {
-		t.Fatal(err)
-	}
+	ckRewrite(t, c, e, 10, tail, 3*chunkSize)
 	old = m.tensors["embed"].data
 	ne := append(append(bytes.Clone(old[:10]), make([]byte, 3*chunkSize-10)...), tail...)
 	m.tensors["embed"] = ckTensor{safetensors.U8, []uint64{200_000}, ne}
 }
 
-func TestSyncInPlace(t *testing.T) {
+// Sync writes the log and nothing else: the checkpoint file is untouched
+// until a compaction, which for same-layout edits patches it in place (no
+// new file) and removes the log.
+func TestSyncLogsCompactPatchesInPlace(t *testing.T) {
 	m := ckDefault()
 	path := ckFile(t, m)
 	rec := &ckRecorder{}
@@ -681,41 +696,49 @@ func TestSyncInPlace(t *testing.T) {
 	defer c.Close()
 	ino := ckIno(t, path)
 	base := filepath.Base(path)
-	jname := filepath.Base(journalPath(path))
+	lname := filepath.Base(walPathOf(path))
 	w := ckWatchDir(t, filepath.Dir(path))
 
 	for round := range 2 {
+		before, _ := os.ReadFile(path)
 		ckSameLayoutEdits(t, c, m, uint64(100*round))
 		if err := c.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		ckCheckFile(t, path, m, "after an in-place Sync")
+		if got, _ := os.ReadFile(path); !bytes.Equal(got, before) {
+			t.Fatalf("round %d: Sync changed the checkpoint file (it only logs)", round)
+		}
+		ckCheckState(t, c, m, "after Sync, served from the log")
+		for _, p := range rec.take() {
+			if p != "log-written" && p != "log-synced" {
+				t.Errorf("round %d: Sync passed %q", round, p)
+			}
+		}
+		for name, kinds := range w.events(t) {
+			if name != lname && !isTempOf(name, lname[1:len(lname)-len(walSuffix)]) {
+				t.Errorf("round %d: Sync touched %s (%v)", round, name, kinds)
+			}
+		}
+		if err := c.Compact(); err != nil {
+			t.Fatal(err)
+		}
+		ckCheckFile(t, path, m, "after an in-place compaction")
 		if got := ckIno(t, path); got != ino {
 			t.Fatalf("round %d: a same-layout edit replaced the file (inode %d -> %d)", round, ino, got)
 		}
-		points := rec.take()
-		if len(points) == 0 {
-			t.Errorf("round %d: in-place Sync passed no crash point", round)
-		}
-		for _, p := range points {
+		for _, p := range rec.take() {
 			if slices.Contains(rewritePoints, p) {
-				t.Errorf("round %d: in-place Sync reached the rewrite's %q", round, p)
+				t.Errorf("round %d: an in-place compaction reached the rewrite's %q", round, p)
 			}
 		}
-		// Only the checkpoint's bytes and the journal (possibly through
-		// a temp file) were touched; the checkpoint was neither created,
-		// renamed over nor removed.
 		ev := w.events(t)
-		if !slices.Contains(ev[jname], "moved-to") && !slices.Contains(ev[jname], "modify") {
-			t.Errorf("round %d: no journal was written: %v", round, ev)
-		}
 		for name, kinds := range ev {
 			switch {
 			case name == base:
 				if !slices.Equal(kinds, []string{"modify"}) {
 					t.Errorf("round %d: the checkpoint saw %v, want only modify", round, kinds)
 				}
-			case name == jname, isTempOf(name, base):
+			case name == lname:
 			default:
 				t.Errorf("round %d: %s was touched (%v)", round, name, kinds)
 			}
@@ -723,23 +746,26 @@ func TestSyncInPlace(t *testing.T) {
 		if s := ckSideFiles(t, path); len(s) != 0 {
 			t.Errorf("round %d: left behind: %v", round, s)
 		}
-		// Persisted tensors read from the file again: one slice.
+		// Written-back tensors read from the file again: one slice.
 		segs, release, err := c.Read(ckID(t, c, "embed"), 0, 200_000)
 		if err != nil || len(segs) != 1 {
-			t.Errorf("round %d: after Sync a whole-tensor read is %d segments (%v), want one slice of the mapping", round, len(segs), err)
+			t.Errorf("round %d: after compaction a whole-tensor read is %d segments (%v), want one slice of the mapping", round, len(segs), err)
 		}
 		release()
-		ckCheckState(t, c, m, "after Sync")
+		ckCheckState(t, c, m, "after compaction")
 	}
 	// Nothing pending: no write at all.
 	if err := c.Sync(); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Compact(); err != nil {
+		t.Fatal(err)
+	}
 	if p := rec.take(); len(p) != 0 {
-		t.Errorf("a Sync with nothing to do reached %v", p)
+		t.Errorf("a Sync and a Compact with nothing to do reached %v", p)
 	}
 	if ev := w.events(t); len(ev) != 0 {
-		t.Errorf("a Sync with nothing to do touched %v", ev)
+		t.Errorf("a Sync and a Compact with nothing to do touched %v", ev)
 	}
 }
 
@@ -831,7 +857,7 @@ func TestSyncRewrite(t *testing.T) {
 			defer c.Close()
 			ino := ckIno(t, path)
 			tc.apply(t, c, m)
-			if err := c.Sync(); err != nil {
+			if err := c.Compact(); err != nil {
 				t.Fatal(err)
 			}
 			ckCheckFile(t, path, m, "after a rewrite")
@@ -860,7 +886,7 @@ func TestSyncRewrite(t *testing.T) {
 				t.Fatal(err)
 			}
 			m.write("params.w", p, 1)
-			if err := c.Sync(); err != nil {
+			if err := c.Compact(); err != nil {
 				t.Fatal(err)
 			}
 			if ckIno(t, path) != ino {
@@ -917,7 +943,7 @@ func TestReadSurvivesRewrite(t *testing.T) {
 	m.tensors["embed"] = ckTensor{safetensors.U8, []uint64{200_000}, bytes.Clone(d)}
 	tc := ckLayoutChanges[1] // a new tensor moves everything after it
 	tc.apply(t, c, m)
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "after the rewrite")
@@ -963,7 +989,7 @@ func TestReadStableAcrossInPlaceSync(t *testing.T) {
 	}
 	m.write("embed", p, 0)
 	done := make(chan error, 1)
-	go func() { done <- c.Sync() }()
+	go func() { done <- c.Compact() }()
 	var synced bool
 	select {
 	case err := <-done:
@@ -993,11 +1019,16 @@ func TestEditsDuringSync(t *testing.T) {
 		layout bool   // the first Sync rewrites
 		point  string // where the edits come in
 	}{
-		{"in place, journal written", false, "journal-written"},
-		{"in place, journal committed", false, "journal-committed"},
+		{"log written", false, "log-written"},
+		{"log synced", false, "log-synced"},
+		{"in place, patch written", false, "patch-written"},
 		{"rewrite, temp written", true, "tmp-written"},
 		{"rewrite, renamed", true, "renamed"},
 	} {
+		// A commit (Sync) is where edits race at the log's points; a
+		// compaction takes its last commit under the lock, so they race
+		// at its later points.
+		logPoint := strings.HasPrefix(tc.point, "log-")
 		t.Run(tc.name, func(t *testing.T) {
 			m := ckDefault()
 			path := ckFile(t, m)
@@ -1019,6 +1050,7 @@ func TestEditsDuringSync(t *testing.T) {
 			}
 			snap := m.clone() // what the first Sync must write
 			var hookErr error
+			var staged *Staged
 			c.hooks = &crashHooks{at: func(p string) error {
 				if p != tc.point {
 					return nil
@@ -1032,28 +1064,47 @@ func TestEditsDuringSync(t *testing.T) {
 				write("params.w", 0, 1)
 				write("half", 1, 7)
 				write("params.b", 396, 4)
-				if err := c.Truncate(ckID(t, c, "step"), 3); err != nil {
+				var err error
+				if staged, err = c.Stage(ckID(t, c, "step"), 3); err != nil {
 					panic(err)
 				}
 				ckLayoutChanges[0].apply(t, c, m)
 				return nil
 			}}
-			if err := c.Sync(); err != nil {
+			persist := c.Compact
+			if logPoint {
+				persist = c.Sync
+			}
+			if err := persist(); err != nil {
 				t.Fatal(err)
 			}
 			if hookErr != nil {
 				t.Fatal(hookErr)
 			}
+			if logPoint {
+				// The batch holds the state before the race (the racing
+				// edits are still to be logged): a crash now recovers
+				// exactly that.
+				ckAbandon(c)
+				r := ckOpen(t, path, Options{})
+				ckCheckState(t, r, snap, "recovered from the log")
+				if err := r.Close(); err != nil {
+					t.Fatal(err)
+				}
+				ckCheckFile(t, path, snap, "recovered from the log")
+				return
+			}
 			ckCheckFile(t, path, snap, "the Sync that edits raced")
 			// The staged rewrite is abandoned: the committed bytes stay.
-			if err := c.EndWrite(ckID(t, c, "step")); !errors.Is(err, ErrSize) {
-				t.Errorf("EndWrite: %v", err)
+			if err := staged.Commit(); !errors.Is(err, ErrSize) {
+				t.Errorf("Commit: %v", err)
 			}
+			staged.Close()
 			ckCatchFault(t, "reading after a Sync that edits raced", func() {
 				ckCheckState(t, c, m, "after the Sync that edits raced")
 			})
 			ckCatchFault(t, "syncing after a Sync that edits raced", func() {
-				if err := c.Sync(); err != nil {
+				if err := c.Compact(); err != nil {
 					t.Fatal(err)
 				}
 			})
@@ -1084,7 +1135,7 @@ func TestSyncConcurrentWithEdits(t *testing.T) {
 				return
 			default:
 			}
-			if err := c.Sync(); err != nil {
+			if err := c.Compact(); err != nil {
 				errs <- err
 				return
 			}
@@ -1129,7 +1180,7 @@ func TestSyncConcurrentWithEdits(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d syncs ran during the edits", syncs)
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "after the final Sync")
@@ -1191,7 +1242,7 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			m.tensors["notes"] = ckTensor{safetensors.U8, []uint64{0}, nil}
 			time.Sleep(10 * time.Millisecond) // a distinct mtime even on coarse clocks
 			left := tc.change(t, path)
-			err := c.Sync()
+			err := c.Compact()
 			if !errors.Is(err, ErrChanged) {
 				t.Fatalf("Sync over a changed file: %v, want ErrChanged", err)
 			}
@@ -1216,7 +1267,7 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			}
 			ckCheckRecovery(t, rec[0], m, tc.exact)
 			// Nothing new: no new recovery file, the same error.
-			if err := c.Sync(); !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), rec[0]) {
+			if err := c.Compact(); !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), rec[0]) {
 				t.Errorf("second Sync: %v", err)
 			}
 			if r := ckRecoveryFiles(t, path); len(r) != 1 {

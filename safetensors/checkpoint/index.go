@@ -25,6 +25,27 @@ type indexState struct {
 	// renamed, sizes changed, its metadata edited); persistedLayout is its
 	// value when it was last written.
 	layoutGen, persistedLayout uint64
+	// metaGen counts changes of meta; loggedMetaGen is its value when the
+	// log last recorded it.
+	metaGen, loggedMetaGen uint64
+}
+
+// bump records a change the index derives from (keys, sizes); nil-safe
+// for a plain checkpoint.
+func (x *indexState) bump() {
+	if x != nil {
+		x.layoutGen++
+	}
+}
+
+// setMeta replaces the metadata members (total_size aside).
+func (x *indexState) setMeta(m map[string][]byte) {
+	x.meta = make(map[string]json.RawMessage, len(m))
+	for k, v := range m {
+		if k != totalSizeKey {
+			x.meta[k] = json.RawMessage(v)
+		}
+	}
 }
 
 // totalSizeKey is the metadata member huggingface_hub derives.
@@ -149,6 +170,7 @@ func (c *Checkpoint) SetIndexMetadata(m map[string]json.RawMessage) error {
 	}
 	c.index.meta = meta
 	c.index.layoutGen++
+	c.index.metaGen++
 	c.edits++
 	return nil
 }

@@ -1,67 +1,386 @@
 package checkpoint
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sort"
+	"slices"
+	"unsafe"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
-// Sync makes every edit so far durable in the checkpoint before it returns.
+// Persistence in two steps.
 //
-// Each file is handled on its own. A shard whose header stays the same
-// (bytes changed inside tensors, nothing else) is written in place behind
-// its write-ahead journal, costing what changed; a shard whose header
-// changes is rewritten through the canonical writer into a temp file that
-// replaces it. When more than one file is replaced (shards and the index of
-// a sharded checkpoint) they are replaced together behind a commit record,
-// so a crash at any moment leaves every file in the state before or after
-// this Sync, never a mix that breaks the index (see replaceFiles).
+// Sync (fsync, close of a written file) makes every change so far durable
+// by appending one batch to the log (wal.go): the bytes written, tensors
+// created or replaced, keys removed or renamed, new dtypes, shapes and
+// metadata. It costs what changed, one fdatasync, whatever the size of the
+// checkpoint; the batch's bytes are then served from the log's mapping and
+// leave memory.
 //
-// If someone else changed any of the files while mounted, Sync does not
-// touch them: the edited checkpoint goes to a recovery file named in the
-// error.
+// compact (compact.go) folds the log into the checkpoint files once: at
+// unmount, on `safejaxfs sync`, and when the log passes walLimit. Until
+// then the files on disk lag the mount; the log is what makes the edits
+// durable, and the next read-write open finishes a compaction a crash
+// interrupted, or runs one (recover.go).
+
+// logState is a tensor as the log (or, before the log names it, the
+// checkpoint file) has it.
+type logState struct {
+	exists bool
+	key    string
+	dtype  safetensors.DType
+	shape  []uint64
+}
+
+// Sync makes every edit so far durable before it returns (in the log;
+// the checkpoint files follow at the next compaction).
 func (c *Checkpoint) Sync() error {
 	if c.readOnly {
 		return nil
 	}
 	c.persistMu.Lock()
 	defer c.persistMu.Unlock()
-
-	s := c.snapshot()
-	defer s.release()
-	if !s.dirty {
-		return nil
-	}
-	if err := s.check(); err != nil {
+	if err := c.commit(); err != nil {
 		return err
 	}
-	if c.recovery != "" || !c.unchangedOnDisk() {
-		return c.recover(s)
+	if c.wal != nil && c.wal.end > c.walLimit {
+		return c.compact()
 	}
-	if s.rewrites() {
-		if err := c.persistRewrite(s); err != nil {
-			return err
-		}
-	}
-	for i := range s.shards {
-		if ss := &s.shards[i]; ss.dirty && !ss.rewrite {
-			if err := c.persistInPlace(s, i); err != nil {
-				return err
-			}
-		}
-	}
-	c.mu.Lock()
-	c.persistedEdits = s.edits
-	c.mu.Unlock()
 	return nil
 }
 
-// snapshot is the state a persist writes: taken under the lock, written
-// without it, so writes and reads continue meanwhile.
+// batch is what one commit writes, and what it took from the state, so
+// the state can be updated once the batch is durable.
+type batch struct {
+	recs    []walRecord
+	entries []batchEntry
+	gone    int // how many of c.gone it logs
+	metas   []int
+	metaGen []uint64
+	imeta   bool
+	imGen   uint64
+}
+
+type batchEntry struct {
+	t     *tensor
+	gen   uint64
+	state logState
+	put   int       // index in recs of its put record, or -1
+	size  int64     // of a put
+	data  []dataRun // its data records
+}
+
+// dataRun is a data record: chunks [first, first+len(chunks)) of a tensor.
+type dataRun struct {
+	rec    int
+	first  int64
+	chunks [][]byte
+}
+
+// commit appends what changed since the last commit to the log. The caller
+// holds persistMu; the batch is written without mu, so reads and edits go
+// on meanwhile.
+func (c *Checkpoint) commit() error {
+	if c.stuck != nil {
+		return c.stuck
+	}
+	c.mu.Lock()
+	b := c.collect()
+	c.mu.Unlock()
+	if len(b.recs) == 0 {
+		return nil
+	}
+	if c.recovery != "" || !c.unchangedOnDisk() {
+		s := c.snapshot()
+		defer s.release()
+		return c.recover(s)
+	}
+	at, err := c.writeBatch(b, false)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.abort(b)
+		return err
+	}
+	c.apply(b, at)
+	return nil
+}
+
+// abort puts the state back as it was for a batch that did not reach the
+// log: what it held stays to be logged. Caller holds mu.
+func (c *Checkpoint) abort(b *batch) {
+	for _, e := range b.entries {
+		e.t.inFlight = false
+		if e.t.deleted && e.t.logged.exists {
+			c.gone = append(c.gone, e.t.logged.key)
+		}
+	}
+}
+
+// commitLocked is commit with mu held throughout (a compaction's last
+// commit, so that nothing changes between it and the snapshot).
+func (c *Checkpoint) commitLocked() error {
+	if c.stuck != nil {
+		return c.stuck
+	}
+	b := c.collect()
+	if len(b.recs) == 0 {
+		return nil
+	}
+	at, err := c.writeBatch(b, true)
+	if err != nil {
+		c.abort(b)
+		return err
+	}
+	c.apply(b, at)
+	return nil
+}
+
+// writeBatch appends b to the log, starting one if there is none; locked
+// says whether the caller holds mu (which guards walMaps).
+func (c *Checkpoint) writeBatch(b *batch, locked bool) ([]int64, error) {
+	if c.wal == nil {
+		w, err := c.startWAL()
+		if err != nil {
+			return nil, fmt.Errorf("starting the log of %s: %w", c.path, err)
+		}
+		if !locked {
+			c.mu.Lock()
+		}
+		c.wal = w
+		c.walMaps = append(c.walMaps, w.m)
+		if !locked {
+			c.mu.Unlock()
+		}
+	}
+	at, err := c.wal.commit(b.recs, c.hooks)
+	if err != nil {
+		return nil, fmt.Errorf("writing the log %s: %w", c.wal.path, err)
+	}
+	return at, nil
+}
+
+// collect builds the batch for the changes since the last commit, in the
+// order replay applies them: removals, renames (all at once), tensors
+// written whole, reshapes, bytes written, metadata. Caller holds mu.
+func (c *Checkpoint) collect() *batch {
+	b := &batch{gone: len(c.gone)}
+	for _, k := range c.gone {
+		b.recs = append(b.recs, walRecord{typ: recDelete, head: deleteBody(k)})
+	}
+	var renames [][2]string
+	for t := range c.dirty {
+		if t.deleted {
+			continue
+		}
+		t.inFlight = true
+		e := batchEntry{t: t, gen: t.gen, state: logState{true, t.key, t.dtype, t.shape}, put: -1}
+		if t.logged.exists && t.logged.key != t.key {
+			renames = append(renames, [2]string{t.logged.key, t.key})
+		}
+		b.entries = append(b.entries, e)
+	}
+	if len(renames) > 0 {
+		b.recs = append(b.recs, walRecord{typ: recRename, head: renameBody(renames)})
+	}
+	for i := range b.entries {
+		e := &b.entries[i]
+		t := e.t
+		if !t.logged.exists || t.replaced || t.growable {
+			e.put, e.size = len(b.recs), t.cur.size
+			b.recs = append(b.recs, walRecord{typ: recPut, head: putHead(t.key, t.shard, t.dtype, t.shape), data: t.cur.segments(0, t.cur.size)})
+		}
+	}
+	for i := range b.entries {
+		e := &b.entries[i]
+		t := e.t
+		if e.put >= 0 || t.logged.dtype == t.dtype && slicesEqual(t.logged.shape, t.shape) {
+			continue
+		}
+		b.recs = append(b.recs, walRecord{typ: recReshape, head: reshapeBody(t.key, t.dtype, t.shape)})
+	}
+	for i := range b.entries {
+		e := &b.entries[i]
+		if e.put >= 0 {
+			continue
+		}
+		if int64(len(e.t.cur.base)) < e.t.cur.size {
+			// A truncate and rewrite: its zeros are data too. A fault
+			// copying from the mapping (the file truncated under us)
+			// leaves the tensor to be logged whole.
+			if e.t.cur.cover() != nil {
+				e.t.replaced = true
+			}
+		}
+		for _, run := range c.uncommittedRuns(e.t.cur) {
+			run.rec = len(b.recs)
+			segs := make([][]byte, len(run.chunks))
+			for j, ch := range run.chunks {
+				lo := (run.first + int64(j)) * chunkSize
+				segs[j] = ch[:min(chunkSize, e.t.cur.size-lo)]
+			}
+			b.recs = append(b.recs, walRecord{typ: recData, head: dataHead(e.t.key, run.first*chunkSize), data: segs})
+			e.data = append(e.data, run)
+		}
+	}
+	for i, sh := range c.shards {
+		if sh.metaGen != sh.loggedMetaGen {
+			b.metas = append(b.metas, i)
+			b.metaGen = append(b.metaGen, sh.metaGen)
+			b.recs = append(b.recs, walRecord{typ: recMeta, head: metaBody(i, sh.meta)})
+		}
+	}
+	if x := c.index; x != nil && x.metaGen != x.loggedMetaGen {
+		b.imeta, b.imGen = true, x.metaGen
+		m := map[string][]byte{}
+		for k, v := range x.meta {
+			m[k] = v
+		}
+		b.recs = append(b.recs, walRecord{typ: recIndexMeta, head: indexMetaBody(m)})
+	}
+	return b
+}
+
+// uncommittedRuns lists the chunks of content that no log holds yet, as
+// runs of consecutive chunk indices.
+func (c *Checkpoint) uncommittedRuns(ct *content) []dataRun {
+	var idx []int64
+	for i, ch := range ct.chunks {
+		if !c.inLog(ch) {
+			idx = append(idx, i)
+		}
+	}
+	slices.Sort(idx)
+	var runs []dataRun
+	for _, i := range idx {
+		if l := len(runs) - 1; l >= 0 && runs[l].first+int64(len(runs[l].chunks)) == i {
+			runs[l].chunks = append(runs[l].chunks, ct.chunks[i])
+			continue
+		}
+		runs = append(runs, dataRun{first: i, chunks: [][]byte{ct.chunks[i]}})
+	}
+	return runs
+}
+
+// inLog reports whether b is a slice of a log's mapping (committed bytes).
+func (c *Checkpoint) inLog(b []byte) bool {
+	for _, m := range c.walMaps {
+		if m.holds(b) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *walMap) holds(b []byte) bool {
+	if len(b) == 0 || len(m.b) == 0 {
+		return false
+	}
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	lo := uintptr(unsafe.Pointer(unsafe.SliceData(m.b)))
+	return p >= lo && p < lo+uintptr(len(m.b))
+}
+
+// apply updates the state once batch b is durable (at: where each
+// record's bytes are in the log): what the log now holds is served from
+// it, and what did not change since b was taken is no longer dirty.
+// Caller holds mu.
+func (c *Checkpoint) apply(b *batch, at []int64) {
+	w := c.wal
+	for _, e := range b.entries {
+		t := e.t
+		t.inFlight = false
+		t.logged = e.state
+		if e.put >= 0 && t.gen == e.gen {
+			t.cur = logContent(w.bytesAt(at[e.put], e.size))
+			t.replaced = false
+		}
+		for _, run := range e.data {
+			off := at[run.rec]
+			for j, ch := range run.chunks {
+				idx := run.first + int64(j)
+				n := int64(len(ch))
+				if lo := idx * chunkSize; lo+n > t.cur.size {
+					n = max(0, t.cur.size-lo)
+				}
+				if cur, ok := t.cur.chunks[idx]; ok && sameSlice(cur, ch) {
+					t.cur.chunks[idx] = w.bytesAt(off, min(n, chunkSize))
+				}
+				off += min(int64(len(ch)), chunkSize)
+			}
+		}
+		if t.deleted {
+			// Removed after the batch was taken: the log now names it, so
+			// the next batch must remove it.
+			c.gone = append(c.gone, e.state.key)
+			continue
+		}
+		if t.gen == e.gen {
+			delete(c.dirty, t)
+		}
+	}
+	c.gone = c.gone[b.gone:]
+	for i, s := range b.metas {
+		c.shards[s].loggedMetaGen = b.metaGen[i]
+	}
+	if b.imeta {
+		c.index.loggedMetaGen = b.imGen
+	}
+}
+
+// logContent is content whose bytes are a slice of a log's mapping.
+func logContent(b []byte) *content { return &content{size: int64(len(b)), base: b, src: -1} }
+
+func sameSlice(a, b []byte) bool {
+	return len(a) > 0 && len(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b)
+}
+
+func slicesEqual(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// startWAL creates the log for the checkpoint files as they are now.
+func (c *Checkpoint) startWAL() (*wal, error) {
+	var base []walFile
+	for _, sh := range c.shards {
+		f, err := walFileOf(sh.name, sh.path, sh.cur.file.DataOffset())
+		if err != nil {
+			return nil, err
+		}
+		base = append(base, f)
+	}
+	if c.index != nil {
+		f, err := walFileOf("", c.index.path, -1)
+		if err != nil {
+			return nil, err
+		}
+		base = append(base, f)
+	}
+	return createWAL(c.walPath(), base)
+}
+
+// walPath is where the checkpoint's log goes: next to the file, or to the
+// index of a sharded checkpoint.
+func (c *Checkpoint) walPath() string {
+	if c.index != nil {
+		return walPathOf(c.index.path)
+	}
+	return walPathOf(c.shards[0].path)
+}
+
+// snapshot is the whole state, for a compaction or a recovery file: taken
+// under the lock, written without it, so writes and reads continue
+// meanwhile.
 type snapshot struct {
 	shards []snapShard
 	// index: the index must be written (its weight_map, total_size or
@@ -80,13 +399,14 @@ type snapShard struct {
 	meta      map[string]string
 	layoutGen uint64
 	// rewrite: the header changes, so the file is rewritten whole; else
-	// dirty tensors are written in place.
+	// dirty tensors are patched in place.
 	rewrite bool
 	dirty   bool
 }
 
 type snapTensor struct {
 	id    ID
+	t     *tensor
 	gen   uint64
 	key   string
 	dtype safetensors.DType
@@ -94,21 +414,13 @@ type snapTensor struct {
 	data  *content
 }
 
-func (s *snapshot) rewrites() bool {
-	if s.index {
-		return true
-	}
-	for i := range s.shards {
-		if s.shards[i].rewrite {
-			return true
-		}
-	}
-	return false
-}
-
 func (c *Checkpoint) snapshot() *snapshot {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	return c.snapshotLocked()
+}
+
+func (c *Checkpoint) snapshotLocked() *snapshot {
 	s := &snapshot{edits: c.edits, shards: make([]snapShard, len(c.shards))}
 	for i, sh := range c.shards {
 		ss := &s.shards[i]
@@ -133,13 +445,14 @@ func (c *Checkpoint) snapshot() *snapshot {
 			d.ref.acquire()
 			s.refs = append(s.refs, d.ref)
 		}
-		ss.tensors = append(ss.tensors, snapTensor{ID(i), t.gen, t.key, t.dtype, t.shape, d})
+		ss.tensors = append(ss.tensors, snapTensor{ID(i), t, t.gen, t.key, t.dtype, t.shape, d})
 		if !d.clean() {
 			ss.dirty = true
 		}
-		// In place only when every tensor still sits at its own offsets in
-		// the shard's current file (the header stays byte for byte what it is).
-		if d.ref != sh.cur || d.src < 0 || sh.cur.file.Tensors[d.src].Key != t.key {
+		// In place only when every tensor still sits whole at its own
+		// offsets in the shard's current file (the header stays byte for
+		// byte what it is).
+		if d.ref != sh.cur || d.src < 0 || int64(len(d.base)) < d.size && !d.covered() || sh.cur.file.Tensors[d.src].Key != t.key {
 			ss.rewrite = true
 		}
 	}
@@ -191,66 +504,6 @@ func (c *Checkpoint) unchangedOnDisk() bool {
 	return true
 }
 
-func (c *Checkpoint) persistInPlace(s *snapshot, si int) error {
-	sh := c.shards[si]
-	f := sh.cur.file
-	var patches []patch
-	for _, st := range s.shards[si].tensors {
-		d := st.data
-		if d.clean() {
-			continue
-		}
-		start := f.DataOffset() + int64(f.Tensors[d.src].Begin)
-		for idx, ch := range d.chunks {
-			lo := idx * chunkSize
-			patches = append(patches, patch{off: start + lo, data: ch[:min(chunkSize, d.size-lo)]})
-		}
-		// Bytes past a truncated base that no chunk covers read as zeros;
-		// the file must say so too.
-		for lo := int64(len(d.base)); lo < d.size; {
-			idx := lo / chunkSize
-			hi := min((idx+1)*chunkSize, d.size)
-			if _, ok := d.chunks[idx]; !ok {
-				patches = append(patches, patch{off: start + lo, data: zeros[:hi-lo]})
-			}
-			lo = hi
-		}
-	}
-	sort.Slice(patches, func(i, j int) bool { return patches[i].off < patches[j].off })
-	c.waitReads()
-	if err := commitInPlace(sh.rw, sh.path, f.DataOffset(), patches, c.hooks); errors.Is(err, ErrChanged) {
-		return c.recover(s)
-	} else if err != nil {
-		// Past the commit point the failed commit may have written into
-		// the file, changing its mtime: that was us. Remember the file as
-		// it is now, or the next Sync would take our own write for someone
-		// else's and divert every edit to a recovery file instead of
-		// finishing the journal.
-		if now, serr := statIdentity(sh.path); serr == nil && now.dev == sh.ident.dev && now.ino == sh.ident.ino && now.size == sh.ident.size {
-			c.mu.Lock()
-			sh.ident = now
-			c.mu.Unlock()
-		}
-		return fmt.Errorf("writing edits into %s: %w", sh.path, err)
-	}
-	ident, err := statIdentity(sh.path)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	sh.ident = ident
-	// The file now holds these bytes, and the mapping shows them: tensors
-	// not edited since the snapshot read straight from it again.
-	for _, st := range s.shards[si].tensors {
-		if t := c.tensors[st.id]; t != nil && t.gen == st.gen && !st.data.clean() {
-			t.cur = fileContent(sh.cur, st.data.src)
-		}
-	}
-	c.releaseRetired()
-	return nil
-}
-
 // sources are a shard's tensors as writer sources.
 func sources(ts []snapTensor) []safetensors.Source {
 	src := make([]safetensors.Source, len(ts))
@@ -269,155 +522,14 @@ func sources(ts []snapTensor) []safetensors.Source {
 }
 
 // waitReads returns once the reads in flight have been released (see
-// readTracker), before bytes they may be copying from are written in place.
+// readTracker), before bytes they may be copying from are written in place
+// or unmapped.
 func (c *Checkpoint) waitReads() {
 	if !c.reads.wait() {
 		// Never seen: go-fuse releases every reply it sends. Going on
 		// risks one torn read; waiting forever would stop all writes.
-		fmt.Fprintf(os.Stderr, "safejaxfs: %s: reads still in flight after %v; writing in place anyway\n", c.path, maxReadWait)
+		fmt.Fprintf(os.Stderr, "safejaxfs: %s: reads still in flight after %v; going on anyway\n", c.path, maxReadWait)
 	}
-}
-
-// persistRewrite replaces every shard whose header changes, and the index
-// when it changes, by their canonical files, together (replaceFiles), then
-// maps the new files.
-func (c *Checkpoint) persistRewrite(s *snapshot) error {
-	var reps []*replacement
-	var rewritten []int
-	for i := range s.shards {
-		ss := &s.shards[i]
-		if !ss.rewrite {
-			continue
-		}
-		sh := c.shards[i]
-		if _, pending := PendingJournal(sh.path); pending {
-			// replaceFiles first replays it into the mapped file.
-			c.waitReads()
-		}
-		reps = append(reps, shardReplacement(sh.path, sources(ss.tensors), ss.meta))
-		rewritten = append(rewritten, i)
-	}
-	if s.index {
-		b, err := c.renderIndex(s)
-		if err != nil {
-			return err
-		}
-		reps = append(reps, indexReplacement(c.index.path, b))
-	}
-	err := replaceFiles(reps, c.commitPath(), c.hooks)
-	var late *lateError
-	switch {
-	case errors.Is(err, ErrChanged):
-		// Someone saved over a file while we copied.
-		return c.recover(s)
-	case errors.As(err, &late):
-		// The files were replaced; only making that durable failed. They
-		// are ours: map them, and report the failure.
-	case err != nil:
-		return fmt.Errorf("rewriting %s: %w", c.path, err)
-	}
-	if oerr := c.adopt(s, rewritten); oerr != nil {
-		return oerr
-	}
-	if err != nil {
-		return fmt.Errorf("rewriting %s: %w", c.path, err)
-	}
-	return nil
-}
-
-// adopt maps and locks the files a rewrite put in place and points the
-// tensors it wrote at them.
-func (c *Checkpoint) adopt(s *snapshot, rewritten []int) error {
-	files := make([]*safetensors.File, len(rewritten))
-	for j, i := range rewritten {
-		sh := c.shards[i]
-		f, err := safetensors.Open(sh.path)
-		if err == nil {
-			err = sh.openForWrite()
-			if err != nil {
-				f.Close()
-			}
-		}
-		if err != nil {
-			for _, f := range files[:j] {
-				f.Close()
-			}
-			return fmt.Errorf("reopening %s after rewrite: %w", sh.path, err)
-		}
-		files[j] = f
-	}
-	if s.index {
-		if err := c.index.lock(); err != nil {
-			return fmt.Errorf("relocking %s after rewrite: %w", c.index.path, err)
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for j, i := range rewritten {
-		sh, f := c.shards[i], files[j]
-		m := newMapping(f)
-		c.retired = append(c.retired, sh.cur)
-		sh.cur = m
-		sh.persistedLayout = s.shards[i].layoutGen
-		for _, st := range s.shards[i].tensors {
-			t := c.tensors[st.id]
-			if t == nil || t.gen != st.gen {
-				// Edited during the rewrite: keeps its bytes where they are
-				// (the old mapping stays alive through the reference) and
-				// goes out with the next persist.
-				continue
-			}
-			if k, ok := f.Index(t.key); ok {
-				t.cur = fileContent(m, k)
-			}
-		}
-	}
-	if s.index {
-		c.index.persistedLayout = s.indexGen
-	}
-	c.releaseRetired()
-	return nil
-}
-
-// renderIndex is the index for the snapshot's tensors.
-func (c *Checkpoint) renderIndex(s *snapshot) ([]byte, error) {
-	var keys, shards []string
-	var sizes []uint64
-	for i := range s.shards {
-		for _, st := range s.shards[i].tensors {
-			keys = append(keys, st.key)
-			shards = append(shards, c.shards[i].name)
-			sizes = append(sizes, uint64(st.data.size))
-		}
-	}
-	return s.indexMeta.render(keys, shards, sizes)
-}
-
-// releaseRetired releases the old mappings no tensor reads from any more.
-// Caller holds mu.
-func (c *Checkpoint) releaseRetired() {
-	if len(c.retired) == 0 {
-		return
-	}
-	used := map[*mapping]bool{}
-	for _, t := range c.tensors {
-		if t != nil {
-			used[t.cur.ref] = true
-			if t.staged != nil {
-				used[t.staged.ref] = true
-			}
-		}
-	}
-	kept := c.retired[:0]
-	for _, m := range c.retired {
-		if used[m] {
-			kept = append(kept, m)
-		} else {
-			m.release()
-		}
-	}
-	clear(c.retired[len(kept):])
-	c.retired = kept
 }
 
 // recover writes the edited checkpoint next to the original, which someone
@@ -440,9 +552,23 @@ func (c *Checkpoint) recover(s *snapshot) error {
 type contentReader struct{ c *content }
 
 func (r contentReader) ReadAt(p []byte, off int64) (int, error) {
-	n := r.c.readAt(p, off)
+	n, err := r.c.readAt(p, off)
+	if err != nil {
+		return n, err
+	}
 	if n < len(p) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// metaUnlogged reports metadata changed since the log last recorded it.
+// Caller holds mu.
+func (c *Checkpoint) metaUnlogged() bool {
+	for _, sh := range c.shards {
+		if sh.metaGen != sh.loggedMetaGen {
+			return true
+		}
+	}
+	return c.index != nil && c.index.metaGen != c.index.loggedMetaGen
 }

@@ -209,83 +209,59 @@ func (e *lateError) Error() string { return e.err.Error() }
 func (e *lateError) Unwrap() error { return e.err }
 
 // rewriteAtomic replaces one checkpoint file by the canonical file for
-// sources and metadata (replaceFiles with one file).
+// sources and metadata: prepare, unchanged, install.
 func rewriteAtomic(ckpt string, sources []safetensors.Source, metadata map[string]string, hooks *crashHooks) error {
-	return replaceFiles([]*replacement{shardReplacement(ckpt, sources, metadata)}, "", hooks)
+	reps := []*replacement{shardReplacement(ckpt, sources, metadata)}
+	if err := prepare(reps, hooks); err != nil {
+		return err
+	}
+	if err := unchanged(reps); err != nil {
+		discard(reps)
+		return err
+	}
+	return install(reps, hooks)
 }
 
-// replaceFiles replaces each file by what its replacement writes, all of
-// them or none: each is written into a temp file in its directory with the
-// permission bits (and owner, as root) of the file it replaces, fsynced,
-// validated again (never rename an invalid file over a checkpoint), then
-// all are renamed into place and their directories fsynced. On any error
-// before the first rename the temp files are removed and nothing changed.
+// A file is replaced in three steps, so that a caller can put its own
+// commit point between the second and the third (compaction writes a
+// record to the log that lists the renames):
 //
-// One rename is atomic by itself. For several, the commit point is a
-// commit record at commitAt listing every rename, made durable (temp file,
-// fsync, rename, directory fsync) before the first rename: a crash after
-// it is rolled forward by finishCommit at the next read-write open, a crash
-// before it leaves every old file (the temp files are stale and removed).
-// The record is removed once every rename is durable.
-//
-// A file's write-ahead journal is settled first (replayed into the old
-// file if its commit is not marked applied), then removed and the
-// directory synced, before anything is copied: the bytes copied from the
-// old file are the ones last committed, and the new file never meets the
-// old one's journal, whenever a crash comes. If any file's identity
-// changes while the new ones are being written (another program saved
-// over it), nothing is renamed and the error wraps ErrChanged: the other
-// program's file is never overwritten.
+//   - prepare writes each new file into a temp file next to the file it
+//     replaces, with that file's permission bits (and owner, as root),
+//     fsyncs it and validates it again (never rename an invalid file over
+//     a checkpoint); discard removes them if the caller gives up;
+//   - unchanged checks that no file changed while the new ones were being
+//     written (another program saved over it): ErrChanged, and nothing is
+//     renamed, so the other program's file is never overwritten;
+//   - install renames every temp file into place and fsyncs the
+//     directories. A failure after the first rename is a *lateError: the
+//     files in place are the new ones.
 //
 // Sources may read the files being replaced; they must stay readable until
-// this returns, and the old files stay valid for the caller after the
-// rename too, since an open or mapped file outlives its name. When this
-// process holds a file's lock, the new file is locked before it is renamed
-// into place and the lock handed to the caller's next lockFile of it (see
+// install returns, and the old files stay valid for the caller after it,
+// since an open or mapped file outlives its name. When this process holds
+// a file's lock, prepare locks the new file before it can get the name and
+// install hands the lock to the caller's next lockFile of it (see
 // lockFile). Extended attributes and ACLs of the old files are not carried
 // over.
-//
-// A failure after the first rename is a *lateError: the files in place are
-// the new ones.
-func replaceFiles(reps []*replacement, commitAt string, hooks *crashHooks) (err error) {
-	for _, r := range reps {
-		if r.real, err = realPath(r.path); err != nil {
-			return err
-		}
-		if jpath := journalPath(r.real); exists(jpath) {
-			if err := replayAt(r.real, jpath); err != nil {
-				return fmt.Errorf("finishing an earlier interrupted write to %s first: %w", r.real, err)
-			}
-			// The old file now holds every commit durably. The journal is
-			// removed, durably, before the new file can take the name: a
-			// journal never outlives the file it was written for, and a
-			// crash before the rename leaves the old file complete.
-			if err := removeSynced(jpath); err != nil {
-				return fmt.Errorf("removing journal %s before rewriting: %w", jpath, err)
-			}
-		}
+
+// prepare writes, syncs and validates the temp file of every replacement.
+// On an error, or a crash hook, nothing is renamed; on an error (not a
+// simulated crash) the temp files are removed.
+func prepare(reps []*replacement, hooks *crashHooks) (err error) {
+	if len(reps) == 0 {
+		return nil
 	}
 	crashed := false
 	defer func() {
 		if err != nil && !crashed {
-			for _, r := range reps {
-				if r.tmp != nil {
-					r.tmp.Close()
-					os.Remove(r.tmpName)
-				}
-			}
+			discard(reps)
 		}
 	}()
-	crash := func(herr error) error {
-		crashed = true
-		for _, r := range reps {
-			if r.tmp != nil {
-				r.tmp.Close()
-			}
-		}
-		return herr
-	}
 	for _, r := range reps {
+		if r.real, err = realPath(r.path); err != nil {
+			return err
+		}
 		if err := unix.Stat(r.real, &r.st); err != nil {
 			return &os.PathError{Op: "stat", Path: r.real, Err: err}
 		}
@@ -298,7 +274,9 @@ func replaceFiles(reps []*replacement, commitAt string, hooks *crashHooks) (err 
 			return fmt.Errorf("writing %s: %w", r.tmpName, err)
 		}
 		if herr := hooks.hit("tmp-written"); herr != nil {
-			return crash(herr)
+			crashed = true
+			closeTemps(reps)
+			return herr
 		}
 		if err = r.tmp.Sync(); err != nil {
 			return fmt.Errorf("syncing %s: %w", r.tmpName, err)
@@ -322,8 +300,16 @@ func replaceFiles(reps []*replacement, commitAt string, hooks *crashHooks) (err 
 		}
 	}
 	if herr := hooks.hit("tmp-synced"); herr != nil {
-		return crash(herr)
+		crashed = true
+		closeTemps(reps)
+		return herr
 	}
+	return nil
+}
+
+// unchanged refuses (ErrChanged) if any file to replace is no longer the
+// one prepare saw.
+func unchanged(reps []*replacement) error {
 	for _, r := range reps {
 		now, err := statIdentity(r.real)
 		if err != nil {
@@ -333,35 +319,56 @@ func replaceFiles(reps []*replacement, commitAt string, hooks *crashHooks) (err 
 			return fmt.Errorf("%s: %w during the rewrite (was %s, now %s); it was not replaced", r.real, ErrChanged, r.was, now)
 		}
 	}
-	multi := len(reps) > 1
-	if multi {
-		if err := writeCommit(commitAt, reps); err != nil {
-			return err
-		}
-		if herr := hooks.hit("commit-written"); herr != nil {
-			return crash(herr)
+	return nil
+}
+
+// discard removes the temp files of replacements that will not happen.
+func discard(reps []*replacement) {
+	for _, r := range reps {
+		if r.tmp != nil {
+			r.tmp.Close()
+			os.Remove(r.tmpName)
+			r.tmp = nil
 		}
 	}
-	// Past the commit point: the temp files are the files now, whatever
-	// happens next.
-	crashed = true // from here on, no temp file is removed on error
-	var late error
+}
+
+func closeTemps(reps []*replacement) {
 	for _, r := range reps {
+		if r.tmp != nil {
+			r.tmp.Close()
+		}
+	}
+}
+
+// renames lists what install will do, for a commit record.
+func renames(reps []*replacement) []commitRename {
+	var out []commitRename
+	for _, r := range reps {
+		out = append(out, commitRename{From: r.tmpName, To: r.real, Dev: uint64(r.tst.Dev), Ino: r.tst.Ino})
+	}
+	return out
+}
+
+// install renames the temp files into place and fsyncs their directories.
+// A crash hook between renames stops there, as a crash would; a failure of
+// the first rename is an ordinary error (nothing changed), any later one a
+// *lateError.
+func install(reps []*replacement, hooks *crashHooks) error {
+	var late error
+	for i, r := range reps {
 		if err := os.Rename(r.tmpName, r.real); err != nil {
-			if !multi {
-				crashed = false
+			if i == 0 {
+				discard(reps)
 				return err
 			}
-			// The record says what is left to do: try it once more now,
-			// else the next read-write open does it.
-			if _, ferr := finishCommit(commitAt); ferr != nil {
-				return fmt.Errorf("renaming %s into place: %w (the next read-write mount finishes the commit)", r.real, err)
-			}
-			break
+			closeTemps(reps)
+			return &lateError{fmt.Errorf("renaming %s into place: %w", r.real, err)}
 		}
 		if herr := hooks.hit("renamed"); herr != nil {
-			if multi {
-				return crash(herr) // a crash between renames: the record finishes them
+			if len(reps) > 1 {
+				closeTemps(reps)
+				return herr // a crash between renames
 			}
 			late = herr
 		}
@@ -374,20 +381,42 @@ func replaceFiles(reps []*replacement, commitAt string, hooks *crashHooks) (err 
 			}
 		}
 	}
-	if late == nil && multi {
-		if herr := hooks.hit("commit-done"); herr != nil {
-			late = herr
-		} else if err := removeSynced(commitAt); err != nil {
-			late = fmt.Errorf("removing the commit record %s: %w", commitAt, err)
-		}
-	}
 	for _, r := range reps {
 		if !r.locked || !offerHandoff(r.tmp, keyOf(&r.tst), keyOf(&r.st), r.real) {
 			r.tmp.Close()
 		}
+		r.tmp = nil
 	}
 	if late != nil {
 		return &lateError{late}
+	}
+	return nil
+}
+
+// rollForward finishes renames a compaction committed to: a temp file
+// still there (with the recorded inode) is renamed over its final name; a
+// final name already holding the recorded inode is done. It syncs the
+// directories it touched.
+func rollForward(rs []commitRename) error {
+	dirs := map[string]bool{}
+	for _, r := range rs {
+		var st unix.Stat_t
+		if err := unix.Lstat(r.From, &st); err == nil {
+			if uint64(st.Dev) != r.Dev || st.Ino != r.Ino {
+				return fmt.Errorf("the log names %s, but that is another file now; it was left as it is", r.From)
+			}
+			if err := os.Rename(r.From, r.To); err != nil {
+				return fmt.Errorf("finishing an interrupted write-back: %w", err)
+			}
+		} else if err := unix.Stat(r.To, &st); err != nil || uint64(st.Dev) != r.Dev || st.Ino != r.Ino {
+			return fmt.Errorf("an interrupted write-back cannot be finished: neither %s nor its result %s is there", r.From, r.To)
+		}
+		dirs[filepath.Dir(r.To)] = true
+	}
+	for d := range dirs {
+		if err := syncDir(d); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -403,34 +432,32 @@ func dirsOf(reps []*replacement) []string {
 	return dirs
 }
 
-// replayAt opens the checkpoint for writing and settles its journal
-// (replayOnto); the caller holds the lock.
-func replayAt(path, jpath string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = replayOnto(f, path, jpath)
-	return err
-}
-
 // writeRecovery saves the snapshot next to the checkpoint, which someone
 // else changed while it was mounted: theirs must not be overwritten, ours
 // must not be lost. A plain checkpoint goes to one recovery file
 // (writeRecoveryFile); a sharded one to a recovery directory next to the
 // index holding the index and every shard: the shards this mount changed
 // are written whole, the others are symlinks to the originals.
-func (c *Checkpoint) writeRecovery(s *snapshot) (string, error) {
+func (c *Checkpoint) writeRecovery(s *snapshot) (string, error) { return c.writeRecoveryIn(s, "") }
+
+// writeRecoveryIn is writeRecovery into dir ("": next to the checkpoint).
+func (c *Checkpoint) writeRecoveryIn(s *snapshot, in string) (string, error) {
 	if c.index == nil {
 		ss := &s.shards[0]
-		return writeRecoveryFile(c.shards[0].path, "", sources(ss.tensors), ss.meta)
+		near := c.shards[0].path
+		if in != "" {
+			near = filepath.Join(in, filepath.Base(near))
+		}
+		return writeRecoveryFile(near, "", sources(ss.tensors), ss.meta)
 	}
 	ix, err := realPath(c.index.path)
 	if err != nil {
 		return "", err
 	}
 	dir, base := filepath.Split(ix)
+	if in != "" {
+		dir = in
+	}
 	stem := strings.TrimSuffix(base, safetensors.IndexSuffix)
 	out, err := mkdirFresh(filepath.Join(dir, stem+".safejaxfs-recovered-"+time.Now().Format("20060102-150405")))
 	if err != nil {

@@ -3,7 +3,6 @@ package checkpoint
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -125,9 +124,6 @@ func TestRewriteAtomicCrash(t *testing.T) {
 				t.Errorf("a crash before the rename should leave its temp file, found %v", s)
 			}
 			// What the next open does.
-			if ok, err := replayJournal(c.path); ok || err != nil {
-				t.Fatalf("replayJournal = %v, %v", ok, err)
-			}
 			if err := cleanStaleTemps(c.path); err != nil {
 				t.Fatal(err)
 			}
@@ -211,99 +207,6 @@ func TestRewriteAtomicChangedMeanwhile(t *testing.T) {
 	}
 }
 
-// A commit interrupted after its commit point is completed before the
-// rewrite copies bytes from the old file, so the rewrite carries it.
-func TestRewriteAtomicFinishesJournalFirst(t *testing.T) {
-	c := defaultCkpt(t)
-	ps := editPatches(c)
-	f := openRW(t, c.path)
-	if err := commitInPlace(f, c.path, c.dataOff, ps, crashAt("patch-applied", 1, nil)); !errors.Is(err, errCrash) {
-		t.Fatal(err)
-	}
-	fd, mapped := openOld(t, c.path)
-	src, meta := relayout(t, c, fd, mapped)
-	// Expected: the relayout of the committed content.
-	want := committedRelayout(t, src, meta, applied(c.content, ps))
-	if err := rewriteAtomic(c.path, src, meta, nil); err != nil {
-		t.Fatal(err)
-	}
-	checkFile(t, c.path, want, "rewrite after an interrupted commit")
-	if s := sideFiles(t, c.path); len(s) != 0 {
-		t.Errorf("left behind: %v", s)
-	}
-}
-
-// committedRelayout is what relayout's sources give when the old file
-// holds content: the canonical file of the new layout over those bytes.
-func committedRelayout(t testing.TB, src []safetensors.Source, meta map[string]string, content []byte) []byte {
-	t.Helper()
-	return canonical(t, []safetensors.Source{
-		{Key: src[0].Key, DType: src[0].DType, Shape: src[0].Shape, Data: safetensors.Bytes(content), Off: src[0].Off},
-		{Key: src[1].Key, DType: src[1].DType, Shape: src[1].Shape, Data: safetensors.Bytes(content), Off: src[1].Off},
-		src[2],
-	}, meta)
-}
-
-// The journal belongs to the file it was written for: a rewrite settles it
-// into the old file, then removes it (durably) before the new file takes
-// the name. Wherever the rewrite crashes, the file under the name never
-// has another file's journal next to it, and a reopen finds the old file
-// with every commit or the new one, nothing to replay.
-func TestRewriteAtomicRemovesJournal(t *testing.T) {
-	for _, pending := range []bool{false, true} {
-		for _, tc := range []struct {
-			point   string // "" for no crash
-			wantNew bool
-		}{{"", true}, {"tmp-written", false}, {"tmp-synced", false}, {"renamed", true}} {
-			name := fmt.Sprintf("pending=%v/crash=%q", pending, tc.point)
-			t.Run(name, func(t *testing.T) {
-				c := defaultCkpt(t)
-				ps := editPatches(c)
-				f := openRW(t, c.path)
-				var hooks *crashHooks
-				if pending {
-					// Crashed mid-patch: the journal is not marked applied.
-					hooks = crashAt("patch-applied", 1, nil)
-				}
-				if err := commitInPlace(f, c.path, c.dataOff, ps, hooks); pending != errors.Is(err, errCrash) || !pending && err != nil {
-					t.Fatal(err)
-				}
-				if !exists(journalPath(c.path)) {
-					t.Fatal("test setup: no journal")
-				}
-				committed := applied(c.content, ps)
-				fd, mapped := openOld(t, c.path)
-				src, meta := relayout(t, c, fd, mapped)
-				want := committed
-				if tc.wantNew {
-					want = committedRelayout(t, src, meta, committed)
-				}
-				var rh *crashHooks
-				if tc.point != "" {
-					rh = crashAt(tc.point, 1, nil)
-				}
-				if err := rewriteAtomic(c.path, src, meta, rh); tc.point == "" && err != nil || tc.point != "" && !errors.Is(err, errCrash) {
-					t.Fatalf("rewrite: %v", err)
-				}
-				if exists(journalPath(c.path)) {
-					t.Error("the journal survived the rewrite")
-				}
-				checkFile(t, c.path, want, "after the rewrite")
-				if ok, err := replayJournal(c.path); ok || err != nil {
-					t.Fatalf("replayJournal = %v, %v", ok, err)
-				}
-				if err := cleanStaleTemps(c.path); err != nil {
-					t.Fatal(err)
-				}
-				checkFile(t, c.path, want, "after reopening")
-				if s := sideFiles(t, c.path); len(s) != 0 {
-					t.Errorf("left behind: %v", s)
-				}
-			})
-		}
-	}
-}
-
 // A symlinked checkpoint (the Hugging Face cache links snapshots to blobs)
 // is rewritten where it really is: the link stays a link.
 func TestRewriteAtomicThroughSymlink(t *testing.T) {
@@ -341,7 +244,7 @@ func TestCleanStaleTemps(t *testing.T) {
 		// the temp file of a checkpoint named "model.safetensors.safejaxfs-tmp-x"
 		".model.safetensors.safejaxfs-tmp-x.safejaxfs-tmp-0123456789abcdef",
 		".other.safetensors.safejaxfs-tmp-0123456789abcdef",
-		".model.safetensors.safejaxfs-journal",
+		".model.safetensors.safejaxfs-log",
 		"model.safetensors.safejaxfs-tmp-0123456789abcdef",
 	}
 	for _, n := range append(append([]string{}, stale...), keep...) {

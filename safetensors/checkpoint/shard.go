@@ -17,6 +17,9 @@ type shard struct {
 	// metadata, tensors added or removed); persistedLayout is its value at
 	// the last successful persist.
 	layoutGen, persistedLayout uint64
+	// metaGen counts changes of meta; loggedMetaGen is its value when the
+	// log last recorded meta.
+	metaGen, loggedMetaGen uint64
 }
 
 // openForWrite opens the shard for in-place writes, locks it, and remembers

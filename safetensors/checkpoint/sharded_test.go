@@ -218,7 +218,7 @@ func TestShardedInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.shards["model-00003-of-00003.safetensors"].write("step", []byte{9, 9}, 3)
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	shCheckFiles(t, dir, m, "after an in-place Sync")
@@ -292,7 +292,7 @@ func TestShardedLayout(t *testing.T) {
 	c := ckOpen(t, dir, Options{})
 	shLayout(t, c, m)
 	ckCheckState(t, c, m.union(), "after the layout changes")
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	shCheckFiles(t, dir, m, "after the Sync")
@@ -351,11 +351,6 @@ func shSideFiles(t testing.TB, dir string) []string {
 		if n == shIndexName || strings.HasSuffix(n, ".safetensors") && !strings.Contains(n, "safejaxfs") {
 			continue
 		}
-		if strings.HasSuffix(n, journalSuffix) {
-			if _, pending := PendingJournal(filepath.Join(dir, strings.TrimSuffix(strings.TrimPrefix(n, "."), journalSuffix))); !pending {
-				continue
-			}
-		}
 		out = append(out, n)
 	}
 	return out
@@ -382,7 +377,7 @@ func shPoints(t *testing.T) []struct {
 	shScenario(t, c, m)
 	rec := &ckRecorder{}
 	c.hooks = rec.hooks()
-	if err := c.Sync(); err != nil {
+	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	var out []struct {
@@ -397,7 +392,7 @@ func shPoints(t *testing.T) []struct {
 			nth   int
 		}{p, seen[p]})
 	}
-	for _, want := range []string{"tmp-written", "tmp-synced", "commit-written", "renamed", "commit-done"} {
+	for _, want := range []string{"tmp-written", "tmp-synced", "log-synced", "renamed", "compacted"} {
 		if seen[want] == 0 {
 			t.Errorf("the multi-file commit never passed %s: %v", want, out)
 		}
@@ -423,7 +418,7 @@ func TestShardedCrashAtEveryPoint(t *testing.T) {
 			c := ckOpen(t, dir, Options{})
 			shScenario(t, c, m)
 			c.hooks = ckCrashAt(cp.point, cp.nth)
-			if err := c.Sync(); !errors.Is(err, errCkCrash) {
+			if err := c.Compact(); !errors.Is(err, errCkCrash) {
 				t.Fatalf("Sync returned %v, want the simulated crash", err)
 			}
 			ckAbandon(c)
@@ -478,7 +473,7 @@ func TestShardedChangedByOthers(t *testing.T) {
 	if err := os.Rename(tmp, s2); err != nil {
 		t.Fatal(err)
 	}
-	err := c.Sync()
+	err := c.Compact()
 	if !errors.Is(err, ErrChanged) {
 		t.Fatalf("Sync: %v, want ErrChanged", err)
 	}

@@ -106,6 +106,14 @@ type rec struct {
 	compact *compactRec       // compact
 }
 
+// commitRename is a rename a compaction committed to: the temp file, its
+// final name (symlinks resolved), and the temp file's device and inode, by
+// which a finished rename is recognised.
+type commitRename struct {
+	From, To string
+	Dev, Ino uint64
+}
+
 // compactRec is what a compaction will do: the commit point of folding the
 // log into the checkpoint.
 type compactRec struct {
@@ -528,3 +536,5 @@ func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys
 
 func putU32(b []byte, v uint32) { binary.LittleEndian.PutUint32(b, v) }
 func putU64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }
+
+func leU64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
+)
+
+// Remote checkpoints: CHECKPOINT given as https://, http://, hf:// or s3://
+// is read by safetensors/remote. This file holds the flags that configure
+// it and what ls and verify do with a URL.
+
+// remoteMountWait bounds the wait for a remote mount's daemon: opening
+// checks every shard's header over the network, and a server that stalls
+// is retried (30 s per stalled attempt) before the daemon gives up with
+// the reason, which is better than the parent giving up without one.
+const remoteMountWait = 5 * time.Minute
+
+type remoteFlags struct {
+	cacheDir   string
+	cacheSize  string
+	s3Endpoint string
+}
+
+// addRemoteFlags adds the flags of remote reads; withCache adds the cache
+// flags too (ls and verify fetch only headers, which are not cached).
+func addRemoteFlags(fl *pflag.FlagSet, rf *remoteFlags, withCache bool) {
+	if withCache {
+		fl.StringVar(&rf.cacheDir, "cache-dir", "", "remote checkpoints: chunk cache directory (default $XDG_CACHE_HOME/safejaxfs, else ~/.cache/safejaxfs)")
+		fl.StringVar(&rf.cacheSize, "cache-size", "10G", "remote checkpoints: chunk cache bound, bytes or with a K, M, G, T suffix (powers of 1024)")
+	}
+	fl.StringVar(&rf.s3Endpoint, "s3-endpoint", "", "s3:// checkpoints: an S3-compatible endpoint URL (overrides AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)")
+}
+
+// options turns the flags into remote.Options. A relative cache directory
+// is made absolute: the daemon works from /.
+func (rf *remoteFlags) options(logger *log.Logger) (remote.Options, error) {
+	opt := remote.Options{S3Endpoint: rf.s3Endpoint, Logger: logger}
+	if rf.cacheSize != "" {
+		n, err := parseByteSize(rf.cacheSize)
+		if err != nil {
+			return opt, fail(exitUsage, "--cache-size: %v", err)
+		}
+		if n < remote.MinCacheSize {
+			return opt, fail(exitUsage, "--cache-size %s is below the minimum of %d MiB", rf.cacheSize, remote.MinCacheSize>>20)
+		}
+		opt.CacheSize = n
+	}
+	if rf.cacheDir != "" {
+		d, err := filepath.Abs(rf.cacheDir)
+		if err != nil {
+			return opt, fail(exitUsage, "--cache-dir: %v", err)
+		}
+		opt.CacheDir = d
+	}
+	return opt, nil
+}
+
+// parseByteSize reads "10G", "512M", "1.5T", "4096", "10GiB": binary
+// units, as du -h and rclone's --vfs-cache-max-size read them.
+func parseByteSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"), "I")
+	mult := 1.0
+	if t != "" {
+		if i := strings.IndexByte("KMGT", t[len(t)-1]); i >= 0 {
+			mult = float64(int64(1) << (10 * (i + 1)))
+			t = t[:len(t)-1]
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || f*mult > 1<<62 {
+		return 0, fmt.Errorf("%q is not a size (bytes, or a number with K, M, G or T)", s)
+	}
+	return int64(f * mult), nil
+}
+
+// openRemoteSet opens and validates a remote checkpoint from its headers
+// (no tensor bytes), for ls and verify.
+func openRemoteSet(url string, rf *remoteFlags) (*remote.Set, error) {
+	opt, err := rf.options(nil)
+	if err != nil {
+		return nil, err
+	}
+	set, err := remote.OpenSet(context.Background(), url, opt)
+	if err != nil {
+		return nil, fail(exitInvalid, "%v", err)
+	}
+	return set, nil
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/safejaxfs/safejaxfs/fs"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+)
+
+// runSync writes a mount's edits back into its checkpoint files now. A
+// mount keeps edits durable in its log and writes the files once, at
+// unmount; other programs that read the checkpoint file while it is
+// mounted see it as of the last write-back.
+func runSync(args []string) error {
+	fl := newFlags("sync", "MOUNTPOINT",
+		"Write every edit made under MOUNTPOINT back into the checkpoint files now (they\nare always durable in the mount's log; the files themselves are written at\nunmount, when the log grows large, and by this command).")
+	rest, err := parseFlags(fl, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	mnt, err := filepath.Abs(rest[0])
+	if err != nil {
+		return fail(exitUsage, "%v", err)
+	}
+	if fstype, found, err := mountType(mnt); err != nil || !found || fstype != "fuse.safejaxfs" {
+		return fail(exitMount, "%s is not a safejaxfs mount", mnt)
+	}
+	if err := unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0); err != nil {
+		reason := err.Error()
+		buf := make([]byte, 4096)
+		if n, xerr := unix.Getxattr(mnt, fs.XattrError, buf); xerr == nil {
+			reason = string(buf[:n])
+		}
+		if errors.Is(err, unix.EROFS) {
+			return fail(exitMount, "%s is mounted read-only: nothing to write back", mnt)
+		}
+		return fail(exitWriteBack, "writing back %s: %s", mnt, reason)
+	}
+	return nil
+}
+
+// runRecover finishes, without mounting, what a crash left in a
+// checkpoint's log: the edits are written back into the files and the log
+// removed, as the next read-write mount would do.
+func runRecover(args []string) error {
+	fl := newFlags("recover", "CHECKPOINT",
+		"Write back the edits a crashed or killed mount left in CHECKPOINT's log (as the\nnext read-write mount would), then exit. Does nothing if nothing is pending.")
+	rest, err := parseFlags(fl, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if _, err := checkCheckpoint(rest[0]); err != nil {
+		return err
+	}
+	p, pending := checkpoint.Pending(rest[0])
+	c, err := checkpoint.Open(rest[0], checkpoint.Options{})
+	if errors.Is(err, checkpoint.ErrLocked) {
+		return fail(exitMount, "%v", err)
+	}
+	if err != nil {
+		return fail(exitInvalid, "%v", err)
+	}
+	if err := c.Close(); err != nil {
+		return fail(exitWriteBack, "%v", err)
+	}
+	if pending {
+		fmt.Fprintf(os.Stdout, "%s: wrote back the edits in %s\n", rest[0], p)
+	} else {
+		fmt.Fprintf(os.Stdout, "%s: nothing to recover\n", rest[0])
+	}
+	return nil
+}

@@ -1,0 +1,190 @@
+// Package testsrv starts the real servers the remote-read tests run
+// against: nginx (Debian's nginx-light) for https:// and an hf:// Hub
+// layout, versitygw for s3://. Tests of safetensors/remote and the
+// end-to-end mount tests share it; nothing else imports it.
+//
+// A missing server binary fails the test under CI (scripts/test.sh installs
+// nginx-light and builds versitygw) and skips it elsewhere.
+package testsrv
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Nginx is a real nginx (Debian's nginx-light) on 127.0.0.1, started by a
+// test with a generated config and stopped by its Cleanup. Every request is
+// logged, one line each: port, method, URI, Range, status, Authorization
+// and If-Match, so tests count requests and check what was sent.
+type Nginx struct {
+	dir  string
+	logf string
+}
+
+// LogLine is one logged request.
+type LogLine struct {
+	Port, Method, URI, Range, Status, Auth, IfMatch string
+}
+
+// StartNginx runs nginx with the given server blocks, listening on ports it
+// picks and returns in that order; {port0}, {port1}, ... in a block stand
+// for those ports.
+func StartNginx(t testing.TB, servers ...string) (*Nginx, []int) {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		bin = "/usr/sbin/nginx"
+		if _, err := os.Stat(bin); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatal("nginx is not installed (Debian nginx-light; scripts/test.sh installs it)")
+			}
+			t.Skip("nginx is not installed (apt-get install nginx-light)")
+		}
+	}
+	for try := 0; ; try++ {
+		n, ports, err := tryNginx(t, bin, servers)
+		if err == nil {
+			return n, ports
+		}
+		if try == 3 { // a free port taken between picking and binding
+			t.Fatal(err)
+		}
+	}
+}
+
+func tryNginx(t testing.TB, bin string, servers []string) (*Nginx, []int, error) {
+	dir := t.TempDir()
+	n := &Nginx{dir: dir, logf: filepath.Join(dir, "access.log")}
+	var ports []int
+	var conf strings.Builder
+	fmt.Fprintf(&conf, `daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 512; }
+http {
+  log_format t '$server_port $request_method $request_uri "$http_range" $status "$http_authorization" "$http_if_match"';
+  access_log %[1]s/access.log t;
+  client_body_temp_path %[1]s/tmp;
+  proxy_temp_path %[1]s/tmp;
+  fastcgi_temp_path %[1]s/tmp;
+  uwsgi_temp_path %[1]s/tmp;
+  scgi_temp_path %[1]s/tmp;
+  default_type application/octet-stream;
+  sendfile on;
+  keepalive_requests 100000;
+`, dir)
+	for range servers {
+		ports = append(ports, FreePort(t))
+	}
+	for i, s := range servers {
+		for j, p := range ports {
+			s = strings.ReplaceAll(s, fmt.Sprintf("{port%d}", j), fmt.Sprint(p))
+		}
+		fmt.Fprintf(&conf, "  server {\n    listen 127.0.0.1:%d;\n%s\n  }\n", ports[i], s)
+	}
+	conf.WriteString("}\n")
+	cf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cf, []byte(conf.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
+	cmd := exec.Command(bin, "-p", dir, "-c", cf, "-e", filepath.Join(dir, "error.log"))
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range ports {
+		for {
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-exited:
+				b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+				return nil, nil, fmt.Errorf("nginx exited: %s", b)
+			default:
+			}
+			if time.Now().After(deadline) {
+				stop()
+				return nil, nil, fmt.Errorf("nginx did not listen on %d", p)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	t.Cleanup(stop)
+	return n, ports, nil
+}
+
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Log returns the requests logged so far.
+func (n *Nginx) Log(t testing.TB) []LogLine {
+	t.Helper()
+	f, err := os.Open(n.logf)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []LogLine
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var l LogLine
+		q := strings.Split(sc.Text(), `"`) // port method uri "range" status "auth" "ifmatch"
+		if len(q) < 7 {
+			t.Fatalf("bad log line %q", sc.Text())
+		}
+		f := strings.Fields(q[0])
+		l.Port, l.Method, l.URI = f[0], f[1], f[2]
+		un := func(s string) string { return strings.ReplaceAll(s, `\x22`, `"`) } // nginx escapes quotes
+		l.Range, l.Status, l.Auth, l.IfMatch = q[1], strings.TrimSpace(q[2]), un(q[3]), un(q[5])
+		out = append(out, l)
+	}
+	return out
+}
+
+// Since returns the log lines after the first k.
+func (n *Nginx) Since(t testing.TB, k int) []LogLine {
+	l := n.Log(t)
+	return l[min(k, len(l)):]
+}
+
+// StaticServer serves root with byte ranges and ETags (nginx's defaults).
+func StaticServer(root string) string {
+	return fmt.Sprintf("    root %s;", root)
+}

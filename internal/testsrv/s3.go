@@ -1,0 +1,190 @@
+package testsrv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"go/build"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// versitygw (v1.8.0, built by scripts/test.sh) is the S3 server: real
+// SigV4 checks, ranges, ETags, If-Match, bucket policies. It takes seconds
+// to start, so one instance serves a test binary; its TestMain calls StopS3.
+const (
+	S3Access = "AKTESTACCESS"
+	S3Secret = "TestSecretKey/With+Chars"
+)
+
+var vgw struct {
+	once     sync.Once
+	endpoint string
+	dir      string
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	err      error
+	missing  bool
+}
+
+// StopS3 stops the shared versitygw, if a test started it: call it from
+// TestMain after m.Run.
+func StopS3() {
+	if vgw.cmd != nil {
+		vgw.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-vgw.exited:
+		case <-time.After(5 * time.Second):
+			vgw.cmd.Process.Kill()
+			<-vgw.exited
+		}
+	}
+	if vgw.dir != "" {
+		os.RemoveAll(vgw.dir)
+	}
+}
+
+func versitygwBinary() string {
+	if p, err := exec.LookPath("versitygw"); err == nil {
+		return p
+	}
+	for _, gp := range filepath.SplitList(build.Default.GOPATH) {
+		if p := filepath.Join(gp, "bin", "versitygw"); fileExists(p) {
+			return p
+		}
+	}
+	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+		if p := filepath.Join(strings.TrimSpace(string(out)), "bin", "versitygw"); fileExists(p) {
+			return p
+		}
+	}
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// S3Server returns the endpoint of the shared versitygw, starting it on
+// first use. Missing binary: a failure under CI, a skip elsewhere.
+func S3Server(t testing.TB) string {
+	t.Helper()
+	vgw.once.Do(startVersitygw)
+	if vgw.missing {
+		if os.Getenv("CI") != "" {
+			t.Fatal("versitygw is not installed: scripts/test.sh builds it (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
+		}
+		t.Skip("versitygw is not installed (scripts/test.sh builds it)")
+	}
+	if vgw.err != nil {
+		t.Fatal(vgw.err)
+	}
+	return vgw.endpoint
+}
+
+func startVersitygw() {
+	bin := versitygwBinary()
+	if bin == "" {
+		vgw.missing = true
+		return
+	}
+	dir, err := os.MkdirTemp("", "versitygw-")
+	if err != nil {
+		vgw.err = err
+		return
+	}
+	vgw.dir = dir
+	os.MkdirAll(filepath.Join(dir, "data"), 0o755)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		vgw.err = err
+		return
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "--access", S3Access, "--secret", S3Secret, "--port", addr, "posix", filepath.Join(dir, "data"))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		vgw.err = err
+		return
+	}
+	vgw.cmd, vgw.exited = cmd, make(chan struct{})
+	go func() { cmd.Wait(); close(vgw.exited) }()
+	vgw.endpoint = "http://" + addr
+	// It listens only once ready (about 4.5 s here); a response of any
+	// status means it is up.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(vgw.endpoint + "/")
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		select {
+		case <-vgw.exited:
+			vgw.err = fmt.Errorf("versitygw exited: %s", out.String())
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			vgw.err = fmt.Errorf("versitygw did not answer within 60 s: %s", out.String())
+			return
+		}
+	}
+}
+
+// S3Put uploads through S3 (objects copied into versitygw's directory have
+// no ETag) and returns the object's ETag.
+func S3Put(t testing.TB, bucket, key string, data []byte) string {
+	t.Helper()
+	ep := S3Server(t)
+	c, err := minio.New(strings.TrimPrefix(ep, "http://"), &minio.Options{
+		Creds: credentials.NewStaticV4(S3Access, S3Secret, ""), Region: "us-east-1", BucketLookup: minio.BucketLookupPath,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if ok, err := c.BucketExists(ctx, bucket); err != nil {
+		t.Fatal(err)
+	} else if !ok {
+		if err := c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(bucket, "public") {
+			pol := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":["s3:GetObject"],"Resource":["arn:aws:s3:::%s/*"]}]}`, bucket)
+			if err := c.SetBucketPolicy(ctx, bucket, pol); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	info, err := c.PutObject(ctx, bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{DisableMultipart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return `"` + strings.Trim(info.ETag, `"`) + `"`
+}
+
+// AWSEnv isolates a test from the machine's AWS configuration: no
+// credentials, files or endpoint unless the test sets them.
+func AWSEnv(t testing.TB) string {
+	dir := t.TempDir()
+	for _, v := range []string{"AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN",
+		"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"} {
+		t.Setenv(v, "")
+	}
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "credentials"))
+	return dir
+}

@@ -1,0 +1,131 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
+)
+
+// A remote checkpoint (https://, hf://, s3://) is always read-only: its
+// tensors are byte ranges of remote objects, read through the remote
+// package's chunk cache, and none of the edit or persistence code ever sees
+// it (every edit is refused with ErrReadOnly before it touches a tensor).
+// Its tensors and shards never change after Open, so Read serves them
+// without taking mu: a slow or retried request holds no lock that a refused
+// write, or Close, would wait behind.
+
+// ErrRemote: reading a remote checkpoint's bytes failed (after the remote
+// package's retries), or its file changed on the server since the mount.
+var ErrRemote = errors.New("reading the remote checkpoint failed")
+
+// IsRemote reports whether path is a URL Open reads remotely rather than a
+// local path.
+func IsRemote(path string) bool { return remote.IsURL(path) }
+
+// remoteSet is the remote half of a Checkpoint: the files and, by tensor
+// ID, where each tensor's bytes are.
+type remoteSet struct {
+	set *remote.Set
+	at  []remoteTensor // indexed by ID
+}
+
+type remoteTensor struct {
+	obj  *remote.Object
+	off  int64 // of the tensor's first byte in obj
+	size int64
+}
+
+// Remote describes where a remote checkpoint is, for a mount's attributes.
+type Remote struct {
+	URL     string    // display form: no credentials
+	Size    int64     // bytes of all its files
+	ModTime time.Time // latest Last-Modified of its files; zero if unknown
+}
+
+// Remote returns what the checkpoint is stored as remotely; nil for a
+// local checkpoint.
+func (c *Checkpoint) Remote() *Remote {
+	if c.remote == nil {
+		return nil
+	}
+	s := c.remote.set
+	return &Remote{URL: s.URL, Size: s.Size(), ModTime: s.ModTime}
+}
+
+// openRemote opens the checkpoint a URL names, read-only whatever opt
+// says, after fetching and validating every header (remote.OpenSet).
+func openRemote(url string, opt Options) (*Checkpoint, error) {
+	set, err := remote.OpenSet(context.Background(), url, opt.Remote)
+	if err != nil {
+		return nil, err
+	}
+	c := &Checkpoint{path: set.URL, readOnly: true, remote: &remoteSet{set: set}, byKey: map[string]ID{}}
+	if set.Sharded() {
+		c.index = newIndexState(set.URL, set.Index)
+	}
+	for si, h := range set.Headers {
+		obj := set.Objects[si]
+		c.shards = append(c.shards, &shard{name: set.Names[si], path: obj.String(), meta: h.Metadata})
+		for i := range h.Tensors {
+			t := &h.Tensors[i]
+			size := int64(t.Size())
+			c.byKey[t.Key] = ID(len(c.tensors))
+			// The content is only a size: Info reads it, and nothing
+			// else looks at a read-only tensor's content.
+			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}})
+			c.remote.at = append(c.remote.at, remoteTensor{obj: obj, off: h.DataOffset() + int64(t.Begin), size: size})
+		}
+	}
+	return c, nil
+}
+
+// readBufs hold the bytes of one FUSE read (at most 1 MiB, the largest
+// request the kernel sends) until go-fuse has written them out.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// read serves Read for a remote checkpoint: the bytes are copied out of the
+// chunk cache (fetched first if missing) into a pooled buffer, released
+// with the reply.
+func (r *remoteSet) read(c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
+	if id < 0 || int(id) >= len(r.at) {
+		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+	}
+	t := r.at[id]
+	if off >= t.size || n <= 0 || off < 0 {
+		return nil, nop, nil
+	}
+	n = int(min(int64(n), t.size-off))
+	var bp *[]byte
+	var buf []byte
+	if n <= 1<<20 {
+		bp = readBufs.Get().(*[]byte)
+		buf = (*bp)[:n]
+	} else {
+		buf = make([]byte, n)
+	}
+	put := func() {
+		if bp != nil {
+			readBufs.Put(bp)
+		}
+	}
+	if k, err := t.obj.ReadAt(buf, t.off+off); k < n {
+		put()
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, nop, fmt.Errorf("tensor %q: %w: %w", c.tensors[id].key, ErrRemote, err)
+	}
+	return [][]byte{buf}, put, nil
+}
+
+// close closes the remote files (nil-safe: local checkpoints have none).
+func (r *remoteSet) close() {
+	if r != nil {
+		r.set.Close()
+	}
+}

@@ -1,0 +1,212 @@
+package remote
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// pending is a chunk being fetched; done closes when it is in the cache
+// (err == nil), failed (err), or could not be cached (errNotCached).
+type pending struct {
+	done chan struct{}
+	err  error
+}
+
+var errNotCached = errors.New("chunk not cached")
+
+// ReadAt reads len(p) bytes at off, like io.ReaderAt (io.EOF at the end).
+// Bytes come from the chunk cache; missing chunks are fetched by range
+// (only those the read touches, on a random read), and a sequential reader
+// gets read-ahead in a window that starts at MinWindow and doubles to
+// MaxWindow, fetched in parallel requests of PartSize. Memory does not grow
+// with the object: fetched bytes go straight to cache files. A read that
+// fails after the retries returns an *Error (ErrChanged when the object
+// changed); it never returns bytes of another version.
+func (o *Object) ReadAt(p []byte, off int64) (int, error) {
+	if o.closed.Load() {
+		return 0, &Error{Op: "read", URL: o.display, Err: ErrClosed}
+	}
+	if off < 0 {
+		return 0, &Error{Op: "read", URL: o.display, Err: fmt.Errorf("negative offset %d", off)}
+	}
+	if off >= o.size {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), o.size)
+	var err error
+	if o.whole {
+		copy(p, o.probe[off:end])
+	} else {
+		err = o.readRange(p[:end-off], off)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if end < off+int64(len(p)) {
+		return int(end - off), io.EOF
+	}
+	return len(p), nil
+}
+
+func (o *Object) readRange(p []byte, off int64) error {
+	cs := o.c.opt.ChunkSize
+	end := off + int64(len(p))
+	first, last := off/cs, (end-1)/cs
+	a, b := o.ra.observe(off, end, o.size)
+	o.want(first, last+1) // first, so the reader's own chunks get connections first
+	if b > a {
+		o.want(a/cs, (b+cs-1)/cs)
+	}
+	for c := first; c <= last; c++ {
+		lo, hi := max(off, c*cs), min(end, (c+1)*cs)
+		if err := o.readChunk(c, p[lo-off:hi-off], lo-c*cs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *Object) chunkLen(c int64) int64 {
+	cs := o.c.opt.ChunkSize
+	return min(cs, o.size-c*cs)
+}
+
+// readChunk copies chunk c's bytes [within, within+len(dst)) into dst.
+func (o *Object) readChunk(c int64, dst []byte, within int64) error {
+	for range 4 {
+		if f := o.c.cache.get(o.key, c, o.chunkLen(c)); f != nil {
+			if n, err := f.ReadAt(dst, within); n == len(dst) {
+				return nil
+			} else if !errors.Is(err, os.ErrClosed) {
+				o.c.cache.warn(err)
+				break
+			}
+			continue // closed by the open-file LRU under us: reopen
+		}
+		pd := o.want(c, c+1)[0]
+		if pd == nil {
+			continue // landed in the cache meanwhile
+		}
+		select {
+		case <-pd.done:
+		case <-o.ctx.Done():
+			return &Error{Op: "read", URL: o.display, Err: ErrClosed}
+		}
+		if pd.err == errNotCached {
+			break
+		}
+		if pd.err != nil {
+			return pd.err
+		}
+		// Cached: loop to read it (it may even have been evicted already,
+		// in which case it is fetched again).
+	}
+	// The cache cannot hold the chunk (disk full, unwritable, or evicted
+	// as fast as it is written): fetch just these bytes into dst.
+	pos := 0
+	return o.get(o.ctx, o.c.opt.ChunkSize*c+within, int64(len(dst)), func(b []byte) error {
+		pos += copy(dst[pos:], b)
+		return nil
+	})
+}
+
+// want makes sure chunks [a, b) are cached or being fetched: missing ones
+// are fetched in runs of consecutive chunks, at most PartSize per request.
+// It returns each chunk's pending fetch (nil for chunks already cached).
+func (o *Object) want(a, b int64) []*pending {
+	cs := o.c.opt.ChunkSize
+	b = min(b, (o.size+cs-1)/cs)
+	per := o.c.opt.PartSize / cs
+	out := make([]*pending, max(b-a, 0))
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	runStart := int64(-1)
+	var run []*pending
+	flush := func() {
+		if len(run) > 0 {
+			o.fetchRun(runStart, run)
+		}
+		runStart, run = -1, nil
+	}
+	for c := a; c < b; c++ {
+		if pd, ok := o.inflight[c]; ok {
+			out[c-a] = pd
+			flush()
+			continue
+		}
+		if o.c.cache.has(o.key, c) {
+			flush()
+			continue
+		}
+		pd := &pending{done: make(chan struct{})}
+		o.inflight[c] = pd
+		out[c-a] = pd
+		if runStart < 0 {
+			runStart = c
+		}
+		run = append(run, pd)
+		if int64(len(run)) == per {
+			flush()
+		}
+	}
+	flush()
+	return out
+}
+
+// fetchRun fetches chunks from, from+1, ... (one pending each) with one
+// ranged GET, writing each chunk to the cache as its last byte arrives and
+// waking its readers. Called with o.mu held.
+func (o *Object) fetchRun(from int64, run []*pending) {
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		cs := o.c.opt.ChunkSize
+		c, i := from, 0
+		var w *chunkWriter
+		finish := func(err error) {
+			o.mu.Lock()
+			delete(o.inflight, c)
+			o.mu.Unlock()
+			run[i].err = err
+			close(run[i].done)
+			c, i = c+1, i+1
+		}
+		off := from * cs
+		n := min(int64(len(run))*cs, o.size-off)
+		err := o.get(o.ctx, off, n, func(p []byte) error {
+			for len(p) > 0 {
+				if w == nil {
+					var err error
+					if w, err = o.c.cache.create(o.key, c); err != nil {
+						o.c.cache.warn(err)
+						return errNotCached
+					}
+				}
+				k := min(int64(len(p)), o.chunkLen(c)-w.n)
+				if err := w.Write(p[:k]); err != nil {
+					o.c.cache.warn(err)
+					return errNotCached
+				}
+				p = p[k:]
+				if w.n == o.chunkLen(c) {
+					err := w.commit()
+					w = nil
+					if err != nil {
+						o.c.cache.warn(err)
+						return errNotCached
+					}
+					finish(nil)
+				}
+			}
+			return nil
+		})
+		if w != nil {
+			w.abort()
+		}
+		for i < len(run) {
+			finish(err)
+		}
+	}()
+}
