@@ -119,7 +119,7 @@ func writeBack(mnt string) (reason string, err error) {
 		// so that its failure is reported while the mount is still up.
 		err = unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
 	}
-	if errors.Is(err, unix.ENOTCONN) {
+	if deadConn(err) {
 		// The daemon is gone (killed): nothing is left to write back, and
 		// detaching is all that can be done.
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", mnt)

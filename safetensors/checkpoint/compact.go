@@ -57,8 +57,13 @@ func (c *Checkpoint) compact() error {
 		return c.stuck
 	}
 	if c.recovery != "" || !c.unchangedOnDisk() {
+		// Never log for, or write over, another program's file: the
+		// edits, if any, go to a recovery file.
 		s := c.snapshot()
 		defer s.release()
+		if !s.dirty {
+			return nil
+		}
 		return c.recover(s)
 	}
 	c.mu.Lock()
