@@ -16,12 +16,11 @@ import sys
 
 import numpy as np
 
-out = sys.argv[1]
 # Overflow and NaN casts are the point of several inputs.
 np.seterr(all="ignore")
 
 
-def save(name, a):
+def save(out, name, a):
     np.asarray(a, dtype="<u4").tofile(os.path.join(out, name + ".bin"))
 
 
@@ -184,14 +183,11 @@ def encode(name, xbits):
     return code
 
 
-rng = np.random.default_rng(20240611)
-
-
 def f32bits(v):
     return np.asarray(v, dtype=np.float32).view(np.uint32).astype(np.uint64)
 
 
-def inputs():
+def inputs(rng):
     parts = []
     # Special values and NaN payloads (quiet, signalling, payload only in
     # the low bits, negative).
@@ -239,24 +235,66 @@ def inputs():
     return x
 
 
-x = inputs()
-save("inputs", x)
-for name in FORMATS:
-    save("decode_" + name, decode_table(name))
-    save("encode_" + name, encode(name, x))
+def unpack_codes(name, raw, n):
+    """The n codes of a tensor of a FORMATS dtype, from its bytes."""
+    bits = FORMATS[name][0]
+    b = np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
+    if bits == 16:
+        return np.frombuffer(raw, dtype="<u2").astype(np.int64)[:n]
+    if bits == 8:
+        return b[:n]
+    if bits == 4:
+        return np.stack([b & 15, b >> 4], axis=1).reshape(-1)[:n]
+    g = b[: (len(b) // 3) * 3].reshape(-1, 3)
+    w = g[:, 0] | (g[:, 1] << 8) | (g[:, 2] << 16)
+    return np.stack([(w >> (6 * k)) & 63 for k in range(4)], axis=1).reshape(-1)[:n]
 
-# numpy's own float16, both ways.
-save("numpy_decode_F16", np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32))
-with np.errstate(over="ignore", invalid="ignore"):
-    save("numpy_encode_F16", x.astype(np.uint32).view(np.float32).astype(np.float16).view(np.uint16))
 
-# Packing (PyTorch's float4_e2m1fn_x2: element 2i in the low nibble; F6:
-# element k of each group of 4 at bits 6k of the 24-bit little-endian word).
-c4 = rng.integers(0, 16, 4096, dtype=np.uint64)
-save("pack_F4_codes", c4)
-save("pack_F4_bytes", c4[0::2] | (c4[1::2] << np.uint64(4)))
-c6 = rng.integers(0, 64, 4096, dtype=np.uint64)
-w = c6[0::4] | (c6[1::4] << np.uint64(6)) | (c6[2::4] << np.uint64(12)) | (c6[3::4] << np.uint64(18))
-save("pack_F6_codes", c6)
-save("pack_F6_bytes", np.stack([w & np.uint64(0xFF), (w >> np.uint64(8)) & np.uint64(0xFF), w >> np.uint64(16)], axis=1).reshape(-1))
-print(len(x))
+INTS = {"I8": "<i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
+        "U8": "<u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}
+
+
+def tensor_values(dtype, raw, n):
+    """A tensor's elements: float64 for floats, exact ints, 0/1 for BOOL,
+    complex128 for C64."""
+    if dtype in FORMATS:
+        table = decode_table(dtype).astype(np.uint32).view(np.float32)
+        return table[unpack_codes(dtype, raw, n)].astype(np.float64)
+    if dtype == "F32":
+        return np.frombuffer(raw, dtype="<f4")[:n].astype(np.float64)
+    if dtype == "F64":
+        return np.frombuffer(raw, dtype="<f8")[:n].copy()
+    if dtype == "BOOL":
+        return (np.frombuffer(raw, dtype=np.uint8)[:n] != 0).astype(np.uint64)
+    if dtype == "C64":
+        return np.frombuffer(raw, dtype="<c8")[:n].astype(np.complex128)
+    return np.frombuffer(raw, dtype=INTS[dtype])[:n].copy()
+
+
+def main(out):
+    rng = np.random.default_rng(20240611)
+    x = inputs(rng)
+    save(out, "inputs", x)
+    for name in FORMATS:
+        save(out, "decode_" + name, decode_table(name))
+        save(out, "encode_" + name, encode(name, x))
+
+    # numpy's own float16, both ways.
+    save(out, "numpy_decode_F16", np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        save(out, "numpy_encode_F16", x.astype(np.uint32).view(np.float32).astype(np.float16).view(np.uint16))
+
+    # Packing (PyTorch's float4_e2m1fn_x2: element 2i in the low nibble; F6:
+    # element k of each group of 4 at bits 6k of the 24-bit little-endian word).
+    c4 = rng.integers(0, 16, 4096, dtype=np.uint64)
+    save(out, "pack_F4_codes", c4)
+    save(out, "pack_F4_bytes", c4[0::2] | (c4[1::2] << np.uint64(4)))
+    c6 = rng.integers(0, 64, 4096, dtype=np.uint64)
+    w = c6[0::4] | (c6[1::4] << np.uint64(6)) | (c6[2::4] << np.uint64(12)) | (c6[3::4] << np.uint64(18))
+    save(out, "pack_F6_codes", c6)
+    save(out, "pack_F6_bytes", np.stack([w & np.uint64(0xFF), (w >> np.uint64(8)) & np.uint64(0xFF), w >> np.uint64(16)], axis=1).reshape(-1))
+    print(len(x))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
