@@ -105,10 +105,14 @@ func TestDiffMatchesNumpy(t *testing.T) {
 	if got.Identical {
 		t.Error("identical: true")
 	}
-	if k := keysOf(got.OnlyInA, func(x struct{ Key string `json:"key"` }) string { return x.Key }); !slices.Equal(k, []string{"model.i16.weight"}) {
+	if k := keysOf(got.OnlyInA, func(x struct {
+		Key string `json:"key"`
+	}) string { return x.Key }); !slices.Equal(k, []string{"model.i16.weight"}) {
 		t.Errorf("only in A: %v", k)
 	}
-	if k := keysOf(got.OnlyInB, func(x struct{ Key string `json:"key"` }) string { return x.Key }); !slices.Equal(k, []string{"model.extra"}) {
+	if k := keysOf(got.OnlyInB, func(x struct {
+		Key string `json:"key"`
+	}) string { return x.Key }); !slices.Equal(k, []string{"model.extra"}) {
 		t.Errorf("only in B: %v", k)
 	}
 	if len(got.Changed) != 2 || got.Changed[0].Key != "model.i32.weight" || fmt.Sprint(got.Changed[0].B.Shape) != "[40 12]" ||
