@@ -15,16 +15,16 @@ import (
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
+type keyOnly struct {
+	Key string `json:"key"`
+}
+
 type diffOut struct {
 	A, B      string
-	Identical bool `json:"identical"`
-	OnlyInA   []struct {
-		Key string `json:"key"`
-	} `json:"only_in_a"`
-	OnlyInB []struct {
-		Key string `json:"key"`
-	} `json:"only_in_b"`
-	Changed []struct {
+	Identical bool      `json:"identical"`
+	OnlyInA   []keyOnly `json:"only_in_a"`
+	OnlyInB   []keyOnly `json:"only_in_b"`
+	Changed   []struct {
 		Key string `json:"key"`
 		A   struct {
 			DType string   `json:"dtype"`
@@ -105,14 +105,10 @@ func TestDiffMatchesNumpy(t *testing.T) {
 	if got.Identical {
 		t.Error("identical: true")
 	}
-	if k := keysOf(got.OnlyInA, func(x struct {
-		Key string `json:"key"`
-	}) string { return x.Key }); !slices.Equal(k, []string{"model.i16.weight"}) {
+	if k := keysOf(got.OnlyInA, func(x keyOnly) string { return x.Key }); !slices.Equal(k, []string{"model.i16.weight"}) {
 		t.Errorf("only in A: %v", k)
 	}
-	if k := keysOf(got.OnlyInB, func(x struct {
-		Key string `json:"key"`
-	}) string { return x.Key }); !slices.Equal(k, []string{"model.extra"}) {
+	if k := keysOf(got.OnlyInB, func(x keyOnly) string { return x.Key }); !slices.Equal(k, []string{"model.extra"}) {
 		t.Errorf("only in B: %v", k)
 	}
 	if len(got.Changed) != 2 || got.Changed[0].Key != "model.i32.weight" || fmt.Sprint(got.Changed[0].B.Shape) != "[40 12]" ||
