@@ -40,6 +40,9 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if d.isRoot() && f.doc(name) != nil {
 		return nil, nil, 0, syscall.EEXIST
 	}
+	if child, fh := d.createF32(ctx, name, out); child != nil {
+		return child, fh, fuse.FOPEN_DIRECT_IO, 0
+	}
 	if base, ok := strings.CutSuffix(name, npyExt); ok && base != "" {
 		f.mu.RLock()
 		existing := d.node.Lookup(base)
@@ -118,6 +121,9 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	case n == nil:
 		// Views (.npy) are not entries of their own.
 		if base, ok := strings.CutSuffix(name, npyExt); ok && d.node.Lookup(base) != nil {
+			return syscall.EPERM
+		}
+		if _, ok := f.f32Target(d.node, name); ok {
 			return syscall.EPERM
 		}
 		return syscall.ENOENT

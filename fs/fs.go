@@ -110,6 +110,7 @@ const (
 	kindDir = iota
 	kindTensor
 	kindNPY
+	kindF32 // the float32 view (f32view.go)
 	kinds
 )
 
@@ -208,4 +209,5 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 		}
 		v.(*fs.Inode).NotifyContent(vOff, n)
 	}
+	f.changedF32(id, except, off, n)
 }

@@ -1,0 +1,384 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/floats"
+	"github.com/safejaxfs/safejaxfs/safetensors/npy"
+	"github.com/safejaxfs/safejaxfs/tree"
+)
+
+// f32Node is <tensor>.f32.npy, for a tensor whose dtype numpy lacks or
+// holds in a type few tools read (BF16, F16, the 8-, 6- and 4-bit floats):
+// a .npy of float32 with the tensor's shape, its elements converted on the
+// fly from the mapping (or the remote chunks) as ml_dtypes converts them.
+// Writing a whole .npy of float32 and the same shape into it converts the
+// values back, rounding to nearest even, and replaces the tensor's bytes
+// (its dtype and shape stay).
+type f32Node struct {
+	fs.Inode
+	fsys *FS
+	id   checkpoint.ID
+
+	uploads uploadSet
+}
+
+const f32Ext = ".f32.npy"
+
+var (
+	_ = (fs.NodeGetattrer)((*f32Node)(nil))
+	_ = (fs.NodeOpener)((*f32Node)(nil))
+	_ = (fs.NodeReader)((*f32Node)(nil))
+	_ = (fs.NodeWriter)((*f32Node)(nil))
+	_ = (fs.NodeSetattrer)((*f32Node)(nil))
+	_ = (fs.NodeFlusher)((*f32Node)(nil))
+	_ = (fs.NodeFsyncer)((*f32Node)(nil))
+	_ = (fs.NodeReleaser)((*f32Node)(nil))
+	_ = (fs.NodeGetxattrer)((*f32Node)(nil))
+	_ = (fs.NodeListxattrer)((*f32Node)(nil))
+	_ = (fs.NodeOnForgetter)((*f32Node)(nil))
+)
+
+func f32Ino(id checkpoint.ID) uint64 { return ino(kindF32, uint64(id)) }
+
+func (n *f32Node) OnForget() { n.fsys.forget(f32Ino(n.id)) }
+
+// f32Target is the tensor whose float32 view name is, under dir: the
+// tensor <base> for <base>.f32.npy, when its dtype converts. Nothing when
+// name is taken otherwise: a real entry, or the .npy view of a tensor
+// literally named <base>.f32, wins. Caller holds f.mu.
+func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
+	base, ok := strings.CutSuffix(name, f32Ext)
+	if !ok || base == "" || dir.Lookup(name) != nil {
+		return 0, false
+	}
+	if t := dir.Lookup(base + ".f32"); t != nil && !t.IsDir() && f.npyView(checkpoint.ID(t.Tensor)) != nil {
+		return 0, false
+	}
+	t := dir.Lookup(base)
+	if t == nil || t.IsDir() {
+		return 0, false
+	}
+	id := checkpoint.ID(t.Tensor)
+	info, ok := f.ck.Info(id)
+	return id, ok && floats.Has(info.DType)
+}
+
+// lookupF32 is dirNode.Lookup's last resort: a float32 view. Caller holds
+// f.mu (read).
+func (f *FS) lookupF32(ctx context.Context, d *dirNode, name string, a *fuse.Attr) *fs.Inode {
+	id, ok := f.f32Target(d.node, name)
+	if !ok || !f.fillF32Attr(a, id) {
+		return nil
+	}
+	return f.remember(d.NewInode(ctx, &f32Node{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: f32Ino(id)}))
+}
+
+// f32Entry is the listing entry of child c's float32 view (with --npy),
+// if it has one. Caller holds f.mu (read).
+func (f *FS) f32Entry(dir, c *tree.Node) (fuse.DirEntry, bool) {
+	id, ok := f.f32Target(dir, c.Name+f32Ext)
+	if !ok || id != checkpoint.ID(c.Tensor) {
+		return fuse.DirEntry{}, false
+	}
+	return fuse.DirEntry{Name: c.Name + f32Ext, Mode: syscall.S_IFREG, Ino: f32Ino(id)}, true
+}
+
+// f32View is the view's header and what it read of the tensor; nil when
+// the tensor is gone or its dtype (changed since) does not convert.
+func (f *FS) f32View(id checkpoint.ID) ([]byte, checkpoint.Info, int64) {
+	info, ok := f.ck.Info(id)
+	if !ok || !floats.Has(info.DType) {
+		return nil, info, 0
+	}
+	h, err := npy.Header("F32", info.Shape)
+	if err != nil {
+		return nil, info, 0
+	}
+	// Elements from the bytes, not the shape: the two differ only while a
+	// rewrite of the raw file is under way.
+	return h, info, info.Size * 8 / int64(info.DType.Bits())
+}
+
+func (f *FS) fillF32Attr(a *fuse.Attr, id checkpoint.ID) bool {
+	h, _, n := f.f32View(id)
+	size := uint64(0)
+	if h != nil {
+		size = uint64(len(h)) + 4*uint64(n)
+	}
+	f.fillCommon(a, f32Ino(id), syscall.S_IFREG|f.fileMode(), size)
+	return h != nil
+}
+
+func (n *f32Node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if u, ok := fh.(*upload); ok {
+		n.fsys.fillCommon(&out.Attr, f32Ino(n.id), syscall.S_IFREG|n.fsys.fileMode(), uint64(u.size()))
+		return 0
+	}
+	n.fsys.fillF32Attr(&out.Attr, n.id)
+	return 0
+}
+
+// Open for reading serves the conversion; for writing it starts an upload,
+// as for a .npy view.
+func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if !isWrite(flags) {
+		return nil, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	if n.fsys.ck.ReadOnly() {
+		return nil, 0, syscall.EROFS
+	}
+	var buf []byte
+	if flags&syscall.O_TRUNC == 0 {
+		// A partial overwrite (r+) edits the whole view: start from it.
+		var err error
+		if buf, err = n.fsys.f32Bytes(n.id); err != nil {
+			return nil, 0, n.fsys.readFailed(&n.Inode, 0, err)
+		}
+	}
+	u := n.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0))
+	return u, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// f32Bytes is the whole view (for a read-write open).
+func (f *FS) f32Bytes(id checkpoint.ID) ([]byte, error) {
+	h, _, n := f.f32View(id)
+	if h == nil {
+		return nil, nil
+	}
+	b := make([]byte, int64(len(h))+4*n)
+	copy(b, h)
+	k, err := f.readF32(id, b[len(h):], 0)
+	return b[:len(h)+k], err
+}
+
+// f32Step is the elements converted per pass: 1 MiB of float32 (a FUSE
+// read's most), from at most 512 KiB of source bytes (BF16, F16).
+const f32Step = 256 << 10
+
+// packedPool holds gathered source bytes, convPool converted ones.
+var (
+	packedPool = sync.Pool{New: func() any { b := make([]byte, 0, f32Step*2); return &b }}
+	convPool   = sync.Pool{New: func() any { b := make([]byte, 4*f32Step); return &b }}
+)
+
+func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if u, ok := fh.(*upload); ok {
+		return u.read(dest, off), 0
+	}
+	f := n.fsys
+	h, _, elems := f.f32View(n.id)
+	if h == nil {
+		return fuse.ReadResultData(nil), 0
+	}
+	hn := int64(len(h))
+	end := min(off+int64(len(dest)), hn+4*elems)
+	if off >= end {
+		return fuse.ReadResultData(nil), 0
+	}
+	out := dest[:end-off]
+	k := 0
+	if off < hn {
+		k = copy(out, h[off:])
+	}
+	if k < len(out) {
+		got, err := f.readF32(n.id, out[k:], max(off-hn, 0))
+		if err != nil {
+			return nil, f.readFailed(&n.Inode, off, err)
+		}
+		out = out[:k+got]
+	}
+	return fuse.ReadResultData(out), 0
+}
+
+// readF32 fills dst with the float32 bytes of tensor id from byte off of
+// the converted data, and returns how many it filled (fewer at the end).
+func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return 0, fmt.Errorf("tensor %d: %w", id, checkpoint.ErrNotFound)
+	}
+	d := info.DType
+	bits, group := int64(d.Bits()), int64(floats.Group(d))
+	elems := info.Size * 8 / bits
+	// The elements the request touches, widened to whole groups (an F4
+	// byte holds two, three F6 bytes hold four).
+	e0 := off / 4 / group * group
+	e1 := min((off+int64(len(dst))+3)/4, elems)
+	e1 = min((e1+group-1)/group*group, elems)
+	if e1 <= e0 {
+		return 0, nil
+	}
+	dst = dst[:min(int64(len(dst)), 4*e1-off)]
+	done := 0
+	for e0 < e1 {
+		step := min(e1-e0, f32Step) // a multiple of every group
+		src, release, err := f.packed(id, e0*bits/8, int(step*bits/8))
+		if err != nil {
+			return done, err
+		}
+		cp := convPool.Get().(*[]byte)
+		n := floats.DecodeLE(d, (*cp)[:4*step], src)
+		release()
+		skip := max(off-4*e0, 0)
+		done += copy(dst[done:], (*cp)[skip:4*int64(n)])
+		convPool.Put(cp)
+		if int64(n) < step {
+			break // the tensor shrank meanwhile
+		}
+		e0 += step
+	}
+	return done, nil
+}
+
+// packed returns n source bytes of tensor id at off as one slice: the
+// checkpoint's own when it has them in one segment, else gathered.
+func (f *FS) packed(id checkpoint.ID, off int64, n int) ([]byte, func(), error) {
+	segs, release, err := f.ck.Read(id, off, n)
+	if err != nil {
+		return nil, nop, err
+	}
+	if len(segs) == 1 {
+		return segs[0], release, nil
+	}
+	bp := packedPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	for _, s := range segs {
+		b = append(b, s...)
+	}
+	release()
+	*bp = b
+	return b, func() { packedPool.Put(bp) }, nil
+}
+
+func nop() {}
+
+func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	return writeUpload(fh, data, off)
+}
+
+func (n *f32Node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if errno := n.uploads.setattr(fh, in); errno != 0 {
+		return errno
+	}
+	return n.Getattr(ctx, fh, out)
+}
+
+func (n *f32Node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	return n.fsys.flushUpload(ctx, fh, n.commit)
+}
+
+func (n *f32Node) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	n.uploads.release(fh)
+	return 0
+}
+
+func (n *f32Node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	return n.fsys.sync(ctx)
+}
+
+// commit converts an uploaded float32 .npy back into the tensor's dtype
+// and replaces its bytes. Anything but float32 of the tensor's shape is
+// refused: the view changes values, never the dtype or the shape.
+func (n *f32Node) commit(b []byte) error {
+	f := n.fsys
+	cur, ok := f.ck.Info(n.id)
+	name := n.Path(nil)
+	if !ok {
+		return fmt.Errorf("%s: the tensor was deleted meanwhile", name)
+	}
+	if !floats.Has(cur.DType) {
+		return fmt.Errorf("tensor %q: %s: the tensor is %s now, which has no float32 view", cur.Key, name, cur.DType)
+	}
+	info, err := npy.Parse(b)
+	switch {
+	case err != nil:
+		return fmt.Errorf("tensor %q: %s: %w", cur.Key, name, err)
+	case info.DType != "F32":
+		return fmt.Errorf("tensor %q: %s holds %s, not float32: a float32 view takes float32 (np.save(path, a.astype(np.float32)))", cur.Key, name, npyDTypeName(info.DType))
+	case !slices.Equal(info.Shape, cur.Shape):
+		return fmt.Errorf("tensor %q: %s has shape %s, the tensor %s: a float32 view replaces values, not the shape (write %s.npy to replace the tensor)",
+			cur.Key, name, shapeJSON(info.Shape), shapeJSON(cur.Shape), strings.TrimSuffix(name, f32Ext))
+	}
+	data := b[info.DataOffset:]
+	elems := cur.Size * 8 / int64(cur.DType.Bits())
+	if int64(len(data)) != 4*elems {
+		return fmt.Errorf("tensor %q: %s has %d bytes of data, %d float32 need %d", cur.Key, name, len(data), elems, 4*elems)
+	}
+	size, err := safetensors.ByteSize(cur.DType, cur.Shape)
+	if err != nil {
+		return err
+	}
+	out := make([]byte, size)
+	floats.EncodeLE(cur.DType, out, data)
+	if _, err := f.ck.Put(cur.Key, cur.DType, cur.Shape, out); err != nil {
+		return err
+	}
+	f.changed(n.id, f32Ino(n.id))
+	go n.NotifyContent(0, 0) // its pages may hold the upload: after this request
+	return nil
+}
+
+func npyDTypeName(d string) string {
+	if d == "" {
+		return "a 1-byte void dtype"
+	}
+	return d
+}
+
+func (n *f32Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return n.fsys.getxattr(n.id, attr, dest)
+}
+
+func (n *f32Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return n.fsys.listxattr(n.id, dest)
+}
+
+// changedF32 invalidates the kernel's cache of tensor id's float32 view
+// after a change of the tensor's bytes [off, off+n) (n 0: everything).
+func (f *FS) changedF32(id checkpoint.ID, except uint64, off, n int64) {
+	v, ok := f.inodes.Load(f32Ino(id))
+	if !ok || f32Ino(id) == except {
+		return
+	}
+	vOff, vN := int64(0), int64(0)
+	if h, info, _ := f.f32View(id); h != nil && n > 0 {
+		// Element boundaries, widened to whole groups, times 4.
+		bits, group := int64(info.DType.Bits()), int64(floats.Group(info.DType))
+		e0 := off * 8 / bits / group * group
+		e1 := ((off+n)*8/bits + group) / group * group
+		vOff, vN = int64(len(h))+4*e0, 4*(e1-e0)
+	}
+	v.(*fs.Inode).NotifyContent(vOff, vN)
+}
+
+// createF32 is dirNode.Create of an existing tensor's float32 view that
+// was not looked up yet (an O_CREAT open the kernel did not resolve
+// first): an upload into the view, not a new tensor named <base>.f32.
+func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle) {
+	f := d.fsys
+	f.mu.RLock()
+	id, ok := f.f32Target(d.node, name)
+	f.mu.RUnlock()
+	if !ok {
+		return nil, nil
+	}
+	f.fillCommon(&out.Attr, f32Ino(id), syscall.S_IFREG|f.fileMode(), 0)
+	child := f.remember(d.NewInode(ctx, &f32Node{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: f32Ino(id)}))
+	// NewInode returns the node the kernel may already know: the upload
+	// belongs to that one (its Setattr reaches it). Committed at close
+	// even if nothing was written (and then refused: an empty file is no
+	// .npy).
+	n := child.Operations().(*f32Node)
+	return child, n.uploads.add(newUpload(nil, true))
+}
