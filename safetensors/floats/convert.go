@@ -114,6 +114,10 @@ func Decode(d safetensors.DType, dst []float32, src []byte) int {
 func DecodeLE(d safetensors.DType, dst, src []byte) int {
 	c := mustCodec(d)
 	n := c.count(len(dst)/4, len(src))
+	if c.f.bits >= 8 {
+		decodeLE(c, dst[:4*n], src[:n*c.f.bits/8])
+		return n
+	}
 	var buf [chunk]uint32
 	for done := 0; done < n; {
 		k := min(chunk, n-done)
@@ -232,4 +236,34 @@ func encodeBits(c *codec, dst []byte, src []uint32) int {
 		}
 	}
 	return n
+}
+
+// decodeLE is DecodeLE for the formats of whole bytes, written straight
+// into dst (len(dst) = 4 × elements): the float32 views' read path.
+func decodeLE(c *codec, dst, src []byte) {
+	switch {
+	case c.f == &fmtBF16:
+		// Four elements per 64-bit load: each BF16 is the top half of
+		// its float32.
+		i := 0
+		for ; i+8 <= len(src); i += 8 {
+			x := binary.LittleEndian.Uint64(src[i:])
+			o := dst[2*i : 2*i+16]
+			binary.LittleEndian.PutUint64(o, (x&0xFFFF)<<16|(x&0xFFFF0000)<<32)
+			binary.LittleEndian.PutUint64(o[8:], (x>>16)&0xFFFF0000|x&0xFFFF000000000000)
+		}
+		for ; i < len(src); i += 2 {
+			binary.LittleEndian.PutUint32(dst[2*i:], uint32(binary.LittleEndian.Uint16(src[i:]))<<16)
+		}
+	case c.f.bits == 16:
+		for i := 0; i+1 < len(src); i += 2 {
+			binary.LittleEndian.PutUint32(dst[2*i:], f16Bits(binary.LittleEndian.Uint16(src[i:])))
+		}
+	default:
+		t := c.table[:256]
+		dst = dst[:4*len(src)]
+		for i, b := range src {
+			binary.LittleEndian.PutUint32(dst[4*i:], t[b])
+		}
+	}
 }

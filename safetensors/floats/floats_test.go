@@ -354,3 +354,27 @@ func TestCounts(t *testing.T) {
 		t.Error("empty")
 	}
 }
+
+// TestDecodeLEMatchesDecode: the direct little-endian paths agree with
+// Decode for every length (the BF16 path takes four elements at a time).
+func TestDecodeLEMatchesDecode(t *testing.T) {
+	for _, d := range converted {
+		for n := 0; n <= 40; n += Group(d) {
+			src := make([]byte, n*d.Bits()/8)
+			for i := range src {
+				src[i] = byte(i*151 + n*7 + 3)
+			}
+			want := make([]float32, n)
+			Decode(d, want, src)
+			got := make([]byte, 4*n+3)
+			if k := DecodeLE(d, got, src); k != n {
+				t.Fatalf("%v: DecodeLE of %d converted %d", d, n, k)
+			}
+			for i, w := range want {
+				if g := binary.LittleEndian.Uint32(got[4*i:]); g != math.Float32bits(w) {
+					t.Fatalf("%v n=%d element %d: %#08x, Decode %#08x", d, n, i, g, math.Float32bits(w))
+				}
+			}
+		}
+	}
+}

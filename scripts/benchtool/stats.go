@@ -151,6 +151,8 @@ func (b *bench) statsRows() error {
 		b.add(row{section: statsSection, what: what, ours: mbps(size, median(ours)), unit: "MB/s", refWhat: refWhat, ref: mbps(size, median(ref)), kind: rate, barMin: c.bar})
 		if c.dtype == safetensors.F32 {
 			b.add(row{section: statsSection, what: fmt.Sprintf("safejaxfs stats max RssAnon while summarizing the %s tensor", sizeName(size)), ours: mb(peak), unit: "MB", refWhat: "(bounded: 1 MiB reads, no copy of the tensor)", kind: cost, absMax: 64})
+		} else if err := b.f32ViewRow(p, off, n); err != nil {
+			return err
 		}
 		os.Remove(p)
 	}
@@ -206,5 +208,67 @@ func sameFigures(out []byte, want []float64) error {
 		g.NaN != want[4] || g.Inf != want[5] || g.Zeros != want[6] {
 		return fmt.Errorf("safejaxfs %+v, numpy %v", g, want)
 	}
+	return nil
+}
+
+// f32ViewScript times np.load of a BF16 tensor's .f32.npy view through a
+// fresh mount, cold (the daemon converts) and hot (the kernel's cache),
+// next to numpy widening the same range of the checkpoint itself, and
+// checks the two arrays are equal bit for bit.
+const f32ViewScript = `
+import json, sys, time
+import numpy as np
+view, ckpt, off, count, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+def direct():
+    u = np.fromfile(ckpt, dtype='<u2', offset=off, count=count)
+    return (u.astype(np.uint32) << 16).view(np.float32)
+def timed(f):
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+direct(); direct()  # numpy, the allocator and the checkpoint's pages warm
+cold = timed(lambda: np.load(view))  # the first read: converted by the daemon
+ok = np.array_equal(np.load(view).reshape(-1).view(np.uint32), direct().view(np.uint32))
+out = {"cold": cold, "view": [], "direct": [], "equal": bool(ok)}
+for _ in range(reps):
+    out["view"].append(timed(lambda: np.load(view)))
+    out["direct"].append(timed(direct))
+print(json.dumps(out))
+`
+
+// f32ViewRow: np.load of the BF16 tensor's float32 view (converted by the
+// daemon, 4 bytes per element through FUSE) against numpy converting it
+// itself from np.fromfile of the checkpoint.
+func (b *bench) f32ViewRow(p string, off int64, n uint64) error {
+	m, err := b.mount(p, "--read-only")
+	if err != nil {
+		return err
+	}
+	view := filepath.Join(keyPath(m.dir, "model.embed_tokens.weight") + ".f32.npy")
+	out, err := runPython(f32ViewScript, view, p, strconv.FormatInt(off, 10), strconv.FormatUint(n, 10), strconv.Itoa(b.cfg.reps))
+	if uerr := m.unmount(); err == nil {
+		err = uerr
+	}
+	if err != nil {
+		return err
+	}
+	var r struct {
+		Cold         float64
+		View, Direct []float64
+		Equal        bool
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return fmt.Errorf("numpy printed %q: %w", out, err)
+	}
+	if !r.Equal {
+		return fmt.Errorf("the .f32.npy view differs from numpy's own widening of the BF16 tensor")
+	}
+	size := int64(4 * n)
+	refWhat := "np.fromfile of the BF16 range widened to float32 by numpy (page cache)"
+	ref := mbps(size, median(r.Direct))
+	b.add(row{section: statsSection, what: fmt.Sprintf("np.load of a BF16 tensor's .f32.npy view (%s of float32), 1st read: converted by the daemon", sizeName(size)),
+		ours: mbps(size, r.Cold), unit: "MB/s", refWhat: refWhat, ref: ref, kind: rate})
+	b.add(row{section: statsSection, what: "np.load of the same view, read again (served from the kernel's cache of the view)",
+		ours: mbps(size, median(r.View)), unit: "MB/s", refWhat: refWhat, ref: ref, kind: rate})
 	return nil
 }
