@@ -42,6 +42,8 @@ func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrO
 
 func (f *FS) fillDirAttr(a *fuse.Attr, n *tree.Node) {
 	f.fillCommon(a, dirIno(n), syscall.S_IFDIR|f.dirMode(), 0)
+	t := f.dirTime(n)
+	setTimes(a, t, t)
 	a.Nlink = 2
 }
 
@@ -66,9 +68,8 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	// A real entry always wins over a view: only an absent name can be a view.
 	if base, ok := strings.CutSuffix(name, npyExt); ok {
 		if t := d.node.Lookup(base); t != nil && !t.IsDir() {
-			id := checkpoint.ID(t.Tensor)
-			if f.fillNPYAttr(&out.Attr, npyIno(id), id) {
-				return f.remember(d.NewInode(ctx, &npyNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: npyIno(id)})), 0
+			if n := f.viewNode(ctx, &d.Inode, checkpoint.ID(t.Tensor), &out.Attr); n != nil {
+				return n, 0
 			}
 		}
 	}
@@ -88,7 +89,9 @@ func (f *FS) newChild(ctx context.Context, parent *fs.Inode, n *tree.Node, a *fu
 	if errno := f.fillTensorAttr(a, id); errno != 0 {
 		return nil, errno
 	}
-	return f.remember(parent.NewInode(ctx, &tensorNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tensorIno(id)})), 0
+	child := parent.NewInode(ctx, &tensorNode{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tensorIno(id)})
+	f.live.add(id, child, false)
+	return child, 0
 }
 
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
@@ -127,6 +130,12 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 const (
 	XattrPID   = "user.safejaxfs.pid"
 	XattrError = "user.safejaxfs.error"
+	// XattrLog names the daemon's log file.
+	XattrLog = "user.safejaxfs.log"
+	// XattrRecover, set on the root, makes the daemon save every edit to
+	// a recovery file (unmount --force, when the write-back failed); read,
+	// it names the last such file.
+	XattrRecover = "user.safejaxfs.recover"
 )
 
 var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
@@ -139,6 +148,14 @@ func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint3
 		case XattrError:
 			if msg := d.fsys.lastErr.Load(); msg != nil {
 				return copyAttr(dest, []byte(*msg))
+			}
+		case XattrLog:
+			if d.fsys.opt.LogPath != "" {
+				return copyAttr(dest, []byte(d.fsys.opt.LogPath))
+			}
+		case XattrRecover:
+			if p := d.fsys.rescued.Load(); p != nil {
+				return copyAttr(dest, []byte(*p))
 			}
 		}
 	}

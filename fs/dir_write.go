@@ -14,6 +14,7 @@ import (
 
 var (
 	_ = (fs.NodeCreater)((*dirNode)(nil))
+	_ = (fs.NodeMknoder)((*dirNode)(nil))
 	_ = (fs.NodeMkdirer)((*dirNode)(nil))
 	_ = (fs.NodeUnlinker)((*dirNode)(nil))
 	_ = (fs.NodeRmdirer)((*dirNode)(nil))
@@ -31,60 +32,97 @@ func (d *dirNode) writable() syscall.Errno {
 
 // Create makes a new tensor. name.npy uploads a .npy (dtype and shape from
 // its header) when the file is closed; any other name is a 1-D U8 tensor
-// holding the bytes written.
+// holding the bytes written (until something gives it a dtype: see
+// retype.go).
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	if errno := d.writable(); errno != 0 {
+	f := d.fsys
+	if child, fh, errno := d.createF32(ctx, name, out); child != nil || errno != 0 {
+		return child, fh, fuse.FOPEN_DIRECT_IO, errno
+	}
+	child, n, errno := d.newFile(ctx, name, out)
+	if errno != 0 {
 		return nil, nil, 0, errno
+	}
+	if n != nil {
+		// A created .npy is committed at close even if nothing was
+		// written (and then refused: an empty file is no .npy).
+		return child, &npyHandle{up: n.uploads.add(newUpload(nil, true, f.maxUpload))}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	return child, f.newWriteHandle(child.Operations().(*tensorNode).id), fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// Mknod of a regular file is Create without opening it (tar makes a file
+// this way to set its attributes before writing it). Special files have
+// no place in a checkpoint.
+func (d *dirNode) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if mode&syscall.S_IFMT != syscall.S_IFREG {
+		return nil, syscall.EPERM
+	}
+	child, _, errno := d.newFile(ctx, name, out)
+	return child, errno
+}
+
+// newFile makes the node of a new file: an upload for name.npy (returned
+// as n), else a new growable tensor.
+func (d *dirNode) newFile(ctx context.Context, name string, out *fuse.EntryOut) (child *fs.Inode, n *npyNode, errno syscall.Errno) {
+	if errno := d.writable(); errno != 0 {
+		return nil, nil, errno
 	}
 	f := d.fsys
 	if d.isRoot() && f.doc(name) != nil {
-		return nil, nil, 0, syscall.EEXIST
+		return nil, nil, syscall.EEXIST
 	}
-	if child, fh := d.createF32(ctx, name, out); child != nil {
-		return child, fh, fuse.FOPEN_DIRECT_IO, 0
+	f.mu.RLock()
+	_, isView := f.f32Target(d.node, name)
+	f.mu.RUnlock()
+	if isView {
+		return nil, nil, syscall.EEXIST // a float32 view: only Create writes one
 	}
 	if base, ok := strings.CutSuffix(name, npyExt); ok && base != "" {
 		f.mu.RLock()
 		existing := d.node.Lookup(base)
 		f.mu.RUnlock()
 		if existing != nil && existing.IsDir() {
-			return nil, nil, 0, syscall.EISDIR
+			return nil, nil, syscall.EISDIR
 		}
 		n := &npyNode{fsys: f, id: noTensor, dir: d.node, base: base}
 		ino := f.nextIno.Add(1)
 		if existing != nil {
-			// Replacing a tensor whose view was not looked up yet.
+			// Replacing a tensor whose view the kernel did not know.
 			n.id = checkpoint.ID(existing.Tensor)
-			ino = npyIno(n.id)
+			info, ok := f.ck.Info(n.id)
+			if !ok {
+				return nil, nil, syscall.ENOENT
+			}
+			n.key = info.Key
+			ino = f.viewIno(n.id, info.Key)
 		}
 		f.fillCommon(&out.Attr, ino, syscall.S_IFREG|f.fileMode(), 0)
-		child := f.remember(d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}))
-		// A created .npy is committed at close even if nothing was
-		// written (and then refused: an empty file is no .npy).
-		return child, n.uploads.add(newUpload(nil, true)), fuse.FOPEN_DIRECT_IO, 0
+		child := d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+		f.live.add(n.id, child, true)
+		return child, n, 0
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	key := f.tree.ChildKey(d.node, name)
 	if !tree.ValidName(name) {
-		return nil, nil, 0, syscall.EINVAL
+		return nil, nil, syscall.EINVAL
 	}
 	id, err := f.ck.Create(key)
 	if err != nil {
 		f.logf("create %s: %v", name, err)
-		return nil, nil, 0, editErrno(err)
+		return nil, nil, editErrno(err)
 	}
 	node, err := f.tree.AddFile(d.node, name, key, int(id))
 	if err != nil {
 		f.ck.Delete(id)
 		f.logf("create %s: %v", name, err)
-		return nil, nil, 0, syscall.EEXIST
+		return nil, nil, syscall.EEXIST
 	}
-	child, errno := f.newChild(ctx, &d.Inode, node, &out.Attr)
-	if errno != 0 {
-		return nil, nil, 0, errno
-	}
-	return child, &writeHandle{}, fuse.FOPEN_KEEP_CACHE, 0
+	f.retype.newFile(id)
+	f.touchDir(d.node)
+	child, errno = f.newChild(ctx, &d.Inode, node, &out.Attr)
+	return child, nil, errno
 }
 
 // Mkdir makes a key prefix. It exists only in the mount until a tensor is
@@ -104,6 +142,7 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		f.logf("mkdir %s: %v", name, err)
 		return nil, syscall.EEXIST
 	}
+	f.touchDir(d.node)
 	return f.newChild(ctx, &d.Inode, node, &out.Attr)
 }
 
@@ -130,12 +169,30 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	case n.IsDir():
 		return syscall.EISDIR
 	}
-	if err := f.ck.Delete(checkpoint.ID(n.Tensor)); err != nil {
-		return editErrno(err)
+	if errno := f.removeTensor(checkpoint.ID(n.Tensor)); errno != 0 {
+		return errno
 	}
 	if err := f.tree.Remove(n); err != nil {
 		return syscall.EIO
 	}
+	f.touchDir(d.node)
+	// The kernel may keep name.npy and name.f32.npy, the views of what
+	// was removed.
+	go d.notifyEntries(name+npyExt, name+f32Ext)
+	return 0
+}
+
+// removeTensor deletes tensor id (unlinked, or renamed over), remembering
+// its dtype and shape for a file created again at its key.
+func (f *FS) removeTensor(id checkpoint.ID) syscall.Errno {
+	info, ok := f.ck.Info(id)
+	if err := f.ck.Delete(id); err != nil {
+		return editErrno(err)
+	}
+	if ok {
+		f.forgetTensor(id, info)
+	}
+	f.dropIfUnused(id)
 	return 0
 }
 
@@ -158,6 +215,7 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err := f.tree.Remove(n); err != nil {
 		return syscall.EIO
 	}
+	f.touchDir(d.node)
 	return 0
 }
 
@@ -182,9 +240,30 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	src := d.node.Lookup(name)
+	viewRename := false
+	if src == nil {
+		// A view renamed to another view renames its tensor: np.save to
+		// tmp.npy, then os.replace to final.npy.
+		base, isView := strings.CutSuffix(name, npyExt)
+		if t := d.node.Lookup(base); isView && t != nil && !t.IsDir() {
+			newBase, toView := strings.CutSuffix(newName, npyExt)
+			if !toView || newBase == "" {
+				f.logf("rename %s to %s: a .npy view renames its tensor, so the new name must end in .npy too", name, newName)
+				return syscall.EINVAL
+			}
+			src, name, newName, viewRename = t, base, newBase, true
+		}
+	}
 	if src == nil {
 		return syscall.ENOENT
 	}
+	if !viewRename && !src.IsDir() {
+		if done, errno := f.renameIntoView(src, dst, newName); done {
+			return errno
+		}
+	}
+	var replaced checkpoint.Info // the tensor renamed over, if any
+	hasReplaced := false
 	if old := dst.node.Lookup(newName); old != nil {
 		if old == src {
 			return 0
@@ -201,8 +280,9 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 			return syscall.ENOTEMPTY
 		}
 		if !old.IsDir() {
-			if err := f.ck.Delete(checkpoint.ID(old.Tensor)); err != nil {
-				return editErrno(err)
+			replaced, hasReplaced = f.ck.Info(checkpoint.ID(old.Tensor))
+			if errno := f.removeTensor(checkpoint.ID(old.Tensor)); errno != 0 {
+				return errno
 			}
 		}
 		if err := f.tree.Remove(old); err != nil {
@@ -224,7 +304,30 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		f.tree.Move(src, oldDir, oldName)
 		return editErrno(err)
 	}
+	if hasReplaced && !src.IsDir() {
+		f.adoptReplaced(checkpoint.ID(src.Tensor), replaced)
+	}
+	f.touchDir(d.node)
+	f.touchDir(dst.node)
+	// The kernel keeps entries of names whose meaning changed: the views
+	// of both names (and, when a view was renamed, the raw names, which
+	// the kernel did not see move). After this request returns, since the
+	// kernel holds the directories locked until then.
+	stale := []string{name + npyExt, name + f32Ext}
+	newStale := []string{newName + npyExt, newName + f32Ext}
+	if viewRename {
+		stale, newStale = append(stale, name), append(newStale, newName)
+	}
+	go d.notifyEntries(stale...)
+	go dst.notifyEntries(newStale...)
 	return 0
+}
+
+// notifyEntries drops the kernel's cached entries of names in d.
+func (d *dirNode) notifyEntries(names ...string) {
+	for _, name := range names {
+		d.NotifyEntry(name)
+	}
 }
 
 // Fsync on a directory (or `safejaxfs unmount`, which fsyncs the root)
@@ -236,4 +339,43 @@ func (d *dirNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 // Setattr on a directory changes nothing a checkpoint stores.
 func (d *dirNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	return d.Getattr(ctx, fh, out)
+}
+
+var (
+	_ = (fs.NodeSetxattrer)((*dirNode)(nil))
+	_ = (fs.NodeRemovexattrer)((*dirNode)(nil))
+)
+
+// Setxattr: a checkpoint stores no attributes of a directory. ENOTSUP, as
+// a file system without them says, so cp -a and rsync -X carry on. On the
+// root, XattrRecover asks for a recovery file and XattrSync for a
+// write-back now.
+func (d *dirNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	switch {
+	case d.isRoot() && attr == XattrRecover:
+		return d.fsys.saveRecovery()
+	case d.isRoot() && attr == XattrSync:
+		return d.fsys.compact()
+	}
+	return syscall.ENOTSUP
+}
+
+// saveRecovery writes every edit to a recovery file (see
+// checkpoint.SaveRecovery), for unmount --force after a failed write-back.
+func (f *FS) saveRecovery() syscall.Errno {
+	if f.ck.ReadOnly() {
+		return syscall.EROFS
+	}
+	p, err := f.ck.SaveRecovery(f.opt.RecoveryDirs...)
+	if err != nil {
+		f.fail(err)
+		return writeBackErrno(err)
+	}
+	f.logf("edits saved to the recovery file %s", p)
+	f.rescued.Store(&p)
+	return 0
+}
+
+func (d *dirNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.ENOTSUP
 }

@@ -29,6 +29,10 @@ type f32Node struct {
 	fs.Inode
 	fsys *FS
 	id   checkpoint.ID
+	// key is the tensor's key when the node was made: once the tensor is
+	// renamed or removed, the kernel's entry of this name is stale (Open
+	// answers ESTALE, as for a .npy view).
+	key string
 
 	uploads uploadSet
 }
@@ -49,9 +53,44 @@ var (
 	_ = (fs.NodeOnForgetter)((*f32Node)(nil))
 )
 
-func f32Ino(id checkpoint.ID) uint64 { return ino(kindF32, uint64(id)) }
+// f32Ino numbers the float32 view of tensor id under its key: a new
+// number once the tensor is renamed, as for .npy views (viewIno), so the
+// kernel's stale entry of the old name never stands for the new one.
+func (f *FS) f32Ino(id checkpoint.ID, key string) uint64 {
+	v := &f.f32Views
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.rec == nil {
+		v.rec = map[checkpoint.ID]viewIno{}
+	}
+	r, ok := v.rec[id]
+	switch {
+	case !ok:
+		r = viewIno{key, ino(kindF32, uint64(id))}
+	case r.key != key:
+		r = viewIno{key, f.nextIno.Add(1)}
+	}
+	v.rec[id] = r
+	return r.ino
+}
 
-func (n *f32Node) OnForget() { n.fsys.forget(f32Ino(n.id)) }
+func (n *f32Node) OnForget() {
+	n.fsys.live.remove(n.id, &n.Inode)
+	n.fsys.dropIfUnused(n.id)
+}
+
+// stale reports whether the node no longer stands for its name.
+func (n *f32Node) stale() bool {
+	info, ok := n.fsys.ck.Info(n.id)
+	return !ok || info.Key != n.key
+}
+
+// isF32 tells the float32 views among a tensor's live nodes (changedRange
+// leaves them to changedF32).
+func isF32(n *fs.Inode) bool {
+	_, ok := n.Operations().(*f32Node)
+	return ok
+}
 
 // f32Target is the tensor whose float32 view name is, under dir: the
 // tensor <base> for <base>.f32.npy, when its dtype converts. Nothing when
@@ -78,10 +117,26 @@ func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
 // f.mu (read).
 func (f *FS) lookupF32(ctx context.Context, d *dirNode, name string, a *fuse.Attr) *fs.Inode {
 	id, ok := f.f32Target(d.node, name)
-	if !ok || !f.fillF32Attr(a, id) {
+	if !ok {
 		return nil
 	}
-	return f.remember(d.NewInode(ctx, &f32Node{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: f32Ino(id)}))
+	return f.f32Node(ctx, &d.Inode, id, a)
+}
+
+// f32Node makes (or finds) the node of tensor id's float32 view under
+// parent, filling its attributes; nil when it has none.
+func (f *FS) f32Node(ctx context.Context, parent *fs.Inode, id checkpoint.ID, a *fuse.Attr) *fs.Inode {
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return nil
+	}
+	ino := f.f32Ino(id, info.Key)
+	if !f.fillF32Attr(a, ino, id) {
+		return nil
+	}
+	n := parent.NewInode(ctx, &f32Node{fsys: f, id: id, key: info.Key}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+	f.live.add(id, n, false)
+	return n
 }
 
 // f32Entry is the listing entry of child c's float32 view (with --npy),
@@ -91,13 +146,13 @@ func (f *FS) f32Entry(dir, c *tree.Node) (fuse.DirEntry, bool) {
 	if !ok || id != checkpoint.ID(c.Tensor) {
 		return fuse.DirEntry{}, false
 	}
-	return fuse.DirEntry{Name: c.Name + f32Ext, Mode: syscall.S_IFREG, Ino: f32Ino(id)}, true
+	return fuse.DirEntry{Name: c.Name + f32Ext, Mode: syscall.S_IFREG, Ino: f.f32Ino(id, c.Key)}, true
 }
 
 // f32View is the view's header and what it read of the tensor; nil when
 // the tensor is gone or its dtype (changed since) does not convert.
 func (f *FS) f32View(id checkpoint.ID) ([]byte, checkpoint.Info, int64) {
-	info, ok := f.ck.Info(id)
+	info, ok := f.ck.Attr(id) // a removed tensor a file still has open too
 	if !ok || !floats.Has(info.DType) {
 		return nil, info, 0
 	}
@@ -110,43 +165,56 @@ func (f *FS) f32View(id checkpoint.ID) ([]byte, checkpoint.Info, int64) {
 	return h, info, info.Size * 8 / int64(info.DType.Bits())
 }
 
-func (f *FS) fillF32Attr(a *fuse.Attr, id checkpoint.ID) bool {
-	h, _, n := f.f32View(id)
+func (f *FS) fillF32Attr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
+	h, info, n := f.f32View(id)
 	size := uint64(0)
 	if h != nil {
 		size = uint64(len(h)) + 4*uint64(n)
 	}
-	f.fillCommon(a, f32Ino(id), syscall.S_IFREG|f.fileMode(), size)
+	f.fillCommon(a, ino, syscall.S_IFREG|f.fileMode(), size)
+	if h != nil {
+		setTimes(a, info.MTime, info.CTime)
+	}
 	return h != nil
 }
 
+// Getattr shows the view, never an upload in progress (go-fuse hands it
+// the node's first open handle, which may be anyone's).
 func (n *f32Node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if u, ok := fh.(*upload); ok {
-		n.fsys.fillCommon(&out.Attr, f32Ino(n.id), syscall.S_IFREG|n.fsys.fileMode(), uint64(u.size()))
-		return 0
-	}
-	n.fsys.fillF32Attr(&out.Attr, n.id)
+	n.fsys.fillF32Attr(&out.Attr, n.StableAttr().Ino, n.id)
 	return 0
 }
 
-// Open for reading serves the conversion; for writing it starts an upload,
-// as for a .npy view.
+// Open for reading serves the conversion. For writing it starts an upload
+// (the handle): with O_TRUNC an empty one, without it (r+) one holding the
+// whole view, converted back at close. Unlike a .npy view there are no
+// in-place writes: a float32 written would read back rounded, so the
+// kernel's pages of the view would disagree with the tensor (and a
+// writable shared mmap, np.load(mmap_mode='r+'), is not offered).
 func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if n.stale() {
+		return nil, 0, syscall.ESTALE
+	}
+	f := n.fsys
+	f.live.add(n.id, &n.Inode, false)
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
-	if n.fsys.ck.ReadOnly() {
+	if f.ck.ReadOnly() {
 		return nil, 0, syscall.EROFS
 	}
 	var buf []byte
 	if flags&syscall.O_TRUNC == 0 {
-		// A partial overwrite (r+) edits the whole view: start from it.
+		_, _, elems := f.f32View(n.id)
+		if 4*elems > f.maxUpload {
+			return nil, 0, syscall.EFBIG
+		}
 		var err error
-		if buf, err = n.fsys.f32Bytes(n.id); err != nil {
-			return nil, 0, n.fsys.readFailed(&n.Inode, 0, err)
+		if buf, err = f.f32Bytes(n.id); err != nil {
+			return nil, 0, f.readFailed(&n.Inode, 0, err)
 		}
 	}
-	u := n.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0))
+	u := n.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0, f.maxUpload))
 	return u, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -204,7 +272,7 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 // readF32 fills dst with the float32 bytes of tensor id from byte off of
 // the converted data, and returns how many it filled (fewer at the end).
 func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
-	info, ok := f.ck.Info(id)
+	info, ok := f.ck.Attr(id) // a removed tensor reads on while a file has it open
 	if !ok {
 		return 0, fmt.Errorf("tensor %d: %w", id, checkpoint.ErrNotFound)
 	}
@@ -275,22 +343,45 @@ func (f *FS) packed(id checkpoint.ID, off int64, n int) ([]byte, func(), error) 
 func nop() {}
 
 func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	return writeUpload(fh, data, off)
+	u, ok := fh.(*upload)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	if errno := u.write(data, off); errno != 0 {
+		n.fsys.logf("%s: writing %d bytes at %d: the upload would pass %d bytes (a .f32.npy is held in memory until it is closed)", n.Path(nil), len(data), off, n.fsys.maxUpload)
+		return 0, errno
+	}
+	return uint32(len(data)), 0
 }
 
+// Setattr truncates an upload (through its handle, or every open one for
+// a truncate by path); the view itself changes only by a whole .npy.
 func (n *f32Node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if errno := n.uploads.setattr(fh, in); errno != 0 {
-		return errno
+	if size, ok := in.GetSize(); ok {
+		var errno syscall.Errno
+		if u, ok := fh.(*upload); ok {
+			errno = u.truncate(int64(size))
+		} else {
+			errno = n.uploads.truncateAll(int64(size))
+		}
+		if errno != 0 {
+			return errno
+		}
 	}
 	return n.Getattr(ctx, fh, out)
 }
 
 func (n *f32Node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	return n.fsys.flushUpload(ctx, fh, n.commit)
+	if u, ok := fh.(*upload); ok {
+		return n.fsys.flushUpload(ctx, u, n.commit)
+	}
+	return 0
 }
 
 func (n *f32Node) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	n.uploads.release(fh)
+	if u, ok := fh.(*upload); ok {
+		n.uploads.release(u)
+	}
 	return 0
 }
 
@@ -332,10 +423,10 @@ func (n *f32Node) commit(b []byte) error {
 	}
 	out := make([]byte, size)
 	floats.EncodeLE(cur.DType, out, data)
-	if _, err := f.ck.Put(cur.Key, cur.DType, cur.Shape, out); err != nil {
+	if err := f.ck.Replace(n.id, cur.DType, cur.Shape, out); err != nil {
 		return err
 	}
-	f.changed(n.id, f32Ino(n.id))
+	f.changed(n.id, n.StableAttr().Ino)
 	go n.NotifyContent(0, 0) // its pages may hold the upload: after this request
 	return nil
 }
@@ -355,41 +446,53 @@ func (n *f32Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.E
 	return n.fsys.listxattr(n.id, dest)
 }
 
-// changedF32 invalidates the kernel's cache of tensor id's float32 view
-// after a change of the tensor's bytes [off, off+n) (n 0: everything).
+// changedF32 invalidates the kernel's cache of tensor id's float32 views
+// after a change of the tensor's bytes [off, off+n) (n 0: everything),
+// except the inode the change came through.
 func (f *FS) changedF32(id checkpoint.ID, except uint64, off, n int64) {
-	v, ok := f.inodes.Load(f32Ino(id))
-	if !ok || f32Ino(id) == except {
-		return
+	var vOff, vN int64
+	first := true
+	for _, r := range f.live.of(id) {
+		if !isF32(r.n) || r.n.StableAttr().Ino == except {
+			continue
+		}
+		if first {
+			first = false
+			if h, info, _ := f.f32View(id); h != nil && n > 0 {
+				// Whole elements (whole groups of the sub-byte
+				// formats), 4 bytes each, after the header.
+				bits, group := int64(info.DType.Bits()), int64(floats.Group(info.DType))
+				e0 := off * 8 / bits / group * group
+				e1 := ((off+n)*8/bits + group) / group * group
+				vOff, vN = int64(len(h))+4*e0, 4*(e1-e0)
+			}
+		}
+		r.n.NotifyContent(vOff, vN)
 	}
-	vOff, vN := int64(0), int64(0)
-	if h, info, _ := f.f32View(id); h != nil && n > 0 {
-		// Element boundaries, widened to whole groups, times 4.
-		bits, group := int64(info.DType.Bits()), int64(floats.Group(info.DType))
-		e0 := off * 8 / bits / group * group
-		e1 := ((off+n)*8/bits + group) / group * group
-		vOff, vN = int64(len(h))+4*e0, 4*(e1-e0)
-	}
-	v.(*fs.Inode).NotifyContent(vOff, vN)
 }
 
 // createF32 is dirNode.Create of an existing tensor's float32 view that
-// was not looked up yet (an O_CREAT open the kernel did not resolve
-// first): an upload into the view, not a new tensor named <base>.f32.
-func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle) {
+// the kernel did not look up first: an upload into the view, not a new
+// tensor named <base>.f32. nil when name is no such view.
+func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, syscall.Errno) {
 	f := d.fsys
 	f.mu.RLock()
 	id, ok := f.f32Target(d.node, name)
 	f.mu.RUnlock()
 	if !ok {
-		return nil, nil
+		return nil, nil, 0
 	}
-	f.fillCommon(&out.Attr, f32Ino(id), syscall.S_IFREG|f.fileMode(), 0)
-	child := f.remember(d.NewInode(ctx, &f32Node{fsys: f, id: id}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: f32Ino(id)}))
+	if errno := d.writable(); errno != 0 {
+		return nil, nil, errno
+	}
+	child := f.f32Node(ctx, &d.Inode, id, &out.Attr)
+	if child == nil {
+		return nil, nil, syscall.ENOENT
+	}
 	// NewInode returns the node the kernel may already know: the upload
-	// belongs to that one (its Setattr reaches it). Committed at close
-	// even if nothing was written (and then refused: an empty file is no
-	// .npy).
+	// belongs to that one (a truncate by path reaches it). Committed at
+	// close even if nothing was written (and then refused: an empty file
+	// is no .npy).
 	n := child.Operations().(*f32Node)
-	return child, n.uploads.add(newUpload(nil, true))
+	return child, n.uploads.add(newUpload(nil, true, f.maxUpload)), 0
 }

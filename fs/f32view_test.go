@@ -16,7 +16,7 @@ import (
 func TestF32Ino(t *testing.T) {
 	seen := map[uint64]bool{}
 	for id := range checkpoint.ID(1000) {
-		for _, i := range []uint64{ino(kindDir, uint64(id)), tensorIno(id), npyIno(id), f32Ino(id)} {
+		for _, i := range []uint64{ino(kindDir, uint64(id)), tensorIno(id), npyIno(id), ino(kindF32, uint64(id))} {
 			if seen[i] {
 				t.Fatalf("ino %d given twice", i)
 			}

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
@@ -28,6 +27,12 @@ type Options struct {
 	Sep    string      // key separator ("" = ".")
 	NPY    bool        // list <tensor>.npy views in directory listings
 	Logger *log.Logger // where refused edits and write-back failures are explained; nil: discarded
+	// LogPath is the file Logger writes to, if any (shown by the root's
+	// user.safejaxfs.log attribute).
+	LogPath string
+	// RecoveryDirs are where edits go when neither the checkpoint nor
+	// its directory can take them (see checkpoint.SaveRecovery).
+	RecoveryDirs []string
 }
 
 // FS is the state shared by all nodes of one mount.
@@ -46,14 +51,26 @@ type FS struct {
 
 	logger  *log.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
+	rescued atomic.Pointer[string] // the last recovery file written on request
 
-	// inodes the kernel knows, by number, so a change made through one name
-	// can invalidate the kernel's cache of the other (a tensor and its view).
-	inodes sync.Map
+	// live are the inodes the kernel knows, by tensor, so a change made
+	// through one name can invalidate the kernel's cache of the others
+	// (a tensor and its views).
+	live     liveNodes
+	views    viewInos
+	f32Views viewInos // the float32 views' numbers (f32view.go)
 	// nextIno numbers .npy files created before their tensor exists.
 	nextIno atomic.Uint64
 	// specials are the root's JSON documents (__metadata__, ...).
 	specials []*doc
+
+	metaJSON  atomic.Pointer[[]byte] // __metadata__ as rendered, nil after a change
+	maxUpload int64                  // the most a .npy written into the mount may hold
+
+	dirTimes dirTimes
+
+	retype  retyper     // dtypes and shapes waiting for bytes that fit
+	writers writerCount // write handles open per tensor
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a
@@ -68,6 +85,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		f.logger = log.New(io.Discard, "", 0)
 	}
 	f.nextIno.Store(1 << 62)
+	f.maxUpload = uploadLimit()
 	f.specials = f.docs()
 	if r := ck.Remote(); r != nil {
 		// A remote file has no local owner: the mount belongs to whoever
@@ -149,7 +167,41 @@ func (f *FS) fillCommon(a *fuse.Attr, ino uint64, mode uint32, size uint64) {
 	a.Blocks = (size + 511) / 512
 	a.Nlink = 1
 	a.Owner = fuse.Owner{Uid: f.uid, Gid: f.gid}
-	a.SetTimes(nil, &f.mtime, &f.mtime)
+	setTimes(a, f.mtime, f.mtime)
+}
+
+// setTimes sets what stat shows. A checkpoint stores no times: they start
+// as the checkpoint file's mtime and move with changes made through the
+// mount (rsync, make, find -newer, cp -u compare them). No access times
+// are kept: atime is the mtime.
+func setTimes(a *fuse.Attr, mtime, ctime time.Time) {
+	a.SetTimes(&mtime, &mtime, &ctime)
+}
+
+// dirTimes are the times of directories whose entries changed in this
+// mount; others show the checkpoint's.
+type dirTimes struct {
+	mu sync.Mutex
+	t  map[*tree.Node]time.Time
+}
+
+// touchDir records that directory n's entries changed now.
+func (f *FS) touchDir(n *tree.Node) {
+	f.dirTimes.mu.Lock()
+	defer f.dirTimes.mu.Unlock()
+	if f.dirTimes.t == nil {
+		f.dirTimes.t = map[*tree.Node]time.Time{}
+	}
+	f.dirTimes.t[n] = time.Now()
+}
+
+func (f *FS) dirTime(n *tree.Node) time.Time {
+	f.dirTimes.mu.Lock()
+	defer f.dirTimes.mu.Unlock()
+	if t, ok := f.dirTimes.t[n]; ok {
+		return t
+	}
+	return f.mtime
 }
 
 // Statfs reports the file system holding the checkpoint: that is where
@@ -174,17 +226,8 @@ func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 
 func (f *FS) logf(format string, args ...any) { f.logger.Printf(format, args...) }
 
-// remember records a live inode so changed can reach it.
-func (f *FS) remember(n *fs.Inode) *fs.Inode {
-	f.inodes.Store(n.StableAttr().Ino, n)
-	return n
-}
-
-// forget drops a forgotten inode from the registry.
-func (f *FS) forget(ino uint64) { f.inodes.Delete(ino) }
-
 // changed tells the kernel that tensor id's bytes or attributes changed, for
-// its raw file and its view, except the inode the change came through: the
+// its raw file and its views, except the inode the change came through: the
 // kernel already knows, and invalidating an inode from inside its own write
 // would wait on pages that write holds locked.
 func (f *FS) changed(id checkpoint.ID, except uint64) {
@@ -193,21 +236,41 @@ func (f *FS) changed(id checkpoint.ID, except uint64) {
 
 // changedRange is changed for the tensor bytes [off, off+n) only (n 0: to
 // the end), so a small write does not drop every cached page of a large
-// tensor's other name.
+// tensor's other names.
 func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
-	if t, ok := f.inodes.Load(tensorIno(id)); ok && tensorIno(id) != except {
-		t.(*fs.Inode).NotifyContent(off, n)
-	}
-	if v, ok := f.inodes.Load(npyIno(id)); ok && npyIno(id) != except {
+	var hdr int64 = -1
+	for _, r := range f.live.of(id) {
+		if r.n.StableAttr().Ino == except || isF32(r.n) {
+			continue
+		}
+		if !r.view {
+			r.n.NotifyContent(off, n)
+			continue
+		}
 		vOff := int64(0)
 		if n > 0 {
 			// The view's bytes sit after its header; with no header
 			// (a dtype numpy lacks) there is nothing cached to keep.
-			if h := f.npyView(id); h != nil {
-				vOff = int64(len(h)) + off
+			if hdr < 0 {
+				hdr = int64(len(f.npyView(id)))
+			}
+			if hdr > 0 {
+				vOff = hdr + off
 			}
 		}
-		v.(*fs.Inode).NotifyContent(vOff, n)
+		r.n.NotifyContent(vOff, n)
 	}
 	f.changedF32(id, except, off, n)
+}
+
+// uploadLimit is the most a .npy written into the mount may hold: it is
+// buffered in memory until closed, so half the machine's RAM. Beyond it a
+// write or truncate fails with EFBIG instead of taking the daemon (and
+// every edit it holds) down.
+func uploadLimit() int64 {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil || si.Totalram == 0 {
+		return 1 << 32
+	}
+	return int64(si.Totalram) * int64(si.Unit) / 2
 }

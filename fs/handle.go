@@ -9,23 +9,107 @@ import (
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
-// writeHandle is a tensor opened for writing: its close must check the
-// tensor ended at its size and persist. A refusal sticks to the handle:
-// every close of a duplicate of the descriptor reports it (numpy's tofile
-// closes a dup first and ignores that error; the user must see it at the
-// final close).
+// writeHandle is a tensor opened for writing (one open file description:
+// shared by dup, dup2 and fork, closed once per descriptor). A truncate
+// through it (O_TRUNC at open, ftruncate to another size) starts a rewrite
+// that belongs to it alone: its writes go to the rewrite, its reads come
+// back from it, and only its own close (or fsync) at exactly the tensor's
+// size makes the rewrite the tensor's bytes. Other descriptors, opened
+// before or after, neither see it persisted nor decide it.
 type writeHandle struct {
-	mu    sync.Mutex
-	errno syscall.Errno
+	mu     sync.Mutex
+	staged *checkpoint.Staged // nil unless a rewrite is under way
+	// changes counts writes and truncates of the rewrite; shown is its
+	// value when a refused close last dropped the rewrite from the
+	// kernel's cache (so Release need not do it again).
+	changes, shown uint64
 }
 
-func (h *writeHandle) fail(errno syscall.Errno) syscall.Errno {
+// changedRewrite records a write or truncate of the rewrite.
+func (h *writeHandle) changedRewrite() {
+	h.mu.Lock()
+	h.changes++
+	h.mu.Unlock()
+}
+
+// newWriteHandle opens a write handle on tensor id; its Release must call
+// f.writers.add(id, -1).
+func (f *FS) newWriteHandle(id checkpoint.ID) *writeHandle {
+	f.writers.add(id, 1)
+	return &writeHandle{}
+}
+
+// rewrite returns the handle's rewrite in progress, if any.
+func (h *writeHandle) rewrite() *checkpoint.Staged {
+	if h == nil {
+		return nil
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if errno != 0 {
-		h.errno = errno
+	return h.staged
+}
+
+// truncate applies a size change of tensor id through h (nil: by path,
+// with no open file). A plain file created in the mount follows its size;
+// a tensor truncated to the size it has is unchanged; any other size
+// starts (or continues) h's rewrite.
+func (f *FS) truncate(h *writeHandle, id checkpoint.ID, size int64) error {
+	if h != nil {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.staged != nil {
+			h.changes++
+			return h.staged.Truncate(size)
+		}
 	}
-	return h.errno
+	if f.ck.Growable(id) {
+		return f.ck.Truncate(id, size)
+	}
+	if info, ok := f.ck.Info(id); ok && info.Size == size {
+		return nil
+	}
+	if h == nil {
+		// Nothing could ever bring it back to its size.
+		return f.ck.Truncate(id, size)
+	}
+	s, err := f.ck.Stage(id, size)
+	if err != nil {
+		return err
+	}
+	h.staged = s
+	return nil
+}
+
+// commit ends h's rewrite if it has the tensor's size: the tensor takes
+// its bytes. Otherwise the rewrite stays open (a later close through a
+// dup may still complete it) and the error says why.
+func (h *writeHandle) commit() (committed bool, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.staged == nil {
+		return false, nil
+	}
+	if err := h.staged.Commit(); err != nil {
+		h.shown = h.changes
+		return false, err
+	}
+	h.staged.Close()
+	h.staged = nil
+	return true, nil
+}
+
+// abandon drops a rewrite that never reached the tensor's size. dropped:
+// there was one; stale: the kernel's cache may still hold some of it (it
+// changed after the last refused close dropped it from the cache).
+func (h *writeHandle) abandon() (dropped, stale bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.staged == nil {
+		return false, false
+	}
+	h.staged.Close()
+	h.staged = nil
+	return true, h.changes != h.shown
 }
 
 // sync persists everything pending and turns a failure into the errno the
@@ -34,7 +118,7 @@ func (h *writeHandle) fail(errno syscall.Errno) syscall.Errno {
 func (f *FS) sync(ctx context.Context) syscall.Errno {
 	if err := f.ck.Sync(); err != nil {
 		f.fail(err)
-		return syscall.EIO
+		return writeBackErrno(err)
 	}
 	f.lastErr.Store(nil)
 	return 0
@@ -60,4 +144,15 @@ func editErrno(err error) syscall.Errno {
 		return syscall.EINVAL
 	}
 	return toErrno(err)
+}
+
+// writeBackErrno is the errno of a failed persist: the one the file system
+// under the checkpoint gave (ENOSPC, EDQUOT, EROFS, ...), so the user
+// learns what to fix; EIO when there is none.
+func writeBackErrno(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) && e != 0 {
+		return e
+	}
+	return syscall.EIO
 }

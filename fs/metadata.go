@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -33,9 +34,18 @@ var (
 	_ = (fs.NodeReleaser)((*metadataNode)(nil))
 )
 
+// maxMetadataUpload caps what may be written to __metadata__: the whole
+// header of a safetensors file is at most 100,000,000 bytes.
+const maxMetadataUpload = 100_000_000
+
 // metadataJSON renders the metadata with sorted keys, no HTML escaping (keys
-// and values are shown as written) and a trailing newline for cat.
+// and values are shown as written) and a trailing newline for cat. It is
+// rendered once per change, not per read: reads of a large metadata file
+// come in many requests.
 func (f *FS) metadataJSON() []byte {
+	if b := f.metaJSON.Load(); b != nil {
+		return *b
+	}
 	m := f.ck.Metadata()
 	if m == nil {
 		m = map[string]string{}
@@ -46,20 +56,24 @@ func (f *FS) metadataJSON() []byte {
 	// Encoding a map of strings cannot fail (invalid UTF-8 would already
 	// have been refused by the header parser).
 	_ = enc.Encode(m)
-	return b.Bytes()
+	out := b.Bytes()
+	f.metaJSON.Store(&out)
+	return out
 }
 
+// Getattr shows the metadata as it is, not an upload in progress (the
+// handle go-fuse passes may be anyone's: see npyNode.Getattr).
 func (m *metadataNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	size := len(m.doc.render())
-	if u, ok := fh.(*upload); ok {
-		size = u.size()
-	}
 	m.fsys.fillCommon(&out.Attr, m.doc.ino, syscall.S_IFREG|m.fsys.fileMode(), uint64(size))
+	if t := m.doc.mtime.Load(); t != nil {
+		setTimes(&out.Attr, *t, *t)
+	}
 	return 0
 }
 
-// Open uses direct I/O: the content is a few bytes rendered per read, and
-// direct I/O keeps readers from seeing a stale cached copy after a change.
+// Open uses direct I/O: the content is small, and direct I/O keeps readers
+// from seeing a stale cached copy after a change.
 func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_DIRECT_IO, 0
@@ -71,7 +85,7 @@ func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, u
 	if flags&syscall.O_TRUNC == 0 {
 		buf = m.doc.render()
 	}
-	return m.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0)), fuse.FOPEN_DIRECT_IO, 0
+	return m.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload)), fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -86,12 +100,28 @@ func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, 
 }
 
 func (m *metadataNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	return writeUpload(fh, data, off)
+	u, ok := fh.(*upload)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	if errno := u.write(data, off); errno != 0 {
+		m.fsys.logf("__metadata__: writing %d bytes at %d: metadata is limited to %d bytes", len(data), off, maxMetadataUpload)
+		return 0, errno
+	}
+	return uint32(len(data)), 0
 }
 
 func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if errno := m.uploads.setattr(fh, in); errno != 0 {
-		return errno
+	if size, ok := in.GetSize(); ok {
+		errno := syscall.Errno(0)
+		if u, ok := fh.(*upload); ok {
+			errno = u.truncate(int64(size))
+		} else {
+			errno = m.uploads.truncateAll(int64(size))
+		}
+		if errno != 0 {
+			return errno
+		}
 	}
 	return m.Getattr(ctx, fh, out)
 }
@@ -99,11 +129,24 @@ func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.S
 // Flush replaces the document with what was written, if it parses;
 // otherwise it is kept and close fails with EINVAL.
 func (m *metadataNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	return m.fsys.flushUpload(ctx, fh, m.doc.commit)
+	u, ok := fh.(*upload)
+	if !ok {
+		return 0
+	}
+	return m.fsys.flushUpload(ctx, u, func(b []byte) error {
+		if err := m.doc.commit(b); err != nil {
+			return err
+		}
+		now := time.Now()
+		m.doc.mtime.Store(&now)
+		return nil
+	})
 }
 
 func (m *metadataNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	m.uploads.release(fh)
+	if u, ok := fh.(*upload); ok {
+		m.uploads.release(u)
+	}
 	return 0
 }
 

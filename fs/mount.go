@@ -51,6 +51,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		Logger:          mo.Logger,
+		RootStableAttr:  &fs.StableAttr{Ino: inoRoot},
 		MountOptions: fuse.MountOptions{
 			FsName:               src,
 			Name:                 "safejaxfs",
@@ -59,6 +60,15 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			DirectMount:          os.Geteuid() == 0,
 			IgnoreSecurityLabels: true,
 			DisableReadDirPlus:   true,
+			// O_TRUNC arrives with the OPEN it belongs to: a rewrite that
+			// starts with a truncate is then one open file's (see
+			// writeHandle), and a truncated .npy upload copies nothing.
+			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+			// The daemon invalidates exactly what changes (see
+			// changedRange); mtimes move with every write, and the
+			// kernel must not drop a whole tensor's cached pages
+			// because one did.
+			ExplicitDataCacheControl: true,
 			// Bigger requests mean fewer round trips on sequential reads
 			// and writes: 1 MiB is the kernel's maximum.
 			MaxWrite:     1 << 20,

@@ -22,6 +22,10 @@ type npyNode struct {
 
 	mu sync.Mutex
 	id checkpoint.ID // the tensor viewed; noTensor until an upload creates it
+	// key is the tensor's key when this node was made for it: the node
+	// stands for <name>.npy, and once the tensor is renamed or removed
+	// the kernel's entry of that name is stale (see Open).
+	key string
 	// Where a .npy created in the mount puts its new tensor.
 	dir  *tree.Node
 	base string
@@ -46,7 +50,42 @@ func (n *npyNode) tensor() checkpoint.ID {
 	return n.id
 }
 
-func (n *npyNode) OnForget() { n.fsys.forget(n.StableAttr().Ino) }
+func (n *npyNode) OnForget() {
+	id := n.tensor()
+	n.fsys.live.remove(id, &n.Inode)
+	n.fsys.dropIfUnused(id)
+}
+
+// viewNode makes the node of tensor id's view under parent, filling its
+// attributes; nil when numpy has no form for the tensor.
+func (f *FS) viewNode(ctx context.Context, parent *fs.Inode, id checkpoint.ID, a *fuse.Attr) *fs.Inode {
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return nil
+	}
+	ino := f.viewIno(id, info.Key)
+	if !f.fillNPYAttr(a, ino, id) {
+		return nil
+	}
+	n := parent.NewInode(ctx, &npyNode{fsys: f, id: id, key: info.Key}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+	f.live.add(id, n, true)
+	return n
+}
+
+// stale reports whether this node no longer stands for its name: its
+// tensor was renamed, or removed (and perhaps another took its name).
+// The kernel may still hold the old entry; an Open through it fails with
+// ESTALE, which makes the kernel look the name up again.
+func (n *npyNode) stale() bool {
+	n.mu.Lock()
+	id, key := n.id, n.key
+	n.mu.Unlock()
+	if id == noTensor {
+		return false
+	}
+	info, ok := n.fsys.ck.Info(id)
+	return !ok || info.Key != key
+}
 
 // npyView returns the .npy header for tensor id, or nil when numpy has no
 // form for its dtype (sub-byte floats) or the tensor is gone. Derived on each
@@ -59,7 +98,7 @@ func (f *FS) npyView(id checkpoint.ID) []byte {
 
 // npyViewInfo is npyView plus what it read of the tensor.
 func (f *FS) npyViewInfo(id checkpoint.ID) ([]byte, checkpoint.Info) {
-	info, ok := f.ck.Info(id)
+	info, ok := f.ck.Attr(id)
 	if !ok {
 		return nil, info
 	}
@@ -79,21 +118,25 @@ func (f *FS) fillNPYAttr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
 		size = uint64(len(h)) + uint64(info.Size)
 	}
 	f.fillCommon(a, ino, syscall.S_IFREG|f.fileMode(), size)
+	if h != nil {
+		setTimes(a, info.MTime, info.CTime)
+	}
 	return h != nil
 }
 
+// Getattr shows the view as it is, not an upload in progress: go-fuse
+// passes the first open handle of the node when the kernel sends none
+// (every stat), so a handle here may be anyone's.
 func (n *npyNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if u, ok := fh.(*upload); ok {
-		n.fsys.fillCommon(&out.Attr, n.StableAttr().Ino, syscall.S_IFREG|n.fsys.fileMode(), uint64(u.size()))
-		return 0
-	}
 	n.fsys.fillNPYAttr(&out.Attr, n.StableAttr().Ino, n.tensor())
 	return 0
 }
 
 func (n *npyNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if u, ok := fh.(*upload); ok {
-		return u.read(dest, off), 0
+	if h, ok := fh.(*npyHandle); ok {
+		if u := h.upload(); u != nil {
+			return u.read(dest, off), 0
+		}
 	}
 	id := n.tensor()
 	h := n.fsys.npyView(id)

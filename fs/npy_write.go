@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -12,6 +14,7 @@ import (
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
+	"github.com/safejaxfs/safejaxfs/tree"
 )
 
 var (
@@ -22,63 +25,187 @@ var (
 	_ = (fs.NodeReleaser)((*npyNode)(nil))
 )
 
-// Open for writing starts an upload; reading serves the view.
+// npyHandle is a .npy view opened for writing. Opened with O_TRUNC (or
+// created) it is an upload from the start: a whole .npy collected until
+// close (np.save). Opened without (np.load(mmap_mode='r+'), open('r+b')) it
+// writes into the tensor in place, through the view's bytes after the
+// header, like the raw file: a writable shared mmap of the view works. It
+// turns into an upload of the view's current bytes only when a write
+// changes the header, goes past the end, or the file is truncated, since
+// only a whole new .npy can change the tensor's dtype or shape.
+type npyHandle struct {
+	mu sync.Mutex
+	up *upload // nil while writing in place
+}
+
+func (h *npyHandle) upload() *upload {
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.up
+}
+
+// Open for writing starts an upload or an in-place write; reading serves
+// the view. An entry the kernel kept for a view whose tensor was renamed
+// or removed since is stale: ESTALE makes the kernel look the name up
+// again (and np.save to it then creates the tensor anew instead of
+// overwriting the renamed one).
 func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if n.stale() {
+		return nil, 0, syscall.ESTALE
+	}
+	id := n.tensor()
+	n.fsys.live.add(id, &n.Inode, true)
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	if n.fsys.ck.ReadOnly() {
 		return nil, 0, syscall.EROFS
 	}
-	// A partial overwrite of a view (r+) edits the whole .npy: start from
-	// the bytes the view shows.
-	var buf []byte
-	if id := n.tensor(); id != noTensor && flags&syscall.O_TRUNC == 0 {
-		buf = n.fsys.npyBytes(id)
+	if id != noTensor && flags&syscall.O_TRUNC == 0 {
+		return &npyHandle{}, fuse.FOPEN_KEEP_CACHE, 0
 	}
-	u := n.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0))
-	// Direct I/O: the upload's bytes are not the view's until close, so
-	// they must not land in (or be served from) the view's page cache.
-	return u, fuse.FOPEN_DIRECT_IO, 0
+	// O_TRUNC comes with the open (atomic O_TRUNC): nothing of the old
+	// view is copied. Direct I/O: the upload's bytes are not the view's
+	// until close, so they must not land in (or be served from) the
+	// view's page cache.
+	u := newUpload(nil, flags&syscall.O_TRUNC != 0, n.fsys.maxUpload)
+	return &npyHandle{up: n.uploads.add(u)}, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// npyBytes copies the whole view (for a read-write open of an existing view).
-func (f *FS) npyBytes(id checkpoint.ID) []byte {
+// toUpload turns an in-place handle into an upload of the view's current
+// bytes. Caller holds h.mu.
+func (n *npyNode) toUpload(h *npyHandle) syscall.Errno {
+	if h.up != nil {
+		return 0
+	}
+	b, err := n.fsys.npyBytes(n.tensor())
+	if err != nil {
+		return toErrno(err)
+	}
+	h.up = n.uploads.add(newUpload(b, true, n.fsys.maxUpload))
+	return 0
+}
+
+// npyBytes copies the whole view (for a handle that rewrites its header).
+func (f *FS) npyBytes(id checkpoint.ID) ([]byte, error) {
 	h, info := f.npyViewInfo(id)
 	if h == nil {
-		return nil
+		return nil, fmt.Errorf("tensor %d: no .npy view: %w", id, checkpoint.ErrNotFound)
 	}
-	b := append([]byte(nil), h...)
+	b := make([]byte, len(h), len(h)+int(info.Size))
+	copy(b, h)
 	segs, release, err := f.ck.Read(id, 0, int(info.Size))
 	defer release()
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	for _, s := range segs {
 		b = append(b, s...)
 	}
-	return b
+	return b, nil
 }
 
 func (n *npyNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	return writeUpload(fh, data, off)
+	h, ok := fh.(*npyHandle)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.up == nil {
+		done, errno := n.writeInPlace(data, off)
+		if done || errno != 0 {
+			return uint32(len(data)), errno
+		}
+		if errno := n.toUpload(h); errno != 0 {
+			return 0, errno
+		}
+	}
+	if errno := h.up.write(data, off); errno != 0 {
+		n.fsys.logf("%s.npy: writing %d bytes at %d: the upload would pass %d bytes (a .npy is held in memory until it is closed)", n.base, len(data), off, n.fsys.maxUpload)
+		return 0, errno
+	}
+	return uint32(len(data)), 0
 }
 
-// Setattr truncates an upload; a view itself is replaced only by writing a
-// whole .npy.
+// writeInPlace writes a view's bytes into its tensor: the part after the
+// header goes to the tensor, the part over the header must repeat it.
+// done is false (and nothing is written) when the write changes the
+// header or passes the end: only an upload can do that.
+func (n *npyNode) writeInPlace(data []byte, off int64) (done bool, errno syscall.Errno) {
+	f := n.fsys
+	id := n.tensor()
+	hdr, info := f.npyViewInfo(id)
+	if hdr == nil {
+		return false, syscall.ENOENT
+	}
+	hn := int64(len(hdr))
+	end := off + int64(len(data))
+	if end > hn+info.Size {
+		return false, 0
+	}
+	if off < hn {
+		over := data[:min(hn, end)-off]
+		if string(over) != string(hdr[off:off+int64(len(over))]) {
+			return false, 0
+		}
+	}
+	if end <= hn {
+		return true, 0
+	}
+	from := max(off, hn)
+	p := data[from-off:]
+	if err := f.ck.WriteAt(id, p, from-hn); err != nil {
+		f.logf("write: %v", err)
+		return false, editErrno(err)
+	}
+	f.changedRange(id, n.StableAttr().Ino, from-hn, int64(len(p)))
+	return true, 0
+}
+
+// Setattr truncates an upload; an in-place handle truncated to another
+// size becomes one. A view itself is replaced only by writing a whole .npy.
 func (n *npyNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if errno := n.uploads.setattr(fh, in); errno != 0 {
-		return errno
+	if size, ok := in.GetSize(); ok {
+		if h, ok := fh.(*npyHandle); ok {
+			h.mu.Lock()
+			var a fuse.AttrOut
+			n.Getattr(ctx, nil, &a)
+			errno := syscall.Errno(0)
+			if h.up != nil || size != a.Size {
+				if errno = n.toUpload(h); errno == 0 {
+					errno = h.up.truncate(int64(size))
+				}
+			}
+			h.mu.Unlock()
+			if errno != 0 {
+				return errno
+			}
+		} else if errno := n.uploads.truncateAll(int64(size)); errno != 0 {
+			return errno
+		}
 	}
 	return n.Getattr(ctx, fh, out)
 }
 
 func (n *npyNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	return n.fsys.flushUpload(ctx, fh, n.commit)
+	h, ok := fh.(*npyHandle)
+	if !ok {
+		return 0
+	}
+	if u := h.upload(); u != nil {
+		return n.fsys.flushUpload(ctx, u, n.commit)
+	}
+	return n.fsys.sync(ctx)
 }
 
 func (n *npyNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	n.uploads.release(fh)
+	if u := fh.(*npyHandle).upload(); u != nil {
+		n.uploads.release(u)
+	}
 	return 0
 }
 
@@ -86,62 +213,168 @@ func (n *npyNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 	return n.fsys.sync(ctx)
 }
 
-// commit turns an uploaded .npy into the tensor: replaces the viewed one, or
-// creates the tensor this new .npy names.
+// commit turns an uploaded .npy into the tensor: replaces the viewed one,
+// or creates the tensor this new .npy names. The name is checked and
+// changed under the tree's lock, so a tensor someone else created at the
+// name meanwhile is replaced (the last close wins, as for any file), never
+// deleted, and a key another path already holds is refused.
 func (n *npyNode) commit(b []byte) error {
 	f := n.fsys
-	info, err := npy.Parse(b)
+	info, perr := npy.Parse(b)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	key := ""
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	target, key := n.id, ""
+	if target == noTensor {
+		switch existing := n.dir.Lookup(n.base); {
+		case existing == nil:
+			key = f.tree.ChildKey(n.dir, n.base)
+		case existing.IsDir():
+			return fmt.Errorf("%s.npy: %s is a directory now", n.base, n.base)
+		default:
+			target = checkpoint.ID(existing.Tensor)
+		}
+	}
 	var old checkpoint.Info
-	if n.id != noTensor {
+	if target != noTensor {
 		var ok bool
-		if old, ok = f.ck.Info(n.id); !ok {
-			return fmt.Errorf("%s: the tensor was deleted meanwhile", n.base)
+		if old, ok = f.ck.Info(target); !ok {
+			return fmt.Errorf("%s.npy: the tensor was deleted meanwhile", n.base)
 		}
 		key = old.Key
-	} else {
-		f.mu.RLock()
-		key = f.tree.ChildKey(n.dir, n.base)
-		f.mu.RUnlock()
 	}
-	var dtype safetensors.DType
-	switch {
-	case errors.Is(err, npy.ErrAmbiguousVoid) && old.DType.Bits() == 8 && old.DType != safetensors.U8 && old.DType != safetensors.I8 && old.DType != safetensors.BOOL:
-		// |V1 is any of the float8 types: keep the one the tensor had.
-		dtype = old.DType
-	case err != nil:
-		return fmt.Errorf("tensor %q: %s.npy: %w", key, n.base, err)
-	default:
-		d, ok := safetensors.ParseDType(info.DType)
-		if !ok {
-			return fmt.Errorf("tensor %q: %s.npy: dtype %s has no safetensors form", key, n.base, info.DType)
-		}
-		dtype = d
-	}
-	id, err := f.ck.Put(key, dtype, info.Shape, b[info.DataOffset:])
+	dtype, err := npyDType(info, perr, old, key, n.base)
 	if err != nil {
 		return err
 	}
-	if n.id == noTensor {
-		f.mu.Lock()
-		_, err := f.tree.AddFile(n.dir, n.base, key, int(id))
-		f.mu.Unlock()
+	data := b[info.DataOffset:]
+	if target != noTensor {
+		if err := f.ck.Replace(target, dtype, info.Shape, data); err != nil {
+			return err
+		}
+	} else {
+		id, err := f.ck.PutNew(key, dtype, info.Shape, data)
 		if err != nil {
+			return err
+		}
+		if _, err := f.tree.AddFile(n.dir, n.base, key, int(id)); err != nil {
+			// Ours alone: nobody else can know it yet.
 			f.ck.Delete(id)
 			return fmt.Errorf("tensor %q: %w", key, err)
 		}
-		n.id = id
+		target = id
+		f.retype.newFile(id)
+		f.touchDir(n.dir)
 		if _, p := n.Parent(); p != nil {
 			// The raw file may be cached as absent.
 			go p.NotifyEntry(n.base)
 		}
 	}
+	if n.id == noTensor {
+		n.id, n.key = target, key
+		f.live.add(target, &n.Inode, true)
+	}
 	// The view's own pages may hold the uploaded bytes, not the view's:
 	// invalidate after this request has returned.
 	self := n.StableAttr().Ino
-	f.changed(id, self)
+	f.changed(target, self)
 	go n.NotifyContent(0, 0)
 	return nil
+}
+
+// npyDType is the safetensors dtype of a parsed .npy (perr: the parse's
+// error) that replaces tensor old (zero Info for a new one).
+func npyDType(info *npy.Info, perr error, old checkpoint.Info, key, base string) (safetensors.DType, error) {
+	switch {
+	case errors.Is(perr, npy.ErrAmbiguousVoid) && old.DType.Bits() == 8 && old.DType != safetensors.U8 && old.DType != safetensors.I8 && old.DType != safetensors.BOOL:
+		// |V1 is any of the float8 types: keep the one the tensor had.
+		return old.DType, nil
+	case perr != nil:
+		return 0, fmt.Errorf("tensor %q: %s.npy: %w", key, base, perr)
+	}
+	d, ok := safetensors.ParseDType(info.DType)
+	if !ok {
+		return 0, fmt.Errorf("tensor %q: %s.npy: dtype %s has no safetensors form", key, base, info.DType)
+	}
+	return d, nil
+}
+
+// renameIntoView handles a file created in the mount renamed to name.npy
+// where no real tensor has that name: rsync (and other tools that write a
+// temp file and rename it) uploading a .npy. If the file parses as a .npy
+// it becomes the tensor name (created or replaced) and the temp file is
+// gone; done is false when it does not, and the rename happens as for any
+// file. Caller holds f.mu.
+func (f *FS) renameIntoView(src *tree.Node, dst *dirNode, newName string) (done bool, errno syscall.Errno) {
+	base, ok := strings.CutSuffix(newName, npyExt)
+	id := checkpoint.ID(src.Tensor)
+	if !ok || base == "" || dst.node.Lookup(newName) != nil || !f.retype.isNew(id) || !f.ck.Growable(id) {
+		return false, 0
+	}
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return false, 0
+	}
+	segs, release, err := f.ck.Read(id, 0, int(info.Size))
+	if err != nil {
+		return false, 0
+	}
+	b := make([]byte, 0, info.Size)
+	for _, s := range segs {
+		b = append(b, s...)
+	}
+	release()
+	parsed, perr := npy.Parse(b)
+	if perr != nil && !errors.Is(perr, npy.ErrAmbiguousVoid) {
+		return false, 0
+	}
+	target := dst.node.Lookup(base)
+	var old checkpoint.Info
+	key := f.tree.ChildKey(dst.node, base)
+	if target != nil {
+		if target.IsDir() {
+			return true, syscall.EISDIR
+		}
+		old, _ = f.ck.Info(checkpoint.ID(target.Tensor))
+		key = old.Key
+	}
+	dtype, err := npyDType(parsed, perr, old, key, base)
+	if err != nil {
+		f.fail(err)
+		return true, syscall.EINVAL
+	}
+	data := b[parsed.DataOffset:]
+	if target != nil {
+		err = f.ck.Replace(checkpoint.ID(target.Tensor), dtype, parsed.Shape, data)
+	} else {
+		var nid checkpoint.ID
+		if nid, err = f.ck.PutNew(key, dtype, parsed.Shape, data); err == nil {
+			if _, err = f.tree.AddFile(dst.node, base, key, int(nid)); err != nil {
+				f.ck.Delete(nid)
+			} else {
+				f.retype.newFile(nid)
+			}
+		}
+	}
+	if err != nil {
+		f.fail(err)
+		return true, editErrno(err)
+	}
+	if errno := f.removeTensor(id); errno != 0 {
+		return true, errno
+	}
+	oldDir := src.Parent
+	if err := f.tree.Remove(src); err != nil {
+		return true, syscall.EIO
+	}
+	f.touchDir(dst.node)
+	f.touchDir(oldDir)
+	if target != nil {
+		f.changed(checkpoint.ID(target.Tensor), 0)
+	}
+	// The kernel moves the temp file's entry to newName itself: drop it,
+	// and the raw name's, once the rename has returned.
+	go dst.notifyEntries(newName, base)
+	return true, 0
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
+	"time"
 )
 
 // IndexMetadataName is the root file of a sharded mount holding the
@@ -27,6 +29,7 @@ type doc struct {
 	ino    uint64
 	render func() []byte
 	commit func([]byte) error
+	mtime  atomic.Pointer[time.Time] // when it last changed; nil: the checkpoint's mtime
 }
 
 func (f *FS) docs() []*doc {
@@ -35,7 +38,11 @@ func (f *FS) docs() []*doc {
 		if err != nil {
 			return err
 		}
-		return f.ck.SetMetadata(meta)
+		if err := f.ck.SetMetadata(meta); err != nil {
+			return err
+		}
+		f.metaJSON.Store(nil) // rendered again at the next read
+		return nil
 	}}}
 	if f.ck.Sharded() {
 		d = append(d, &doc{name: IndexMetadataName, ino: inoIndexMetadata, render: f.indexMetadataJSON, commit: func(b []byte) error {

@@ -1,11 +1,6 @@
 package fs
 
-import (
-	"context"
-	"syscall"
-
-	"github.com/hanwen/go-fuse/v2/fs"
-)
+import "syscall"
 
 // XattrSync, set on the mount root (safejaxfs sync), writes every edit
 // back into the checkpoint files now instead of at unmount: a compaction
@@ -13,19 +8,14 @@ import (
 // errno of what failed (the reason in user.safejaxfs.error).
 const XattrSync = "user.safejaxfs.sync"
 
-var _ = (fs.NodeSetxattrer)((*dirNode)(nil))
-
-func (d *dirNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	if !d.isRoot() || attr != XattrSync {
-		return syscall.ENOTSUP
-	}
-	if d.fsys.ck.ReadOnly() {
+func (f *FS) compact() syscall.Errno {
+	if f.ck.ReadOnly() {
 		return syscall.EROFS
 	}
-	if err := d.fsys.ck.Compact(); err != nil {
-		d.fsys.fail(err)
-		return toErrno(err)
+	if err := f.ck.Compact(); err != nil {
+		f.fail(err)
+		return writeBackErrno(err)
 	}
-	d.fsys.lastErr.Store(nil)
+	f.lastErr.Store(nil)
 	return 0
 }

@@ -28,23 +28,35 @@ var (
 	_ = (fs.NodeOnForgetter)((*tensorNode)(nil))
 )
 
-func (t *tensorNode) OnForget() { t.fsys.forget(tensorIno(t.id)) }
+func (t *tensorNode) OnForget() {
+	t.fsys.live.remove(t.id, &t.Inode)
+	t.fsys.dropIfUnused(t.id)
+}
 
 func (f *FS) fillTensorAttr(a *fuse.Attr, id checkpoint.ID) syscall.Errno {
-	info, ok := f.ck.Info(id)
+	info, ok := f.ck.Attr(id)
 	if !ok {
 		return syscall.ENOENT
 	}
 	f.fillCommon(a, tensorIno(id), syscall.S_IFREG|f.fileMode(), uint64(info.Size))
+	setTimes(a, info.MTime, info.CTime)
+	if info.Removed {
+		// Still open somewhere after rm or a rename over it.
+		a.Nlink = 0
+	}
 	return 0
 }
 
+// Getattr shows the tensor as it is, even through a handle with a rewrite
+// under way: go-fuse passes the first open handle of the node when the
+// kernel sends none (every stat), so a handle here may be anyone's.
 func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	return t.fsys.fillTensorAttr(&out.Attr, t.id)
 }
 
+// Read through a handle with a rewrite under way reads the rewrite back.
 func (t *tensorNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	segs, release, err := t.fsys.ck.Read(t.id, off, len(dest))
+	segs, release, err := t.readFor(fh)(off, len(dest))
 	if err != nil {
 		return nil, t.fsys.readFailed(&t.Inode, off, err)
 	}
@@ -59,6 +71,21 @@ func (f *FS) readFailed(node *fs.Inode, off int64, err error) syscall.Errno {
 		f.logf("read %s at %d: %v", node.Path(nil), off, err)
 	}
 	return toErrno(err)
+}
+
+// rewriteOf is the rewrite under way through handle fh, if any.
+func (t *tensorNode) rewriteOf(fh fs.FileHandle) *checkpoint.Staged {
+	h, _ := fh.(*writeHandle)
+	return h.rewrite()
+}
+
+// readFor returns how to read the tensor through handle fh: its rewrite
+// if one is under way, else the tensor's bytes.
+func (t *tensorNode) readFor(fh fs.FileHandle) func(off int64, n int) ([][]byte, func(), error) {
+	if s := t.rewriteOf(fh); s != nil {
+		return s.Read
+	}
+	return func(off int64, n int) ([][]byte, func(), error) { return t.fsys.ck.Read(t.id, off, n) }
 }
 
 func (t *tensorNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {

@@ -2,13 +2,11 @@ package fs
 
 import (
 	"context"
-	"encoding/json"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
@@ -19,6 +17,7 @@ var (
 	_ = (fs.NodeFsyncer)((*tensorNode)(nil))
 	_ = (fs.NodeSetxattrer)((*tensorNode)(nil))
 	_ = (fs.NodeRemovexattrer)((*tensorNode)(nil))
+	_ = (fs.NodeReleaser)((*tensorNode)(nil))
 )
 
 func isWrite(flags uint32) bool {
@@ -27,23 +26,39 @@ func isWrite(flags uint32) bool {
 
 // Open keeps the page cache across opens: tensor bytes change only through
 // this mount, and the mount invalidates what it changes. No direct I/O, so
-// clients can mmap tensor files (np.memmap, safe_open).
+// clients can mmap tensor files (np.memmap, safe_open). O_TRUNC (atomic
+// with the open, see Mount) starts the new handle's rewrite.
 func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	t.fsys.live.add(t.id, &t.Inode, false)
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	if t.fsys.ck.ReadOnly() {
 		return nil, 0, syscall.EROFS
 	}
+	h := t.fsys.newWriteHandle(t.id)
 	if flags&syscall.O_TRUNC != 0 {
-		if err := t.fsys.ck.Truncate(t.id, 0); err != nil {
+		if err := t.fsys.truncate(h, t.id, 0); err != nil {
+			t.fsys.writers.add(t.id, -1)
+			t.fsys.logf("open: %v", err)
 			return nil, 0, editErrno(err)
 		}
 	}
-	return &writeHandle{}, fuse.FOPEN_KEEP_CACHE, 0
+	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	h, _ := fh.(*writeHandle)
+	if s := h.rewrite(); s != nil {
+		// Nobody else sees a rewrite before it is committed: no
+		// invalidation yet.
+		if err := s.WriteAt(data, off); err != nil {
+			t.fsys.logf("write: %v", err)
+			return 0, editErrno(err)
+		}
+		h.changedRewrite()
+		return uint32(len(data)), 0
+	}
 	if err := t.fsys.ck.WriteAt(t.id, data, off); err != nil {
 		t.fsys.logf("write: %v", err)
 		return 0, editErrno(err)
@@ -52,85 +67,107 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 	return uint32(len(data)), 0
 }
 
-// Setattr takes truncation (cp, O_TRUNC, ftruncate). Mode, owner and times
-// are not stored in a checkpoint: accepted and ignored, so cp -p and tar
-// still work.
+// Setattr takes truncation (ftruncate; O_TRUNC comes with the open) and
+// the mtime (touch, cp -p, rsync -a), which lasts as long as the mount.
+// Mode and owner are not stored in a checkpoint: accepted and ignored, so
+// cp -p and tar still work.
 func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	h, _ := fh.(*writeHandle)
 	if size, ok := in.GetSize(); ok {
-		if err := t.fsys.ck.Truncate(t.id, int64(size)); err != nil {
+		if err := t.fsys.truncate(h, t.id, int64(size)); err != nil {
+			t.fsys.fail(err)
 			return editErrno(err)
 		}
-		t.fsys.changed(t.id, tensorIno(t.id))
+		if h.rewrite() == nil {
+			t.fsys.changed(t.id, tensorIno(t.id))
+		}
 	}
-	return t.fsys.fillTensorAttr(&out.Attr, t.id)
+	if mtime, ok := in.GetMTime(); ok {
+		// Kept for this mount only: rsync -a and make compare it.
+		if err := t.fsys.ck.SetMTime(t.id, mtime); err != nil {
+			return toErrno(err)
+		}
+	}
+	return t.Getattr(ctx, fh, out)
 }
 
-// Flush (close) of a handle opened for writing checks the tensor ended at
-// its size and persists. Every write handle does this, not only those that
-// wrote: a truncate at open reaches us without a handle.
+// Flush (close of one descriptor) decides a rewrite of the handle: at the
+// tensor's size it is committed; at another size the close fails with
+// EINVAL and the rewrite stays open, since a dup of the descriptor may
+// still complete it (the shell closes the original of a redirection
+// before the command writes). A close that fails nothing persists what is
+// committed.
 func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	h, ok := fh.(*writeHandle)
 	if !ok {
 		return 0
 	}
-	if err := t.fsys.ck.EndWrite(t.id); err != nil {
-		t.fsys.fail(err)
-		t.fsys.changed(t.id, 0)
-		return h.fail(syscall.EINVAL)
+	if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
+		return errno
 	}
-	return h.fail(t.fsys.sync(ctx))
+	t.fsys.settle(t.id)
+	return t.fsys.sync(ctx)
 }
 
+// commitRewrite commits h's rewrite of tensor id if it has the right size;
+// EINVAL, with the reason recorded, if not.
+func (f *FS) commitRewrite(h *writeHandle, id checkpoint.ID) syscall.Errno {
+	committed, err := h.commit()
+	if err != nil {
+		f.fail(err)
+		// The kernel's cache of the file holds what was written, and
+		// its size: the tensor does not.
+		f.changed(id, 0)
+		return syscall.EINVAL
+	}
+	if committed {
+		f.changed(id, tensorIno(id))
+	}
+	return 0
+}
+
+// Release drops a rewrite no close completed: the tensor keeps its bytes.
+func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	h, ok := fh.(*writeHandle)
+	if !ok {
+		return 0
+	}
+	t.fsys.writers.add(t.id, -1)
+	if dropped, stale := h.abandon(); dropped {
+		if info, ok := t.fsys.ck.Info(t.id); ok {
+			t.fsys.logf("tensor %q: a rewrite closed at the wrong size was dropped; the tensor keeps its previous bytes", info.Key)
+		}
+		// Only if the refused close did not already: an invalidation
+		// while a reader's GETATTR is in flight makes the kernel drop
+		// that reply and keep the size it had.
+		if stale {
+			go t.fsys.changed(t.id, 0)
+		}
+	}
+	return 0
+}
+
+// Fsync makes what is committed durable. A rewrite of the handle at the
+// tensor's size is committed first (dd conv=fsync, then close); one at
+// another size cannot be made durable and fails with EINVAL.
 func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	if h, ok := fh.(*writeHandle); ok {
+		if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
+			return errno
+		}
+	}
 	return t.fsys.sync(ctx)
 }
 
 // Setxattr on dtype or shape reinterprets the tensor's bytes; the byte size
 // must stay the same.
 func (t *tensorNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	t.fsys.live.add(t.id, &t.Inode, false)
 	return t.fsys.setxattr(t.id, attr, data)
 }
 
 func (t *tensorNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return t.fsys.removexattr(attr)
-}
-
-func (f *FS) setxattr(id checkpoint.ID, attr string, data []byte) syscall.Errno {
-	if f.ck.ReadOnly() {
-		return syscall.EROFS
-	}
-	info, ok := f.ck.Info(id)
-	if !ok {
-		return syscall.ENOENT
-	}
-	dtype, shape := info.DType, info.Shape
-	switch attr {
-	case xattrDType:
-		d, ok := safetensors.ParseDType(string(data))
-		if !ok {
-			f.logf("setxattr %s on %q: unknown dtype %q", attr, info.Key, data)
-			return syscall.EINVAL
-		}
-		dtype = d
-	case xattrShape:
-		shape = nil
-		if err := json.Unmarshal(data, &shape); err != nil || shape == nil {
-			f.logf("setxattr %s on %q: %q is not a JSON array of non-negative integers", attr, info.Key, data)
-			return syscall.EINVAL
-		}
-	case xattrKey, xattrShard:
-		// Renaming is what mv is for; a key that disagrees with the path
-		// would break the key-to-path rules. A tensor stays in its shard.
-		return syscall.EPERM
-	default:
-		return syscall.ENOTSUP
-	}
-	if err := f.ck.Reshape(id, dtype, shape); err != nil {
-		f.logf("setxattr %s on %q: %v", attr, info.Key, err)
-		return syscall.EINVAL
-	}
-	f.changed(id, 0)
-	return 0
 }
 
 func (f *FS) removexattr(attr string) syscall.Errno {

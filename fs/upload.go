@@ -6,13 +6,11 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// uploadSet tracks a node's open uploads. Without atomic O_TRUNC the kernel
-// truncates after OPEN with a SETATTR that carries no file handle, so the
-// truncate must reach the uploads through the node.
+// uploadSet tracks a node's open uploads, so that a truncate by path
+// (truncate(1), no file handle) reaches them.
 type uploadSet struct {
 	mu   sync.Mutex
 	open map[*upload]struct{}
@@ -28,64 +26,34 @@ func (s *uploadSet) add(u *upload) *upload {
 	return u
 }
 
-// release forgets a closed handle.
-func (s *uploadSet) release(fh fs.FileHandle) {
-	u, ok := fh.(*upload)
-	if !ok {
-		return
-	}
+// release forgets a closed upload.
+func (s *uploadSet) release(u *upload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.open, u)
 }
 
-// setattr applies a size change: through the handle when the kernel sends
-// one, else to every open upload of the node. A truncate of a node nobody
-// is uploading to is refused: only whole uploads replace its content.
-func (s *uploadSet) setattr(fh fs.FileHandle, in *fuse.SetAttrIn) syscall.Errno {
-	size, ok := in.GetSize()
-	if !ok {
-		return 0
-	}
-	if u, ok := fh.(*upload); ok {
-		u.truncate(int64(size))
-		return 0
-	}
-	if !s.truncate(int64(size)) {
-		return syscall.EPERM
-	}
-	return 0
-}
-
-// truncate applies a handle-less truncate to every open upload; false if
-// there is none (a truncate by path of something that is not being written).
-func (s *uploadSet) truncate(size int64) bool {
+// truncateAll applies a handle-less truncate to every open upload. A
+// truncate of a node nobody is uploading to is refused: only whole uploads
+// replace its content.
+func (s *uploadSet) truncateAll(size int64) syscall.Errno {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.open) == 0 {
+		return syscall.EPERM
+	}
 	for u := range s.open {
-		u.truncate(size)
+		if errno := u.truncate(size); errno != 0 {
+			return errno
+		}
 	}
-	return len(s.open) > 0
-}
-
-// writeUpload is the Write of a node whose writes go to an upload.
-func writeUpload(fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0, syscall.EBADF
-	}
-	u.write(data, off)
-	return uint32(len(data)), 0
+	return 0
 }
 
 // flushUpload commits what an upload collected (once per write session) and
 // persists; a refused commit fails the close with EINVAL and keeps the old
 // state.
-func (f *FS) flushUpload(ctx context.Context, fh fs.FileHandle, commit func([]byte) error) syscall.Errno {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0
-	}
+func (f *FS) flushUpload(ctx context.Context, u *upload, commit func([]byte) error) syscall.Errno {
 	return u.flush(func(b []byte) syscall.Errno {
 		if err := commit(b); err != nil {
 			f.fail(err)
@@ -100,6 +68,7 @@ func (f *FS) flushUpload(ctx context.Context, fh fs.FileHandle, commit func([]by
 // safetensors has; until then nothing in the checkpoint changes.
 type upload struct {
 	mu    sync.Mutex
+	limit int64 // the most it may hold (EFBIG beyond): it is all in memory
 	buf   []byte
 	wrote bool          // since the last flush
 	errno syscall.Errno // the last commit's refusal, repeated until the next write
@@ -116,7 +85,9 @@ func (u *upload) own() {
 	}
 }
 
-func newUpload(buf []byte, wrote bool) *upload { return &upload{buf: buf, wrote: wrote} }
+func newUpload(buf []byte, wrote bool, limit int64) *upload {
+	return &upload{buf: buf, wrote: wrote, limit: limit}
+}
 
 // flush commits what was written since the last flush, once: Flush runs
 // for every close of a duplicated descriptor. A refusal is repeated at each
@@ -141,20 +112,28 @@ func (u *upload) size() int {
 	return len(u.buf)
 }
 
-func (u *upload) write(p []byte, off int64) {
+func (u *upload) write(p []byte, off int64) syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	end := off + int64(len(p))
+	if end > u.limit {
+		return syscall.EFBIG
+	}
 	u.own()
-	if end := int(off) + len(p); end > len(u.buf) {
-		u.buf = append(u.buf, make([]byte, end-len(u.buf))...)
+	if int(end) > len(u.buf) {
+		u.buf = append(u.buf, make([]byte, int(end)-len(u.buf))...)
 	}
 	copy(u.buf[off:], p)
 	u.wrote, u.errno = true, 0
+	return 0
 }
 
-func (u *upload) truncate(size int64) {
+func (u *upload) truncate(size int64) syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if size > u.limit {
+		return syscall.EFBIG
+	}
 	u.own()
 	if int(size) <= len(u.buf) {
 		u.buf = u.buf[:size]
@@ -162,6 +141,7 @@ func (u *upload) truncate(size int64) {
 		u.buf = append(u.buf, make([]byte, int(size)-len(u.buf))...)
 	}
 	u.wrote, u.errno = true, 0
+	return 0
 }
 
 func (u *upload) read(dest []byte, off int64) fuse.ReadResult {

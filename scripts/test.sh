@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 # Debian packages: fusermount3 (non-root mounts), getfattr/setfattr, numpy for
 # the interop tests (Debian's /usr/bin/python3, not whatever python3 is on PATH),
 # strace for the fsync-ordering test, nginx-light as the HTTP server of the
-# remote-read tests.
+# remote-read tests, rsync and tar for the backup/restore tests.
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v getfattr >/dev/null || need+=(attr)
 command -v strace >/dev/null || need+=(strace)
+command -v rsync >/dev/null || need+=(rsync)
+command -v tar >/dev/null || need+=(tar)
 /usr/bin/python3 -c 'import numpy' 2>/dev/null || need+=(python3-numpy)
 if ((${#need[@]})); then
   if [ "$(id -u)" -eq 0 ]; then

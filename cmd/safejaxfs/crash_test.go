@@ -89,7 +89,11 @@ func startDaemon(t testing.TB, ckpt, mnt string, flags ...string) *fgDaemon {
 	t.Cleanup(func() { d.cleanup(t) })
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if pid := daemonPID(mnt); pid != 0 {
+		// Ready once it says so: before that, go-fuse's start-up probe
+		// may hold a file of the mount open in the daemon, and a kill
+		// then leaves a mount that hangs (the dying daemon waits on its
+		// own flush) instead of a dead one.
+		if pid := daemonPID(mnt); pid != 0 && strings.Contains(d.out.String(), " mounted at ") {
 			if pid != cmd.Process.Pid {
 				t.Fatalf("the mount says its daemon is pid %d, but it is %d", pid, cmd.Process.Pid)
 			}

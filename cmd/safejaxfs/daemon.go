@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,7 +14,8 @@ import (
 )
 
 // readyEnv names the fd on which a daemon reports to the parent that started
-// it: "ok" once the mount answers, or "<exit code> <message>".
+// it: "note <message>" lines for the user (printed by the parent), then
+// "ok" once the mount answers, or "<exit code> <message>".
 const readyEnv = "SAFEJAXFS_READY_FD"
 
 // mountWait bounds how long the parent waits for the daemon to mount a
@@ -63,11 +65,18 @@ func spawnDaemon(args []string, mnt string, wait time.Duration) error {
 	}
 	done := make(chan verdict, 1)
 	go func() {
-		line, err := bufio.NewReader(r).ReadString('\n')
-		done <- verdict{strings.TrimSpace(line), err}
+		br := bufio.NewReader(r)
+		for {
+			line, err := br.ReadString('\n')
+			if note, ok := strings.CutPrefix(line, "note "); ok && err == nil {
+				fmt.Fprintf(os.Stderr, "safejaxfs: %s\n", strings.TrimSpace(note))
+				continue
+			}
+			done <- verdict{strings.TrimSpace(line), err}
+			return
+		}
 	}()
-	select {
-	case v := <-done:
+	verdictOf := func(v verdict) error {
 		if v.line == "ok" {
 			cmd.Process.Release()
 			return nil
@@ -76,15 +85,55 @@ func spawnDaemon(args []string, mnt string, wait time.Duration) error {
 		n, convErr := strconv.Atoi(code)
 		if !found || convErr != nil {
 			// The daemon died without a word: reap it for its status.
+			cleanupDeadDaemon(mnt)
 			werr := cmd.Wait()
 			return fail(exitMount, "daemon exited before the mount was ready: %v%s", errors.Join(werr, v.err), stderrTail(startErr))
 		}
 		cmd.Wait()
-		return &exitError{code: n, err: errors.New(msg + stderrTail(startErr))}
-	case <-time.After(wait):
-		cmd.Process.Kill()
-		cmd.Wait()
-		return fail(exitMount, "mount at %s did not answer within %v", mnt, wait)
+		msg += stderrTail(startErr)
+		if devFuseDenied(nil, msg) {
+			msg += "; " + devFuseHint()
+		}
+		return &exitError{code: n, err: errors.New(msg)}
+	}
+	// The daemon may die before it says anything (killed while mounting):
+	// then no mount it may have made can be left for no one to answer.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(wait)
+	for {
+		select {
+		case v := <-done:
+			return verdictOf(v)
+		case <-tick.C:
+			if !dying(cmd.Process.Pid) {
+				continue
+			}
+			// Gone: its last words are in the pipe, which its exit
+			// closed. Unless it is stuck dying on its own mount, and the
+			// pipe never closes.
+			select {
+			case v := <-done:
+				return verdictOf(v)
+			case <-time.After(200 * time.Millisecond):
+			}
+			cleanupDeadDaemon(mnt)
+			werr := cmd.Wait()
+			return fail(exitMount, "daemon died before the mount was ready: %v%s", werr, stderrTail(startErr))
+		case <-deadline:
+			cmd.Process.Kill()
+			cleanupDeadDaemon(mnt)
+			cmd.Wait()
+			return fail(exitMount, "mount at %s did not answer within %v", mnt, wait)
+		}
+	}
+}
+
+// cleanupDeadDaemon removes a mount a daemon that died while starting may
+// have left (see abort.go).
+func cleanupDeadDaemon(mnt string) {
+	if err := abortMount(mnt); err != nil {
+		fmt.Fprintf(os.Stderr, "safejaxfs: cleaning up the mount at %s: %v\n", mnt, err)
 	}
 }
 
@@ -137,6 +186,14 @@ func (r *ready) ok() {
 	r.f.WriteString("ok\n")
 	r.f.Close()
 	r.f = nil
+}
+
+// note passes a message for the user to the waiting parent.
+func (r *ready) note(msg string) {
+	if r == nil || r.f == nil {
+		return
+	}
+	r.f.WriteString("note " + strings.ReplaceAll(msg, "\n", "; ") + "\n")
 }
 
 func (r *ready) fail(err error) {

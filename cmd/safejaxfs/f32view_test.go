@@ -347,6 +347,39 @@ except OSError as e:
 		t.Errorf("the view after a raw write differs at %d", firstDiff(v2, want))
 	}
 
+	// Renamed, the tensor's view follows it; the old name is gone.
+	if err := os.Rename(filepath.Join(mnt, "model", "f16"), filepath.Join(mnt, "model", "half")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "model", "f16.f32.npy")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the old view name after a rename: %v", err)
+	}
+	if out := runPython(t, checkViewsScript, truthDir, mnt, synced(t, mnt, ckpt), "model.half"); out != "ok 1" {
+		t.Errorf("the renamed tensor's view: %s", out)
+	}
+	// Removed while its view is open, the view reads on (POSIX), then is gone.
+	f8view := filepath.Join(mnt, "model", "f8_e4m3.f32.npy")
+	before8, err := os.ReadFile(f8view)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vf, err := os.Open(f8view)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vf.Close()
+	if err := os.Remove(filepath.Join(mnt, "model", "f8_e4m3")); err != nil {
+		t.Fatal(err)
+	}
+	unix.Fadvise(int(vf.Fd()), 0, 0, unix.FADV_DONTNEED) // read from the daemon, not the page cache
+	kept := make([]byte, len(before8)+10)
+	if k, _ := vf.ReadAt(kept, 0); !bytes.Equal(kept[:k], before8) {
+		t.Errorf("reading an open view of a removed tensor: %d bytes, want the %d it had", k, len(before8))
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "model", "f8_e4m3.f32.npy")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the view of a removed tensor by name: %v", err)
+	}
+
 	// Read-only mounts refuse writing a view.
 	other, _ := viewModel(t)
 	ro := mount(t, other, "--read-only")
@@ -372,4 +405,14 @@ func TestF32ViewsRemote(t *testing.T) {
 	if _, err := os.OpenFile(filepath.Join(mnt, "model", "bf16.f32.npy"), os.O_WRONLY|os.O_TRUNC, 0); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("write open on a remote mount: %v", err)
 	}
+}
+
+// synced writes the mount's edits back and returns its checkpoint, whose
+// file then holds them (checkViewsScript reads the truth from it).
+func synced(t *testing.T, mnt, ckpt string) string {
+	t.Helper()
+	if r := cli(t, "sync", mnt); r.code != 0 {
+		t.Fatalf("sync: %s", r.stderr)
+	}
+	return ckpt
 }

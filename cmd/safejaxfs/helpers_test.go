@@ -48,6 +48,9 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	os.Setenv("GORACE", "atexit_sleep_ms=0 log_path="+filepath.Join(dir, "report"))
+	// Daemons keep their logs (one per mountpoint) in $XDG_RUNTIME_DIR:
+	// the run's own, removed with it.
+	os.Setenv("XDG_RUNTIME_DIR", dir)
 	code := m.Run()
 	testsrv.StopS3() // the S3 server of the remote tests, if one ran
 	reports, _ := filepath.Glob(filepath.Join(dir, "report*"))

@@ -25,6 +25,9 @@ func runLs(args []string) error {
 	if err != nil {
 		return err
 	}
+	if *sep == "" {
+		return fail(exitUsage, "--sep must not be empty")
+	}
 	shown, names, headers, sharded, closeSet, err := openHeaders(rest[0], &rf)
 	if err != nil {
 		return err
@@ -111,7 +114,7 @@ func findPrefix(t *tree.Tree, prefix string) *tree.Node {
 
 func walk(n *tree.Node, fn func(*tree.Node)) {
 	fn(n)
-	for _, c := range n.Children() {
+	for _, c := range sortedChildren(n) {
 		walk(c, fn)
 	}
 }
@@ -131,7 +134,7 @@ func listTree(w io.Writer, ts []lsTensor, n *tree.Node, depth int, sharded bool)
 		fmt.Fprintf(w, "%s%s/\n", indent, n.Name)
 		depth++
 	}
-	for _, c := range n.Children() {
+	for _, c := range sortedChildren(n) {
 		listTree(w, ts, c, depth, sharded)
 	}
 }

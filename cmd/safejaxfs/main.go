@@ -50,6 +50,7 @@ var commands = []command{
 	{"diff", "[flags] A B [PREFIX]", "compare two checkpoints; exit 0 if identical, 1 if not", runDiff},
 	{"sync", "MOUNTPOINT", "write a mount's edits back into the checkpoint files now", runSync},
 	{"recover", "CHECKPOINT", "finish, without mounting, a write-back a crash interrupted", runRecover},
+	{"version", "", "print the version of this build (also: safejaxfs --version)", runVersion},
 }
 
 func usage() {
@@ -72,6 +73,9 @@ func run(args []string) int {
 	switch args[0] {
 	case "-h", "--help", "help":
 		usage()
+		return exitOK
+	case "--version", "-V":
+		fmt.Println(version())
 		return exitOK
 	}
 	for _, c := range commands {

@@ -2,9 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"io"
-	"log"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -50,7 +47,7 @@ func runMount(args []string) (err error) {
 	fl.StringVar(&mf.sep, "sep", ".", "key separator that splits keys into directories ('/' always does too)")
 	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
 	fl.BoolVar(&mf.allowOther, "allow-other", false, "let other users access the mount (non-root needs user_allow_other in /etc/fuse.conf)")
-	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime)")
+	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime); -o nonempty mounts over a non-empty directory")
 	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
 	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
 	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to this file (default: stderr with -f, none in the background)")
@@ -76,6 +73,9 @@ func runMount(args []string) (err error) {
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
+	if err := checkEmpty(mnt, mf.options); err != nil {
+		return err
+	}
 	if !mf.foreground {
 		return spawnDaemon(args, mnt, wait)
 	}
@@ -93,7 +93,8 @@ func checkCheckpoint(path string) (*safetensors.Location, error) {
 	case err != nil:
 		return nil, fail(exitInvalid, "checkpoint %s: %v", path, err)
 	case !st.IsDir() && !st.Mode().IsRegular():
-		return nil, fail(exitInvalid, "checkpoint %s is not a regular file", path)
+		// Opening a FIFO would wait for a writer; a device is no file.
+		return nil, fail(exitInvalid, "checkpoint %s is not a regular file (%s)", path, fileKind(st.Mode()))
 	}
 	loc, _, err := safetensors.Locate(path)
 	if err != nil {
@@ -114,6 +115,18 @@ func writable(loc *safetensors.Location) bool {
 		}
 	}
 	return true
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return m.Type().String()
 }
 
 // checkMountpoint refuses what mount(2) would refuse less clearly, or would
@@ -201,24 +214,23 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	if mnt, err = filepath.Abs(mnt); err != nil {
 		return fail(exitMount, "%v", err)
 	}
-	logger := log.New(os.Stderr, "safejaxfs: ", log.LstdFlags)
+	if err := os.Chdir("/"); err != nil {
+		return fail(exitMount, "%v", err)
+	}
+	logger, state := newDaemonLog(mnt, ready)
 	if mf.logFile != "" {
+		// An explicit log file instead of the default one.
 		lf, err := os.OpenFile(mf.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
 			return fail(exitUsage, "--log-file: %v", err)
 		}
 		defer lf.Close()
 		logger.SetOutput(lf)
-	} else if ready != nil {
-		// A background daemon has no terminal to write to.
-		logger.SetOutput(io.Discard)
+		logger.path = mf.logFile
 	}
-	ropt, err := mf.remote.options(logger)
+	ropt, err := mf.remote.options(logger.Logger)
 	if err != nil {
 		return err
-	}
-	if err := os.Chdir("/"); err != nil {
-		return fail(exitMount, "%v", err)
 	}
 
 	if os.Getenv("GOMEMLIMIT") == "" {
@@ -232,9 +244,14 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		if err != nil {
 			return err
 		}
-		if !readOnly && !writable(loc) {
-			// Like mount(8) with a write-protected device: fall back, say so.
-			fmt.Fprintf(os.Stderr, "safejaxfs: %s is not writable: mounting read-only\n", ckpt)
+		// Like mount(8) with a write-protected device: fall back, say so.
+		switch dirErr := writableDirs(loc); {
+		case readOnly:
+		case !writable(loc):
+			logger.notice("%s is not writable: mounting read-only", ckpt)
+			readOnly = true
+		case dirErr != nil:
+			logger.notice("%s cannot be saved into: %v: mounting read-only", ckpt, dirErr)
 			readOnly = true
 		}
 	}
@@ -251,7 +268,8 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			ck.Close()
 		}
 	}()
-	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger})
+	dirs := recoveryDirs(state)
+	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs})
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}
@@ -263,21 +281,22 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	defer signal.Stop(sigs)
 	server, err := fs.Mount(mnt, f, fs.MountOptions{
 		AllowOther: mf.allowOther,
-		Extra:      splitOptions(mf.options),
+		Extra:      kernelOptions(mf.options),
 		Debug:      mf.debug,
-		Logger:     logger,
+		Logger:     logger.Logger,
 	})
 	if err != nil {
-		return fail(exitMount, "mounting %s at %s: %v", shown, mnt, err)
+		return fail(exitMount, "mounting %s at %s: %s", shown, mnt, explainMountError(err, ""))
 	}
 
 	go func() {
 		for s := range sigs {
 			logger.Printf("%v: unmounting %s", s, mnt)
 			// Persist first: if the unmount itself is refused (busy), the
-			// edits are safe anyway.
-			if err := ck.Sync(); err != nil {
-				logger.Printf("write-back: %v", err)
+			// edits are safe anyway. Edits that can be saved nowhere keep
+			// the mount up.
+			if !saveBeforeUnmount(ck, logger, dirs) {
+				continue
 			}
 			if err := server.Unmount(); err != nil {
 				logger.Printf("unmount %s: %v; detaching lazily", mnt, err)
@@ -285,17 +304,17 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			}
 		}
 	}()
+	// fs.Mount has returned: go-fuse's start-up probe of the mount (a file
+	// this process opens in it) is closed, so a kill from now on leaves a
+	// dead mount, not a hung one.
+	logger.Printf("%s mounted at %s (pid %d)", ckpt, mnt, os.Getpid())
 	ready.ok()
 	server.Wait()
 	// Unmounted: persist what is left. The kernel is gone, so this is the
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.
 	closed = true
-	if err := ck.Close(); err != nil {
-		logger.Printf("write-back at unmount failed: %v", err)
-		return fail(exitWriteBack, "write-back at unmount failed: %v", err)
-	}
-	return nil
+	return finish(ck, logger, dirs)
 }
 
 // splitOptions accepts both -o a,b and repeated -o a -o b.

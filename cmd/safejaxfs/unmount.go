@@ -19,7 +19,7 @@ func runUnmount(args []string) error {
 	fl := newFlags("unmount", "[flags] MOUNTPOINT",
 		"Unmount a safejaxfs mount and wait until its daemon has exited (and so has\nfinished writing edits back).")
 	lazy := fl.BoolP("lazy", "z", false, "detach now even if files are open; the daemon exits once they are closed")
-	force := fl.Bool("force", false, "unmount even if writing edits back failed (they are then lost, unless a recovery file was written)")
+	force := fl.Bool("force", false, "unmount even if writing edits back failed, once the daemon has saved them to a recovery file")
 	rest, err := parseFlags(fl, args, 1, 1)
 	if err != nil {
 		return err
@@ -38,11 +38,31 @@ func runUnmount(args []string) error {
 	if fstype != "fuse.safejaxfs" {
 		return fail(exitMount, "%s is a %s mount, not safejaxfs", mnt, fstype)
 	}
+	// A mount whose daemon is stuck (killed while its own start-up probe
+	// held a file of the mount open) answers nothing, ever: abort its
+	// connection rather than wait with it.
+	if !responds(mnt, hangTimeout) {
+		fmt.Fprintf(os.Stderr, "safejaxfs: %s does not answer within %v: aborting its FUSE connection and detaching it\n", mnt, hangTimeout)
+		if err := abortMount(mnt); err != nil {
+			return fail(exitMount, "aborting %s: %v", mnt, err)
+		}
+		return nil
+	}
 	// Ask the daemon who it is before detaching it; a dead mount has no
 	// daemon to wait for.
 	pid := daemonPID(mnt)
-	if err := writeBack(mnt); err != nil && !*force {
+	reason, err := writeBack(mnt)
+	if err != nil && !*force {
 		return err
+	}
+	var rescued error
+	if err != nil {
+		// --force: not before the edits are safe somewhere.
+		p, rerr := askRecovery(mnt)
+		if rerr != nil {
+			return fail(exitWriteBack, "writing edits back failed (%s), and saving them to a recovery file failed too (%v): not unmounting, %s is still mounted and nothing is lost; make room (or a writable directory) and retry%s", reason, rerr, mnt, logHint(mnt))
+		}
+		rescued = fail(exitWriteBack, "writing edits back failed (%s); unmounted anyway: your edits are in %s", reason, p)
 	}
 	if err := detach(mnt, *lazy); err != nil {
 		return err
@@ -50,15 +70,50 @@ func runUnmount(args []string) error {
 	if pid > 0 {
 		waitExit(pid)
 	}
-	return nil
+	return rescued
+}
+
+// askRecovery asks the daemon to save every edit to a recovery file and
+// returns its path.
+func askRecovery(mnt string) (string, error) {
+	if err := unix.Setxattr(mnt, fs.XattrRecover, []byte("1"), 0); err != nil {
+		if msg := rootAttr(mnt, fs.XattrError); msg != "" {
+			return "", errors.New(msg)
+		}
+		return "", err
+	}
+	p := rootAttr(mnt, fs.XattrRecover)
+	if p == "" {
+		return "", errors.New("the daemon did not say where it saved them")
+	}
+	return p, nil
+}
+
+// rootAttr reads one of the daemon's attributes of the mount root; "" if
+// it has none.
+func rootAttr(mnt, name string) string {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Getxattr(mnt, name, buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
+}
+
+// logHint points at the daemon's log, if it has one.
+func logHint(mnt string) string {
+	if p := rootAttr(mnt, fs.XattrLog); p != "" {
+		return " (the daemon's log: " + p + ")"
+	}
+	return ""
 }
 
 // writeBack asks the daemon to persist everything (fsync of the mount root)
 // while the mount is still up, so a failure can be reported, with the
 // daemon's reason, before anything is lost.
-func writeBack(mnt string) error {
+func writeBack(mnt string) (reason string, err error) {
 	var sfs unix.Statfs_t
-	err := unix.Statfs(mnt, &sfs)
+	err = unix.Statfs(mnt, &sfs)
 	if err == nil {
 		var d *os.File
 		if d, err = os.Open(mnt); err == nil {
@@ -70,17 +125,16 @@ func writeBack(mnt string) error {
 		// The daemon is gone (killed): nothing is left to write back, and
 		// detaching is all that can be done.
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", mnt)
-		return nil
+		return "", nil
 	}
 	if err != nil && !errors.Is(err, unix.EROFS) && !errors.Is(err, unix.ENOTSUP) {
-		reason := err.Error()
-		buf := make([]byte, 4096)
-		if n, xerr := unix.Getxattr(mnt, fs.XattrError, buf); xerr == nil {
-			reason = string(buf[:n])
+		reason = err.Error()
+		if msg := rootAttr(mnt, fs.XattrError); msg != "" {
+			reason = msg
 		}
-		return fail(exitWriteBack, "writing edits back failed, %s is still mounted (use --force to unmount anyway): %s", mnt, reason)
+		return reason, fail(exitWriteBack, "writing edits back failed, %s is still mounted (use --force to unmount once the edits are saved to a recovery file): %s%s", mnt, reason, logHint(mnt))
 	}
-	return nil
+	return "", nil
 }
 
 // daemonPID reads the pid the daemon publishes on the mount root; 0 if it
@@ -182,4 +236,26 @@ func exited(pid int) bool {
 func mountType(mnt string) (fstype string, found bool, err error) {
 	m, found, err := fs.FindMount(mnt)
 	return m.FSType, found, err
+}
+
+// hangTimeout is how long a statfs of the mount may take before its daemon
+// is taken for stuck. go-fuse answers statfs even while a long write-back
+// runs, so only a daemon that answers nothing at all takes this long.
+var hangTimeout = 5 * time.Second
+
+// responds reports whether a statfs of mnt returns (with any result, a
+// dead mount's ENOTCONN included) within d.
+func responds(mnt string, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		var st unix.Statfs_t
+		unix.Statfs(mnt, &st)
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/remote"
@@ -26,8 +27,15 @@ type Info struct {
 	Key   string
 	DType safetensors.DType
 	Shape []uint64
-	Size  int64  // bytes now visible; differs from dtype x shape only mid-rewrite
+	Size  int64  // bytes: dtype x shape, except for a plain file being written
 	Shard string // the file holding it: its name in the index, or the checkpoint's base name
+	// MTime moves when the bytes change, CTime when anything about the
+	// tensor does (bytes, key, dtype, shape). They live as long as the
+	// mount: a checkpoint stores no times.
+	MTime, CTime time.Time
+	// Removed: the tensor was deleted (or renamed over) and is kept only
+	// for files that still have it open (see Attr).
+	Removed bool
 }
 
 // Options control how a checkpoint is opened.
@@ -61,6 +69,9 @@ type Checkpoint struct {
 	// still read their unedited bytes from; released once none does.
 	retired []*mapping
 	tensors []*tensor // indexed by ID; nil once deleted
+	// removed are deleted tensors a file may still have open: they keep
+	// their bytes (and take writes that go nowhere) until Drop.
+	removed map[ID]*tensor
 	byKey   map[string]ID
 	// edits counts every change; persistedEdits is its value at the last
 	// successful persist, recoveredEdits at the last recovery file.
@@ -87,6 +98,10 @@ type Checkpoint struct {
 	// remote is set (once, by Open) for a checkpoint read from a URL; nil
 	// for a local one. See remote.go.
 	remote *remoteSet
+	// rescued is the last file SaveRecovery wrote, holding the state at
+	// edits == rescuedEdits.
+	rescued      string
+	rescuedEdits uint64
 }
 
 type tensor struct {
@@ -95,10 +110,6 @@ type tensor struct {
 	shape []uint64
 	shard int      // index in Checkpoint.shards; a tensor never changes shard
 	cur   *content // committed bytes: always dtype x shape long
-	// staged holds a rewrite in progress whose size does not (yet) match
-	// dtype x shape (cp truncates, then writes). Readers see it; persistence
-	// keeps using cur until it completes.
-	staged *content
 	// growable tensors were created as plain files: a 1-D U8 tensor whose
 	// shape follows the bytes written.
 	growable bool
@@ -109,14 +120,10 @@ type tensor struct {
 	logged   logState
 	replaced bool
 	deleted  bool
-	inFlight bool // in a batch being written to the log
-}
-
-func (t *tensor) visible() *content {
-	if t.staged != nil {
-		return t.staged
-	}
-	return t.cur
+	inFlight bool      // in a batch being written to the log
+	pins     []*walMap // a removed tensor's hold on the logs its bytes may be in
+	// mtime and ctime as stat shows them (see Info).
+	mtime, ctime time.Time
 }
 
 func (t *tensor) want() int64 {
@@ -124,9 +131,22 @@ func (t *tensor) want() int64 {
 	return int64(n)
 }
 
+// touch records a change of the tensor's bytes.
+func (t *tensor) touch() {
+	t.gen++
+	t.mtime = time.Now()
+	t.ctime = t.mtime
+}
+
+// changed records a change of anything else about the tensor.
+func (t *tensor) changed() {
+	t.gen++
+	t.ctime = time.Now()
+}
+
 func (c *Checkpoint) info(t *tensor) Info {
 	// The shape is copied: callers may not write through to ours.
-	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.visible().size, Shard: c.shards[t.shard].name}
+	return Info{Key: t.key, DType: t.dtype, Shape: slices.Clone(t.shape), Size: t.cur.size, Shard: c.shards[t.shard].name, MTime: t.mtime, CTime: t.ctime}
 }
 
 // Open validates the checkpoint strictly and maps it. path is a
@@ -161,11 +181,16 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 		sh := &shard{name: loc.Names[si], path: loc.Paths[si], cur: m, meta: f.Metadata}
 		c.shards = append(c.shards, sh)
 		data += int64(f.DataSize())
+		// Until something changes, every tensor carries its file's times.
+		var mtime time.Time
+		if st, err := os.Stat(sh.path); err == nil {
+			mtime = st.ModTime()
+		}
 		for i := range f.Tensors {
 			t := &f.Tensors[i]
 			c.byKey[t.Key] = ID(len(c.tensors))
 			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: fileContent(m, i),
-				logged: logState{true, t.Key, t.DType, t.Shape}})
+				logged: logState{true, t.Key, t.DType, t.Shape}, mtime: mtime, ctime: mtime})
 		}
 	}
 	c.walLimit = max(walLimitMin, data/4)
@@ -370,15 +395,23 @@ func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(
 	defer c.mu.RUnlock()
 	t := c.get(id)
 	if t == nil {
-		done()
-		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		// A file open on a tensor removed since reads on, as on any
+		// POSIX file system.
+		if t = c.removed[id]; t == nil {
+			done()
+			return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		}
 	}
-	v := t.visible()
+	v := t.cur
 	if off >= v.size || n <= 0 {
 		done()
 		return nil, nop, nil
 	}
 	m := v.ref
+	if off < int64(len(v.base)) && !m.intact() {
+		done()
+		return nil, nop, fmt.Errorf("tensor %q: %w", t.key, ErrFault)
+	}
 	m.acquire()
 	segs = v.segments(off, int64(n))
 	// Slices of a log's mapping keep it mapped until this read is done.
@@ -457,6 +490,9 @@ func (c *Checkpoint) releaseAll() {
 		m.release()
 	}
 	c.retired = nil
+	for id := range c.removed {
+		c.drop(id)
+	}
 	if c.wal != nil {
 		c.wal.close()
 		c.wal = nil

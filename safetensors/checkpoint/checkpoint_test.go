@@ -262,30 +262,43 @@ func TestEditWriteAndTruncateRules(t *testing.T) {
 	m.write("params.b", p, 300)
 	ckCheckState(t, c, m, "after a write")
 
-	// Truncate then rewrite to the right size: promoted, as cp does it.
-	if err := c.Truncate(b, 0); err != nil {
+	// Truncate then rewrite to the right size: committed, as cp does it.
+	st, err := c.Stage(b, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if info, _ := c.Info(b); info.Size != 0 {
-		t.Errorf("after truncate to 0 the tensor shows %d bytes", info.Size)
+	if st.Size() != 0 {
+		t.Errorf("after truncate to 0 the rewrite has %d bytes", st.Size())
 	}
 	newB := ctPattern(31, 400)
-	if err := c.WriteAt(b, newB[:150], 0); err != nil {
+	if err := st.WriteAt(newB[:150], 0); err != nil {
 		t.Fatal(err)
 	}
-	if info, _ := c.Info(b); info.Size != 150 {
-		t.Errorf("mid-rewrite the tensor shows %d bytes, want the 150 written", info.Size)
+	if st.Size() != 150 {
+		t.Errorf("mid-rewrite the rewrite has %d bytes, want the 150 written", st.Size())
 	}
-	if err := c.WriteAt(b, newB[150:], 150); err != nil {
+	// Until committed, the tensor keeps its bytes for everyone else.
+	ckCheckState(t, c, m, "mid-rewrite")
+	if err := st.Commit(); !errors.Is(err, ErrSize) {
+		t.Errorf("commit of 150 bytes of 400: %v, want ErrSize", err)
+	}
+	if err := st.WriteAt(newB[150:], 150); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EndWrite(b); err != nil {
-		t.Errorf("EndWrite after a complete rewrite: %v", err)
+	if err := st.WriteAt([]byte{1}, 400); !errors.Is(err, ErrSize) {
+		t.Errorf("rewrite past the end: %v, want ErrSize", err)
 	}
+	if got := ckReadStaged(t, st); !bytes.Equal(got, newB) {
+		t.Error("the rewrite does not read back what was written")
+	}
+	if err := st.Commit(); err != nil {
+		t.Errorf("commit of a complete rewrite: %v", err)
+	}
+	st.Close()
 	m.tensors["params.b"] = ckTensor{safetensors.F32, []uint64{100}, bytes.Clone(newB)}
 	ckCheckState(t, c, m, "after truncate and a complete rewrite")
 
-	// Wrong size then EndWrite: refused, the previous bytes come back.
+	// Wrong size, then abandoned: the tensor never changed.
 	for _, tc := range []struct {
 		name  string
 		trunc int64
@@ -293,39 +306,43 @@ func TestEditWriteAndTruncateRules(t *testing.T) {
 	}{
 		{"short", 0, 200},
 		{"nothing written", 0, 0},
-		{"truncated longer", 1000, 0},
 		{"truncated shorter, not rewritten", 10, 0},
 	} {
-		if err := c.Truncate(b, tc.trunc); err != nil {
+		st, err := c.Stage(b, tc.trunc)
+		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if tc.write > 0 {
-			if err := c.WriteAt(b, ctPattern(32, tc.write), 0); err != nil {
+			if err := st.WriteAt(ctPattern(32, tc.write), 0); err != nil {
 				t.Fatalf("%s: %v", tc.name, err)
 			}
 		}
-		if err := c.EndWrite(b); !errors.Is(err, ErrSize) {
-			t.Errorf("%s: EndWrite = %v, want ErrSize", tc.name, err)
+		if err := st.Commit(); !errors.Is(err, ErrSize) {
+			t.Errorf("%s: Commit = %v, want ErrSize", tc.name, err)
 		}
+		st.Close()
 		ckCheckState(t, c, m, tc.name+": after the refused rewrite")
 	}
-	// A staged rewrite never reaches the file.
-	if err := c.Truncate(b, 0); err != nil {
+	if _, err := c.Stage(b, 1000); !errors.Is(err, ErrSize) {
+		t.Errorf("a rewrite longer than the tensor: %v, want ErrSize", err)
+	}
+	// A rewrite in progress never reaches the file.
+	st, err = c.Stage(b, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	ckCheckFile(t, path, m, "synced mid-rewrite")
-	if err := c.EndWrite(b); !errors.Is(err, ErrSize) {
-		t.Errorf("EndWrite: %v", err)
-	}
-	// Truncate to the same size is a no-op, not a rewrite.
+	st.Close()
+	// Truncate to the same size is a no-op; to another without a
+	// rewrite of one's own, refused.
 	if err := c.Truncate(b, 400); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EndWrite(b); err != nil {
-		t.Errorf("EndWrite after a same-size truncate: %v", err)
+	if err := c.Truncate(b, 10); !errors.Is(err, ErrSize) {
+		t.Errorf("truncate by path to another size: %v, want ErrSize", err)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -361,9 +378,6 @@ func TestEditCreateGrowable(t *testing.T) {
 	if err := c.Truncate(id, 7); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EndWrite(id); err != nil {
-		t.Errorf("EndWrite of a growable tensor: %v", err)
-	}
 	m.tensors["notes"] = ckTensor{safetensors.U8, []uint64{7}, want[:7]}
 	ckCheckState(t, c, m, "growable")
 
@@ -384,11 +398,28 @@ func TestEditCreateGrowable(t *testing.T) {
 	if _, ok := c.Info(id); ok {
 		t.Error("deleted tensor still has Info")
 	}
+	// Until dropped (no file has it open any more) it reads on, takes
+	// writes that go nowhere, and stats as removed.
+	if err := c.WriteAt(id, []byte("9"), 0); err != nil {
+		t.Errorf("write to a deleted tensor still open: %v", err)
+	}
+	if segs, release, err := c.Read(id, 0, 100); err != nil || !bytes.Equal(bytes.Join(segs, nil), []byte("9ello\x00\x00")) {
+		t.Errorf("read of a deleted tensor still open: %q %v", bytes.Join(segs, nil), err)
+	} else {
+		release()
+	}
+	if info, ok := c.Attr(id); !ok || !info.Removed || info.Size != 7 {
+		t.Errorf("Attr of a deleted tensor still open: %+v %v", info, ok)
+	}
+	c.Drop(id)
 	if _, _, err := c.Read(id, 0, 1); !errors.Is(err, ErrNotFound) {
 		t.Errorf("read of a deleted tensor: %v", err)
 	}
 	if err := c.WriteAt(id, []byte{1}, 0); !errors.Is(err, ErrNotFound) {
 		t.Errorf("write to a deleted tensor: %v", err)
+	}
+	if _, ok := c.Attr(id); ok {
+		t.Error("a dropped tensor still has Attr")
 	}
 	if err := c.Delete(id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second delete: %v", err)
@@ -487,16 +518,15 @@ func TestEditPutRenameReshapeMetadata(t *testing.T) {
 	}
 	mt := m.tensors["params.w"]
 	m.tensors["params.w"] = ckTensor{safetensors.F16, []uint64{1000, 100}, mt.data}
-	// Not while a rewrite of another size is under way.
-	if err := c.Truncate(pw, 10); err != nil {
+	// A rewrite under way must fit the new shape to commit.
+	st, err := c.Stage(pw, 10)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Reshape(pw, safetensors.U8, []uint64{200_000}); !errors.Is(err, ErrSize) {
-		t.Errorf("reshape mid-rewrite: %v", err)
+	if err := st.Commit(); !errors.Is(err, ErrSize) {
+		t.Errorf("commit of 10 bytes: %v", err)
 	}
-	if err := c.EndWrite(pw); !errors.Is(err, ErrSize) {
-		t.Errorf("EndWrite: %v", err)
-	}
+	st.Close()
 	ckCheckState(t, c, m, "after reshape")
 
 	// Metadata: copies in and out.
@@ -640,29 +670,16 @@ func ckSameLayoutEdits(t *testing.T, c *Checkpoint, m *ckModel, seed uint64) {
 	edit("half", 28, 2)
 	// cp-style rewrite of params.b that only writes from byte 200 on.
 	b := ckID(t, c, "params.b")
-	if err := c.Truncate(b, 10); err != nil {
-		t.Fatal(err)
-	}
 	tail := ctPattern(seed+99, 200)
-	if err := c.WriteAt(b, tail, 200); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.EndWrite(b); err != nil {
-		t.Fatal(err)
-	}
+	ckRewrite(t, c, b, 10, tail, 200)
 	old := m.tensors["params.b"].data
 	nb := append(append(bytes.Clone(old[:10]), make([]byte, 190)...), tail...)
 	m.tensors["params.b"] = ckTensor{safetensors.F32, []uint64{100}, nb}
 	// The same on several chunks of embed: whole chunks of zeros that no
 	// write covers must reach the file as zeros.
 	e := ckID(t, c, "embed")
-	if err := c.Truncate(e, 10); err != nil {
-		t.Fatal(err)
-	}
 	tail = ctPattern(seed+98, 200_000-3*chunkSize)
-	if err := c.WriteAt(e, tail, 3*chunkSize); err != nil {
-		t.Fatal(err)
-	}
+	ckRewrite(t, c, e, 10, tail, 3*chunkSize)
 	old = m.tensors["embed"].data
 	ne := append(append(bytes.Clone(old[:10]), make([]byte, 3*chunkSize-10)...), tail...)
 	m.tensors["embed"] = ckTensor{safetensors.U8, []uint64{200_000}, ne}
@@ -1033,6 +1050,7 @@ func TestEditsDuringSync(t *testing.T) {
 			}
 			snap := m.clone() // what the first Sync must write
 			var hookErr error
+			var staged *Staged
 			c.hooks = &crashHooks{at: func(p string) error {
 				if p != tc.point {
 					return nil
@@ -1046,7 +1064,8 @@ func TestEditsDuringSync(t *testing.T) {
 				write("params.w", 0, 1)
 				write("half", 1, 7)
 				write("params.b", 396, 4)
-				if err := c.Truncate(ckID(t, c, "step"), 3); err != nil {
+				var err error
+				if staged, err = c.Stage(ckID(t, c, "step"), 3); err != nil {
 					panic(err)
 				}
 				ckLayoutChanges[0].apply(t, c, m)
@@ -1077,9 +1096,10 @@ func TestEditsDuringSync(t *testing.T) {
 			}
 			ckCheckFile(t, path, snap, "the Sync that edits raced")
 			// The staged rewrite is abandoned: the committed bytes stay.
-			if err := c.EndWrite(ckID(t, c, "step")); !errors.Is(err, ErrSize) {
-				t.Errorf("EndWrite: %v", err)
+			if err := staged.Commit(); !errors.Is(err, ErrSize) {
+				t.Errorf("Commit: %v", err)
 			}
+			staged.Close()
 			ckCatchFault(t, "reading after a Sync that edits raced", func() {
 				ckCheckState(t, c, m, "after the Sync that edits raced")
 			})

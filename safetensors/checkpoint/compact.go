@@ -297,12 +297,39 @@ func (c *Checkpoint) adopt(s *snapshot, rewritten []int) error {
 // marks t to be logged whole again. Caller holds mu.
 func (c *Checkpoint) materialize(t *tensor) {
 	if c.inLog(t.cur.base) || len(t.cur.chunks) > 0 {
-		b := make([]byte, t.cur.size)
-		t.cur.readAt(b, 0)
-		t.cur = memoryContent(b)
+		t.cur = materialized(t.cur)
 	}
 	t.replaced = true
 	c.dirty[t] = struct{}{}
+}
+
+// materialized is a copy of ct wholly in memory.
+func materialized(ct *content) *content {
+	b := make([]byte, ct.size)
+	ct.readAt(b, 0)
+	return memoryContent(b)
+}
+
+// pinLogs takes a reference on every log mapping, for bytes that may
+// outlive a write-back (a rewrite in progress, a removed tensor still
+// open). Caller holds mu.
+func (c *Checkpoint) pinLogs() []*walMap {
+	for _, m := range c.walMaps {
+		m.acquire()
+	}
+	return slices.Clone(c.walMaps)
+}
+
+// heldByDroppedLog reports whether ct holds bytes of one of the pinned
+// logs that was folded and dropped since (no longer in walMaps). Caller
+// holds mu.
+func (c *Checkpoint) heldByDroppedLog(ct *content, pinned []*walMap) bool {
+	for _, m := range pinned {
+		if !slices.Contains(c.walMaps, m) && (m.holds(ct.base) || chunksIn(m, ct)) {
+			return true
+		}
+	}
+	return false
 }
 
 // dropLog removes the log once the checkpoint files hold everything it
@@ -364,9 +391,6 @@ func (c *Checkpoint) releaseRetired() {
 	for _, t := range c.tensors {
 		if t != nil {
 			used[t.cur.ref] = true
-			if t.staged != nil {
-				used[t.staged.ref] = true
-			}
 		}
 	}
 	kept := c.retired[:0]

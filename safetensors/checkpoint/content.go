@@ -35,6 +35,19 @@ func (m *mapping) acquire() {
 	}
 }
 
+// intact reports whether the mapped file still covers the whole mapping.
+// Another program may truncate the checkpoint in place; bytes of the
+// mapping past its new end fault when touched, and a FUSE reply written
+// from them would fail without reaching the kernel, leaving the reader
+// waiting: Read checks first and fails with ErrFault.
+func (m *mapping) intact() bool {
+	if m == nil {
+		return true
+	}
+	st, err := m.file.Fd().Stat()
+	return err == nil && st.Size() >= m.file.Size
+}
+
 func (m *mapping) release() {
 	if m != nil && m.refs.Add(-1) == 0 {
 		m.file.Close()
@@ -115,40 +128,56 @@ func (c *content) segments(off, n int64) [][]byte {
 
 // chunkFor returns a private, writable copy of chunk idx with its current
 // bytes (from an older chunk or the base), unless the write will cover it
-// whole.
-func (c *content) chunkFor(idx int64, whole bool) []byte {
+// whole. Copying from the base can fault (see copyMapped).
+func (c *content) chunkFor(idx int64, whole bool) ([]byte, error) {
 	nc := make([]byte, chunkSize)
 	if whole {
-		return nc
+		return nc, nil
 	}
 	if old, ok := c.chunks[idx]; ok {
 		copy(nc, old)
-		return nc
+		return nc, nil
 	}
 	lo := idx * chunkSize
 	if bl := int64(len(c.base)); lo < bl {
-		copy(nc, c.base[lo:min(lo+chunkSize, bl)])
+		if _, err := copyMapped(nc, c.base[lo:min(lo+chunkSize, bl)]); err != nil {
+			return nil, err
+		}
 	}
-	return nc
+	return nc, nil
 }
 
-// write stores p at off, growing the content if it ends past size.
-func (c *content) write(p []byte, off int64) {
-	if c.chunks == nil {
-		c.chunks = map[int64][]byte{}
-	}
+// write stores p at off, growing the content if it ends past size. On an
+// error nothing is changed.
+func (c *content) write(p []byte, off int64) error {
 	end := off + int64(len(p))
+	// Copy every chunk the write touches first, so a fault leaves the
+	// content as it was.
+	type touched struct {
+		idx int64
+		ch  []byte
+	}
+	var chs []touched
 	for pos := off; pos < end; {
 		idx := pos / chunkSize
 		lo := idx * chunkSize
 		hi := min(lo+chunkSize, end)
-		whole := pos == lo && hi == lo+chunkSize
-		ch := c.chunkFor(idx, whole)
+		ch, err := c.chunkFor(idx, pos == lo && hi == lo+chunkSize)
+		if err != nil {
+			return err
+		}
 		copy(ch[pos-lo:], p[pos-off:hi-off])
-		c.chunks[idx] = ch
+		chs = append(chs, touched{idx, ch})
 		pos = hi
 	}
+	if c.chunks == nil {
+		c.chunks = map[int64][]byte{}
+	}
+	for _, t := range chs {
+		c.chunks[t.idx] = t.ch
+	}
 	c.size = max(c.size, end)
+	return nil
 }
 
 // truncate sets the size; bytes past a shrink are forgotten, so a later
@@ -175,29 +204,39 @@ func (c *content) truncate(size int64) {
 	c.size = size
 }
 
-// bytesAt copies [off, off+len(p)) into p (for the writer's io.ReaderAt).
-func (c *content) readAt(p []byte, off int64) int {
+// readAt copies [off, off+len(p)) into p (for the writer's io.ReaderAt).
+// Copying from the mapping can fault (see copyMapped).
+func (c *content) readAt(p []byte, off int64) (int, error) {
 	n := 0
 	for _, s := range c.segments(off, int64(len(p))) {
-		n += copy(p[n:], s)
+		m, err := copyMapped(p[n:], s)
+		n += m
+		if err != nil {
+			return n, err
+		}
 	}
-	return n
+	return n, nil
 }
 
 // cover gives every chunk past the end of a truncated base a chunk of its
 // own (the base's bytes up to its end, zeros after), so the content is the
 // base's untouched prefix plus chunks: what the log records, and what a
 // compaction writes in place.
-func (c *content) cover() {
+func (c *content) cover() error {
 	for lo := int64(len(c.base)) / chunkSize * chunkSize; lo < c.size; lo += chunkSize {
 		idx := lo / chunkSize
 		if _, ok := c.chunks[idx]; !ok {
 			if c.chunks == nil {
 				c.chunks = map[int64][]byte{}
 			}
-			c.chunks[idx] = c.chunkFor(idx, false)
+			ch, err := c.chunkFor(idx, false)
+			if err != nil {
+				return err
+			}
+			c.chunks[idx] = ch
 		}
 	}
+	return nil
 }
 
 // covered reports whether every byte past a truncated base is in a chunk.

@@ -40,7 +40,7 @@ func ctCheck(t *testing.T, c *content, want []byte, what string) {
 		t.Fatalf("%s: segments differ from the model (first difference at %d)", what, firstDiff(got, want))
 	}
 	got := make([]byte, len(want))
-	if n := c.readAt(got, 0); n != len(want) || !bytes.Equal(got, want) {
+	if n, err := c.readAt(got, 0); err != nil || n != len(want) || !bytes.Equal(got, want) {
 		t.Fatalf("%s: readAt returned %d bytes, differing at %d", what, n, firstDiff(got, want))
 	}
 	if int64(len(c.base)) > c.size {

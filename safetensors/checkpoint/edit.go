@@ -1,8 +1,10 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
@@ -23,32 +25,30 @@ func (c *Checkpoint) writable(id ID) (*tensor, error) {
 }
 
 // WriteAt writes p at off into tensor id. A write that would make a fixed-size
-// tensor longer than dtype x shape is refused (ErrSize); a tensor being
-// rewritten after a truncate takes its new bytes as staged content until its
-// size matches again.
+// tensor longer than dtype x shape is refused (ErrSize). A rewrite from a
+// truncate goes through Stage instead.
 func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t, err := c.writable(id)
+	if errors.Is(err, ErrNotFound) && c.removed[id] != nil {
+		return c.removed[id].cur.write(p, off)
+	}
 	if err != nil {
 		return err
 	}
 	end := off + int64(len(p))
-	switch {
-	case t.growable:
-		t.cur.write(p, off)
+	if !t.growable && end > t.want() {
+		return sizeError(t, end)
+	}
+	if err := t.cur.write(p, off); err != nil {
+		return fmt.Errorf("tensor %q: %w", t.key, err)
+	}
+	if t.growable {
 		t.shape = []uint64{uint64(t.cur.size)}
 		c.layoutChanged(t.shard, true)
-	case end > t.want():
-		return fmt.Errorf("tensor %q: writing up to byte %d, but %s %s holds %d bytes: %w",
-			t.key, end, t.dtype, shapeString(t.shape), t.want(), ErrSize)
-	case t.staged != nil:
-		t.staged.write(p, off)
-		t.promote()
-	default:
-		t.cur.write(p, off)
 	}
-	t.gen++
+	t.touch()
 	c.mark(t)
 	c.edits++
 	return nil
@@ -57,17 +57,11 @@ func (c *Checkpoint) WriteAt(id ID, p []byte, off int64) error {
 // mark records that t changed since the last commit. Caller holds mu.
 func (c *Checkpoint) mark(t *tensor) { c.dirty[t] = struct{}{} }
 
-// promote makes a staged rewrite the committed content once its size is
-// right again.
-func (t *tensor) promote() {
-	if t.staged != nil && t.staged.size == t.want() {
-		t.cur, t.staged = t.staged, nil
-	}
-}
-
-// Truncate sets tensor id's visible size (ftruncate, O_TRUNC). A size other
-// than dtype x shape starts a staged rewrite; the committed bytes stay what
-// persistence sees until the rewrite reaches the right size.
+// Truncate sets the size of a tensor created as a plain file (its shape
+// follows). A fixed-size tensor keeps dtype x shape: truncating it to that
+// size changes nothing, to another size is refused (ErrSize); a rewrite
+// that starts with a truncate belongs to the descriptor that does it
+// (Stage).
 func (c *Checkpoint) Truncate(id ID, size int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -80,37 +74,25 @@ func (c *Checkpoint) Truncate(id ID, size int64) error {
 		t.cur.truncate(size)
 		t.shape = []uint64{uint64(size)}
 		c.layoutChanged(t.shard, true)
-	case t.staged == nil && size == t.cur.size:
+	case size == t.cur.size:
 		return nil
 	default:
-		if t.staged == nil {
-			t.staged = t.cur.clone()
-		}
-		t.staged.truncate(size)
-		t.promote()
+		return fmt.Errorf("tensor %q: truncating to %d bytes, but %s %s holds %d: %w",
+			t.key, size, t.dtype, shapeString(t.shape), t.want(), ErrSize)
 	}
-	t.gen++
+	t.touch()
 	c.mark(t)
 	c.edits++
 	return nil
 }
 
-// EndWrite is called when a handle that wrote tensor id is closed: a rewrite
-// that did not end at the tensor's size is refused and the tensor keeps its
-// previous bytes.
-func (c *Checkpoint) EndWrite(id ID) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// Growable reports whether tensor id is a plain file created in the mount
+// that no dtype or shape was given yet (its shape follows its bytes).
+func (c *Checkpoint) Growable(id ID) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	t := c.get(id)
-	if t == nil || t.staged == nil {
-		return nil
-	}
-	got := t.staged.size
-	t.staged = nil
-	t.gen++
-	c.edits++
-	return fmt.Errorf("tensor %q: %d bytes written, but %s %s needs %d; kept the previous bytes: %w",
-		t.key, got, t.dtype, shapeString(t.shape), t.want(), ErrSize)
+	return t != nil && t.growable
 }
 
 // Create adds an empty tensor. A growable one is a 1-D U8 tensor whose
@@ -121,7 +103,8 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, shard: c.shardFor(key), cur: memoryContent(nil), growable: true}
+	now := time.Now()
+	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, shard: c.shardFor(key), cur: memoryContent(nil), growable: true, mtime: now, ctime: now}
 	return c.add(t), nil
 }
 
@@ -130,6 +113,11 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.put(key, dtype, shape, data)
+}
+
+// put is Put; caller holds mu.
+func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
 	if c.readOnly {
 		return 0, ErrReadOnly
 	}
@@ -143,16 +131,18 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 	}
 	if id, ok := c.byKey[key]; ok {
 		t := c.tensors[id]
-		t.gen++
+		t.touch()
 		c.mark(t)
 		c.edits++
-		if !t.growable && t.staged == nil && t.dtype == dtype && slicesEqual(t.shape, shape) {
+		if !t.growable && t.dtype == dtype && slicesEqual(t.shape, shape) {
 			// Same dtype and shape (np.save over a tensor): new bytes in
 			// place, logged and written back as an edit, not a new layout.
-			t.cur.write(data, 0)
+			if err := t.cur.write(data, 0); err != nil {
+				return id, fmt.Errorf("tensor %q: %w", key, err)
+			}
 			return id, nil
 		}
-		t.dtype, t.shape, t.cur, t.staged, t.growable = dtype, shape, memoryContent(data), nil, false
+		t.dtype, t.shape, t.cur, t.growable = dtype, shape, memoryContent(data), false
 		t.replaced = true
 		c.layoutChanged(t.shard, true)
 		return id, nil
@@ -160,7 +150,32 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	return c.add(&tensor{key: key, dtype: dtype, shape: shape, shard: c.shardFor(key), cur: memoryContent(data)}), nil
+	now := time.Now()
+	return c.add(&tensor{key: key, dtype: dtype, shape: shape, shard: c.shardFor(key), cur: memoryContent(data), mtime: now, ctime: now}), nil
+}
+
+// PutNew is Put of a tensor that must be new: a key that exists is
+// refused (ErrExists), never replaced.
+func (c *Checkpoint) PutNew(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, taken := c.byKey[key]; taken {
+		return 0, fmt.Errorf("tensor %q: %w", key, ErrExists)
+	}
+	return c.put(key, dtype, shape, data)
+}
+
+// Replace gives tensor id new bytes, dtype and shape (a .npy written over
+// its view). data is kept, not copied.
+func (c *Checkpoint) Replace(id ID, dtype safetensors.DType, shape []uint64, data []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.get(id)
+	if t == nil {
+		return fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+	}
+	_, err := c.put(t.key, dtype, shape, data)
+	return err
 }
 
 func (c *Checkpoint) add(t *tensor) ID {
@@ -202,6 +217,7 @@ func (c *Checkpoint) Delete(id ID) error {
 		// apply, under the key that batch gives it.)
 		c.gone = append(c.gone, t.logged.key)
 	}
+	c.keepRemoved(id, t)
 	c.layoutChanged(t.shard, true)
 	return nil
 }
@@ -246,7 +262,7 @@ func (c *Checkpoint) RenameAll(renames map[ID]string) error {
 		t := c.tensors[id]
 		t.key = key
 		c.byKey[key] = id
-		t.gen++
+		t.changed()
 		c.mark(t)
 		c.layoutChanged(t.shard, true)
 	}
@@ -266,15 +282,29 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 	if err != nil {
 		return fmt.Errorf("tensor %q: %v: %w", t.key, err, ErrInvalid)
 	}
-	if int64(n) != t.cur.size || t.staged != nil {
+	if int64(n) != t.cur.size {
 		return fmt.Errorf("tensor %q: %s %s needs %d bytes, the tensor has %d: %w",
 			t.key, dtype, shapeString(shape), n, t.cur.size, ErrSize)
 	}
 	t.dtype, t.shape, t.growable = dtype, shape, false
-	t.gen++
+	t.changed()
 	c.mark(t)
 	c.edits++
 	c.layoutChanged(t.shard, false)
+	return nil
+}
+
+// SetMTime sets the modification time tensor id shows (touch, cp -p,
+// rsync -a and tar set it after writing). A checkpoint stores no times, so
+// it lasts as long as the mount and is no edit to persist.
+func (c *Checkpoint) SetMTime(id ID, mtime time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, err := c.writable(id)
+	if err != nil {
+		return err
+	}
+	t.mtime, t.ctime = mtime, time.Now()
 	return nil
 }
 

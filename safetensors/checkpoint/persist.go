@@ -207,7 +207,12 @@ func (c *Checkpoint) collect() *batch {
 			continue
 		}
 		if int64(len(e.t.cur.base)) < e.t.cur.size {
-			e.t.cur.cover() // a truncate and rewrite: its zeros are data too
+			// A truncate and rewrite: its zeros are data too. A fault
+			// copying from the mapping (the file truncated under us)
+			// leaves the tensor to be logged whole.
+			if e.t.cur.cover() != nil {
+				e.t.replaced = true
+			}
 		}
 		for _, run := range c.uncommittedRuns(e.t.cur) {
 			run.rec = len(b.recs)
@@ -547,9 +552,23 @@ func (c *Checkpoint) recover(s *snapshot) error {
 type contentReader struct{ c *content }
 
 func (r contentReader) ReadAt(p []byte, off int64) (int, error) {
-	n := r.c.readAt(p, off)
+	n, err := r.c.readAt(p, off)
+	if err != nil {
+		return n, err
+	}
 	if n < len(p) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// metaUnlogged reports metadata changed since the log last recorded it.
+// Caller holds mu.
+func (c *Checkpoint) metaUnlogged() bool {
+	for _, sh := range c.shards {
+		if sh.metaGen != sh.loggedMetaGen {
+			return true
+		}
+	}
+	return c.index != nil && c.index.metaGen != c.index.loggedMetaGen
 }

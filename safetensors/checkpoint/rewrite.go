@@ -438,16 +438,26 @@ func dirsOf(reps []*replacement) []string {
 // (writeRecoveryFile); a sharded one to a recovery directory next to the
 // index holding the index and every shard: the shards this mount changed
 // are written whole, the others are symlinks to the originals.
-func (c *Checkpoint) writeRecovery(s *snapshot) (string, error) {
+func (c *Checkpoint) writeRecovery(s *snapshot) (string, error) { return c.writeRecoveryIn(s, "") }
+
+// writeRecoveryIn is writeRecovery into dir ("": next to the checkpoint).
+func (c *Checkpoint) writeRecoveryIn(s *snapshot, in string) (string, error) {
 	if c.index == nil {
 		ss := &s.shards[0]
-		return writeRecoveryFile(c.shards[0].path, "", sources(ss.tensors), ss.meta)
+		near := c.shards[0].path
+		if in != "" {
+			near = filepath.Join(in, filepath.Base(near))
+		}
+		return writeRecoveryFile(near, "", sources(ss.tensors), ss.meta)
 	}
 	ix, err := realPath(c.index.path)
 	if err != nil {
 		return "", err
 	}
 	dir, base := filepath.Split(ix)
+	if in != "" {
+		dir = in
+	}
 	stem := strings.TrimSuffix(base, safetensors.IndexSuffix)
 	out, err := mkdirFresh(filepath.Join(dir, stem+".safejaxfs-recovered-"+time.Now().Format("20060102-150405")))
 	if err != nil {

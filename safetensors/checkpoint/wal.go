@@ -19,11 +19,13 @@ import (
 type wal struct {
 	path string
 	f    *os.File
-	end  int64  // the log's valid length: new batches go here
-	crc  uint32 // the chain's last CRC
-	seq  uint64 // of the last commit record
-	base []walFile
-	m    *walMap
+	end  int64 // the log's valid length: new batches go here
+	// filled is how far the file holds written blocks (zeros past end).
+	filled int64
+	crc    uint32 // the chain's last CRC
+	seq    uint64 // of the last commit record
+	base   []walFile
+	m      *walMap
 }
 
 const walSuffix = ".safejaxfs-log"
@@ -103,6 +105,7 @@ func createWAL(path string, base []walFile) (*wal, error) {
 		return fail(err)
 	}
 	w.seq = 1
+	w.prefill(prefillMin) // synced with the rest below
 	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
@@ -172,6 +175,7 @@ func (w *wal) bytesAt(off, n int64) []byte { return w.m.b[off : off+n : off+n] }
 func (w *wal) commit(recs []walRecord, hooks *crashHooks) ([]int64, error) {
 	start, crc := w.end, w.crc
 	recs = append(recs, walRecord{typ: recCommit, head: commitBody(w.seq + 1)})
+	w.prefill(batchLength(recs))
 	at, err := w.write(recs)
 	if err == nil {
 		if herr := hooks.hit("log-written"); herr != nil {
@@ -181,9 +185,13 @@ func (w *wal) commit(recs []walRecord, hooks *crashHooks) ([]int64, error) {
 	}
 	if err != nil {
 		// A batch that did not reach the disk whole must not be taken
-		// for one that did: cut it off (the chain would refuse a torn
-		// batch anyway; this also gives the space back).
-		w.f.Truncate(start)
+		// for one that did: cut it off where the file grew for it, and
+		// in the prefilled part make its first record unreadable (the
+		// chain refuses a torn batch anyway).
+		w.f.Truncate(max(start, w.filled)) // never past what the file has
+		if start < w.filled {
+			w.f.WriteAt(make([]byte, recHead), start)
+		}
 		w.end, w.crc = start, crc
 		return nil, err
 	}
@@ -192,6 +200,50 @@ func (w *wal) commit(recs []walRecord, hooks *crashHooks) ([]int64, error) {
 	}
 	w.seq++
 	return at[:len(at)-1], nil
+}
+
+// Appending to a file and fdatasyncing costs a metadata commit (the new
+// size, the new blocks) on top of the data: measured here, 4 MiB appended
+// and fdatasynced took 17 ms where overwriting written blocks took 4.5 ms,
+// and allocating with fallocate does not help (unwritten extents are a
+// metadata change too). So the log writes zeros ahead of its end, in steps
+// that double with its size (8 MiB to 256 MiB), and fdatasyncs them once;
+// commits then overwrite blocks the file already has. What lies past the
+// log's end reads as zeros, which no record is.
+const (
+	prefillMin = 8 << 20
+	prefillMax = 256 << 20
+)
+
+// prefill makes sure n more bytes after the end are written blocks, if it
+// can; when it cannot (disk full), the commit appends as it would anyway.
+func (w *wal) prefill(n int64) {
+	if w.end+n <= w.filled {
+		return
+	}
+	step := min(max(w.filled, prefillMin), prefillMax)
+	target := (max(w.end+n, w.filled+step) + 1<<20 - 1) &^ (1<<20 - 1)
+	from := max(w.filled, w.end)
+	zeros := make([]byte, 1<<20)
+	for off := from; off < target; off += int64(len(zeros)) {
+		if _, err := w.f.WriteAt(zeros[:min(int64(len(zeros)), target-off)], off); err != nil {
+			w.f.Truncate(from)
+			return
+		}
+	}
+	if err := control(w.f, unix.Fdatasync); err != nil {
+		w.f.Truncate(from)
+		return
+	}
+	w.filled = target
+}
+
+func batchLength(recs []walRecord) int64 {
+	var n int64
+	for i := range recs {
+		n += recHead + pad8(recs[i].length())
+	}
+	return n
 }
 
 // write appends recs at the end with one pwritev per batch of segments and

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// Errors a user can act on: each write-back failure with its own errno,
+// unmount --force that saves the edits somewhere (or refuses), a
+// checkpoint the daemon could not save into mounted read-only, and a log
+// that a background daemon keeps where the user can read it.
+
+// cliEnv is cli with extra environment variables (for the daemon too).
+func cliEnv(t testing.TB, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
+	cmd.Env = append(append(os.Environ(), asCLIEnv+"=1"), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("running safejaxfs %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+// mountEnv is mount with extra environment variables for the daemon.
+func mountEnv(t testing.TB, env []string, ckpt string, flags ...string) string {
+	t.Helper()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := cliEnv(t, env, append(append([]string{"mount"}, flags...), ckpt, mnt)...)
+	if r.code != 0 {
+		t.Fatalf("mount %s: exit %d: %s", ckpt, r.code, r.stderr)
+	}
+	t.Cleanup(func() { forceUnmount(t, mnt) })
+	return mnt
+}
+
+// smallDisk mounts a tmpfs of size bytes for the test (root only).
+func smallDisk(t testing.TB, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	d := t.TempDir()
+	if err := unix.Mount("tmpfs", d, "tmpfs", 0, "size="+size); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	// Registered after the mount helper's cleanups run (LIFO): the
+	// safejaxfs mount on top is gone by then.
+	t.Cleanup(func() { unix.Unmount(d, unix.MNT_DETACH) })
+	return d
+}
+
+// TestFullDisk: a full disk is ENOSPC, not EIO; unmount says so and keeps
+// the mount; --force saves the edits elsewhere and says where, or refuses
+// while they can be saved nowhere.
+func TestFullDisk(t *testing.T) {
+	disk := smallDisk(t, "1m")
+	big := raw("big", safetensors.U8, randomBytes(600<<10, 5), 600<<10)
+	ckpt := filepath.Join(disk, "model.safetensors")
+	if err := os.WriteFile(ckpt, canonical(t, nil, big), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The daemon's own directories (log, last-resort recovery) are on the
+	// full disk too, at first.
+	for _, d := range []string{"run", "tmp"} {
+		os.Mkdir(filepath.Join(disk, d), 0o700)
+	}
+	env := []string{"XDG_RUNTIME_DIR=" + filepath.Join(disk, "run"), "TMPDIR=" + filepath.Join(disk, "tmp")}
+	mnt := mountEnv(t, env, ckpt)
+	small := f32("small", 1, 64)
+	err := os.WriteFile(filepath.Join(mnt, "small.npy"), npyFile(t, small), 0o644)
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("np.save that needs a rewrite on a full disk: %v, want ENOSPC", err)
+	}
+	if msg := getxattr(t, mnt, "user.safejaxfs.error"); !strings.Contains(msg, "no space left") {
+		t.Errorf("user.safejaxfs.error: %q", msg)
+	}
+	r := cli(t, "unmount", mnt)
+	if r.code != exitWriteBack || !strings.Contains(r.stderr, "no space left") || !mounted(t, mnt) {
+		t.Errorf("unmount on a full disk: exit %d %q, mounted %v", r.code, r.stderr, mounted(t, mnt))
+	}
+	// Nowhere to save the edits: --force refuses, and says why.
+	r = cliEnv(t, env, "unmount", "--force", mnt)
+	if r.code != exitWriteBack || !mounted(t, mnt) || !strings.Contains(r.stderr, "recovery") {
+		t.Errorf("unmount --force with nowhere to save: exit %d %q, mounted %v", r.code, r.stderr, mounted(t, mnt))
+	}
+	// The mount still answers, with the edits.
+	if got, err := os.ReadFile(filepath.Join(mnt, "small")); err != nil || !bytes.Equal(got, small.data) {
+		t.Fatalf("after a refused --force: %v", err)
+	}
+	// Somewhere else to save them: the daemon's directory, off the full
+	// disk (the environment of the unmount does not matter; the daemon's
+	// does, so free its directory instead).
+	os.RemoveAll(filepath.Join(disk, "run"))
+	alt := t.TempDir()
+	if err := os.Symlink(alt, filepath.Join(disk, "run")); err != nil {
+		t.Fatal(err)
+	}
+	r = cli(t, "unmount", "--force", mnt)
+	if mounted(t, mnt) {
+		t.Fatalf("unmount --force: still mounted: exit %d %q", r.code, r.stderr)
+	}
+	if r.code != exitWriteBack || !strings.Contains(r.stderr, "safejaxfs-recovered-") {
+		t.Errorf("unmount --force: exit %d %q; want %d naming the recovery file", r.code, r.stderr, exitWriteBack)
+	}
+	matches, _ := filepath.Glob(filepath.Join(alt, "safejaxfs", "model.safejaxfs-recovered-*.safetensors"))
+	if len(matches) != 1 {
+		t.Fatalf("recovery files in the daemon's directory: %v", matches)
+	}
+	got, err := os.ReadFile(matches[0])
+	if err != nil || !bytes.Equal(got, canonical(t, nil, big, small)) {
+		t.Errorf("the recovery file does not hold the edits: %v", err)
+	}
+	if b, _ := os.ReadFile(ckpt); !bytes.Equal(b, canonical(t, nil, big)) {
+		t.Error("the checkpoint changed")
+	}
+}
+
+// TestReadOnlyDirectory: a checkpoint in a directory the daemon cannot
+// write into (no temp file, no journal, no rename) mounts read-only, and
+// says so also when mounting in the background.
+func TestReadOnlyDirectory(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (bind mounts)")
+	}
+	src := flaxModel(t)
+	d := t.TempDir()
+	if err := unix.Mount("tmpfs", d, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(d, unix.MNT_DETACH) })
+	ckpt := filepath.Join(d, "model.safetensors")
+	os.WriteFile(ckpt, nil, 0o644)
+	if err := unix.Mount("", d, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	// The file itself is writable: a writable file bound over it.
+	if err := unix.Mount(src, ckpt, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(ckpt, unix.MNT_DETACH) })
+	if err := unix.Access(ckpt, unix.W_OK); err != nil {
+		t.Fatalf("the bound file is not writable: %v", err)
+	}
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(mnt, 0o755)
+	r := cli(t, "mount", ckpt, mnt)
+	t.Cleanup(func() { forceUnmount(t, mnt) })
+	if r.code != 0 || !strings.Contains(r.stderr, "read-only") || !strings.Contains(r.stderr, d) {
+		t.Errorf("mount: exit %d %q; want 0 and a read-only notice naming the directory", r.code, r.stderr)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "x"), []byte("x"), 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("write into the mount: %v, want EROFS", err)
+	}
+}
+
+// TestDaemonLog: a background daemon's reasons land in a log file named by
+// the root's user.safejaxfs.log attribute.
+func TestDaemonLog(t *testing.T) {
+	run := t.TempDir()
+	ckpt := flaxModel(t)
+	mnt := mountEnv(t, []string{"XDG_RUNTIME_DIR=" + run}, ckpt)
+	logPath := getxattr(t, mnt, "user.safejaxfs.log")
+	if !strings.HasPrefix(logPath, filepath.Join(run, "safejaxfs")+"/") {
+		t.Errorf("log at %q, want under $XDG_RUNTIME_DIR/safejaxfs", logPath)
+	}
+	// A refusal bash cannot report: the close error of a redirection.
+	shell(t, "echo bad > "+filepath.Join(mnt, "__metadata__"))
+	b, err := os.ReadFile(logPath)
+	if err != nil || !strings.Contains(string(b), "__metadata__: not a JSON object") {
+		t.Errorf("log %s: %v\n%s", logPath, err, b)
+	}
+}
+
+// TestUnsavedEditsKeepDaemon: SIGTERM does not unmount while the edits can
+// be saved nowhere; after a plain umount the daemon stays alive with them,
+// retrying, until a recovery file can be written.
+func TestUnsavedEditsKeepDaemon(t *testing.T) {
+	disk := smallDisk(t, "1m")
+	big := raw("big", safetensors.U8, randomBytes(600<<10, 6), 600<<10)
+	ckpt := filepath.Join(disk, "model.safetensors")
+	if err := os.WriteFile(ckpt, canonical(t, nil, big), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"run", "tmp"} {
+		os.Mkdir(filepath.Join(disk, d), 0o700)
+	}
+	env := []string{"XDG_RUNTIME_DIR=" + filepath.Join(disk, "run"), "TMPDIR=" + filepath.Join(disk, "tmp")}
+	mnt := mountEnv(t, env, ckpt)
+	pid := daemonOf(t, mnt)
+	t.Cleanup(func() { unix.Kill(pid, unix.SIGKILL) })
+	logPath := getxattr(t, mnt, "user.safejaxfs.log")
+	small := f32("small", 2, 64)
+	if err := os.WriteFile(filepath.Join(mnt, "small.npy"), npyFile(t, small), 0o644); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("np.save on a full disk: %v", err)
+	}
+	unix.Kill(pid, unix.SIGTERM)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && mounted(t, mnt) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "small")); !mounted(t, mnt) || err != nil || !bytes.Equal(got, small.data) {
+		t.Fatalf("after SIGTERM with nowhere to save: mounted %v, %v", mounted(t, mnt), err)
+	}
+	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "NOT unmounting") {
+		t.Errorf("the log does not say why the mount stays:\n%s", b)
+	}
+	// A plain umount: the mount goes, the daemon and the edits stay.
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if exited(pid) {
+		t.Fatal("the daemon exited with edits it could save nowhere")
+	}
+	alt := t.TempDir()
+	os.RemoveAll(filepath.Join(disk, "run"))
+	if err := os.Symlink(alt, filepath.Join(disk, "run")); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(3 * retryEvery)
+	for !exited(pid) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !exited(pid) {
+		t.Fatal("the daemon did not save the edits once it could")
+	}
+	matches, _ := filepath.Glob(filepath.Join(alt, "safejaxfs", "model.safejaxfs-recovered-*.safetensors"))
+	if len(matches) != 1 {
+		t.Fatalf("recovery files: %v", matches)
+	}
+	if got, _ := os.ReadFile(matches[0]); !bytes.Equal(got, canonical(t, nil, big, small)) {
+		t.Error("the recovery file does not hold the edits")
+	}
+}
+
+// TestCheckpointTruncatedUnderneath: another program truncates the
+// checkpoint in place while it is mounted. Reads and writes of the lost
+// bytes fail with EIO; the daemon (and every edit it holds) lives on.
+func TestCheckpointTruncatedUnderneath(t *testing.T) {
+	big := raw("big", safetensors.U8, randomBytes(256<<10, 8), 256<<10)
+	ckpt := writeCheckpoint(t, "model.safetensors", nil, f32("a", 1, 4), big)
+	mnt := mount(t, ckpt)
+	pid := daemonOf(t, mnt)
+	if err := os.Truncate(ckpt, 100); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 2)
+	go func() {
+		_, err := os.ReadFile(filepath.Join(mnt, "big"))
+		done <- err
+	}()
+	go func() {
+		f, err := os.OpenFile(filepath.Join(mnt, "big"), os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteAt([]byte{1}, 200<<10)
+			f.Close()
+		}
+		done <- err
+	}()
+	for _, what := range []string{"read", "write"} {
+		select {
+		case err := <-done:
+			if !errors.Is(err, unix.EIO) {
+				t.Errorf("a %s of bytes the truncate took: %v, want EIO", what, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("a %s of bytes the truncate took hangs", what)
+		}
+	}
+	if exited(pid) {
+		t.Fatal("the daemon died")
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "a")); err != nil {
+		t.Error(err)
+	}
+}

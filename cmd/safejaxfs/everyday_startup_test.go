@@ -1,0 +1,122 @@
+package main
+
+import (
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// childOf returns a child process of ppid, or 0.
+func childOf(ppid int) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(ppid) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// answers reports whether a statfs of mnt returns within d (a hung FUSE
+// mount never does).
+func answers(mnt string, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		var st unix.Statfs_t
+		unix.Statfs(mnt, &st)
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// TestKilledWhileMounting: kill -9 of the daemon at any moment of its
+// start never leaves a mount that no one answers: the CLI that started it
+// removes whatever it left.
+func TestKilledWhileMounting(t *testing.T) {
+	ckpt := flaxModel(t)
+	rng := rand.New(rand.NewPCG(7, 7))
+	const runs = 25
+	for i := range runs {
+		mnt := filepath.Join(t.TempDir(), "mnt")
+		os.Mkdir(mnt, 0o755)
+		cmd := exec.Command(os.Args[0], "mount", "--read-only", ckpt, mnt)
+		cmd.Env = append(os.Environ(), asCLIEnv+"=1")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if mounted(t, mnt) {
+				abortMount(mnt)
+			}
+		})
+		var daemon int
+		for deadline := time.Now().Add(10 * time.Second); daemon == 0 && time.Now().Before(deadline); {
+			daemon = childOf(cmd.Process.Pid)
+		}
+		if daemon != 0 {
+			time.Sleep(time.Duration(rng.IntN(40_000)) * time.Microsecond)
+			unix.Kill(daemon, unix.SIGKILL)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			t.Fatalf("run %d: the CLI did not return after its daemon was killed", i)
+		}
+		if mounted(t, mnt) {
+			if !answers(mnt, 2*time.Second) {
+				t.Fatalf("run %d: a mount no one answers was left at %s", i, mnt)
+			}
+			// The daemon said ok before it was killed: a dead mount
+			// (ENOTCONN) for unmount to clean up, as after any crash.
+			if r := cli(t, "unmount", mnt); r.code != 0 || mounted(t, mnt) {
+				t.Errorf("run %d: unmount of the dead mount: exit %d %s", i, r.code, r.stderr)
+			}
+		}
+	}
+}
+
+// TestUnmountOfStuckDaemon: a mount whose daemon answers nothing (here:
+// stopped) is aborted and detached by safejaxfs unmount instead of
+// hanging it.
+func TestUnmountOfStuckDaemon(t *testing.T) {
+	ckpt := flaxModel(t)
+	mnt := newMountpoint(t)
+	d := startDaemon(t, ckpt, mnt, "--read-only")
+	if err := unix.Kill(d.pid, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(d.pid, unix.SIGKILL); unix.Kill(d.pid, unix.SIGCONT) })
+	r := cli(t, "unmount", mnt)
+	if r.code != 0 || mounted(t, mnt) || !strings.Contains(r.stderr, "does not answer") {
+		t.Errorf("unmount of a stuck daemon's mount: exit %d %q, mounted %v", r.code, r.stderr, mounted(t, mnt))
+	}
+}

@@ -1,0 +1,83 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
+// When edits cannot be written back (a full disk, a read-only or vanished
+// directory), they must still not be lost: SaveRecovery writes the mount's
+// whole state to a recovery file, next to the checkpoint if it can, else
+// in one of the directories the caller offers (the daemon's own
+// directory, the temp directory). The checkpoint itself is not touched.
+
+// SaveRecovery writes every edit, persisted or not, to
+// "<stem>.safejaxfs-recovered-<time>.safetensors" next to the checkpoint,
+// else in the first of dirs that takes it, and returns its path. Nothing
+// is written when the last recovery file already holds the current state.
+// The error names every place tried.
+func (c *Checkpoint) SaveRecovery(dirs ...string) (string, error) {
+	if c.readOnly {
+		return "", ErrReadOnly
+	}
+	s := c.snapshot()
+	defer s.release()
+	c.mu.RLock()
+	last, lastEdits := c.rescued, c.rescuedEdits
+	if c.recovery != "" && c.recoveredEdits == s.edits {
+		// Sync already diverted this state to a recovery file.
+		last, lastEdits = c.recovery, c.recoveredEdits
+	}
+	c.mu.RUnlock()
+	if last != "" && lastEdits == s.edits {
+		return last, nil
+	}
+	if err := s.check(); err != nil {
+		return "", err
+	}
+	var errs []error
+	for i, dir := range append([]string{""}, dirs...) {
+		if i > 0 {
+			// The caller's directories may have been cleaned away.
+			os.MkdirAll(dir, 0o700)
+		}
+		p, err := c.writeRecoveryIn(s, dir)
+		if err == nil {
+			c.mu.Lock()
+			c.rescued, c.rescuedEdits = p, s.edits
+			c.mu.Unlock()
+			return p, nil
+		}
+		if dir == "" {
+			dir = "next to the checkpoint"
+		}
+		errs = append(errs, fmt.Errorf("in %s: %w", dir, err))
+	}
+	return "", fmt.Errorf("saving the edits of %s to a recovery file failed: %w", c.path, errors.Join(errs...))
+}
+
+// Unsaved reports whether there are edits that neither the checkpoint, its
+// log nor a recovery file holds.
+func (c *Checkpoint) Unsaved() bool {
+	if c.readOnly {
+		return false
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.rescued != "" && c.rescuedEdits == c.edits {
+		return false
+	}
+	// What the log holds is saved: the next read-write open writes it back.
+	return len(c.dirty) > 0 || len(c.gone) > 0 || c.metaUnlogged()
+}
+
+// Abandon releases the files and mappings without persisting anything:
+// for a daemon whose edits went to a recovery file because the checkpoint
+// could not take them. The log stays for the next read-write mount to
+// finish.
+func (c *Checkpoint) Abandon() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.releaseAll()
+}
