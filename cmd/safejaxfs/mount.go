@@ -307,7 +307,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// fs.Mount has returned: go-fuse's start-up probe of the mount (a file
 	// this process opens in it) is closed, so a kill from now on leaves a
 	// dead mount, not a hung one.
-	logger.Printf("%s mounted at %s (pid %d)", ckpt, mnt, os.Getpid())
+	logger.Printf("%s mounted at %s (pid %d)", shown, mnt, os.Getpid())
 	ready.ok()
 	server.Wait()
 	// Unmounted: persist what is left. The kernel is gone, so this is the
