@@ -56,8 +56,9 @@ type FS struct {
 	// live are the inodes the kernel knows, by tensor, so a change made
 	// through one name can invalidate the kernel's cache of the others
 	// (a tensor and its views).
-	live  liveNodes
-	views viewInos
+	live     liveNodes
+	views    viewInos
+	f32Views viewInos // the float32 views' numbers (f32view.go)
 	// nextIno numbers .npy files created before their tensor exists.
 	nextIno atomic.Uint64
 	// specials are the root's JSON documents (__metadata__, ...).
@@ -127,6 +128,7 @@ const (
 	kindDir = iota
 	kindTensor
 	kindNPY
+	kindF32 // the float32 view (f32view.go)
 	kinds
 )
 
@@ -238,7 +240,7 @@ func (f *FS) changed(id checkpoint.ID, except uint64) {
 func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 	var hdr int64 = -1
 	for _, r := range f.live.of(id) {
-		if r.n.StableAttr().Ino == except {
+		if r.n.StableAttr().Ino == except || isF32(r.n) {
 			continue
 		}
 		if !r.view {
@@ -258,6 +260,7 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 		}
 		r.n.NotifyContent(vOff, n)
 	}
+	f.changedF32(id, except, off, n)
 }
 
 // uploadLimit is the most a .npy written into the mount may hold: it is
