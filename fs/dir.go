@@ -73,6 +73,9 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			}
 		}
 	}
+	if n := f.lookupF32(ctx, d, name, &out.Attr); n != nil {
+		return n, 0
+	}
 	return nil, syscall.ENOENT
 }
 
@@ -114,6 +117,11 @@ func (d *dirNode) entries() []fuse.DirEntry {
 		entries = append(entries, fuse.DirEntry{Name: c.Name, Mode: syscall.S_IFREG, Ino: tensorIno(id)})
 		if f.opt.NPY && d.node.Lookup(c.Name+npyExt) == nil && f.npyView(id) != nil {
 			entries = append(entries, fuse.DirEntry{Name: c.Name + npyExt, Mode: syscall.S_IFREG, Ino: npyIno(id)})
+		}
+		if f.opt.NPY {
+			if e, ok := f.f32Entry(d.node, c); ok {
+				entries = append(entries, e)
+			}
 		}
 	}
 	return entries

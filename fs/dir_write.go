@@ -36,6 +36,9 @@ func (d *dirNode) writable() syscall.Errno {
 // retype.go).
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	f := d.fsys
+	if child, fh, errno := d.createF32(ctx, name, out); child != nil || errno != 0 {
+		return child, fh, fuse.FOPEN_DIRECT_IO, errno
+	}
 	child, n, errno := d.newFile(ctx, name, out)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -68,6 +71,12 @@ func (d *dirNode) newFile(ctx context.Context, name string, out *fuse.EntryOut) 
 	f := d.fsys
 	if d.isRoot() && f.doc(name) != nil {
 		return nil, nil, syscall.EEXIST
+	}
+	f.mu.RLock()
+	_, isView := f.f32Target(d.node, name)
+	f.mu.RUnlock()
+	if isView {
+		return nil, nil, syscall.EEXIST // a float32 view: only Create writes one
 	}
 	if base, ok := strings.CutSuffix(name, npyExt); ok && base != "" {
 		f.mu.RLock()
@@ -153,6 +162,9 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		if base, ok := strings.CutSuffix(name, npyExt); ok && d.node.Lookup(base) != nil {
 			return syscall.EPERM
 		}
+		if _, ok := f.f32Target(d.node, name); ok {
+			return syscall.EPERM
+		}
 		return syscall.ENOENT
 	case n.IsDir():
 		return syscall.EISDIR
@@ -164,8 +176,9 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EIO
 	}
 	f.touchDir(d.node)
-	// The kernel may keep name.npy, the view of what was removed.
-	go d.notifyEntries(name + npyExt)
+	// The kernel may keep name.npy and name.f32.npy, the views of what
+	// was removed.
+	go d.notifyEntries(name+npyExt, name+f32Ext)
 	return 0
 }
 
@@ -300,8 +313,8 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	// of both names (and, when a view was renamed, the raw names, which
 	// the kernel did not see move). After this request returns, since the
 	// kernel holds the directories locked until then.
-	stale := []string{name + npyExt}
-	newStale := []string{newName + npyExt}
+	stale := []string{name + npyExt, name + f32Ext}
+	newStale := []string{newName + npyExt, newName + f32Ext}
 	if viewRename {
 		stale, newStale = append(stale, name), append(newStale, newName)
 	}

@@ -57,8 +57,9 @@ type FS struct {
 	// live are the inodes the kernel knows, by tensor, so a change made
 	// through one name can invalidate the kernel's cache of the others
 	// (a tensor and its views).
-	live  liveNodes
-	views viewInos
+	live     liveNodes
+	views    viewInos
+	f32Views viewInos // the float32 views' numbers (f32view.go)
 	// nextIno numbers .npy files created before their tensor exists.
 	nextIno atomic.Uint64
 	// specials are the root's JSON documents (__metadata__, ...).
@@ -128,6 +129,7 @@ const (
 	kindDir = iota
 	kindTensor
 	kindNPY
+	kindF32 // the float32 view (f32view.go)
 	kinds
 )
 
@@ -239,7 +241,7 @@ func (f *FS) changed(id checkpoint.ID, except uint64) {
 func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 	var hdr int64 = -1
 	for _, r := range f.live.of(id) {
-		if r.n.StableAttr().Ino == except {
+		if r.n.StableAttr().Ino == except || isF32(r.n) {
 			continue
 		}
 		if !r.view {
@@ -259,6 +261,7 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 		}
 		r.n.NotifyContent(vOff, n)
 	}
+	f.changedF32(id, except, off, n)
 }
 
 // uploadLimit is the most a .npy written into the mount may hold: it is
@@ -297,14 +300,15 @@ func entryChanged(dir *fs.Inode, name string) {
 	dir.NotifyContent(0, 0)
 }
 
-// viewListed announces that tensor file n's view may have appeared in or
-// left its directory's listing (--npy lists a view only for a dtype numpy
-// has).
+// viewListed announces that tensor file n's views may have appeared in or
+// left its directory's listing (--npy lists a view only for a dtype it
+// suits).
 func (f *FS) viewListed(n *fs.Inode) {
 	if !f.opt.NPY {
 		return
 	}
 	if name, dir := n.Parent(); dir != nil {
+		dir.NotifyEntry(name + f32Ext)
 		entryChanged(dir, name+npyExt)
 	}
 }

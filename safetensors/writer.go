@@ -346,8 +346,44 @@ func (w *stream) flush() {
 	w.buf = w.buf[:0]
 }
 
+// PiecesSource is a Source.Data whose bytes are pieces: runs of an open
+// file, which the writer copies kernel-side (copy_file_range) like an
+// *os.File source, and bytes in memory, written as they are. An edited
+// tensor of a mapped checkpoint is mostly the former.
+type PiecesSource interface {
+	io.ReaderAt
+	// Pieces returns the n bytes at off, in order.
+	Pieces(off, n int64) []Piece
+}
+
+// Piece is File[Off, Off+N) when File is set, else Bytes.
+type Piece struct {
+	File  *os.File
+	Off   int64
+	N     int64
+	Bytes []byte
+}
+
 func (w *stream) copyTensor(s *Source, size int64) error {
 	switch d := s.Data.(type) {
+	case PiecesSource:
+		var got int64
+		for _, p := range d.Pieces(s.Off, size) {
+			if p.File == nil {
+				w.write(p.Bytes)
+				got += int64(len(p.Bytes))
+				continue
+			}
+			ps := Source{Key: s.Key, Data: p.File, Off: p.Off}
+			if err := w.copyTensor(&ps, p.N); err != nil {
+				return err
+			}
+			got += p.N
+		}
+		if got != size {
+			return shortSource(s, got, size)
+		}
+		return nil
 	case BytesSource:
 		p := d.Slice(s.Off, size)
 		if int64(len(p)) != size {

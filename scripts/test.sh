@@ -44,6 +44,8 @@ fi
 # leftover mounts at the end looks at this run's mounts only: other runs on the
 # same machine (other worktrees, CI jobs) mount under their own directories.
 run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/safejaxfs-test.XXXXXX")
+# Searchable by others, as /tmp is: the non-root tests run as nobody.
+chmod 0755 "$run_tmp"
 export TMPDIR=$run_tmp
 our_mounts() { awk -v d="$run_tmp/" '$3 == "fuse.safejaxfs" && index($2, d) == 1' /proc/mounts; }
 cleanup() {

@@ -73,9 +73,11 @@ func smallDisk(t testing.TB, size string) string {
 	return d
 }
 
-// TestFullDisk: a full disk is ENOSPC, not EIO; unmount says so and keeps
-// the mount; --force saves the edits elsewhere and says where, or refuses
-// while they can be saved nowhere.
+// TestFullDisk: a full disk is ENOSPC, not EIO. An edit the log can take
+// is acknowledged (durable in the log); one it cannot take fails its close
+// with ENOSPC. The write-back at unmount cannot fit: unmount says so and
+// keeps the mount; --force detaches, naming the log that holds the edits;
+// once there is room, safejaxfs recover writes them back.
 func TestFullDisk(t *testing.T) {
 	disk := smallDisk(t, "1m")
 	big := raw("big", safetensors.U8, randomBytes(600<<10, 5), 600<<10)
@@ -84,59 +86,52 @@ func TestFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The daemon's own directories (log, last-resort recovery) are on the
-	// full disk too, at first.
+	// full disk too.
 	for _, d := range []string{"run", "tmp"} {
 		os.Mkdir(filepath.Join(disk, d), 0o700)
 	}
 	env := []string{"XDG_RUNTIME_DIR=" + filepath.Join(disk, "run"), "TMPDIR=" + filepath.Join(disk, "tmp")}
 	mnt := mountEnv(t, env, ckpt)
-	small := f32("small", 1, 64)
-	err := os.WriteFile(filepath.Join(mnt, "small.npy"), npyFile(t, small), 0o644)
-	if !errors.Is(err, unix.ENOSPC) {
-		t.Errorf("np.save that needs a rewrite on a full disk: %v, want ENOSPC", err)
+	huge := raw("huge", safetensors.U8, randomBytes(600<<10, 7), 600<<10)
+	if err := os.WriteFile(filepath.Join(mnt, "huge.npy"), npyFile(t, huge), 0o644); !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("np.save that the log cannot take on a full disk: %v, want ENOSPC", err)
 	}
 	if msg := getxattr(t, mnt, "user.safejaxfs.error"); !strings.Contains(msg, "no space left") {
 		t.Errorf("user.safejaxfs.error: %q", msg)
+	}
+	if err := os.Remove(filepath.Join(mnt, "huge")); err != nil {
+		t.Fatal(err)
+	}
+	small := f32("small", 1, 64)
+	if err := os.WriteFile(filepath.Join(mnt, "small.npy"), npyFile(t, small), 0o644); err != nil {
+		t.Fatalf("np.save of a small tensor, which the log takes: %v", err)
 	}
 	r := cli(t, "unmount", mnt)
 	if r.code != exitWriteBack || !strings.Contains(r.stderr, "no space left") || !mounted(t, mnt) {
 		t.Errorf("unmount on a full disk: exit %d %q, mounted %v", r.code, r.stderr, mounted(t, mnt))
 	}
-	// Nowhere to save the edits: --force refuses, and says why.
+	// The edits are durable in the log: --force detaches and says so.
 	r = cliEnv(t, env, "unmount", "--force", mnt)
-	if r.code != exitWriteBack || !mounted(t, mnt) || !strings.Contains(r.stderr, "recovery") {
-		t.Errorf("unmount --force with nowhere to save: exit %d %q, mounted %v", r.code, r.stderr, mounted(t, mnt))
-	}
-	// The mount still answers, with the edits.
-	if got, err := os.ReadFile(filepath.Join(mnt, "small")); err != nil || !bytes.Equal(got, small.data) {
-		t.Fatalf("after a refused --force: %v", err)
-	}
-	// Somewhere else to save them: the daemon's directory, off the full
-	// disk (the environment of the unmount does not matter; the daemon's
-	// does, so free its directory instead).
-	os.RemoveAll(filepath.Join(disk, "run"))
-	alt := t.TempDir()
-	if err := os.Symlink(alt, filepath.Join(disk, "run")); err != nil {
-		t.Fatal(err)
-	}
-	r = cli(t, "unmount", "--force", mnt)
 	if mounted(t, mnt) {
 		t.Fatalf("unmount --force: still mounted: exit %d %q", r.code, r.stderr)
 	}
-	if r.code != exitWriteBack || !strings.Contains(r.stderr, "safejaxfs-recovered-") {
-		t.Errorf("unmount --force: exit %d %q; want %d naming the recovery file", r.code, r.stderr, exitWriteBack)
-	}
-	matches, _ := filepath.Glob(filepath.Join(alt, "safejaxfs", "model.safejaxfs-recovered-*.safetensors"))
-	if len(matches) != 1 {
-		t.Fatalf("recovery files in the daemon's directory: %v", matches)
-	}
-	got, err := os.ReadFile(matches[0])
-	if err != nil || !bytes.Equal(got, canonical(t, nil, big, small)) {
-		t.Errorf("the recovery file does not hold the edits: %v", err)
+	if r.code != exitWriteBack || !strings.Contains(r.stderr, "safejaxfs-log") {
+		t.Errorf("unmount --force: exit %d %q; want %d naming the log", r.code, r.stderr, exitWriteBack)
 	}
 	if b, _ := os.ReadFile(ckpt); !bytes.Equal(b, canonical(t, nil, big)) {
 		t.Error("the checkpoint changed")
 	}
+	if r := cli(t, "verify", ckpt); r.code != exitInvalid || !strings.Contains(r.stderr, "log") {
+		t.Errorf("verify with the edits in the log: exit %d %q", r.code, r.stderr)
+	}
+	// Room again: recover writes them back.
+	if err := unix.Mount("", disk, "", unix.MS_REMOUNT, "size=4m"); err != nil {
+		t.Fatal(err)
+	}
+	if r := cli(t, "recover", ckpt); r.code != 0 {
+		t.Fatalf("recover once there is room: exit %d %q", r.code, r.stderr)
+	}
+	checkFile(t, ckpt, nil, big, small)
 }
 
 // TestReadOnlyDirectory: a checkpoint in a directory the daemon cannot
@@ -213,7 +208,9 @@ func TestUnsavedEditsKeepDaemon(t *testing.T) {
 	pid := daemonOf(t, mnt)
 	t.Cleanup(func() { unix.Kill(pid, unix.SIGKILL) })
 	logPath := getxattr(t, mnt, "user.safejaxfs.log")
-	small := f32("small", 2, 64)
+	// Too big for even the log: the close fails and the edit lives only
+	// in the daemon.
+	small := raw("small", safetensors.U8, randomBytes(600<<10, 8), 600<<10)
 	if err := os.WriteFile(filepath.Join(mnt, "small.npy"), npyFile(t, small), 0o644); !errors.Is(err, unix.ENOSPC) {
 		t.Fatalf("np.save on a full disk: %v", err)
 	}

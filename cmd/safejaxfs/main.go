@@ -46,6 +46,8 @@ var commands = []command{
 	{"unmount", "[flags] MOUNTPOINT", "unmount, waiting for the daemon to finish", runUnmount},
 	{"ls", "[flags] CHECKPOINT [PREFIX]", "list tensors as a tree without mounting", runLs},
 	{"verify", "CHECKPOINT", "check a checkpoint strictly; exit 0 if valid, 1 if not", runVerify},
+	{"stats", "[flags] CHECKPOINT [PREFIX]", "min, max, mean, std, NaN/Inf/zero counts per tensor", runStats},
+	{"diff", "[flags] A B [PREFIX]", "compare two checkpoints; exit 0 if identical, 1 if not", runDiff},
 	{"sync", "MOUNTPOINT", "write a mount's edits back into the checkpoint files now", runSync},
 	{"recover", "CHECKPOINT", "finish, without mounting, a write-back a crash interrupted", runRecover},
 	{"version", "", "print the version of this build (also: safejaxfs --version)", runVersion},
@@ -87,8 +89,11 @@ func run(args []string) int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return exitOK
 		}
-		fmt.Fprintf(os.Stderr, "safejaxfs %s: %v\n", c.name, err)
 		var ee *exitError
+		if errors.As(err, &ee) && ee.err == nil {
+			return ee.code // the code is the answer (diff: 1, they differ)
+		}
+		fmt.Fprintf(os.Stderr, "safejaxfs %s: %v\n", c.name, err)
 		if errors.As(err, &ee) {
 			return ee.code
 		}

@@ -137,7 +137,7 @@ func checkMountpoint(path string) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return fail(exitMount, "mountpoint %s does not exist", path)
-	case errors.Is(err, syscall.ENOTCONN):
+	case deadConn(err):
 		return fail(exitMount, "mountpoint %s is a dead FUSE mount (its daemon is gone); run: safejaxfs unmount %s", path, path)
 	case err != nil:
 		return fail(exitMount, "mountpoint %s: %v", path, err)
@@ -152,7 +152,7 @@ func checkMountpoint(path string) error {
 		// A stat of a FUSE root can come from the kernel's cache; statfs
 		// always asks the server, so it tells a dead mount from a live one.
 		var sfs unix.Statfs_t
-		if err := unix.Statfs(path, &sfs); errors.Is(err, unix.ENOTCONN) {
+		if err := unix.Statfs(path, &sfs); deadConn(err) {
 			return fail(exitMount, "mountpoint %s is a dead FUSE mount (its daemon is gone); run: safejaxfs unmount %s", path, path)
 		}
 		return fail(exitMount, "mountpoint %s is already mounted", path)
@@ -307,7 +307,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// fs.Mount has returned: go-fuse's start-up probe of the mount (a file
 	// this process opens in it) is closed, so a kill from now on leaves a
 	// dead mount, not a hung one.
-	logger.Printf("%s mounted at %s (pid %d)", ckpt, mnt, os.Getpid())
+	logger.Printf("%s mounted at %s (pid %d)", shown, mnt, os.Getpid())
 	ready.ok()
 	// Parsing the headers left about as much garbage as stays live (for
 	// 94k tensors in 163 shards, 60 MB of RSS next to 63 MB live): collect
@@ -332,4 +332,10 @@ func splitOptions(opts []string) []string {
 		}
 	}
 	return out
+}
+
+// deadConn reports an error a FUSE mount answers once its daemon is gone:
+// ENOTCONN, or ECONNABORTED after its connection was aborted.
+func deadConn(err error) bool {
+	return errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED)
 }

@@ -108,20 +108,18 @@ func logHint(mnt string) string {
 	return ""
 }
 
-// writeBack asks the daemon to persist everything (fsync of the mount root)
-// while the mount is still up, so a failure can be reported, with the
-// daemon's reason, before anything is lost.
+// writeBack asks the daemon to write every edit back into the checkpoint
+// files (safejaxfs sync) while the mount is still up, so a failure can be
+// reported, with the daemon's reason, before anything is detached.
 func writeBack(mnt string) (reason string, err error) {
 	var sfs unix.Statfs_t
 	err = unix.Statfs(mnt, &sfs)
 	if err == nil {
-		var d *os.File
-		if d, err = os.Open(mnt); err == nil {
-			err = d.Sync()
-			d.Close()
-		}
+		// The whole write-back (the log folded into the checkpoint files),
+		// so that its failure is reported while the mount is still up.
+		err = unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
 	}
-	if errors.Is(err, unix.ENOTCONN) {
+	if deadConn(err) {
 		// The daemon is gone (killed): nothing is left to write back, and
 		// detaching is all that can be done.
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", mnt)

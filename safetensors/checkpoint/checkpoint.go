@@ -473,7 +473,7 @@ func (c *Checkpoint) Close() error {
 func (c *Checkpoint) hasUnlogged() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.dirty) > 0 || len(c.gone) > 0
+	return len(c.dirty) > 0 || len(c.gone) > 0 || c.metaUnlogged()
 }
 
 // releaseAll closes the files and drops the mappings (slices handed out to

@@ -57,8 +57,13 @@ func (c *Checkpoint) compact() error {
 		return c.stuck
 	}
 	if c.recovery != "" || !c.unchangedOnDisk() {
+		// Never log for, or write over, another program's file: the
+		// edits, if any, go to a recovery file.
 		s := c.snapshot()
 		defer s.release()
+		if !s.dirty {
+			return nil
+		}
 		return c.recover(s)
 	}
 	c.mu.Lock()
@@ -97,7 +102,12 @@ func (c *Checkpoint) compact() error {
 		}
 		reps = append(reps, indexReplacement(c.index.path, b))
 	}
-	if err := prepare(reps, c.hooks); err != nil {
+	err = prepare(reps, c.hooks)
+	if errors.Is(err, unix.ENOSPC) && c.wal != nil && c.wal.trim() {
+		// The zeros the log wrote ahead gave their room back: once more.
+		err = prepare(reps, c.hooks)
+	}
+	if err != nil {
 		return fmt.Errorf("writing back %s: %w", c.path, err)
 	}
 	if err := unchanged(reps); err != nil {

@@ -548,8 +548,33 @@ func (c *Checkpoint) recover(s *snapshot) error {
 	return fmt.Errorf("%s: %w; your edits are in %s", c.path, ErrChanged, p)
 }
 
-// contentReader lets the writer stream edited content.
+// contentReader lets the writer stream edited content: what is still the
+// mapped file's bytes as runs of that file (copied kernel-side), edits and
+// new bytes from memory or the log.
 type contentReader struct{ c *content }
+
+var _ safetensors.PiecesSource = contentReader{}
+
+func (r contentReader) Pieces(off, n int64) []safetensors.Piece {
+	c := r.c
+	var fileOff int64 = -1
+	if c.ref != nil && c.src >= 0 {
+		f := c.ref.file
+		fileOff = f.DataOffset() + int64(f.Tensors[c.src].Begin)
+	}
+	var out []safetensors.Piece
+	base := int64(len(c.base))
+	for _, seg := range c.segments(off, n) {
+		if fileOff >= 0 && off < base && len(seg) > 0 && sameSlice(seg, c.base[off:]) {
+			// A run of the file's own bytes.
+			out = append(out, safetensors.Piece{File: c.ref.file.Fd(), Off: fileOff + off, N: int64(len(seg))})
+		} else {
+			out = append(out, safetensors.Piece{Bytes: seg, N: int64(len(seg))})
+		}
+		off += int64(len(seg))
+	}
+	return out
+}
 
 func (r contentReader) ReadAt(p []byte, off int64) (int, error) {
 	n, err := r.c.readAt(p, off)

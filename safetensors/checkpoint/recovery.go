@@ -21,6 +21,11 @@ func (c *Checkpoint) SaveRecovery(dirs ...string) (string, error) {
 	if c.readOnly {
 		return "", ErrReadOnly
 	}
+	if p := c.loggedAll(); p != "" {
+		// Every edit is durable in the log already: that is where they
+		// are, and the next read-write open writes them back.
+		return p, nil
+	}
 	s := c.snapshot()
 	defer s.release()
 	c.mu.RLock()
@@ -80,4 +85,15 @@ func (c *Checkpoint) Abandon() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.releaseAll()
+}
+
+// loggedAll returns the log's path if it holds every edit (nothing is
+// waiting to be committed), else "".
+func (c *Checkpoint) loggedAll() string {
+	c.persistMu.Lock()
+	defer c.persistMu.Unlock()
+	if c.wal == nil || c.hasUnlogged() {
+		return ""
+	}
+	return c.wal.path
 }

@@ -68,6 +68,12 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 	if set.Sharded() {
 		c.index = newIndexState(set.URL, set.Index)
 	}
+	// Tensors carry the server's Last-Modified (the mount's time if it
+	// sent none), as local ones carry their file's mtime.
+	mtime := set.ModTime
+	if mtime.IsZero() {
+		mtime = time.Now()
+	}
 	for si, h := range set.Headers {
 		obj := set.Objects[si]
 		c.shards = append(c.shards, &shard{name: set.Names[si], path: obj.String(), meta: h.Metadata})
@@ -77,7 +83,7 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 			c.byKey[t.Key] = ID(len(c.tensors))
 			// The content is only a size: Info reads it, and nothing
 			// else looks at a read-only tensor's content.
-			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}})
+			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}, mtime: mtime, ctime: mtime})
 			c.remote.at = append(c.remote.at, remoteTensor{obj: obj, off: h.DataOffset() + int64(t.Begin), size: size})
 		}
 	}

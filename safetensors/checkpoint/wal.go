@@ -105,7 +105,11 @@ func createWAL(path string, base []walFile) (*wal, error) {
 		return fail(err)
 	}
 	w.seq = 1
-	w.prefill(prefillMin) // synced with the rest below
+	var total int64
+	for _, f := range base {
+		total += f.size
+	}
+	w.prefill(min(max(total/8, prefillMin), prefillFirst)) // synced with the rest below
 	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
@@ -207,12 +211,16 @@ func (w *wal) commit(recs []walRecord, hooks *crashHooks) ([]int64, error) {
 // and fdatasynced took 17 ms where overwriting written blocks took 4.5 ms,
 // and allocating with fallocate does not help (unwritten extents are a
 // metadata change too). So the log writes zeros ahead of its end, in steps
-// that double with its size (8 MiB to 256 MiB), and fdatasyncs them once;
+// that double with its size (1 MiB to 256 MiB), and fdatasyncs them once;
 // commits then overwrite blocks the file already has. What lies past the
 // log's end reads as zeros, which no record is.
 const (
-	prefillMin = 8 << 20
+	prefillMin = 1 << 20
 	prefillMax = 256 << 20
+	// prefillFirst bounds the zeros a new log starts with: an eighth of
+	// the checkpoint's size, so a session's first edits of a large one
+	// need no growing, and a small one gets a small log.
+	prefillFirst = 32 << 20
 )
 
 // prefill makes sure n more bytes after the end are written blocks, if it
@@ -236,6 +244,19 @@ func (w *wal) prefill(n int64) {
 		return
 	}
 	w.filled = target
+}
+
+// trim gives back the zeros written ahead of the end (for a write-back
+// that needs the room); it reports whether there were any.
+func (w *wal) trim() bool {
+	if w.filled <= w.end {
+		return false
+	}
+	if err := w.f.Truncate(w.end); err != nil {
+		return false
+	}
+	w.filled = w.end
+	return true
 }
 
 func batchLength(recs []walRecord) int64 {

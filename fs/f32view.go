@@ -1,0 +1,498 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/floats"
+	"github.com/safejaxfs/safejaxfs/safetensors/npy"
+	"github.com/safejaxfs/safejaxfs/tree"
+)
+
+// f32Node is <tensor>.f32.npy, for a tensor whose dtype numpy lacks or
+// holds in a type few tools read (BF16, F16, the 8-, 6- and 4-bit floats):
+// a .npy of float32 with the tensor's shape, its elements converted on the
+// fly from the mapping (or the remote chunks) as ml_dtypes converts them.
+// Writing a whole .npy of float32 and the same shape into it converts the
+// values back, rounding to nearest even, and replaces the tensor's bytes
+// (its dtype and shape stay).
+type f32Node struct {
+	fs.Inode
+	fsys *FS
+	id   checkpoint.ID
+	// key is the tensor's key when the node was made: once the tensor is
+	// renamed or removed, the kernel's entry of this name is stale (Open
+	// answers ESTALE, as for a .npy view).
+	key string
+
+	uploads uploadSet
+}
+
+const f32Ext = ".f32.npy"
+
+var (
+	_ = (fs.NodeGetattrer)((*f32Node)(nil))
+	_ = (fs.NodeOpener)((*f32Node)(nil))
+	_ = (fs.NodeReader)((*f32Node)(nil))
+	_ = (fs.NodeWriter)((*f32Node)(nil))
+	_ = (fs.NodeSetattrer)((*f32Node)(nil))
+	_ = (fs.NodeFlusher)((*f32Node)(nil))
+	_ = (fs.NodeFsyncer)((*f32Node)(nil))
+	_ = (fs.NodeReleaser)((*f32Node)(nil))
+	_ = (fs.NodeGetxattrer)((*f32Node)(nil))
+	_ = (fs.NodeListxattrer)((*f32Node)(nil))
+	_ = (fs.NodeOnForgetter)((*f32Node)(nil))
+)
+
+// f32Ino numbers the float32 view of tensor id under its key: a new
+// number once the tensor is renamed, as for .npy views (viewIno), so the
+// kernel's stale entry of the old name never stands for the new one.
+func (f *FS) f32Ino(id checkpoint.ID, key string) uint64 {
+	v := &f.f32Views
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.rec == nil {
+		v.rec = map[checkpoint.ID]viewIno{}
+	}
+	r, ok := v.rec[id]
+	switch {
+	case !ok:
+		r = viewIno{key, ino(kindF32, uint64(id))}
+	case r.key != key:
+		r = viewIno{key, f.nextIno.Add(1)}
+	}
+	v.rec[id] = r
+	return r.ino
+}
+
+func (n *f32Node) OnForget() {
+	n.fsys.live.remove(n.id, &n.Inode)
+	n.fsys.dropIfUnused(n.id)
+}
+
+// stale reports whether the node no longer stands for its name.
+func (n *f32Node) stale() bool {
+	info, ok := n.fsys.ck.Info(n.id)
+	return !ok || info.Key != n.key
+}
+
+// isF32 tells the float32 views among a tensor's live nodes (changedRange
+// leaves them to changedF32).
+func isF32(n *fs.Inode) bool {
+	_, ok := n.Operations().(*f32Node)
+	return ok
+}
+
+// f32Target is the tensor whose float32 view name is, under dir: the
+// tensor <base> for <base>.f32.npy, when its dtype converts. Nothing when
+// name is taken otherwise: a real entry, or the .npy view of a tensor
+// literally named <base>.f32, wins. Caller holds f.mu.
+func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
+	base, ok := strings.CutSuffix(name, f32Ext)
+	if !ok || base == "" || dir.Lookup(name) != nil {
+		return 0, false
+	}
+	if t := dir.Lookup(base + ".f32"); t != nil && !t.IsDir() && f.npyView(checkpoint.ID(t.Tensor)) != nil {
+		return 0, false
+	}
+	t := dir.Lookup(base)
+	if t == nil || t.IsDir() {
+		return 0, false
+	}
+	id := checkpoint.ID(t.Tensor)
+	info, ok := f.ck.Info(id)
+	return id, ok && floats.Has(info.DType)
+}
+
+// lookupF32 is dirNode.Lookup's last resort: a float32 view. Caller holds
+// f.mu (read).
+func (f *FS) lookupF32(ctx context.Context, d *dirNode, name string, a *fuse.Attr) *fs.Inode {
+	id, ok := f.f32Target(d.node, name)
+	if !ok {
+		return nil
+	}
+	return f.f32Node(ctx, &d.Inode, id, a)
+}
+
+// f32Node makes (or finds) the node of tensor id's float32 view under
+// parent, filling its attributes; nil when it has none.
+func (f *FS) f32Node(ctx context.Context, parent *fs.Inode, id checkpoint.ID, a *fuse.Attr) *fs.Inode {
+	info, ok := f.ck.Info(id)
+	if !ok {
+		return nil
+	}
+	ino := f.f32Ino(id, info.Key)
+	if !f.fillF32Attr(a, ino, id) {
+		return nil
+	}
+	n := parent.NewInode(ctx, &f32Node{fsys: f, id: id, key: info.Key}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+	f.live.add(id, n, false)
+	return n
+}
+
+// f32Entry is the listing entry of child c's float32 view (with --npy),
+// if it has one. Caller holds f.mu (read).
+func (f *FS) f32Entry(dir, c *tree.Node) (fuse.DirEntry, bool) {
+	id, ok := f.f32Target(dir, c.Name+f32Ext)
+	if !ok || id != checkpoint.ID(c.Tensor) {
+		return fuse.DirEntry{}, false
+	}
+	return fuse.DirEntry{Name: c.Name + f32Ext, Mode: syscall.S_IFREG, Ino: f.f32Ino(id, c.Key)}, true
+}
+
+// f32View is the view's header and what it read of the tensor; nil when
+// the tensor is gone or its dtype (changed since) does not convert.
+func (f *FS) f32View(id checkpoint.ID) ([]byte, checkpoint.Info, int64) {
+	info, ok := f.ck.Attr(id) // a removed tensor a file still has open too
+	if !ok || !floats.Has(info.DType) {
+		return nil, info, 0
+	}
+	h, err := npy.Header("F32", info.Shape)
+	if err != nil {
+		return nil, info, 0
+	}
+	// Elements from the bytes, not the shape: the two differ only while a
+	// rewrite of the raw file is under way.
+	return h, info, info.Size * 8 / int64(info.DType.Bits())
+}
+
+func (f *FS) fillF32Attr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
+	h, info, n := f.f32View(id)
+	size := uint64(0)
+	if h != nil {
+		size = uint64(len(h)) + 4*uint64(n)
+	}
+	f.fillCommon(a, ino, syscall.S_IFREG|f.fileMode(), size)
+	if h != nil {
+		setTimes(a, info.MTime, info.CTime)
+	}
+	return h != nil
+}
+
+// Getattr shows the view, never an upload in progress (go-fuse hands it
+// the node's first open handle, which may be anyone's).
+func (n *f32Node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fsys.fillF32Attr(&out.Attr, n.StableAttr().Ino, n.id)
+	return 0
+}
+
+// Open for reading serves the conversion. For writing it starts an upload
+// (the handle): with O_TRUNC an empty one, without it (r+) one holding the
+// whole view, converted back at close. Unlike a .npy view there are no
+// in-place writes: a float32 written would read back rounded, so the
+// kernel's pages of the view would disagree with the tensor (and a
+// writable shared mmap, np.load(mmap_mode='r+'), is not offered).
+func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if n.stale() {
+		return nil, 0, syscall.ESTALE
+	}
+	f := n.fsys
+	f.live.add(n.id, &n.Inode, false)
+	if !isWrite(flags) {
+		return nil, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	if f.ck.ReadOnly() {
+		return nil, 0, syscall.EROFS
+	}
+	var buf []byte
+	if flags&syscall.O_TRUNC == 0 {
+		_, _, elems := f.f32View(n.id)
+		if 4*elems > f.maxUpload {
+			return nil, 0, syscall.EFBIG
+		}
+		var err error
+		if buf, err = f.f32Bytes(n.id); err != nil {
+			return nil, 0, f.readFailed(&n.Inode, 0, err)
+		}
+	}
+	u := n.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0, f.maxUpload))
+	return u, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// f32Bytes is the whole view (for a read-write open).
+func (f *FS) f32Bytes(id checkpoint.ID) ([]byte, error) {
+	h, _, n := f.f32View(id)
+	if h == nil {
+		return nil, nil
+	}
+	b := make([]byte, int64(len(h))+4*n)
+	copy(b, h)
+	k, err := f.readF32(id, b[len(h):], 0)
+	return b[:len(h)+k], err
+}
+
+// f32Step is the elements converted per pass: 1 MiB of float32 (a FUSE
+// read's most), from at most 512 KiB of source bytes (BF16, F16).
+const f32Step = 256 << 10
+
+// packedPool holds gathered source bytes, convPool converted ones.
+var (
+	packedPool = sync.Pool{New: func() any { b := make([]byte, 0, f32Step*2); return &b }}
+	convPool   = sync.Pool{New: func() any { b := make([]byte, 4*f32Step); return &b }}
+)
+
+func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if u, ok := fh.(*upload); ok {
+		return u.read(dest, off), 0
+	}
+	f := n.fsys
+	h, _, elems := f.f32View(n.id)
+	if h == nil {
+		return fuse.ReadResultData(nil), 0
+	}
+	hn := int64(len(h))
+	end := min(off+int64(len(dest)), hn+4*elems)
+	if off >= end {
+		return fuse.ReadResultData(nil), 0
+	}
+	out := dest[:end-off]
+	k := 0
+	if off < hn {
+		k = copy(out, h[off:])
+	}
+	if k < len(out) {
+		got, err := f.readF32(n.id, out[k:], max(off-hn, 0))
+		if err != nil {
+			return nil, f.readFailed(&n.Inode, off, err)
+		}
+		out = out[:k+got]
+	}
+	return fuse.ReadResultData(out), 0
+}
+
+// readF32 fills dst with the float32 bytes of tensor id from byte off of
+// the converted data, and returns how many it filled (fewer at the end).
+func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
+	info, ok := f.ck.Attr(id) // a removed tensor reads on while a file has it open
+	if !ok {
+		return 0, fmt.Errorf("tensor %d: %w", id, checkpoint.ErrNotFound)
+	}
+	d := info.DType
+	bits, group := int64(d.Bits()), int64(floats.Group(d))
+	elems := info.Size * 8 / bits
+	// The elements the request touches, widened to whole groups (an F4
+	// byte holds two, three F6 bytes hold four).
+	e0 := off / 4 / group * group
+	e1 := min((off+int64(len(dst))+3)/4, elems)
+	e1 = min((e1+group-1)/group*group, elems)
+	if e1 <= e0 {
+		return 0, nil
+	}
+	dst = dst[:min(int64(len(dst)), 4*e1-off)]
+	done := 0
+	for e0 < e1 {
+		step := min(e1-e0, f32Step) // a multiple of every group
+		src, release, err := f.packed(id, e0*bits/8, int(step*bits/8))
+		if err != nil {
+			return done, err
+		}
+		if skip := max(off-4*e0, 0); skip == 0 && int64(len(dst)-done) >= 4*step {
+			// Aligned and whole (every read the kernel sends but the
+			// last of a view): straight into the reply.
+			n := floats.DecodeLE(d, dst[done:done+int(4*step)], src)
+			release()
+			done += 4 * n
+			if int64(n) < step {
+				break
+			}
+			e0 += step
+			continue
+		}
+		cp := convPool.Get().(*[]byte)
+		n := floats.DecodeLE(d, (*cp)[:4*step], src)
+		release()
+		done += copy(dst[done:], (*cp)[max(off-4*e0, 0):4*int64(n)])
+		convPool.Put(cp)
+		if int64(n) < step {
+			break // the tensor shrank meanwhile
+		}
+		e0 += step
+	}
+	return done, nil
+}
+
+// packed returns n source bytes of tensor id at off as one slice: the
+// checkpoint's own when it has them in one segment, else gathered.
+func (f *FS) packed(id checkpoint.ID, off int64, n int) ([]byte, func(), error) {
+	segs, release, err := f.ck.Read(id, off, n)
+	if err != nil {
+		return nil, nop, err
+	}
+	if len(segs) == 1 {
+		return segs[0], release, nil
+	}
+	bp := packedPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	for _, s := range segs {
+		b = append(b, s...)
+	}
+	release()
+	*bp = b
+	return b, func() { packedPool.Put(bp) }, nil
+}
+
+func nop() {}
+
+func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	u, ok := fh.(*upload)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	if errno := u.write(data, off); errno != 0 {
+		n.fsys.logf("%s: writing %d bytes at %d: the upload would pass %d bytes (a .f32.npy is held in memory until it is closed)", n.Path(nil), len(data), off, n.fsys.maxUpload)
+		return 0, errno
+	}
+	return uint32(len(data)), 0
+}
+
+// Setattr truncates an upload (through its handle, or every open one for
+// a truncate by path); the view itself changes only by a whole .npy.
+func (n *f32Node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if size, ok := in.GetSize(); ok {
+		var errno syscall.Errno
+		if u, ok := fh.(*upload); ok {
+			errno = u.truncate(int64(size))
+		} else {
+			errno = n.uploads.truncateAll(int64(size))
+		}
+		if errno != 0 {
+			return errno
+		}
+	}
+	return n.Getattr(ctx, fh, out)
+}
+
+func (n *f32Node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	if u, ok := fh.(*upload); ok {
+		return n.fsys.flushUpload(ctx, u, n.commit)
+	}
+	return 0
+}
+
+func (n *f32Node) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	if u, ok := fh.(*upload); ok {
+		n.uploads.release(u)
+	}
+	return 0
+}
+
+func (n *f32Node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	return n.fsys.sync(ctx)
+}
+
+// commit converts an uploaded float32 .npy back into the tensor's dtype
+// and replaces its bytes. Anything but float32 of the tensor's shape is
+// refused: the view changes values, never the dtype or the shape.
+func (n *f32Node) commit(b []byte) error {
+	f := n.fsys
+	cur, ok := f.ck.Info(n.id)
+	name := n.Path(nil)
+	if !ok {
+		return fmt.Errorf("%s: the tensor was deleted meanwhile", name)
+	}
+	if !floats.Has(cur.DType) {
+		return fmt.Errorf("tensor %q: %s: the tensor is %s now, which has no float32 view", cur.Key, name, cur.DType)
+	}
+	info, err := npy.Parse(b)
+	switch {
+	case err != nil:
+		return fmt.Errorf("tensor %q: %s: %w", cur.Key, name, err)
+	case info.DType != "F32":
+		return fmt.Errorf("tensor %q: %s holds %s, not float32: a float32 view takes float32 (np.save(path, a.astype(np.float32)))", cur.Key, name, npyDTypeName(info.DType))
+	case !slices.Equal(info.Shape, cur.Shape):
+		return fmt.Errorf("tensor %q: %s has shape %s, the tensor %s: a float32 view replaces values, not the shape (write %s.npy to replace the tensor)",
+			cur.Key, name, shapeJSON(info.Shape), shapeJSON(cur.Shape), strings.TrimSuffix(name, f32Ext))
+	}
+	data := b[info.DataOffset:]
+	elems := cur.Size * 8 / int64(cur.DType.Bits())
+	if int64(len(data)) != 4*elems {
+		return fmt.Errorf("tensor %q: %s has %d bytes of data, %d float32 need %d", cur.Key, name, len(data), elems, 4*elems)
+	}
+	size, err := safetensors.ByteSize(cur.DType, cur.Shape)
+	if err != nil {
+		return err
+	}
+	out := make([]byte, size)
+	floats.EncodeLE(cur.DType, out, data)
+	if err := f.ck.Replace(n.id, cur.DType, cur.Shape, out); err != nil {
+		return err
+	}
+	f.changed(n.id, n.StableAttr().Ino)
+	go n.NotifyContent(0, 0) // its pages may hold the upload: after this request
+	return nil
+}
+
+func npyDTypeName(d string) string {
+	if d == "" {
+		return "a 1-byte void dtype"
+	}
+	return d
+}
+
+func (n *f32Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return n.fsys.getxattr(n.id, attr, dest)
+}
+
+func (n *f32Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return n.fsys.listxattr(n.id, dest)
+}
+
+// changedF32 invalidates the kernel's cache of tensor id's float32 views
+// after a change of the tensor's bytes [off, off+n) (n 0: everything),
+// except the inode the change came through.
+func (f *FS) changedF32(id checkpoint.ID, except uint64, off, n int64) {
+	var vOff, vN int64
+	first := true
+	for _, r := range f.live.of(id) {
+		if !isF32(r.n) || r.n.StableAttr().Ino == except {
+			continue
+		}
+		if first {
+			first = false
+			if h, info, _ := f.f32View(id); h != nil && n > 0 {
+				// Whole elements (whole groups of the sub-byte
+				// formats), 4 bytes each, after the header.
+				bits, group := int64(info.DType.Bits()), int64(floats.Group(info.DType))
+				e0 := off * 8 / bits / group * group
+				e1 := ((off+n)*8/bits + group) / group * group
+				vOff, vN = int64(len(h))+4*e0, 4*(e1-e0)
+			}
+		}
+		r.n.NotifyContent(vOff, vN)
+	}
+}
+
+// createF32 is dirNode.Create of an existing tensor's float32 view that
+// the kernel did not look up first: an upload into the view, not a new
+// tensor named <base>.f32. nil when name is no such view.
+func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, syscall.Errno) {
+	f := d.fsys
+	f.mu.RLock()
+	id, ok := f.f32Target(d.node, name)
+	f.mu.RUnlock()
+	if !ok {
+		return nil, nil, 0
+	}
+	if errno := d.writable(); errno != 0 {
+		return nil, nil, errno
+	}
+	child := f.f32Node(ctx, &d.Inode, id, &out.Attr)
+	if child == nil {
+		return nil, nil, syscall.ENOENT
+	}
+	// NewInode returns the node the kernel may already know: the upload
+	// belongs to that one (a truncate by path reaches it). Committed at
+	// close even if nothing was written (and then refused: an empty file
+	// is no .npy).
+	n := child.Operations().(*f32Node)
+	return child, n.uploads.add(newUpload(nil, true, f.maxUpload)), 0
+}
