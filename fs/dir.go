@@ -24,7 +24,7 @@ type dirNode struct {
 
 var (
 	_ = (fs.NodeLookuper)((*dirNode)(nil))
-	_ = (fs.NodeReaddirer)((*dirNode)(nil))
+	_ = (fs.NodeOpendirHandler)((*dirNode)(nil))
 	_ = (fs.NodeGetattrer)((*dirNode)(nil))
 	_ = (fs.NodeStatfser)((*dirNode)(nil))
 )
@@ -94,12 +94,15 @@ func (f *FS) newChild(ctx context.Context, parent *fs.Inode, n *tree.Node, a *fu
 	return child, 0
 }
 
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+// entries lists the directory: the root's special files, then every child
+// in name order, each tensor followed by its view when views are listed.
+// An entry's offset is its position in this list.
+func (d *dirNode) entries() []fuse.DirEntry {
 	f := d.fsys
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	children := d.node.Children()
-	entries := make([]fuse.DirEntry, 0, len(children)+1)
+	entries := make([]fuse.DirEntry, 0, len(children)+len(f.specials))
 	if d.isRoot() {
 		for _, doc := range f.specials {
 			entries = append(entries, fuse.DirEntry{Name: doc.name, Mode: syscall.S_IFREG, Ino: doc.ino})
@@ -121,7 +124,23 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 			}
 		}
 	}
-	return fs.NewListDirStream(entries), 0
+	return entries
+}
+
+// size is len(entries()) when that is known without building the list
+// (views are listed only for dtypes numpy has); ok false otherwise.
+func (d *dirNode) size() (n int, ok bool) {
+	f := d.fsys
+	if f.opt.NPY {
+		return 0, false
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n = d.node.Len()
+	if d.isRoot() {
+		n += len(f.specials)
+	}
+	return n, true
 }
 
 // Hidden attributes of the mount root for `safejaxfs unmount`: the daemon's
@@ -141,6 +160,9 @@ const (
 var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
 
 func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if errno := unsupportedXattr(attr); errno != 0 {
+		return 0, errno
+	}
 	if d.isRoot() {
 		switch attr {
 		case XattrPID:

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
@@ -273,4 +274,41 @@ func uploadLimit() int64 {
 		return 1 << 32
 	}
 	return int64(si.Totalram) * int64(si.Unit) / 2
+}
+
+// entryChanged tells the kernel that the daemon itself added, removed or
+// replaced name in directory dir: it drops its cached entry for the name and
+// its cached listing of dir (every directory's listing is cached, see
+// listingFS). Changes the kernel made (create, unlink, rename, mkdir, rmdir
+// of that very name) need no call; any other change of a listing does, or
+// ls shows the old one until the cache is dropped.
+//
+// Two notifications: an entry invalidation resets the listing only when the
+// kernel has a dentry for the name (it has none for a name never looked
+// up), so the listing, which lives in the directory's page cache, is dropped
+// by a content invalidation of the directory.
+//
+// It waits for the kernel, which locks dir: never call it while serving a
+// request that holds that lock (a create, unlink, rename or lookup in dir).
+func entryChanged(dir *fs.Inode, name string) {
+	if dir == nil {
+		return
+	}
+	// ENOENT (the kernel does not know dir or the name, so has nothing
+	// cached) is fine.
+	dir.NotifyEntry(name)
+	dir.NotifyContent(0, 0)
+}
+
+// viewListed announces that tensor file n's views may have appeared in or
+// left its directory's listing (--npy lists a view only for a dtype it
+// suits).
+func (f *FS) viewListed(n *fs.Inode) {
+	if !f.opt.NPY {
+		return
+	}
+	if name, dir := n.Parent(); dir != nil {
+		dir.NotifyEntry(name + f32Ext)
+		entryChanged(dir, name+npyExt)
+	}
 }

@@ -20,8 +20,36 @@ import (
 // only ever reach the kept one, so registering there corrects the record
 // before the kernel can have cached pages to invalidate.
 type liveNodes struct {
-	mu   sync.Mutex
-	byID map[checkpoint.ID]map[*fs.Inode]bool // true: a .npy view
+	mu sync.Mutex
+	// byID holds a small value per tensor rather than a set: every tensor
+	// a listing (ls -l, du) looks up is here, almost always with one node,
+	// and a map per tensor cost 217 bytes each (20 MB for 94k tensors)
+	// against about 50 for this.
+	byID map[checkpoint.ID]liveSet
+}
+
+// liveSet is the nodes of one tensor: the first, and the rare others (both
+// the raw file and a view live, or a view under several names).
+type liveSet struct {
+	first nodeRef
+	more  []nodeRef
+}
+
+func (s *liveSet) refs() []nodeRef {
+	if s.first.n == nil {
+		return nil
+	}
+	return append([]nodeRef{s.first}, s.more...)
+}
+
+func setOf(refs []nodeRef) liveSet {
+	switch len(refs) {
+	case 0:
+		return liveSet{}
+	case 1:
+		return liveSet{first: refs[0]}
+	}
+	return liveSet{first: refs[0], more: refs[1:len(refs):len(refs)]}
 }
 
 func (l *liveNodes) add(id checkpoint.ID, n *fs.Inode, view bool) {
@@ -31,36 +59,53 @@ func (l *liveNodes) add(id checkpoint.ID, n *fs.Inode, view bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.byID == nil {
-		l.byID = map[checkpoint.ID]map[*fs.Inode]bool{}
+		l.byID = map[checkpoint.ID]liveSet{}
 	}
 	set := l.byID[id]
-	if set == nil {
-		set = map[*fs.Inode]bool{}
-		l.byID[id] = set
-	}
-	if _, ok := set[n]; ok {
+	if set.first.n == nil {
+		l.byID[id] = liveSet{first: nodeRef{n, view}}
 		return
+	}
+	if set.first.n == n && set.more == nil {
+		return
+	}
+	refs := set.refs()
+	for _, r := range refs {
+		if r.n == n {
+			return
+		}
 	}
 	// A node of the same inode number that the kernel no longer holds
 	// was a Lookup's loser (or is gone): this one replaces it.
 	ino := n.StableAttr().Ino
-	for o := range set {
-		if o.StableAttr().Ino == ino && o.Forgotten() {
-			delete(set, o)
+	kept := refs[:0]
+	for _, r := range refs {
+		if !(r.n.StableAttr().Ino == ino && r.n.Forgotten()) {
+			kept = append(kept, r)
 		}
 	}
-	set[n] = view
+	l.byID[id] = setOf(append(kept, nodeRef{n, view}))
 }
 
 func (l *liveNodes) remove(id checkpoint.ID, n *fs.Inode) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if set := l.byID[id]; set != nil {
-		delete(set, n)
-		if len(set) == 0 {
-			delete(l.byID, id)
+	set, ok := l.byID[id]
+	if !ok {
+		return
+	}
+	refs := set.refs()
+	kept := refs[:0]
+	for _, r := range refs {
+		if r.n != n {
+			kept = append(kept, r)
 		}
 	}
+	if len(kept) == 0 {
+		delete(l.byID, id)
+		return
+	}
+	l.byID[id] = setOf(kept)
 }
 
 type nodeRef struct {
@@ -71,11 +116,8 @@ type nodeRef struct {
 func (l *liveNodes) of(id checkpoint.ID) []nodeRef {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	refs := make([]nodeRef, 0, len(l.byID[id]))
-	for n, v := range l.byID[id] {
-		refs = append(refs, nodeRef{n, v})
-	}
-	return refs
+	set := l.byID[id]
+	return set.refs()
 }
 
 // any reports whether the kernel may still hold a node of tensor id. A
@@ -83,8 +125,9 @@ func (l *liveNodes) of(id checkpoint.ID) []nodeRef {
 func (l *liveNodes) any(id checkpoint.ID) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for n := range l.byID[id] {
-		if !n.Forgotten() {
+	set := l.byID[id]
+	for _, r := range set.refs() {
+		if !r.n.Forgotten() {
 			return true
 		}
 	}

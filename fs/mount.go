@@ -53,13 +53,20 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		Logger:          mo.Logger,
 		RootStableAttr:  &fs.StableAttr{Ino: inoRoot},
 		MountOptions: fuse.MountOptions{
-			FsName:               src,
-			Name:                 "safejaxfs",
-			AllowOther:           mo.AllowOther,
-			Options:              opts,
-			DirectMount:          os.Geteuid() == 0,
-			IgnoreSecurityLabels: true,
-			DisableReadDirPlus:   true,
+			FsName:      src,
+			Name:        "safejaxfs",
+			AllowOther:  mo.AllowOther,
+			Options:     opts,
+			DirectMount: os.Geteuid() == 0,
+			// READDIRPLUS (the default) answers a listing with its
+			// subdirectories' attributes (dirHandle), so a walk
+			// (find, du, ls -R) does not look each directory up
+			// before reading it.
+			//
+			// IgnoreSecurityLabels stays off: it answers ENODATA for
+			// the ACL names, and only our EOPNOTSUPP lets ls stop
+			// asking (unsupportedXattr).
+			//
 			// O_TRUNC arrives with the OPEN it belongs to: a rewrite that
 			// starts with a truncate is then one open file's (see
 			// writeHandle), and a truncated .npy upload copies nothing.
@@ -77,8 +84,13 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			Logger:       mo.Logger,
 		},
 	}
-	server, err := fs.Mount(mountpoint, f.Root(), fsOpts)
+	raw := &listingFS{RawFileSystem: fs.NewNodeFS(f.Root(), fsOpts)}
+	server, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, err
 	}
 	raiseReadahead(mountpoint, mo.Logger)

@@ -221,6 +221,11 @@ func (n *npyNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 func (n *npyNode) commit(b []byte) error {
 	f := n.fsys
 	info, perr := npy.Parse(b)
+	// Deferred first, so it runs after both locks are released: the
+	// kernel locks the directory to drop its cache, and a lookup in it
+	// holding that lock may be waiting for the tree's.
+	var added *fs.Inode
+	defer func() { entryChanged(added, n.base) }()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	f.mu.Lock()
@@ -266,10 +271,10 @@ func (n *npyNode) commit(b []byte) error {
 		target = id
 		f.retype.newFile(id)
 		f.touchDir(n.dir)
-		if _, p := n.Parent(); p != nil {
-			// The raw file may be cached as absent.
-			go p.NotifyEntry(n.base)
-		}
+		// The raw file may be cached as absent, and the listing without
+		// it: drop both before the close returns, so the next ls sees
+		// the tensor (once the locks are released, see entryChanged).
+		_, added = n.Parent()
 	}
 	if n.id == noTensor {
 		n.id, n.key = target, key

@@ -163,7 +163,11 @@ func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) 
 // must stay the same.
 func (t *tensorNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	t.fsys.live.add(t.id, &t.Inode, false)
-	return t.fsys.setxattr(t.id, attr, data)
+	errno := t.fsys.setxattr(t.id, attr, data)
+	if errno == 0 && attr == xattrDType {
+		t.fsys.viewListed(&t.Inode)
+	}
+	return errno
 }
 
 func (t *tensorNode) Removexattr(ctx context.Context, attr string) syscall.Errno {

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
@@ -22,6 +23,20 @@ var (
 	xattrListSharded = []byte(xattrKey + "\x00" + xattrDType + "\x00" + xattrShape + "\x00" + xattrShard + "\x00")
 )
 
+// unsupportedXattr is EOPNOTSUPP for a name outside the user namespace:
+// the mount has no ACLs, security labels or trusted attributes, and saying
+// "not supported" rather than "no such attribute" is what lets tools stop
+// asking. ls -l asks every file for security.selinux and
+// system.posix_acl_access (a FUSE round trip each, which cost more than the
+// listing itself); coreutils remembers an EOPNOTSUPP per device and asks no
+// further file on it, as on any file system without ACLs.
+func unsupportedXattr(attr string) syscall.Errno {
+	if strings.HasPrefix(attr, "user.") {
+		return 0
+	}
+	return syscall.EOPNOTSUPP
+}
+
 // shapeJSON renders a shape the way the header does: [3,16], [] for scalars.
 func shapeJSON(shape []uint64) []byte {
 	b := []byte{'['}
@@ -35,6 +50,9 @@ func shapeJSON(shape []uint64) []byte {
 }
 
 func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, syscall.Errno) {
+	if errno := unsupportedXattr(attr); errno != 0 {
+		return 0, errno
+	}
 	info, ok := f.ck.Info(id)
 	if !ok {
 		return 0, syscall.ENOENT

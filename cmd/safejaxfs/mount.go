@@ -309,6 +309,10 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// dead mount, not a hung one.
 	logger.Printf("%s mounted at %s (pid %d)", shown, mnt, os.Getpid())
 	ready.ok()
+	// Parsing the headers left about as much garbage as stays live (for
+	// 94k tensors in 163 shards, 60 MB of RSS next to 63 MB live): collect
+	// it and give it back now, once the mount answers, rather than hold it.
+	go debug.FreeOSMemory()
 	server.Wait()
 	// Unmounted: persist what is left. The kernel is gone, so this is the
 	// last chance; Close leaves a recovery file if the checkpoint can't

@@ -78,6 +78,38 @@ func transformerKeys(n int) []string {
 
 func (b *bench) generate() error {
 	cfg := b.cfg
+	// Sections 3 and 6 need none of the large files: --only 3,6 skips
+	// writing them.
+	if b.want("1") || b.want("2") || b.want("4") {
+		if err := b.generateReads(); err != nil {
+			return err
+		}
+	}
+
+	// 3: header-dominated checkpoints: many tiny tensors.
+	b.scalePaths = map[int]string{}
+	for _, n := range cfg.mountSizes {
+		if !b.want("3") {
+			break
+		}
+		keys := transformerKeys(n)
+		src := make([]safetensors.Source, n)
+		for i, k := range keys {
+			src[i] = safetensors.Source{Key: k, DType: safetensors.F32, Shape: []uint64{2, 2}, Data: noise{uint64(i)}}
+		}
+		p := filepath.Join(b.work, fmt.Sprintf("scale%d.safetensors", n))
+		if err := writeCheckpoint(p, src, map[string]string{"format": "pt"}); err != nil {
+			return err
+		}
+		b.scalePaths[n] = p
+	}
+
+	return nil
+}
+
+// generateReads writes the checkpoints of the read and edit sections.
+func (b *bench) generateReads() error {
+	cfg := b.cfg
 	// 1: one large F32 tensor between small ones, so its bytes start at a
 	// non-trivial offset.
 	b.bigKey = "model.embed_tokens.weight"
@@ -123,24 +155,6 @@ func (b *bench) generate() error {
 		b.manyOffs = append(b.manyOffs, f.DataOffset()+int64(t.Begin))
 	}
 	f.Close()
-
-	// 3: header-dominated checkpoints: many tiny tensors.
-	b.scalePaths = map[int]string{}
-	for _, n := range cfg.mountSizes {
-		if !b.want("3") {
-			break
-		}
-		keys := transformerKeys(n)
-		src := make([]safetensors.Source, n)
-		for i, k := range keys {
-			src[i] = safetensors.Source{Key: k, DType: safetensors.F32, Shape: []uint64{2, 2}, Data: noise{uint64(i)}}
-		}
-		p := filepath.Join(b.work, fmt.Sprintf("scale%d.safetensors", n))
-		if err := writeCheckpoint(p, src, map[string]string{"format": "pt"}); err != nil {
-			return err
-		}
-		b.scalePaths[n] = p
-	}
 
 	// Every row is defined with the checkpoint in the page cache.
 	for _, p := range []string{b.bigPath, b.manyPath} {

@@ -31,6 +31,7 @@ type config struct {
 	randReads   int   // random 4 KiB reads per pass
 	mountSizes  []int // tensor counts for mount time, memory and find
 	editBytes   int   // size of the in-place edit
+	deepseek    deepseekShape
 	benchtime   string
 	benchCount  int
 }
@@ -45,6 +46,7 @@ func fullConfig() config {
 		randReads:   20000,
 		mountSizes:  []int{1_000, 10_000, 100_000},
 		editBytes:   4 << 20,
+		deepseek:    deepseekShape{layers: 61, experts: 256, shards: 163},
 		benchtime:   "1s",
 		benchCount:  3,
 	}
@@ -61,6 +63,7 @@ func smokeConfig() config {
 		randReads:   256,
 		mountSizes:  []int{100, 1_000},
 		editBytes:   1 << 20,
+		deepseek:    deepseekShape{layers: 2, experts: 4, shards: 5},
 		benchtime:   "1x",
 		benchCount:  1,
 	}
@@ -75,7 +78,7 @@ func main() {
 	cli := flag.String("cli", "", "the safejaxfs binary to benchmark")
 	repo := flag.String("repo", ".", "the repository root (for go test -bench)")
 	work := flag.String("work", "", "an empty scratch directory on the disk to benchmark (checkpoints and mountpoints go here)")
-	only := flag.String("only", "", "comma-separated sections to run (1-5, 7, 8); default all")
+	only := flag.String("only", "", "comma-separated sections to run (1-8); default all")
 	raKB := flag.Int("read-ahead-kb", 0, "set read_ahead_kb of each mount's FUSE bdi to this (root; measures the knob); 0: kernel default")
 	flag.Parse()
 	if *cli == "" || *work == "" || flag.NArg() != 0 {
@@ -151,6 +154,7 @@ func (b *bench) run() error {
 		{"3", "3 mount time, memory, find", b.mountScale},
 		{"4", "4 edits", b.edits},
 		{"5", "5 serializer", b.serializer},
+		{"6", "6 sharded scale: DeepSeek-V3-shaped listing and memory", b.listingScale},
 		{remoteSection, remoteSection + " remote mounts", b.remoteMounts},
 		{statsSection, statsSection + " stats", b.statsRows},
 	}

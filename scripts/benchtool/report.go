@@ -27,7 +27,8 @@ type bench struct {
 	manyKeys        []string
 	manyOffs        []int64
 	scalePaths      map[int]string
-	bigRSSAt        float64 // daemon RssAnon peak during the numpy reads
+	deepseek        *deepseekSet // section 6
+	bigRSSAt        float64      // daemon RssAnon peak during the numpy reads
 
 	mu        sync.Mutex
 	mountSeq  int
@@ -90,7 +91,7 @@ func (r row) verdict() string {
 func (r row) bar() string {
 	switch {
 	case r.absMax > 0:
-		return fmt.Sprintf("<= %g %s", r.absMax, r.unit)
+		return fmt.Sprintf("<= %s %s", num(r.absMax), r.unit)
 	case r.barMin > 0:
 		return fmt.Sprintf(">= %gx", r.barMin)
 	case r.barMax > 0:

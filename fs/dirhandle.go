@@ -1,0 +1,77 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// dirHandle reads a directory for one listing: opened by listingFS for the
+// requests of one listing, or by the kernel for one open directory (kernels
+// without zero-message opendir). It lists the directory once, at the first
+// entry read, so one listing sees one state of it.
+//
+// READDIRPLUS answers with full attributes only for subdirectories; files
+// come as plain entries. The kernel then holds, and the daemon keeps, an
+// inode per directory a `find` walks rather than one per entry: go-fuse
+// costs about 500 bytes per inode, and a find over a 100k-tensor tree with
+// an inode per entry took 211 MB and spent most of its time collecting
+// garbage. find needs no file's attributes (the entry's type says it is a
+// file); ls -l and du look files up one by one, as before READDIRPLUS, and
+// hold every inode either way.
+type dirHandle struct {
+	d       *dirNode
+	entries []fuse.DirEntry // built at the first entry read
+	pos     int             // the next entry's index: offsets are positions
+}
+
+var (
+	_ = (fs.FileReaddirenter)((*dirHandle)(nil))
+	_ = (fs.FileSeekdirer)((*dirHandle)(nil))
+	_ = (fs.FileLookuper)((*dirHandle)(nil))
+	_ = (fs.FileReleasedirer)((*dirHandle)(nil))
+)
+
+// OpendirHandle asks the kernel to cache the listing; with zero-message
+// opendir it opens every directory so anyway (listingFS).
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	return &dirHandle{d: d}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if h.entries == nil {
+		// A request that continues past the end (the one that tells
+		// the kernel the listing is complete) need not list anything.
+		if n, ok := h.d.size(); ok && h.pos >= n {
+			return nil, 0
+		}
+		h.entries = h.d.entries()
+	}
+	if h.pos >= len(h.entries) {
+		return nil, 0
+	}
+	e := &h.entries[h.pos]
+	h.pos++
+	e.Off = uint64(h.pos)
+	return e, 0
+}
+
+func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	h.pos = int(min(off, 1<<31))
+	return 0
+}
+
+// Lookup is READDIRPLUS's lookup of the entry Readdirent just returned:
+// a subdirectory's inode and attributes; for a file ENOENT, which makes
+// go-fuse send the entry with node ID 0 (the kernel then lists the name
+// and looks it up only when asked to).
+func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if h.pos == 0 || h.pos > len(h.entries) || h.entries[h.pos-1].Name != name || h.entries[h.pos-1].Mode != syscall.S_IFDIR {
+		return nil, syscall.ENOENT
+	}
+	return h.d.Lookup(ctx, name, out)
+}
+
+func (h *dirHandle) Releasedir(ctx context.Context, releaseFlags uint32) {}

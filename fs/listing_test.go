@@ -1,0 +1,252 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/npy"
+)
+
+// names lists dir through the mount, as ls does (getdents), sorted.
+func names(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// lsNames lists dir with ls, another process, as a user would.
+func lsNames(t *testing.T, dir string) []string {
+	t.Helper()
+	out, err := exec.Command("ls", "-1", dir).Output()
+	if err != nil {
+		t.Fatalf("ls %s: %v", dir, err)
+	}
+	return strings.Fields(string(out))
+}
+
+func wantNames(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s lists %q, want %q", what, got, want)
+	}
+}
+
+// TestListingFollowsKernelChanges: every directory listing is cached by the
+// kernel; each change made through the mount must show in the next listing
+// of every directory it touched, though each was listed (cached) before.
+func TestListingFollowsKernelChanges(t *testing.T) {
+	ckpt := writeCheckpoint(t, "a.w", "a.b", "c.x")
+	mnt := mountTest(t, ckpt, false)
+	a, c := filepath.Join(mnt, "a"), filepath.Join(mnt, "c")
+	list := func(want map[string][]string) {
+		t.Helper()
+		for dir, w := range want {
+			// Twice: the second comes from the cache the first filled.
+			for range 2 {
+				wantNames(t, dir, names(t, filepath.Join(mnt, dir)), w...)
+			}
+		}
+	}
+	list(map[string][]string{"": {MetadataName, "a", "c"}, "a": {"b", "w"}, "c": {"x"}})
+
+	if err := os.WriteFile(filepath.Join(a, "new"), []byte("abcd"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	list(map[string][]string{"a": {"b", "new", "w"}})
+	if err := os.Remove(filepath.Join(a, "b")); err != nil {
+		t.Fatal(err)
+	}
+	list(map[string][]string{"a": {"new", "w"}})
+	if err := os.Rename(filepath.Join(a, "w"), filepath.Join(c, "w2")); err != nil {
+		t.Fatal(err)
+	}
+	list(map[string][]string{"a": {"new"}, "c": {"w2", "x"}})
+	if err := os.Mkdir(filepath.Join(mnt, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	list(map[string][]string{"": {MetadataName, "a", "c", "d"}, "d": nil})
+	if err := os.Rename(filepath.Join(c, "x"), filepath.Join(mnt, "d", "x")); err != nil {
+		t.Fatal(err)
+	}
+	list(map[string][]string{"c": {"w2"}, "d": {"x"}})
+	if err := os.Rename(c, filepath.Join(mnt, "e")); err != nil {
+		t.Fatal(err)
+	}
+	list(map[string][]string{"": {MetadataName, "a", "d", "e"}, "e": {"w2"}})
+	if err := os.Remove(filepath.Join(mnt, "e", "w2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "e")); err != nil {
+		t.Fatal(err)
+	}
+	list(map[string][]string{"": {MetadataName, "a", "d"}})
+}
+
+// npyFile writes a .npy of four F32 values to a file outside the mount.
+func npyFile(t *testing.T) string {
+	t.Helper()
+	h, err := npy.Header("F32", []uint64{4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "x.npy")
+	if err := os.WriteFile(p, append(h, make([]byte, 16)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestListingShowsTensorsMadeByUpload: a .npy written into the mount becomes
+// a tensor when it is closed; the daemon adds that name itself, so the
+// kernel's cached listing must be dropped before the close returns.
+func TestListingShowsTensorsMadeByUpload(t *testing.T) {
+	src := npyFile(t)
+	for _, listViews := range []bool{false, true} {
+		t.Run(fmt.Sprintf("npy=%v", listViews), func(t *testing.T) {
+			mnt := mountTest(t, writeCheckpoint(t, "a.w"), listViews)
+			a := filepath.Join(mnt, "a")
+			want := []string{"w"}
+			if listViews {
+				want = append(want, "w.npy")
+			}
+			for range 2 {
+				wantNames(t, "a", names(t, a), want...)
+			}
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, name := range []string{"new", "newer"} {
+				// A lookup of the name before it exists is cached too.
+				if _, err := os.Stat(filepath.Join(a, name)); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("stat %s before the upload: %v", name, err)
+				}
+				// Someone lists the directory while the .npy is being
+				// written: the kernel caches a listing without the new
+				// tensor, which exists only once the file is closed.
+				f, err := os.Create(filepath.Join(a, name+".npy"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { f.Close() })
+				if _, err := f.Write(b); err != nil {
+					t.Fatal(err)
+				}
+				// In this process: a child would close its copy of the
+				// descriptor at exec, and that close commits the upload.
+				if got := names(t, a); slices.Contains(got, name) {
+					t.Fatalf("%s listed before its upload was closed: %q", name, got)
+				}
+				if err := f.Close(); err != nil {
+					t.Fatalf("closing the upload: %v", err)
+				}
+				want = append(want, name)
+				if listViews {
+					want = append(want, name+".npy")
+				}
+				wantNames(t, fmt.Sprintf("ls after upload %d", i), lsNames(t, a), want...)
+				wantNames(t, fmt.Sprintf("getdents after upload %d", i), names(t, a), want...)
+				if st, err := os.Stat(filepath.Join(a, name)); err != nil || st.Size() != 16 {
+					t.Fatalf("stat of the uploaded tensor: %v, %v", st, err)
+				}
+			}
+		})
+	}
+}
+
+// TestListingLargeDirectory: a directory larger than one READDIR reply is
+// read in several requests, each continuing where the last stopped; every
+// entry must come exactly once, and again from the cache.
+func TestListingLargeDirectory(t *testing.T) {
+	const n = 3000
+	keys := make([]string, n)
+	want := make([]string, 0, 2*n)
+	for i := range keys {
+		keys[i] = "big.t" + strconv.Itoa(i)
+		want = append(want, "t"+strconv.Itoa(i), "t"+strconv.Itoa(i)+".npy")
+	}
+	mnt := mountTest(t, writeCheckpoint(t, keys...), true)
+	for range 2 {
+		wantNames(t, "big", names(t, filepath.Join(mnt, "big")), want...)
+	}
+	// ls -l also stats every entry: the sizes come with the listing.
+	out, err := exec.Command("ls", "-l", filepath.Join(mnt, "big")).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := regexp.MustCompile(`(?m)^-rw-r--r-- 1 \S+ \S+ +(\d+) .* (t\d+(\.npy)?)$`).FindAllStringSubmatch(string(out), -1)
+	if len(files) != 2*n {
+		t.Fatalf("ls -l printed %d files, want %d:\n%.500s", len(files), 2*n, out)
+	}
+	for _, f := range files {
+		if size := map[bool]string{false: "16", true: "144"}[f[3] != ""]; f[1] != size {
+			t.Fatalf("ls -l: %s has size %s, want %s", f[2], f[1], size)
+		}
+	}
+}
+
+// TestXattrNamespaces: the mount has only user.* attributes. Asked for a
+// security label or an ACL it says "not supported", which is what lets ls
+// -l stop asking after the first file instead of making two round trips per
+// file.
+func TestXattrNamespaces(t *testing.T) {
+	keys := make([]string, 50)
+	for i := range keys {
+		keys[i] = "d.t" + strconv.Itoa(i)
+	}
+	mnt := mountTest(t, writeCheckpoint(t, keys...), false)
+	d := filepath.Join(mnt, "d")
+	buf := make([]byte, 256)
+	for _, p := range []string{mnt, d, filepath.Join(d, "t0"), filepath.Join(d, "t0.npy")} {
+		for _, name := range []string{"security.selinux", "security.capability", "system.posix_acl_access", "system.posix_acl_default", "trusted.x"} {
+			if _, err := unix.Getxattr(p, name, buf); !errors.Is(err, unix.EOPNOTSUPP) {
+				t.Errorf("getxattr %s %s: %v, want EOPNOTSUPP", p, name, err)
+			}
+		}
+		if _, err := unix.Getxattr(p, "user.nonexistent", buf); !errors.Is(err, unix.ENODATA) {
+			t.Errorf("getxattr %s user.nonexistent: %v, want ENODATA", p, err)
+		}
+	}
+	if n, err := unix.Getxattr(filepath.Join(d, "t0"), "user.safetensors.dtype", buf); err != nil || string(buf[:n]) != "F32" {
+		t.Errorf("user.safetensors.dtype: %q, %v", buf[:n], err)
+	}
+
+	// What ls -l itself asks for, seen from its side.
+	if _, err := exec.LookPath("strace"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("strace is needed (apt-get install strace)")
+		}
+		t.Skip("no strace")
+	}
+	out, err := exec.Command("strace", "-f", "-e", "trace=getxattr,lgetxattr,listxattr,llistxattr", "-o", "/dev/stdout", "ls", "-l", d).Output()
+	if err != nil {
+		t.Fatalf("strace ls -l: %v", err)
+	}
+	calls := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "xattr(") && strings.Contains(l, d) {
+			calls++
+		}
+	}
+	if calls == 0 || calls > 4 {
+		t.Errorf("ls -l of %d files made %d xattr calls, want 1-4 (once per device, not per file):\n%s", len(keys), calls, out)
+	}
+}
