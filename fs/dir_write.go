@@ -184,6 +184,19 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 
 // removeTensor deletes tensor id (unlinked, or renamed over), remembering
 // its dtype and shape for a file created again at its key.
+// restoreReplaced puts back the node a failed rename had taken out of dir
+// to make room (nil: there was none). Caller holds f.mu.
+func (f *FS) restoreReplaced(dir *tree.Node, name string, old *tree.Node) {
+	if old == nil {
+		return
+	}
+	if old.IsDir() {
+		f.tree.AddDir(dir, name)
+		return
+	}
+	f.tree.AddFile(dir, name, old.Key, old.Tensor)
+}
+
 func (f *FS) removeTensor(id checkpoint.ID) syscall.Errno {
 	info, ok := f.ck.Info(id)
 	if err := f.ck.Delete(id); err != nil {
@@ -263,8 +276,9 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		}
 	}
 	var replaced checkpoint.Info // the tensor renamed over, if any
-	hasReplaced := false
-	if old := dst.node.Lookup(newName); old != nil {
+	var gone []checkpoint.ID
+	old := dst.node.Lookup(newName)
+	if old != nil {
 		if old == src {
 			return 0
 		}
@@ -280,9 +294,8 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 			return syscall.ENOTEMPTY
 		}
 		if !old.IsDir() {
-			replaced, hasReplaced = f.ck.Info(checkpoint.ID(old.Tensor))
-			if errno := f.removeTensor(checkpoint.ID(old.Tensor)); errno != 0 {
-				return errno
+			if info, ok := f.ck.Info(checkpoint.ID(old.Tensor)); ok {
+				replaced, gone = info, []checkpoint.ID{checkpoint.ID(old.Tensor)}
 			}
 		}
 		if err := f.tree.Remove(old); err != nil {
@@ -293,19 +306,31 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	renamed, err := f.tree.Move(src, dst.node, newName)
 	if err != nil {
 		f.logf("rename %s to %s: %v", name, newName, err)
+		f.restoreReplaced(dst.node, newName, old)
 		return syscall.EINVAL
 	}
 	keys := make(map[checkpoint.ID]string, len(renamed))
 	for _, n := range renamed {
 		keys[checkpoint.ID(n.Tensor)] = n.Key
 	}
-	if err := f.ck.RenameAll(keys); err != nil {
+	var adopt *checkpoint.Retype
+	if len(gone) > 0 && !src.IsDir() {
+		adopt = f.adoption(checkpoint.ID(src.Tensor), replaced)
+	}
+	// One step in the checkpoint: the replaced tensor removed, the keys
+	// renamed, a plain file given the replaced tensor's dtype and shape.
+	if err := f.ck.Move(keys, gone, adopt); err != nil {
 		f.logf("rename %s to %s: %v", name, newName, err)
 		f.tree.Move(src, oldDir, oldName)
+		f.restoreReplaced(dst.node, newName, old)
 		return editErrno(err)
 	}
-	if hasReplaced && !src.IsDir() {
-		f.adoptReplaced(checkpoint.ID(src.Tensor), replaced)
+	if len(gone) > 0 {
+		f.forgetTensor(gone[0], replaced)
+		f.dropIfUnused(gone[0])
+	}
+	if adopt != nil {
+		f.changed(adopt.ID, 0)
 	}
 	f.touchDir(d.node)
 	f.touchDir(dst.node)

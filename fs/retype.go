@@ -277,26 +277,24 @@ func (f *FS) settle(id checkpoint.ID) {
 	}
 }
 
-// adoptReplaced gives src, a file created in the mount that is renamed
-// over the tensor old, old's dtype and shape if the byte sizes match
-// (rsync writes a temp file and renames it over the tensor).
-func (f *FS) adoptReplaced(src checkpoint.ID, old checkpoint.Info) {
+// adoption is the dtype and shape src, a file created in the mount that
+// is renamed over the tensor old, takes in the same step (rsync writes a
+// temp file and renames it over the tensor): old's, if the byte sizes
+// match and src was not told otherwise; nil if none.
+func (f *FS) adoption(src checkpoint.ID, old checkpoint.Info) *checkpoint.Retype {
 	if !f.ck.Growable(src) {
-		return
+		return nil
 	}
-	info, ok := f.ck.Info(src)
-	if !ok || info.Size != old.Size {
-		return
+	if info, ok := f.ck.Info(src); !ok || info.Size != old.Size {
+		return nil
 	}
 	r := &f.retype
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, hinted := r.hints[src]; hinted {
-		return
+		return nil
 	}
-	if _, err := f.applyHint(src, info, typeHint{dtype: old.DType, hasDType: true, shape: old.Shape}); err != nil {
-		f.logf("tensor %q: %v", info.Key, err)
-	}
+	return &checkpoint.Retype{ID: src, DType: old.DType, Shape: old.Shape}
 }
 
 // hintCopy makes dst, a file created in the mount that became a whole copy

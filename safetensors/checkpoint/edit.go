@@ -208,6 +208,12 @@ func (c *Checkpoint) Delete(id ID) error {
 	if err != nil {
 		return err
 	}
+	c.deleteLocked(id, t)
+	return nil
+}
+
+// deleteLocked removes tensor t (ID id). Caller holds mu.
+func (c *Checkpoint) deleteLocked(id ID, t *tensor) {
 	delete(c.byKey, t.key)
 	c.tensors[id] = nil
 	t.deleted = true
@@ -219,7 +225,6 @@ func (c *Checkpoint) Delete(id ID) error {
 	}
 	c.keepRemoved(id, t)
 	c.layoutChanged(t.shard, true)
-	return nil
 }
 
 // Rename gives tensor id a new key; several renames (a directory moved) go
@@ -231,10 +236,38 @@ func (c *Checkpoint) Rename(id ID, key string) error {
 // RenameAll renames several tensors at once. Keys may be swapped among the
 // renamed tensors; a new key may not belong to any other tensor.
 func (c *Checkpoint) RenameAll(renames map[ID]string) error {
+	return c.Move(renames, nil, nil)
+}
+
+// Retype is a dtype and shape for a tensor to take, if its bytes fit them.
+type Retype struct {
+	ID    ID
+	DType safetensors.DType
+	Shape []uint64
+}
+
+// Move is rename(2) over existing files, for tensors: the tensors in
+// renames get their new keys and those in replaced (whose keys the renames
+// take) are removed, all at once, so no commit can see the state between.
+// A plain file moved over a tensor of its size may take that tensor's
+// dtype and shape in the same step (adopt: rsync's temp file renamed over
+// the tensor it replaces). Keys may be swapped among the renamed tensors;
+// a new key may not belong to any other tensor.
+func (c *Checkpoint) Move(renames map[ID]string, replaced []ID, adopt *Retype) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.readOnly {
 		return ErrReadOnly
+	}
+	gone := make(map[ID]bool, len(replaced))
+	for _, id := range replaced {
+		if c.get(id) == nil {
+			return fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		}
+		if _, moving := renames[id]; moving {
+			return fmt.Errorf("tensor %q is both moved and replaced: %w", c.tensors[id].key, ErrInvalid)
+		}
+		gone[id] = true
 	}
 	// Checked without copying the key map: a rename costs what it renames.
 	targets := make(map[string]bool, len(renames))
@@ -250,10 +283,13 @@ func (c *Checkpoint) RenameAll(renames map[ID]string) error {
 		}
 		targets[key] = true
 		if other, ok := c.byKey[key]; ok {
-			if _, moving := renames[other]; !moving {
+			if _, moving := renames[other]; !moving && !gone[other] {
 				return fmt.Errorf("tensor %q: %w", key, ErrExists)
 			}
 		}
+	}
+	for _, id := range replaced {
+		c.deleteLocked(id, c.tensors[id])
 	}
 	for id := range renames {
 		delete(c.byKey, c.tensors[id].key)
@@ -265,6 +301,13 @@ func (c *Checkpoint) RenameAll(renames map[ID]string) error {
 		t.changed()
 		c.mark(t)
 		c.layoutChanged(t.shard, true)
+	}
+	if adopt != nil {
+		if t := c.get(adopt.ID); t != nil && t.growable {
+			if n, err := safetensors.ByteSize(adopt.DType, adopt.Shape); err == nil && int64(n) == t.cur.size {
+				c.reshapeLocked(t, adopt.DType, adopt.Shape)
+			}
+		}
 	}
 	return nil
 }
@@ -286,12 +329,18 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 		return fmt.Errorf("tensor %q: %s %s needs %d bytes, the tensor has %d: %w",
 			t.key, dtype, shapeString(shape), n, t.cur.size, ErrSize)
 	}
+	c.reshapeLocked(t, dtype, shape)
+	return nil
+}
+
+// reshapeLocked gives t a dtype and shape of its byte size. Caller holds
+// mu.
+func (c *Checkpoint) reshapeLocked(t *tensor, dtype safetensors.DType, shape []uint64) {
 	t.dtype, t.shape, t.growable = dtype, shape, false
 	t.changed()
 	c.mark(t)
 	c.edits++
 	c.layoutChanged(t.shard, false)
-	return nil
 }
 
 // SetMTime sets the modification time tensor id shows (touch, cp -p,
