@@ -209,7 +209,8 @@ func (st *mixState) change(kind, what string, m mixModel) {
 
 // persist runs op, an fsync or a close that commits; its success
 // acknowledges every change made before it.
-func (st *mixState) persist(n int, op func() error) error {
+func (st *mixState) persist(kind string, n int, op func() error) error {
+	st.kind.Store(kind)
 	st.signal(n)
 	if err := op(); err != nil {
 		return err
@@ -228,12 +229,12 @@ func (st *mixState) closeFD(key string) error {
 		return nil
 	}
 	delete(st.fds, key)
-	return st.persist(0, f.Close)
+	return st.persist("close of a written tensor", 0, f.Close)
 }
 
 // writeClose writes data to name (created or truncated) and closes it:
 // the close commits.
-func (st *mixState) writeClose(name string, data []byte) error {
+func (st *mixState) writeClose(kind, name string, data []byte) error {
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -242,7 +243,7 @@ func (st *mixState) writeClose(name string, data []byte) error {
 		f.Close()
 		return err
 	}
-	return st.persist(len(data), f.Close)
+	return st.persist(kind, len(data), f.Close)
 }
 
 // fsyncPath opens path read-only and fsyncs it (a directory or a tensor).
@@ -310,7 +311,7 @@ func (st *mixState) rewrite(mnt string, r *rand.Rand) error {
 	if _, err := f.WriteAt(ct.bytes(), 0); err != nil {
 		return err
 	}
-	return st.persist(ct.n, f.Sync)
+	return st.persist("fsync", ct.n, f.Sync)
 }
 
 // replaceNPY np.saves a U8 vector of about the tensor's size over it.
@@ -330,7 +331,7 @@ func (st *mixState) replaceNPY(mnt string, r *rand.Rand) error {
 		return err
 	}
 	st.change("np.save", "np.save "+key+".npy", m)
-	return st.writeClose(mixPath(mnt, key)+".npy", append(h, ct.bytes()...))
+	return st.writeClose("np.save close", mixPath(mnt, key)+".npy", append(h, ct.bytes()...))
 }
 
 // create adds a tensor, as a plain file or a .npy, in a directory that
@@ -357,10 +358,10 @@ func (st *mixState) create(mnt string, r *rand.Rand) error {
 			return err
 		}
 		st.change("create", "np.save "+key+".npy (new)", m)
-		return st.writeClose(mixPath(mnt, key)+".npy", append(h, ct.bytes()...))
+		return st.writeClose("create close", mixPath(mnt, key)+".npy", append(h, ct.bytes()...))
 	}
 	st.change("create", "write "+key+" (new)", m)
-	return st.writeClose(mixPath(mnt, key), ct.bytes())
+	return st.writeClose("create close", mixPath(mnt, key), ct.bytes())
 }
 
 // remove rm's a tensor, then (mostly) fsyncs its directory.
@@ -379,16 +380,16 @@ func (st *mixState) remove(mnt string, r *rand.Rand) error {
 	if err := os.Remove(mixPath(mnt, key)); err != nil {
 		return err
 	}
-	return st.maybeFsync(r, mixPath(mnt, parentKey(key)))
+	return st.maybeFsync(r, "directory fsync", mixPath(mnt, parentKey(key)))
 }
 
 // maybeFsync fsyncs path three times in four; otherwise the change waits
 // for the next persist.
-func (st *mixState) maybeFsync(r *rand.Rand, path string) error {
+func (st *mixState) maybeFsync(r *rand.Rand, what, path string) error {
 	if r.IntN(4) == 0 {
 		return nil
 	}
-	return st.persist(0, func() error { return fsyncPath(path) })
+	return st.persist(what, 0, func() error { return fsyncPath(path) })
 }
 
 // move renames a directory holding at least two tensors to a new name,
@@ -435,7 +436,7 @@ func (st *mixState) move(mnt string, r *rand.Rand) error {
 	if err := os.Rename(mixPath(mnt, src), mixPath(mnt, dst)); err != nil {
 		return err
 	}
-	return st.maybeFsync(r, mixPath(mnt, parent))
+	return st.maybeFsync(r, "directory fsync", mixPath(mnt, parent))
 }
 
 // setMeta writes __metadata__ with a new step: acknowledged at close.
@@ -447,7 +448,7 @@ func (st *mixState) setMeta(mnt string) error {
 		return err
 	}
 	st.change("metadata", "__metadata__ step "+m.meta["step"], m)
-	return st.writeClose(filepath.Join(mnt, "__metadata__"), doc)
+	return st.writeClose("__metadata__ close", filepath.Join(mnt, "__metadata__"), doc)
 }
 
 // reshape sets user.safetensors.shape to another shape of the same number
@@ -477,7 +478,7 @@ func (st *mixState) reshape(mnt string, r *rand.Rand) error {
 	if err := unix.Setxattr(mixPath(mnt, key), "user.safetensors.shape", []byte(shapeJSONOf(ct.shape)), 0); err != nil {
 		return fmt.Errorf("setxattr shape %v on %s: %w", ct.shape, key, err)
 	}
-	return st.maybeFsync(r, mixPath(mnt, key))
+	return st.maybeFsync(r, "fsync", mixPath(mnt, key))
 }
 
 // writeBack asks for the write-back now (safejaxfs sync): a compaction,
@@ -487,7 +488,7 @@ func (st *mixState) writeBack(mnt string) error {
 	for _, ct := range st.cur.tensors {
 		n += ct.n
 	}
-	return st.persist(n, func() error { return unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0) })
+	return st.persist("write-back", n, func() error { return unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0) })
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -783,17 +784,18 @@ func runMixRounds(t *testing.T, shards int, seed uint64, rounds int, maxDelay, b
 	}
 	t.Logf("%d rounds in %v: %d persists acknowledged, %d kills during a persist, %d left a log to recover from, %d left the daemon stuck on its own mount (connection aborted)",
 		st.rounds, time.Since(start).Round(time.Millisecond), st.acks, st.killsInPersist, st.pendingLogs, st.aborted)
+	t.Logf("kills during a persist, by kind: %v", st.killsIn)
 	t.Logf("changes made: %v; unacknowledged at the kill: %v; of those %d found applied, %d not (%d rounds stopped between two unacknowledged changes)",
 		st.tried, st.unacked, st.unackedKept, st.unackedGone, st.prefixes)
 }
 
 // Mixed layout changes on one file, killed at random.
 func TestCrashKillDuringLayoutChanges(t *testing.T) {
-	runMixRounds(t, 1, 4, 24, 400*time.Millisecond, 20*time.Second)
+	runMixRounds(t, 1, 4, 40, 400*time.Millisecond, 20*time.Second)
 }
 
 // The same mix on a set of three shards: moved directories span shards,
 // metadata goes to every shard, and the index follows.
 func TestCrashKillDuringShardedLayoutChanges(t *testing.T) {
-	runMixRounds(t, 3, 5, 24, 400*time.Millisecond, 20*time.Second)
+	runMixRounds(t, 3, 5, 40, 400*time.Millisecond, 20*time.Second)
 }

@@ -274,11 +274,17 @@ type crashProbe struct {
 	persisting     chan int
 	inPersist      atomic.Bool
 	killsInPersist int
+	// what persists (a writer may say, before it signals), and the kills
+	// during each kind
+	kind    atomic.Value
+	killsIn map[string]int
 	// kills after which the daemon was stuck on its own mount (kill9)
 	aborted int
 }
 
-func newCrashProbe() crashProbe { return crashProbe{persisting: make(chan int, 1)} }
+func newCrashProbe() crashProbe {
+	return crashProbe{persisting: make(chan int, 1), killsIn: map[string]int{}}
+}
 
 func (p *crashProbe) signal(n int) {
 	p.inPersist.Store(true)
@@ -540,6 +546,9 @@ func killDuringWrites(t *testing.T, d *fgDaemon, p *crashProbe, r *rand.Rand, ma
 	killed.Store(true)
 	if p.inPersist.Load() {
 		p.killsInPersist++
+		if k, _ := p.kind.Load().(string); k != "" {
+			p.killsIn[k]++
+		}
 	}
 	if d.kill9(t) {
 		p.aborted++
