@@ -127,7 +127,11 @@ type mixState struct {
 	cur   mixModel    // after the last change
 	// open descriptors of written tensors, by key: only fsync persists
 	// through them, so a commit is not always a close.
-	fds   map[string]*os.File
+	fds map[string]*os.File
+	// plain are the tensors created as plain files in this mount and not
+	// reshaped or replaced since: renamed over a tensor of their size, they
+	// take its dtype and shape (rsync's temp file).
+	plain map[int]bool
 	nextK int
 	nextV uint64
 	name  int // for new names: never reused, so never a collision
@@ -260,7 +264,7 @@ func fsyncPath(path string) error {
 func (st *mixState) write(mnt string, r *rand.Rand) error {
 	for {
 		var err error
-		switch op := r.IntN(16); {
+		switch op := r.IntN(18); {
 		case op < 3:
 			err = st.rewrite(mnt, r)
 		case op < 5:
@@ -275,6 +279,8 @@ func (st *mixState) write(mnt string, r *rand.Rand) error {
 			err = st.setMeta(mnt)
 		case op < 15:
 			err = st.reshape(mnt, r)
+		case op < 17:
+			err = st.renameOver(mnt, r)
 		default:
 			err = st.writeBack(mnt)
 		}
@@ -326,6 +332,7 @@ func (st *mixState) replaceNPY(mnt string, r *rand.Rand) error {
 	ct.v, ct.n = st.newVersion(), max(8, ct.n+8*r.IntN(4)-8*r.IntN(4))
 	ct.dtype, ct.shape = "U8", []uint64{uint64(ct.n)}
 	m.tensors[key] = ct
+	delete(st.plain, ct.k)
 	h, err := npy.Header("U8", ct.shape)
 	if err != nil {
 		return err
@@ -360,6 +367,7 @@ func (st *mixState) create(mnt string, r *rand.Rand) error {
 		st.change("create", "np.save "+key+".npy (new)", m)
 		return st.writeClose("create close", mixPath(mnt, key)+".npy", append(h, ct.bytes()...))
 	}
+	st.plain[ct.k] = true
 	st.change("create", "write "+key+" (new)", m)
 	return st.writeClose("create close", mixPath(mnt, key), ct.bytes())
 }
@@ -472,6 +480,7 @@ func (st *mixState) reshape(mnt string, r *rand.Rand) error {
 		}
 	}
 	ct.shape = shapes[r.IntN(len(shapes))]
+	delete(st.plain, ct.k)
 	m := st.cur.clone()
 	m.tensors[key] = ct
 	st.change("reshape", fmt.Sprintf("reshape %s to %v", key, ct.shape), m)
@@ -479,6 +488,54 @@ func (st *mixState) reshape(mnt string, r *rand.Rand) error {
 		return fmt.Errorf("setxattr shape %v on %s: %w", ct.shape, key, err)
 	}
 	return st.maybeFsync(r, "fsync", mixPath(mnt, key))
+}
+
+// renameOver renames a tensor over another, then (mostly) fsyncs the
+// directory: half the time rsync's way (a temp file with new bytes of the
+// tensor's size, written and closed next to it), else an existing tensor.
+func (st *mixState) renameOver(mnt string, r *rand.Rand) error {
+	keys := st.cur.versioned()
+	if len(keys) < 3 {
+		return st.create(mnt, r)
+	}
+	dst := keys[r.IntN(len(keys))]
+	if err := st.closeFD(dst); err != nil {
+		return err
+	}
+	var src string
+	if r.IntN(2) == 0 {
+		src = joinKey(parentKey(dst), st.newName("r"))
+		m := st.cur.clone()
+		n := st.cur.tensors[dst].n
+		ct := mixTensor{k: st.nextK, v: st.newVersion(), n: n, dtype: "U8", shape: []uint64{uint64(n)}}
+		st.nextK++
+		m.tensors[src] = ct
+		st.plain[ct.k] = true
+		st.change("create", "write "+src+" (rsync's temp file)", m)
+		if err := st.writeClose("create close", mixPath(mnt, src), ct.bytes()); err != nil {
+			return err
+		}
+	} else {
+		for src == "" || src == dst {
+			src = keys[r.IntN(len(keys))]
+		}
+		if err := st.closeFD(src); err != nil {
+			return err
+		}
+	}
+	m := st.cur.clone()
+	ct, old := m.tensors[src], m.tensors[dst]
+	if st.plain[ct.k] && ct.n == old.n {
+		ct.dtype, ct.shape = old.dtype, old.shape
+		delete(st.plain, ct.k)
+	}
+	delete(m.tensors, src)
+	m.tensors[dst] = ct
+	st.change("rename over", fmt.Sprintf("mv %s %s (over %v)", src, dst, old), m)
+	if err := os.Rename(mixPath(mnt, src), mixPath(mnt, dst)); err != nil {
+		return err
+	}
+	return st.maybeFsync(r, "directory fsync", mixPath(mnt, parentKey(dst)))
 }
 
 // writeBack asks for the write-back now (safejaxfs sync): a compaction,
@@ -499,7 +556,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func (st *mixState) round(t *testing.T, mnt string, r *rand.Rand, maxDelay time.Duration) {
 	t.Helper()
 	d := startDaemon(t, st.ckpt, mnt)
-	st.fds = map[string]*os.File{}
+	st.fds, st.plain = map[string]*os.File{}, map[int]bool{}
 	wr := rand.New(rand.NewPCG(r.Uint64(), r.Uint64()))
 	// Layout commits are small: aim at any persist, a few milliseconds in.
 	killDuringWrites(t, d, &st.crashProbe, r, maxDelay, crashAim{minSize: 0, skip: 8, maxAfter: 6 * time.Millisecond},
@@ -798,4 +855,118 @@ func TestCrashKillDuringLayoutChanges(t *testing.T) {
 // metadata goes to every shard, and the index follows.
 func TestCrashKillDuringShardedLayoutChanges(t *testing.T) {
 	runMixRounds(t, 3, 5, 40, 400*time.Millisecond, 20*time.Second)
+}
+
+// A rename over an existing tensor is one POSIX operation: after a crash
+// the name holds the old tensor or the new one, never nothing. Threads
+// rename w<j>/1, w<j>/2, ... over w<j>/b (one directory each, so the
+// kernel runs them side by side) while another fsyncs a tensor in a loop
+// (so commits land at any moment), and the daemon is killed.
+//
+// Known to fail (most runs, within 30 rounds): fs's Rename removes the
+// tensor renamed over (checkpoint.Delete) and then renames
+// (checkpoint.RenameAll) in two steps, each under the checkpoint's lock
+// but not together, so a commit from another thread can log the removal
+// without the rename; killed then, the name is gone after recovery. (The
+// same holds for the dtype and shape a file created in the mount takes
+// from the tensor it replaces: a third step.) Run with
+// SAFEJAXFS_KNOWN_BUGS=1 until the removal and the rename are one edit.
+func TestCrashKillDuringRenamesOver(t *testing.T) {
+	if os.Getenv("SAFEJAXFS_KNOWN_BUGS") == "" {
+		t.Skip("known bug: a rename over a tensor is not atomic against a concurrent commit (set SAFEJAXFS_KNOWN_BUGS=1 to run)")
+	}
+	const dirs, n = 4, 400
+	mnt := newMountpoint(t)
+	r := rand.New(rand.NewPCG(6, 6))
+	start := time.Now()
+	rounds, moved := 0, 0
+	for rounds < 60 && time.Since(start) < 20*time.Second {
+		rounds++
+		gen := []genTensor{raw("z", safetensors.U8, make([]byte, 8), 8)}
+		for j := range dirs {
+			for i := 0; i <= n; i++ {
+				key := fmt.Sprintf("w%d.%d", j, i)
+				if i == 0 {
+					key = fmt.Sprintf("w%d.b", j)
+				}
+				gen = append(gen, raw(key, safetensors.U8, versionBytes(i, 0, 64), 64))
+			}
+		}
+		ckpt := writeCheckpoint(t, "model.safetensors", nil, gen...)
+		d := startDaemon(t, ckpt, mnt)
+		stop := make(chan struct{})
+		errs := make(chan error, dirs+1)
+		for j := range dirs {
+			go func() {
+				dir := filepath.Join(mnt, fmt.Sprintf("w%d", j))
+				for i := 1; i <= n; i++ {
+					if err := os.Rename(filepath.Join(dir, fmt.Sprint(i)), filepath.Join(dir, "b")); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		go func() {
+			// Not a directory: the kernel holds a directory's lock
+			// through its fsync, and the renames would wait for it.
+			f, err := os.Open(filepath.Join(mnt, "z"))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer f.Close()
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				if err := f.Sync(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		time.Sleep(time.Duration(20+r.IntN(150)) * time.Millisecond)
+		d.kill9(t)
+		close(stop)
+		for range dirs + 1 {
+			<-errs
+		}
+		c, err := checkpoint.Open(ckpt, checkpoint.Options{})
+		if err != nil {
+			t.Fatalf("read-write open after the kill: %v", err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		entries, _, data := rawHeader(t, ckpt)
+		for j := range dirs {
+			e, ok := entries[fmt.Sprintf("w%d.b", j)]
+			if !ok {
+				left := -1
+				for i := n; i >= 1; i-- {
+					if _, ok := entries[fmt.Sprintf("w%d.%d", j, i)]; ok {
+						left = i
+					}
+				}
+				t.Fatalf("round %d: w%d/b is gone after the kill: w%d/1..%d were renamed over it, w%d/%d is still there", rounds, j, j, left-1, j, left)
+			}
+			b := data[e.Offsets[0]:e.Offsets[1]]
+			k := int(binary.LittleEndian.Uint64(b) >> 40 & 0xffff)
+			if _, err := versionOf(k, b); err != nil {
+				t.Fatalf("round %d: w%d/b: %v", rounds, j, err)
+			}
+			for i := 1; i <= n; i++ {
+				if _, ok := entries[fmt.Sprintf("w%d.%d", j, i)]; ok != (i > k) {
+					t.Fatalf("round %d: w%d/b holds what was w%d/%d, and w%d/%d exists: %v", rounds, j, j, k, j, i, ok)
+				}
+			}
+			moved += k
+		}
+	}
+	t.Logf("%d rounds, %d renames over an existing tensor found durable", rounds, moved)
 }
