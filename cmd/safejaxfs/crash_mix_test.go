@@ -25,8 +25,10 @@ import (
 // Random kill -9 during mixed layout changes (issue 9). The writer does
 // what crash_test.go's does (pwrite + fsync, np.save over a tensor, new
 // tensors) and also removes tensors, moves subtrees holding several of
-// them (across shards in a set), replaces __metadata__, reshapes through
-// user.safetensors.shape and asks for a write-back (safejaxfs sync), each
+// them (across shards in a set), renames tensors over others (rsync's temp
+// file, which takes the replaced tensor's dtype and shape), replaces
+// __metadata__, reshapes through user.safetensors.shape and asks for a
+// write-back (safejaxfs sync), each
 // made durable the way a user would: fsync of the directory, close, fsync
 // of the file; some changes are left for a later persist to carry.
 //
