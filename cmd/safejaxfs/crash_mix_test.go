@@ -938,6 +938,7 @@ func TestCrashKillDuringRenamesOver(t *testing.T) {
 		for range dirs + 1 {
 			<-errs
 		}
+		d.detach(t)
 		c, err := checkpoint.Open(ckpt, checkpoint.Options{})
 		if err != nil {
 			t.Fatalf("read-write open after the kill: %v", err)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
@@ -112,10 +113,11 @@ func startDaemon(t testing.TB, ckpt, mnt string, flags ...string) *fgDaemon {
 	}
 }
 
-// kill9 kills the daemon as abruptly as possible, reaps it, and detaches
-// the dead mount it leaves (umount -l). It reports whether the killed
-// daemon was stuck on its own mount and its FUSE connection had to be
-// aborted (see stuckOnMount).
+// kill9 kills the daemon as abruptly as possible and reaps it. The mount
+// stays (dead: every request fails with ENOTCONN) until detach, so a
+// writer still running cannot write into the mountpoint's directory
+// instead. It reports whether the killed daemon was stuck on its own
+// mount and its FUSE connection had to be aborted (see stuckOnMount).
 func (d *fgDaemon) kill9(t testing.TB) (aborted bool) {
 	t.Helper()
 	if err := syscall.Kill(d.pid, syscall.SIGKILL); err != nil {
@@ -131,7 +133,7 @@ func (d *fgDaemon) kill9(t testing.TB) (aborted bool) {
 			// What `safejaxfs unmount` does with a mount that does
 			// not answer: the waiting requests fail, the daemon
 			// finishes dying.
-			if err := abortMount(d.mnt); err != nil {
+			if err := abortConnectionOf(d.mnt); err != nil {
 				t.Logf("aborting the connection of %s: %v", d.mnt, err)
 			}
 			aborted = true
@@ -139,11 +141,35 @@ func (d *fgDaemon) kill9(t testing.TB) (aborted bool) {
 		}
 		break
 	}
+	return aborted
+}
+
+// detach detaches the dead mount a killed daemon left (umount -l); the
+// mountpoint must be as empty as it was.
+func (d *fgDaemon) detach(t testing.TB) {
+	t.Helper()
 	lazyUnmount(d.mnt)
 	if mounted(t, d.mnt) {
 		t.Fatalf("%s still mounted after the daemon was killed and the mount detached", d.mnt)
 	}
-	return aborted
+	if names, err := os.ReadDir(d.mnt); err != nil || len(names) > 0 {
+		t.Fatalf("the mountpoint %s holds %v (%v): something wrote into it after the mount was gone", d.mnt, names, err)
+	}
+}
+
+// abortConnectionOf aborts the FUSE connection of the mount at mnt (found
+// through the mount table, without touching the mount), leaving the mount
+// in place.
+func abortConnectionOf(mnt string) error {
+	m, found, err := fs.FindMount(mnt)
+	if err != nil || !found {
+		return fmt.Errorf("%s not in the mount table: %v", mnt, err)
+	}
+	_, minor, ok := strings.Cut(m.Dev, ":")
+	if !ok {
+		return fmt.Errorf("%s: device %q", mnt, m.Dev)
+	}
+	return abortConnection(minor)
 }
 
 // stuckOnMount reports whether a thread of the killed process pid waits,
@@ -169,7 +195,7 @@ func (d *fgDaemon) wait(t testing.TB, limit time.Duration) {
 	case <-d.done:
 	case <-time.After(limit):
 		d.cmd.Process.Kill()
-		abortMount(d.mnt) // else a daemon stuck on its own mount never exits
+		abortConnectionOf(d.mnt) // else a daemon stuck on its own mount never exits
 		<-d.done
 		t.Fatalf("daemon did not exit within %v\n%s", limit, d.out)
 	}
@@ -554,9 +580,12 @@ func killDuringWrites(t *testing.T, d *fgDaemon, p *crashProbe, r *rand.Rand, ma
 		p.aborted++
 	}
 	p.inPersist.Store(false)
+	// The writer's requests fail now: wait for it before the mount goes,
+	// or its next call would land in the mountpoint's own directory.
 	if err := <-werr; err == nil || !killed.Load() {
 		t.Fatalf("writer: %v", err)
 	}
+	d.detach(t)
 }
 
 // check verifies the checkpoint after a kill: valid once replayed, every
