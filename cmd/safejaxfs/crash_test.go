@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
@@ -111,18 +113,79 @@ func startDaemon(t testing.TB, ckpt, mnt string, flags ...string) *fgDaemon {
 	}
 }
 
-// kill9 kills the daemon as abruptly as possible, reaps it, and detaches
-// the dead mount it leaves (umount -l).
-func (d *fgDaemon) kill9(t testing.TB) {
+// kill9 kills the daemon as abruptly as possible and reaps it. The mount
+// stays (dead: every request fails with ENOTCONN) until detach, so a
+// writer still running cannot write into the mountpoint's directory
+// instead. It reports whether the killed daemon was stuck on its own
+// mount and its FUSE connection had to be aborted (see stuckOnMount).
+func (d *fgDaemon) kill9(t testing.TB) (aborted bool) {
 	t.Helper()
 	if err := syscall.Kill(d.pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	d.wait(t, 30*time.Second)
+	for start := time.Now(); ; {
+		select {
+		case <-d.done:
+		case <-time.After(20 * time.Millisecond):
+			if !stuckOnMount(d.pid) && time.Since(start) < 10*time.Second {
+				continue
+			}
+			// What `safejaxfs unmount` does with a mount that does
+			// not answer: the waiting requests fail, the daemon
+			// finishes dying.
+			if err := abortConnectionOf(d.mnt); err != nil {
+				t.Logf("aborting the connection of %s: %v", d.mnt, err)
+			}
+			aborted = true
+			d.wait(t, 30*time.Second)
+		}
+		break
+	}
+	return aborted
+}
+
+// detach detaches the dead mount a killed daemon left (umount -l); the
+// mountpoint must be as empty as it was.
+func (d *fgDaemon) detach(t testing.TB) {
+	t.Helper()
 	lazyUnmount(d.mnt)
 	if mounted(t, d.mnt) {
 		t.Fatalf("%s still mounted after the daemon was killed and the mount detached", d.mnt)
 	}
+	if names, err := os.ReadDir(d.mnt); err != nil || len(names) > 0 {
+		t.Fatalf("the mountpoint %s holds %v (%v): something wrote into it after the mount was gone", d.mnt, names, err)
+	}
+}
+
+// abortConnectionOf aborts the FUSE connection of the mount at mnt (found
+// through the mount table, without touching the mount), leaving the mount
+// in place.
+func abortConnectionOf(mnt string) error {
+	m, found, err := fs.FindMount(mnt)
+	if err != nil || !found {
+		return fmt.Errorf("%s not in the mount table: %v", mnt, err)
+	}
+	_, minor, ok := strings.Cut(m.Dev, ":")
+	if !ok {
+		return fmt.Errorf("%s: device %q", mnt, m.Dev)
+	}
+	return abortConnection(minor)
+}
+
+// stuckOnMount reports whether a thread of the killed process pid waits,
+// uninterruptibly, in a notification to the kernel about its own mount
+// (go-fuse's NotifyEntry after a rename or create, which waits for the
+// directory's lock): a request of the writer holds that lock while it
+// waits for the daemon's answer, so the daemon cannot finish dying, its
+// /dev/fuse descriptor is never closed, and the writer waits forever.
+func stuckOnMount(pid int) bool {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/wchan", pid))
+	for _, w := range tasks {
+		if b, err := os.ReadFile(w); err == nil && strings.HasPrefix(string(b), "fuse_reverse_inval") {
+			return true
+		}
+	}
+	return false
 }
 
 // wait waits for the daemon to exit.
@@ -132,6 +195,7 @@ func (d *fgDaemon) wait(t testing.TB, limit time.Duration) {
 	case <-d.done:
 	case <-time.After(limit):
 		d.cmd.Process.Kill()
+		abortConnectionOf(d.mnt) // else a daemon stuck on its own mount never exits
 		<-d.done
 		t.Fatalf("daemon did not exit within %v\n%s", limit, d.out)
 	}
@@ -219,23 +283,47 @@ type crashState struct {
 	tensors []*crashTensor
 	byKey   map[string]*crashTensor
 	layout  bool // the writer also replaces tensors with other sizes and creates new ones
-	// persisting gets a (non-blocking) signal with the size of the write
-	// just before each fsync or committing close, so a kill can be aimed
-	// at the persistence; inPersist is set while one is under way.
-	persisting chan int
-	inPersist  atomic.Bool
+	crashProbe
 	// open descriptors of the round's mount, by tensor: kept open so that
 	// only fsync persists (a close would persist too and hide an fsync
 	// that does not).
 	fds map[*crashTensor]*os.File
 	// stats
-	acks, pendingJournals, aheadOfAck, rounds, killsInPersist int
+	acks, pendingJournals, aheadOfAck, rounds int
+}
+
+// crashProbe is what the killer sees of a writer: persisting gets a
+// (non-blocking) signal with the size of the write just before each fsync
+// or committing close, so a kill can be aimed at the persistence;
+// inPersist is set while one is under way.
+type crashProbe struct {
+	persisting     chan int
+	inPersist      atomic.Bool
+	killsInPersist int
+	// what persists (a writer may say, before it signals), and the kills
+	// during each kind
+	kind    atomic.Value
+	killsIn map[string]int
+	// kills after which the daemon was stuck on its own mount (kill9)
+	aborted int
+}
+
+func newCrashProbe() crashProbe {
+	return crashProbe{persisting: make(chan int, 1), killsIn: map[string]int{}}
+}
+
+func (p *crashProbe) signal(n int) {
+	p.inPersist.Store(true)
+	select {
+	case p.persisting <- n:
+	default:
+	}
 }
 
 // newCrashState makes the checkpoint: one file, or with shards > 1 a
 // sharded set in a directory (st.ckpt is then the directory).
 func newCrashState(t *testing.T, layout bool, sizes []int, shards int) *crashState {
-	st := &crashState{layout: layout, byKey: map[string]*crashTensor{}, persisting: make(chan int, 1)}
+	st := &crashState{layout: layout, byKey: map[string]*crashTensor{}, crashProbe: newCrashProbe()}
 	var gen []genTensor
 	for k, n := range sizes {
 		ct := &crashTensor{key: fmt.Sprintf("t.%d", k), k: k, next: 1, size: map[uint64]int{0: n}}
@@ -313,14 +401,6 @@ func (st *crashState) writer(mnt string, r *rand.Rand) error {
 
 // size is the tensor's current size in the daemon.
 func (st *crashState) size(ct *crashTensor) int { return ct.size[ct.cur] }
-
-func (st *crashState) signal(n int) {
-	st.inPersist.Store(true)
-	select {
-	case st.persisting <- n:
-	default:
-	}
-}
 
 func (st *crashState) rewrite(mnt string, ct *crashTensor) error {
 	v := ct.next
@@ -423,26 +503,54 @@ func (st *crashState) create(mnt string, r *rand.Rand) error {
 func (st *crashState) round(t *testing.T, mnt string, r *rand.Rand, maxDelay time.Duration) {
 	t.Helper()
 	d := startDaemon(t, st.ckpt, mnt)
+	st.fds = map[*crashTensor]*os.File{}
+	wr := rand.New(rand.NewPCG(r.Uint64(), r.Uint64()))
+	killDuringWrites(t, d, &st.crashProbe, r, maxDelay, crashAim{minSize: 1 << 20, skip: 3, maxAfter: 15 * time.Millisecond},
+		func() error { return st.writer(mnt, wr) })
+	for _, f := range st.fds {
+		f.Close()
+	}
+	st.check(t)
+}
+
+// crashAim is where an aimed kill lands: maxAfter at most after the start
+// of one of the first skip persists of at least minSize bytes.
+type crashAim struct {
+	minSize, skip int
+	maxAfter      time.Duration
+}
+
+// killDuringWrites runs write (which writes through d's mount until an
+// operation fails) and kills d with SIGKILL: at a random moment within
+// maxDelay, or (every other round) aimed at a persist, to land inside the
+// persistence more often. It returns once write has returned, failing the
+// test if write failed while the daemon was alive.
+func killDuringWrites(t *testing.T, d *fgDaemon, p *crashProbe, r *rand.Rand, maxDelay time.Duration, aim crashAim, write func() error) {
+	t.Helper()
 	var killed atomic.Bool
 	werr := make(chan error, 1)
-	wr := rand.New(rand.NewPCG(r.Uint64(), r.Uint64()))
-	st.fds = map[*crashTensor]*os.File{}
 	select {
-	case <-st.persisting: // a stale signal of the last round
+	case <-p.persisting: // a stale signal of the last round
 	default:
 	}
-	st.inPersist.Store(false)
-	go func() { werr <- st.writer(mnt, wr) }()
-	// The kill comes at a random moment, or (every other round) a few
-	// milliseconds after the n-th fsync or committing close of a write of
-	// at least 1 MiB began, to land inside the persistence more often.
+	p.inPersist.Store(false)
+	go func() {
+		// A bug of the writer's fails the test (which then unmounts)
+		// instead of taking the test binary down with the mount up.
+		defer func() {
+			if p := recover(); p != nil {
+				werr <- fmt.Errorf("the writer panicked: %v\n%s", p, debug.Stack())
+			}
+		}()
+		werr <- write()
+	}()
 	var wait <-chan time.Time
 	if aimed := r.IntN(2) == 0; aimed {
-		skip, after := r.IntN(3), time.Duration(r.Int64N(int64(15*time.Millisecond)))
+		skip, after := r.IntN(aim.skip), time.Duration(r.Int64N(int64(aim.maxAfter)))
 		for i := 0; i <= skip; {
 			select {
-			case n := <-st.persisting:
-				if n >= 1<<20 {
+			case n := <-p.persisting:
+				if n >= aim.minSize {
 					i++
 				}
 			case err := <-werr:
@@ -462,18 +570,22 @@ func (st *crashState) round(t *testing.T, mnt string, r *rand.Rand, maxDelay tim
 	case <-wait:
 	}
 	killed.Store(true)
-	if st.inPersist.Load() {
-		st.killsInPersist++
+	if p.inPersist.Load() {
+		p.killsInPersist++
+		if k, _ := p.kind.Load().(string); k != "" {
+			p.killsIn[k]++
+		}
 	}
-	d.kill9(t)
-	st.inPersist.Store(false)
+	if d.kill9(t) {
+		p.aborted++
+	}
+	p.inPersist.Store(false)
+	// The writer's requests fail now: wait for it before the mount goes,
+	// or its next call would land in the mountpoint's own directory.
 	if err := <-werr; err == nil || !killed.Load() {
 		t.Fatalf("writer: %v", err)
 	}
-	for _, f := range st.fds {
-		f.Close()
-	}
-	st.check(t)
+	d.detach(t)
 }
 
 // check verifies the checkpoint after a kill: valid once replayed, every
@@ -622,8 +734,8 @@ func runCrashRounds(t *testing.T, layout bool, sizes []int, shards int, seed uin
 		}
 		st.round(t, mnt, r, maxDelay)
 	}
-	t.Logf("%d rounds in %v: %d writes acknowledged, %d kills during an fsync or committing close, %d left a journal to replay, %d tensors found newer than acknowledged",
-		st.rounds, time.Since(start).Round(time.Millisecond), st.acks, st.killsInPersist, st.pendingJournals, st.aheadOfAck)
+	t.Logf("%d rounds in %v: %d writes acknowledged, %d kills during an fsync or committing close, %d left a journal to replay, %d tensors found newer than acknowledged, %d kills left the daemon stuck on its own mount (connection aborted)",
+		st.rounds, time.Since(start).Round(time.Millisecond), st.acks, st.killsInPersist, st.pendingJournals, st.aheadOfAck, st.aborted)
 }
 
 // Same-layout rewrites (in place, behind the journal) killed at random.
