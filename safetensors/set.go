@@ -70,14 +70,9 @@ func (l *Location) Sharded() bool { return l.Index != "" }
 // message listing what was found. For an index it also returns the parsed
 // index (nil otherwise).
 func Locate(p string) (*Location, *Index, error) {
-	st, err := os.Stat(p)
+	p, err := Resolve(p)
 	if err != nil {
 		return nil, nil, err
-	}
-	if st.IsDir() {
-		if p, err = pickInDir(p); err != nil {
-			return nil, nil, err
-		}
 	}
 	if !strings.HasSuffix(p, ".json") {
 		return &Location{Names: []string{filepath.Base(p)}, Paths: []string{p}}, nil, nil
@@ -92,6 +87,19 @@ func Locate(p string) (*Location, *Index, error) {
 		loc.Paths = append(loc.Paths, filepath.Join(dir, filepath.FromSlash(n)))
 	}
 	return loc, idx, nil
+}
+
+// Resolve is the first step of Locate, without reading any file: the
+// .safetensors file or index p names (for a directory, the one it holds).
+func Resolve(p string) (string, error) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return "", err
+	}
+	if st.IsDir() {
+		return pickInDir(p)
+	}
+	return p, nil
 }
 
 // ReadIndex reads and parses an index file, refusing a FIFO or device
@@ -256,6 +264,28 @@ func firstKeyOf(idx *Index, shard string) string {
 // (names[i] is headers[i]'s shard name): every key is in exactly one shard,
 // the one the index names, and every key of every shard is in the index.
 func CheckSet(idx *Index, names []string, headers []*Header) error {
+	// The usual answer, without a map of its own: every key of every shard
+	// listed for that shard, and as many keys as the index lists. A key in
+	// two shards cannot pass (the index names one shard for it), nor can a
+	// listed key missing from its shard (the count falls short).
+	n := 0
+	ok := true
+	for i, h := range headers {
+		for j := range h.Tensors {
+			if idx.WeightMap[h.Tensors[j].Key] != names[i] {
+				ok = false
+			}
+		}
+		n += len(h.Tensors)
+	}
+	if ok && n == len(idx.WeightMap) {
+		return nil
+	}
+	return checkSetSlow(idx, names, headers)
+}
+
+// checkSetSlow finds which rule a set breaks, for the message.
+func checkSetSlow(idx *Index, names []string, headers []*Header) error {
 	owner := make(map[string]string, len(idx.WeightMap))
 	for i, h := range headers {
 		name := names[i]

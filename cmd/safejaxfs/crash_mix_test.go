@@ -865,18 +865,10 @@ func TestCrashKillDuringShardedLayoutChanges(t *testing.T) {
 // kernel runs them side by side) while another fsyncs a tensor in a loop
 // (so commits land at any moment), and the daemon is killed.
 //
-// Known to fail (most runs, within 30 rounds): fs's Rename removes the
-// tensor renamed over (checkpoint.Delete) and then renames
-// (checkpoint.RenameAll) in two steps, each under the checkpoint's lock
-// but not together, so a commit from another thread can log the removal
-// without the rename; killed then, the name is gone after recovery. (The
-// same holds for the dtype and shape a file created in the mount takes
-// from the tensor it replaces: a third step.) Run with
-// SAFEJAXFS_KNOWN_BUGS=1 until the removal and the rename are one edit.
+// (It failed in most runs while fs's Rename removed the tensor renamed
+// over and renamed in two checkpoint steps; checkpoint.Move does both, and
+// the dtype a plain file takes from the tensor it replaces, in one.)
 func TestCrashKillDuringRenamesOver(t *testing.T) {
-	if os.Getenv("SAFEJAXFS_KNOWN_BUGS") == "" {
-		t.Skip("known bug: a rename over a tensor is not atomic against a concurrent commit (set SAFEJAXFS_KNOWN_BUGS=1 to run)")
-	}
 	const dirs, n = 4, 400
 	mnt := newMountpoint(t)
 	r := rand.New(rand.NewPCG(6, 6))

@@ -734,7 +734,7 @@ func runCrashRounds(t *testing.T, layout bool, sizes []int, shards int, seed uin
 		}
 		st.round(t, mnt, r, maxDelay)
 	}
-	t.Logf("%d rounds in %v: %d writes acknowledged, %d kills during an fsync or committing close, %d left a journal to replay, %d tensors found newer than acknowledged, %d kills left the daemon stuck on its own mount (connection aborted)",
+	t.Logf("%d rounds in %v: %d writes acknowledged, %d kills during an fsync or committing close, %d left a log to recover from, %d tensors found newer than acknowledged, %d kills left the daemon stuck on its own mount (connection aborted)",
 		st.rounds, time.Since(start).Round(time.Millisecond), st.acks, st.killsInPersist, st.pendingJournals, st.aheadOfAck, st.aborted)
 }
 

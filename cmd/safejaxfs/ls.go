@@ -68,7 +68,7 @@ func openHeaders(ckpt string, rf *remoteFlags) (shown string, names []string, he
 		}
 		return set.URL, set.Names, set.Headers, set.Sharded(), func() { set.Close() }, nil
 	}
-	if _, err := checkCheckpoint(ckpt); err != nil {
+	if err := checkCheckpoint(ckpt); err != nil {
 		return "", nil, nil, false, nil, err
 	}
 	set, err := safetensors.OpenSet(ckpt)

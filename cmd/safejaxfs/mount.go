@@ -67,7 +67,7 @@ func runMount(args []string) (err error) {
 			return err
 		}
 		wait = remoteMountWait
-	} else if _, err := checkCheckpoint(ckpt); err != nil {
+	} else if err := checkCheckpoint(ckpt); err != nil {
 		return err
 	}
 	if err := checkMountpoint(mnt); err != nil {
@@ -82,25 +82,25 @@ func runMount(args []string) (err error) {
 	return serve(ckpt, mnt, mf, ready)
 }
 
-// checkCheckpoint resolves CHECKPOINT (a file, an index or a directory)
-// and refuses what cannot be one, quickly, before a daemon is started; the
-// full validation of every shard is the daemon's, before it mounts.
-func checkCheckpoint(path string) (*safetensors.Location, error) {
+// checkCheckpoint refuses quickly what cannot be a checkpoint (missing,
+// not a regular file, a directory holding no single one), before a daemon
+// is started; it reads no file. Validating the files, every shard and the
+// index, is the daemon's, before it mounts.
+func checkCheckpoint(path string) error {
 	st, err := os.Stat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return nil, fail(exitInvalid, "checkpoint %s does not exist", path)
+		return fail(exitInvalid, "checkpoint %s does not exist", path)
 	case err != nil:
-		return nil, fail(exitInvalid, "checkpoint %s: %v", path, err)
+		return fail(exitInvalid, "checkpoint %s: %v", path, err)
 	case !st.IsDir() && !st.Mode().IsRegular():
 		// Opening a FIFO would wait for a writer; a device is no file.
-		return nil, fail(exitInvalid, "checkpoint %s is not a regular file (%s)", path, fileKind(st.Mode()))
+		return fail(exitInvalid, "checkpoint %s is not a regular file (%s)", path, fileKind(st.Mode()))
 	}
-	loc, _, err := safetensors.Locate(path)
-	if err != nil {
-		return nil, fail(exitInvalid, "checkpoint %s: %v", path, err)
+	if _, err := safetensors.Resolve(path); err != nil {
+		return fail(exitInvalid, "checkpoint %s: %v", path, err)
 	}
-	return loc, nil
+	return nil
 }
 
 // writable reports whether every file of the checkpoint can be written.
@@ -237,13 +237,21 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		go followLiveHeap(memoryLimit)
 	}
 	readOnly := mf.readOnly
+	// Resolved once, here, and handed to the checkpoint: a large index is
+	// not read twice.
+	var located *safetensors.Location
+	var index *safetensors.Index
 	if isRemote {
 		readOnly = true // always, and documented so: no notice
 	} else {
-		loc, err := checkCheckpoint(ckpt)
-		if err != nil {
+		if err := checkCheckpoint(ckpt); err != nil {
 			return err
 		}
+		loc, idx, err := safetensors.Locate(ckpt)
+		if err != nil {
+			return fail(exitInvalid, "%v", err)
+		}
+		located, index = loc, idx
 		// Like mount(8) with a write-protected device: fall back, say so.
 		switch dirErr := writableDirs(loc); {
 		case readOnly:
@@ -255,7 +263,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			readOnly = true
 		}
 	}
-	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt})
+	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt, Located: located, Index: index})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fail(exitMount, "%v", err)
 	}

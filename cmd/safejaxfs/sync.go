@@ -54,7 +54,7 @@ func runRecover(args []string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := checkCheckpoint(rest[0]); err != nil {
+	if err := checkCheckpoint(rest[0]); err != nil {
 		return err
 	}
 	p, pending := checkpoint.Pending(rest[0])

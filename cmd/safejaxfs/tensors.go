@@ -39,7 +39,7 @@ func openSource(ckpt string, rf *remoteFlags, code int) (*source, error) {
 			return nil, err
 		}
 		opt.Remote = ropt
-	} else if _, err := checkCheckpoint(ckpt); err != nil {
+	} else if err := checkCheckpoint(ckpt); err != nil {
 		return nil, recode(err, code)
 	}
 	c, err := checkpoint.Open(ckpt, opt)

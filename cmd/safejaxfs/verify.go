@@ -17,7 +17,7 @@ func runVerify(args []string) error {
 		return err
 	}
 	if !remote.IsURL(rest[0]) {
-		if _, err := checkCheckpoint(rest[0]); err != nil {
+		if err := checkCheckpoint(rest[0]); err != nil {
 			return err
 		}
 		if p, ok := checkpoint.Pending(rest[0]); ok {

@@ -41,6 +41,11 @@ type Info struct {
 // Options control how a checkpoint is opened.
 type Options struct {
 	ReadOnly bool
+	// Located and Index, when set, are what safetensors.Locate returned for
+	// the path (the caller read them already): Open does not read the
+	// index again.
+	Located *safetensors.Location
+	Index   *safetensors.Index
 	// Remote configures the reads of a remote checkpoint (a URL: see
 	// remote.go); unused for a local one.
 	Remote remote.Options
@@ -161,7 +166,7 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 		return openRemote(path, opt)
 	}
 	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
-	loc, idx, scan, err := c.settle()
+	loc, idx, scan, err := c.settle(opt.Located, opt.Index)
 	if err != nil {
 		return nil, err
 	}
@@ -237,10 +242,12 @@ func (c *Checkpoint) recoverLog(scan *walScan) error {
 // finished, stale temp files removed. A log of edits not yet compacted is
 // returned, for Open to replay and compact once the files are open. A
 // read-only open refuses a checkpoint with a log pending.
-func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, *walScan, error) {
-	loc, idx, err := safetensors.Locate(c.path)
-	if err != nil {
-		return nil, nil, nil, err
+func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (*safetensors.Location, *safetensors.Index, *walScan, error) {
+	var err error
+	if loc == nil {
+		if loc, idx, err = safetensors.Locate(c.path); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	if c.readOnly {
 		if p, ok := pendingLog(loc); ok {
@@ -259,7 +266,7 @@ func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, *walSc
 		defer f.Close()
 		err = withWriteLock(f, func() error {
 			var err error
-			if scan, err = settleLog(loc); err != nil {
+			if scan, _, err = settleLog(loc); err != nil {
 				return err
 			}
 			return cleanStaleTemps(loc.Paths[0])
@@ -278,8 +285,15 @@ func (c *Checkpoint) settle() (*safetensors.Location, *safetensors.Index, *walSc
 		c.closeIndex()
 		return nil, nil, nil, err
 	}
-	if scan, err = settleLog(loc); err != nil {
+	finished := false
+	if scan, finished, err = settleLog(loc); err != nil {
 		return fail(err)
+	}
+	if !finished {
+		if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
+			return fail(err)
+		}
+		return loc, idx, scan, nil
 	}
 	// A finished compaction may have replaced the index: read the one
 	// there is now, and move the set's lock to it if it is a new file

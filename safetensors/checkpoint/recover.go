@@ -29,7 +29,10 @@ import (
 //     this code cannot read: set aside, never applied, and the open fails
 //     with an error naming it; the next open goes ahead with the files as
 //     they are.
-func settleLog(loc *safetensors.Location) (*walScan, error) {
+//
+// finished reports that a compaction was finished (files may have been
+// replaced).
+func settleLog(loc *safetensors.Location) (scan *walScan, finished bool, err error) {
 	main := loc.Index
 	if main == "" {
 		main = loc.Paths[0]
@@ -37,40 +40,40 @@ func settleLog(loc *safetensors.Location) (*walScan, error) {
 	lpath := walPathOf(main)
 	f, err := os.OpenFile(lpath, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("opening the log %s: %w", lpath, err)
+		return nil, false, fmt.Errorf("opening the log %s: %w", lpath, err)
 	}
 	s, err := scanWAL(f)
 	f.Close()
 	switch {
 	case errors.Is(err, errWALVersion):
-		return nil, setAside(lpath, main, err.Error())
+		return nil, false, setAside(lpath, main, err.Error())
 	case err != nil:
-		return nil, fmt.Errorf("reading the log %s: %w", lpath, err)
+		return nil, false, fmt.Errorf("reading the log %s: %w", lpath, err)
 	case len(s.recs) == 0 || s.recs[0].typ != recBase:
 		// Never committed its first batch: it holds nothing.
-		return nil, removeSynced(lpath)
+		return nil, false, removeSynced(lpath)
 	}
 	if c := lastCompact(s); c != nil {
 		if err := finishCompaction(loc, s, c); err != nil {
-			return nil, fmt.Errorf("%s: finishing an interrupted write-back from the log %s: %w", main, lpath, err)
+			return nil, false, fmt.Errorf("%s: finishing an interrupted write-back from the log %s: %w", main, lpath, err)
 		}
-		return nil, removeSynced(lpath)
+		return nil, true, removeSynced(lpath)
 	}
 	if why, err := mismatch(loc, s.recs[0].files); err != nil {
-		return nil, err
+		return nil, false, err
 	} else if why != "" {
 		if s.seq <= 1 {
-			return nil, removeSynced(lpath) // nothing in it to lose
+			return nil, false, removeSynced(lpath) // nothing in it to lose
 		}
-		return nil, setAside(lpath, main, why)
+		return nil, false, setAside(lpath, main, why)
 	}
 	if s.seq <= 1 {
-		return nil, removeSynced(lpath)
+		return nil, false, removeSynced(lpath)
 	}
-	return s, nil
+	return s, false, nil
 }
 
 // lastCompact is the log's compact record, if it has one.
