@@ -266,7 +266,7 @@ func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (
 		defer f.Close()
 		err = withWriteLock(f, func() error {
 			var err error
-			if scan, _, err = settleLog(loc); err != nil {
+			if scan, _, _, err = settleLog(loc); err != nil {
 				return err
 			}
 			return cleanStaleTemps(loc.Paths[0])
@@ -286,7 +286,7 @@ func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (
 		return nil, nil, nil, err
 	}
 	finished := false
-	if scan, finished, err = settleLog(loc); err != nil {
+	if scan, loc, finished, err = settleLog(loc); err != nil {
 		return fail(err)
 	}
 	if !finished {

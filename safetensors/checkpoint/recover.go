@@ -32,7 +32,12 @@ import (
 //
 // finished reports that a compaction was finished (files may have been
 // replaced).
-func settleLog(loc *safetensors.Location) (scan *walScan, finished bool, err error) {
+//
+// The files a log applies to are its own list (its base record), in its
+// order: a shard a write-back emptied is no longer in the index, but the
+// mount that wrote the log still had it (and records name shards by their
+// place in that list). The Location returned is that list.
+func settleLog(loc *safetensors.Location) (scan *walScan, at *safetensors.Location, finished bool, err error) {
 	main := loc.Index
 	if main == "" {
 		main = loc.Paths[0]
@@ -40,40 +45,44 @@ func settleLog(loc *safetensors.Location) (scan *walScan, finished bool, err err
 	lpath := walPathOf(main)
 	f, err := os.OpenFile(lpath, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, false, nil
+		return nil, loc, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("opening the log %s: %w", lpath, err)
+		return nil, loc, false, fmt.Errorf("opening the log %s: %w", lpath, err)
 	}
 	s, err := scanWAL(f)
 	f.Close()
 	switch {
 	case errors.Is(err, errWALVersion):
-		return nil, false, setAside(lpath, main, err.Error())
+		return nil, loc, false, setAside(lpath, main, err.Error())
 	case err != nil:
-		return nil, false, fmt.Errorf("reading the log %s: %w", lpath, err)
+		return nil, loc, false, fmt.Errorf("reading the log %s: %w", lpath, err)
 	case len(s.recs) == 0 || s.recs[0].typ != recBase:
 		// Never committed its first batch: it holds nothing.
-		return nil, false, removeSynced(lpath)
+		return nil, loc, false, removeSynced(lpath)
 	}
 	if c := lastCompact(s); c != nil {
 		if err := finishCompaction(loc, s, c); err != nil {
-			return nil, false, fmt.Errorf("%s: finishing an interrupted write-back from the log %s: %w", main, lpath, err)
+			return nil, loc, false, fmt.Errorf("%s: finishing an interrupted write-back from the log %s: %w", main, lpath, err)
 		}
-		return nil, true, removeSynced(lpath)
+		return nil, loc, true, removeSynced(lpath)
 	}
-	if why, err := mismatch(loc, s.recs[0].files); err != nil {
-		return nil, false, err
-	} else if why != "" {
-		if s.seq <= 1 {
-			return nil, false, removeSynced(lpath) // nothing in it to lose
+	at, why := logLocation(loc, s.recs[0].files)
+	if why == "" {
+		if why, err = mismatch(at, s.recs[0].files); err != nil {
+			return nil, loc, false, err
 		}
-		return nil, false, setAside(lpath, main, why)
+	}
+	if why != "" {
+		if s.seq <= 1 {
+			return nil, loc, false, removeSynced(lpath) // nothing in it to lose
+		}
+		return nil, loc, false, setAside(lpath, main, why)
 	}
 	if s.seq <= 1 {
-		return nil, false, removeSynced(lpath)
+		return nil, loc, false, removeSynced(lpath)
 	}
-	return s, false, nil
+	return s, at, false, nil
 }
 
 // lastCompact is the log's compact record, if it has one.
@@ -84,6 +93,33 @@ func lastCompact(s *walScan) *compactRec {
 		}
 	}
 	return nil
+}
+
+// logLocation is the list of files a log applies to, as a Location: the
+// log's shards in its order, next to the index; for a plain checkpoint,
+// loc. why says what makes that impossible.
+func logLocation(loc *safetensors.Location, base []walFile) (at *safetensors.Location, why string) {
+	if !loc.Sharded() {
+		return loc, ""
+	}
+	at = &safetensors.Location{Index: loc.Index}
+	dir := filepath.Dir(loc.Index)
+	for _, wf := range base {
+		if wf.name == "" {
+			continue
+		}
+		if err := safetensors.CheckShardName(wf.name); err != nil {
+			return nil, fmt.Sprintf("the log names a shard %q: %v", wf.name, err)
+		}
+		at.Names = append(at.Names, wf.name)
+		at.Paths = append(at.Paths, filepath.Join(dir, filepath.FromSlash(wf.name)))
+	}
+	for _, n := range loc.Names {
+		if indexOf(at.Names, n) < 0 {
+			return nil, fmt.Sprintf("the index names a shard %s the log does not", n)
+		}
+	}
+	return at, ""
 }
 
 // mismatch says why the files are not those the log was written for, or
