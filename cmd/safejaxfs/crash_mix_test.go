@@ -151,9 +151,7 @@ var mixSizes = []int{8, 4096 + 8, 64<<10 + 24, 1<<20 + 8, 2 << 20, 16}
 // (g.0.a, g.0.b, ...) and three fixed ones under keep; one file, or with
 // shards > 1 a set of three where every directory spans two shards and
 // every shard holds a fixed tensor. The writer never removes those, so no
-// shard is ever emptied: a shard emptied and written back trips a known bug
-// (TestCrashAfterShardEmptied), which would make this test fail now and
-// then instead of testing the rest.
+// shard is ever emptied (TestCrashAfterShardEmptied tests that case).
 func newMixState(t *testing.T, shards int) *mixState {
 	st := &mixState{crashProbe: newCrashProbe(), nextV: 1, shardOf: map[int]string{},
 		tried: map[string]int{}, unacked: map[string]int{}}
@@ -972,17 +970,11 @@ func TestCrashKillDuringRenamesOver(t *testing.T) {
 
 // A shard emptied and written back leaves the set (the index cannot name
 // a file without tensors), but the mount keeps it among its files: the
-// next log's first record names all of them, so after a crash the log is
-// for one file more than the set has, and the next read-write open sets it
-// aside instead of applying it. Every edit acknowledged since the
-// write-back is then missing from the checkpoint.
-//
-// Known to fail. Run with SAFEJAXFS_KNOWN_BUGS=1 until the log's files and
-// the set's agree.
+// next log's first record names all of them. After a crash the next
+// read-write open must replay that log over the files it names, the
+// emptied shard included, and not set it aside with every edit
+// acknowledged since the write-back in it (it did, once).
 func TestCrashAfterShardEmptied(t *testing.T) {
-	if os.Getenv("SAFEJAXFS_KNOWN_BUGS") == "" {
-		t.Skip("known bug: after a shard was emptied and written back, the next crash's log is refused (set SAFEJAXFS_KNOWN_BUGS=1 to run)")
-	}
 	dir := writeShardedSet(t, map[string]string{"format": "pt"},
 		[]genTensor{raw("a.x", safetensors.U8, versionBytes(1, 0, 64), 64)},
 		[]genTensor{raw("b.x", safetensors.U8, versionBytes(2, 0, 64), 64)},
