@@ -238,14 +238,20 @@ func openAll(loc *Location, idx *Index) ([]*File, error) {
 		if idx == nil {
 			return nil, err
 		}
-		name := loc.Names[i]
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, &SetError{File: name, Key: firstKeyOf(idx, name), Rule: ErrShardMissing,
-				Detail: fmt.Sprintf("shard listed in the index is missing (%v)", err)}
-		}
-		return nil, &SetError{File: name, Rule: ErrShardInvalid, Detail: err.Error()}
+		return nil, ShardOpenError(idx, loc.Names[i], err, errors.Is(err, fs.ErrNotExist))
 	}
 	return files, nil
+}
+
+// ShardOpenError is the error for shard name of idx that could not be
+// opened (missing: it is not there) or is not a valid safetensors file. A
+// remote set reports its shards by the same rules.
+func ShardOpenError(idx *Index, name string, err error, missing bool) error {
+	if missing {
+		return &SetError{File: name, Key: firstKeyOf(idx, name), Rule: ErrShardMissing,
+			Detail: fmt.Sprintf("shard listed in the index is missing (%v)", err)}
+	}
+	return &SetError{File: name, Rule: ErrShardInvalid, Detail: err.Error()}
 }
 
 // firstKeyOf is the smallest key the index maps to shard, to name in a
@@ -331,14 +337,4 @@ func (s *Set) Close() error {
 		}
 	}
 	return err
-}
-
-// TotalSize is the sum of the tensors' byte sizes, as huggingface_hub
-// computes an index's metadata.total_size.
-func TotalSize(headers []*Header) uint64 {
-	var n uint64
-	for _, h := range headers {
-		n += h.DataSize()
-	}
-	return n
 }

@@ -38,23 +38,6 @@ func childOf(ppid int) int {
 	return 0
 }
 
-// answers reports whether a statfs of mnt returns within d (a hung FUSE
-// mount never does).
-func answers(mnt string, d time.Duration) bool {
-	done := make(chan struct{})
-	go func() {
-		var st unix.Statfs_t
-		unix.Statfs(mnt, &st)
-		close(done)
-	}()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
 // TestKilledWhileMounting: kill -9 of the daemon at any moment of its
 // start never leaves a mount that no one answers: the CLI that started it
 // removes whatever it left.
@@ -92,7 +75,7 @@ func TestKilledWhileMounting(t *testing.T) {
 			t.Fatalf("run %d: the CLI did not return after its daemon was killed", i)
 		}
 		if mounted(t, mnt) {
-			if !answers(mnt, 2*time.Second) {
+			if !responds(mnt, 2*time.Second) {
 				t.Fatalf("run %d: a mount no one answers was left at %s", i, mnt)
 			}
 			// The daemon said ok before it was killed: a dead mount

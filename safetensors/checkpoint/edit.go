@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
@@ -134,7 +135,7 @@ func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, da
 		t.touch()
 		c.mark(t)
 		c.edits++
-		if !t.growable && t.dtype == dtype && slicesEqual(t.shape, shape) {
+		if !t.growable && t.dtype == dtype && slices.Equal(t.shape, shape) {
 			// Same dtype and shape (np.save over a tensor): new bytes in
 			// place, logged and written back as an edit, not a new layout.
 			if err := t.cur.write(data, 0); err != nil {

@@ -196,7 +196,7 @@ func (c *Checkpoint) collect() *batch {
 	for i := range b.entries {
 		e := &b.entries[i]
 		t := e.t
-		if e.put >= 0 || t.logged.dtype == t.dtype && slicesEqual(t.logged.shape, t.shape) {
+		if e.put >= 0 || t.logged.dtype == t.dtype && slices.Equal(t.logged.shape, t.shape) {
 			continue
 		}
 		b.recs = append(b.recs, walRecord{typ: recReshape, head: reshapeBody(t.key, t.dtype, t.shape)})
@@ -335,18 +335,6 @@ func logContent(b []byte) *content { return &content{size: int64(len(b)), base: 
 
 func sameSlice(a, b []byte) bool {
 	return len(a) > 0 && len(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b)
-}
-
-func slicesEqual(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // startWAL creates the log for the checkpoint files as they are now.

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // Object is one remote file pinned to the version Open found (an ETag, or
@@ -24,7 +26,6 @@ type Object struct {
 	display string
 	size    int64
 	version string // what String and Version report
-	isIndex bool
 
 	// etag is the validator every later response must carry when it
 	// carries one; strong ETags are also sent as If-Match, so a server
@@ -131,7 +132,6 @@ func openFile(ctx context.Context, c *client, l location, rev string) (*Object, 
 		// during the mount cannot mix versions.
 		o.origin = hfResolveURL(l, o.version)
 	}
-	o.isIndex = strings.HasSuffix(l.name(), ".safetensors.index.json")
 	id := o.display
 	switch l.kind {
 	case "http":
@@ -321,7 +321,7 @@ func (o *Object) ModTime() time.Time { return o.modTime }
 
 // IsIndex says the object is a sharded checkpoint's index
 // (*.safetensors.index.json).
-func (o *Object) IsIndex() bool { return o.isIndex }
+func (o *Object) IsIndex() bool { return strings.HasSuffix(o.Name(), safetensors.IndexSuffix) }
 
 // Sibling opens name (a relative path, typically a shard from an index's
 // weight_map) in the same directory, from the same store with the same

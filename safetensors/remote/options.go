@@ -2,6 +2,7 @@ package remote
 
 import (
 	"errors"
+	"io"
 	"log"
 	"os"
 	"path/filepath"
@@ -91,7 +92,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	o.CacheSize = max(o.CacheSize, MinCacheSize)
 	if o.Logger == nil {
-		o.Logger = log.New(discard{}, "", 0)
+		o.Logger = log.New(io.Discard, "", 0)
 	}
 	def := func(v *int64, d int64) {
 		if *v <= 0 {
@@ -129,7 +130,3 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	return o, nil
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -66,7 +65,7 @@ func OpenSet(ctx context.Context, rawURL string, opt Options) (*Set, error) {
 		return nil, err
 	}
 	// A .json is an index, as for a local path (safetensors.Locate).
-	if !o.IsIndex() && !strings.HasSuffix(o.Name(), ".json") {
+	if !strings.HasSuffix(o.Name(), ".json") {
 		h, err := validHeader(ctx, o)
 		if err != nil {
 			o.Close()
@@ -104,12 +103,7 @@ func OpenSet(ctx context.Context, rawURL string, opt Options) (*Set, error) {
 			continue
 		}
 		s.closeOpened()
-		name := s.Names[i]
-		if errors.Is(err, ErrNotFound) {
-			return nil, &safetensors.SetError{File: name, Key: firstKeyOf(idx, name), Rule: safetensors.ErrShardMissing,
-				Detail: fmt.Sprintf("shard listed in the index is missing (%v)", err)}
-		}
-		return nil, &safetensors.SetError{File: name, Rule: safetensors.ErrShardInvalid, Detail: err.Error()}
+		return nil, safetensors.ShardOpenError(idx, s.Names[i], err, errors.Is(err, ErrNotFound))
 	}
 	if err := safetensors.CheckSet(idx, s.Names, s.Headers); err != nil {
 		s.Close()
@@ -146,16 +140,4 @@ func validHeader(ctx context.Context, o *Object) (*safetensors.Header, error) {
 	}
 	o.trimProbe(int64(len(b)))
 	return h, nil
-}
-
-// firstKeyOf is the smallest key the index maps to shard, to name in a
-// message (as safetensors does for a local set).
-func firstKeyOf(idx *safetensors.Index, shard string) string {
-	first := ""
-	for k, s := range idx.WeightMap {
-		if s == shard && (first == "" || k < first) {
-			first = k
-		}
-	}
-	return first
 }
