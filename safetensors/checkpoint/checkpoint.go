@@ -8,6 +8,7 @@ package checkpoint
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
@@ -49,6 +50,10 @@ type Options struct {
 	// Remote configures the reads of a remote checkpoint (a URL: see
 	// remote.go); unused for a local one.
 	Remote remote.Options
+	// Logger receives what the checkpoint notices but cannot return to a
+	// caller (a persist going on despite reads in flight, a leftover file
+	// it could not remove). nil: discarded.
+	Logger *slog.Logger
 	// hooks simulate crashes inside persistence (tests only).
 	hooks *crashHooks
 }
@@ -58,6 +63,7 @@ type Checkpoint struct {
 	path     string // as given to Open: a file, an index or a directory
 	readOnly bool
 	hooks    *crashHooks
+	log      *slog.Logger
 
 	// persistMu serializes persists; mu guards everything below and is not
 	// held during persistence I/O, so reads go on while a rewrite runs.
@@ -165,7 +171,7 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 	if IsRemote(path) {
 		return openRemote(path, opt)
 	}
-	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks}
+	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks, log: loggerOr(opt.Logger)}
 	loc, idx, scan, err := c.settle(opt.Located, opt.Index)
 	if err != nil {
 		return nil, err
@@ -530,4 +536,12 @@ func Pending(path string) (string, bool) {
 		return "", false
 	}
 	return pendingLog(loc)
+}
+
+// loggerOr is l, or a logger that discards everything.
+func loggerOr(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
 }

@@ -3,7 +3,6 @@ package checkpoint
 import (
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"unsafe"
 
@@ -516,7 +515,7 @@ func (c *Checkpoint) waitReads() {
 	if !c.reads.wait() {
 		// Never seen: go-fuse releases every reply it sends. Going on
 		// risks one torn read; waiting forever would stop all writes.
-		fmt.Fprintf(os.Stderr, "safejaxfs: %s: reads still in flight after %v; going on anyway\n", c.path, maxReadWait)
+		c.log.Warn("reads still in flight; going on anyway", "checkpoint", c.path, "waited", maxReadWait)
 	}
 }
 

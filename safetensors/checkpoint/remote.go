@@ -64,7 +64,7 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Checkpoint{path: set.URL, readOnly: true, remote: &remoteSet{set: set}, byKey: map[string]ID{}}
+	c := &Checkpoint{path: set.URL, readOnly: true, remote: &remoteSet{set: set}, byKey: map[string]ID{}, log: loggerOr(opt.Logger)}
 	if set.Sharded() {
 		c.index = newIndexState(set.URL, set.Index)
 	}
