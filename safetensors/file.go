@@ -48,6 +48,22 @@ func Open(path string) (*File, error) {
 	return sf, nil
 }
 
+// OpenFile validates and maps the checkpoint open as f, which it takes
+// over (closed on error, and by Close). It is Open for a file reached by a
+// descriptor (a directory-relative open that refuses symlinks).
+func OpenFile(f *os.File) (*File, error) {
+	sf, err := newFile(f.Name(), f)
+	if err != nil {
+		f.Close()
+		var fe *FormatError
+		if errors.As(err, &fe) {
+			return nil, &os.PathError{Op: "open", Path: f.Name(), Err: err}
+		}
+		return nil, err
+	}
+	return sf, nil
+}
+
 func newFile(path string, f *os.File) (*File, error) {
 	st, err := f.Stat()
 	if err != nil {

@@ -64,6 +64,9 @@ type Checkpoint struct {
 	readOnly bool
 	hooks    *crashHooks
 	log      *slog.Logger
+	// root is the checkpoint's directory, through which every file it
+	// writes is reached (dirfs.go); nil for a remote checkpoint.
+	root *cdir
 
 	// persistMu serializes persists; mu guards everything below and is not
 	// held during persistence I/O, so reads go on while a rewrite runs.
@@ -88,8 +91,9 @@ type Checkpoint struct {
 	// successful persist, recoveredEdits at the last recovery file.
 	edits, persistedEdits, recoveredEdits uint64
 	// recovery is where edits go once the checkpoint was changed by someone
-	// else: we never overwrite their file.
-	recovery string
+	// else: we never overwrite their file. recoveryNote says what it could
+	// not hold (lostEdits).
+	recovery, recoveryNote string
 
 	// The log (persist.go): nil until the first commit after an open or a
 	// compaction. walMaps are the mappings tensors may serve bytes from.
@@ -101,9 +105,14 @@ type Checkpoint struct {
 	// removed since.
 	dirty map[*tensor]struct{}
 	gone  []string
-	// stuck is a failure after a compaction's commit point: nothing more
-	// is persisted in this mount (see compact.go).
-	stuck error
+	// pending is a compaction past its commit point, not finished yet
+	// (compact.go); stuck a failure that stops all persistence in this
+	// mount (a simulated crash in tests).
+	pending *pending
+	stuck   error
+	// staged are the rewrites in progress (Stage), which an in-place
+	// install must move off the file's old bytes.
+	staged map[*Staged]struct{}
 	// closed: the files are released (Close, or a test's simulated crash).
 	closed bool
 	// remote is set (once, by Open) for a checkpoint read from a URL; nil
@@ -171,25 +180,27 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 	if IsRemote(path) {
 		return openRemote(path, opt)
 	}
-	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks, log: loggerOr(opt.Logger)}
+	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks, log: loggerOr(opt.Logger), staged: map[*Staged]struct{}{}}
 	loc, idx, scan, err := c.settle(opt.Located, opt.Index)
 	if err != nil {
+		c.root.close()
 		return nil, err
 	}
 	files, err := openShards(loc, idx)
 	if err != nil {
 		c.closeIndex()
+		c.root.close()
 		return nil, err
 	}
 	if loc.Sharded() && c.index == nil {
-		c.index = newIndexState(loc.Index, idx) // read-only: no lock
+		c.index = newIndexState(c.root, c.mainOf(loc), idx) // read-only: no lock
 	}
 	c.byKey = make(map[string]ID)
 	c.dirty = map[*tensor]struct{}{}
 	var data int64
 	for si, f := range files {
 		m := newMapping(f)
-		sh := &shard{name: loc.Names[si], path: loc.Paths[si], cur: m, meta: f.Metadata}
+		sh := &shard{name: loc.Names[si], path: c.root.join(loc.Names[si]), cur: m, meta: f.Metadata}
 		c.shards = append(c.shards, sh)
 		data += int64(f.DataSize())
 		// Until something changes, every tensor carries its file's times.
@@ -207,7 +218,7 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 	c.walLimit = max(walLimitMin, data/4)
 	if !opt.ReadOnly {
 		for _, sh := range c.shards {
-			if err := sh.openForWrite(); err != nil {
+			if err := sh.openForWrite(c.root, sh.cur.file.Fd()); err != nil {
 				c.releaseAll()
 				return nil, err
 			}
@@ -226,7 +237,7 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 
 // recoverLog replays the log a crash left and compacts it into the files.
 func (c *Checkpoint) recoverLog(scan *walScan) error {
-	w, err := openWAL(c.walPath(), scan, scan.recs[0].files)
+	w, err := openWAL(c.root, walNameOf(c.mainName()), scan, scan.recs[0].files, c.owner(), c.hooks)
 	if err != nil {
 		return err
 	}
@@ -243,11 +254,12 @@ func (c *Checkpoint) recoverLog(scan *walScan) error {
 	return nil
 }
 
-// settle resolves the checkpoint's files and, for a read-write open, puts
-// them in a state with nothing half done: a compaction a crash interrupted
-// finished, stale temp files removed. A log of edits not yet compacted is
-// returned, for Open to replay and compact once the files are open. A
-// read-only open refuses a checkpoint with a log pending.
+// settle resolves the checkpoint's files and its directory (rootOf) and,
+// for a read-write open, puts them in a state with nothing half done: a
+// compaction a crash interrupted finished, stale temp files removed. A log
+// of edits not yet compacted is returned, for Open to replay and compact
+// once the files are open. A read-only open refuses a checkpoint with a
+// log pending, and writes nothing.
 func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (*safetensors.Location, *safetensors.Index, *walScan, error) {
 	var err error
 	if loc == nil {
@@ -255,9 +267,13 @@ func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (
 			return nil, nil, nil, err
 		}
 	}
+	var main string
+	if c.root, main, loc, err = rootOf(c.path, loc); err != nil {
+		return nil, nil, nil, err
+	}
 	if c.readOnly {
-		if p, ok := pendingLog(loc); ok {
-			return nil, nil, nil, fmt.Errorf("%s: edits are waiting in the log %s to be written back; mount it read-write once (or run safejaxfs recover) to finish", c.path, p)
+		if p, ok := pendingLog(c.path, loc); ok {
+			return nil, nil, nil, fmt.Errorf("%s: edits are waiting in the log %s to be written back; mount it read-write once (or run safejaxfs recover) to finish: %w", c.path, p, ErrPending)
 		}
 		return loc, idx, nil, nil
 	}
@@ -265,17 +281,21 @@ func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (
 	if !loc.Sharded() {
 		// The file's own lock, for the time of the recovery; Open takes
 		// it for good once the file is open.
-		f, err := os.Open(loc.Paths[0])
+		f, err := c.root.open(main, os.O_RDONLY, 0)
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		defer f.Close()
-		err = withWriteLock(f, func() error {
+		owner, err := fstat(f)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		err = withWriteLock(c.root, main, f, func() error {
 			var err error
-			if scan, _, _, err = settleLog(loc); err != nil {
+			if scan, _, _, err = settleLog(c.root, loc, c.path, main, &owner, c.hooks); err != nil {
 				return err
 			}
-			return cleanStaleTemps(loc.Paths[0])
+			return removeTemps(c.root, []string{main})
 		})
 		if err != nil {
 			return nil, nil, nil, err
@@ -284,41 +304,50 @@ func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (
 	}
 	// The index's lock stands for the set: held from before recovery to
 	// the end of the mount, so no other writer can interleave.
-	if c.index, err = openIndex(loc.Index, idx); err != nil {
+	if c.index, err = openIndex(c.root, main, idx); err != nil {
 		return nil, nil, nil, err
 	}
 	fail := func(err error) (*safetensors.Location, *safetensors.Index, *walScan, error) {
 		c.closeIndex()
 		return nil, nil, nil, err
 	}
+	owner := c.owner()
 	finished := false
-	if scan, loc, finished, err = settleLog(loc); err != nil {
+	if scan, loc, finished, err = settleLog(c.root, loc, c.path, main, owner, c.hooks); err != nil {
 		return fail(err)
 	}
-	if !finished {
-		if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
+	if finished {
+		// A finished compaction may have replaced the index: read the
+		// one there is now, and move the set's lock to it if it is a new
+		// file (taken before the old one is let go).
+		if loc, idx, err = safetensors.Locate(c.root.join(main)); err != nil {
 			return fail(err)
 		}
-		return loc, idx, scan, nil
+		if _, _, loc, err = rootOf(c.root.join(main), loc); err != nil {
+			return fail(err)
+		}
+		held := c.index
+		c.index = newIndexState(c.root, main, idx)
+		c.index.unlock, c.index.ident = held.unlock, held.ident
+		if err := c.index.lock(c.root); err != nil {
+			held.unlock()
+			c.index = nil
+			return nil, nil, nil, err
+		}
 	}
-	// A finished compaction may have replaced the index: read the one
-	// there is now, and move the set's lock to it if it is a new file
-	// (taken before the old one is let go).
-	if loc, idx, err = safetensors.Locate(c.path); err != nil {
-		return fail(err)
-	}
-	held := c.index
-	c.index = newIndexState(loc.Index, idx)
-	c.index.unlock, c.index.ident = held.unlock, held.ident
-	if err := c.index.lock(); err != nil {
-		held.unlock()
-		c.index = nil
-		return nil, nil, nil, err
-	}
-	if err := cleanSetTemps(append([]string{loc.Index}, loc.Paths...)); err != nil {
+	if err := removeTemps(c.root, append([]string{main}, loc.Names...)); err != nil {
 		return fail(err)
 	}
 	return loc, idx, scan, nil
+}
+
+// mainOf is the name of loc's main file below the checkpoint's directory.
+func (c *Checkpoint) mainOf(loc *safetensors.Location) string {
+	if loc.Sharded() {
+		_, base := splitName(filepathToSlash(loc.Index))
+		return base
+	}
+	return loc.Names[0]
 }
 
 // openShards opens and validates every shard (concurrently) and, for a
@@ -473,12 +502,15 @@ func (c *Checkpoint) Close() error {
 		c.persistMu.Unlock()
 		switch {
 		case err == nil, errors.Is(err, ErrChanged), c.stuck != nil:
+		case c.pending != nil && !c.hasUnlogged():
+			// The log holds the committed write-back and every edit:
+			// the next open finishes it (the error already says so).
 		case c.wal != nil && !c.hasUnlogged():
 			err = fmt.Errorf("%w; every edit is in the log %s, and the next read-write mount (or safejaxfs recover) writes it back", err, c.wal.path)
 		default:
 			s := c.snapshot()
-			if p, rerr := c.writeRecovery(s); rerr == nil {
-				err = fmt.Errorf("%w; your edits are in %s", err, p)
+			if p, lost, rerr := c.writeRecovery(s); rerr == nil {
+				err = fmt.Errorf("%w; your edits are in %s%s", err, p, lost)
 			}
 			s.release()
 		}
@@ -524,6 +556,17 @@ func (c *Checkpoint) releaseAll() {
 	c.closed = true
 	c.closeIndex()
 	c.remote.close()
+	if c.pending != nil {
+		for _, r := range c.pending.reps {
+			if r.tmp != nil {
+				r.tmp.Close()
+				r.tmp = nil
+			}
+		}
+		c.pending.s.release()
+		c.pending = nil
+	}
+	c.root.close()
 }
 
 // Pending reports what a crash left for the checkpoint at path (a file, an
@@ -535,7 +578,43 @@ func Pending(path string) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	return pendingLog(loc)
+	return pendingLog(path, loc)
+}
+
+// Discard moves the log of the checkpoint at path aside, unapplied (its
+// name gets ".stale-<time>"; nothing is deleted), and removes the temp
+// files a write-back left, so the checkpoint opens as the files are now:
+// safejaxfs recover --discard, for a log that does not belong to them. It
+// returns the log's new path ("" if there was none). It takes the write
+// lock: a live mount's log is never moved.
+func Discard(path string) (string, error) {
+	loc, _, err := safetensors.Locate(path)
+	if err != nil {
+		return "", err
+	}
+	d, main, loc, err := rootOf(path, loc)
+	if err != nil {
+		return "", err
+	}
+	defer d.close()
+	f, err := d.open(main, os.O_RDONLY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var moved string
+	err = withWriteLock(d, main, f, func() error {
+		lname := walNameOf(main)
+		if d.exists(lname) {
+			n, err := setAside(d, lname)
+			if err != nil {
+				return err
+			}
+			moved = d.join(n)
+		}
+		return removeTemps(d, append([]string{main}, loc.Names...))
+	})
+	return moved, err
 }
 
 // loggerOr is l, or a logger that discards everything.

@@ -173,8 +173,13 @@ func TestDurabilityOrder(t *testing.T) {
 	end := marks[0]
 	lw := find(0, end, "log temp write", on(tmpFD, isWrite))
 	ls := find(lw, end, "log temp fsync", on(tmpFD, isFsync))
+	// Files are reached through the directory's descriptor (renameat and
+	// unlinkat with names relative to it), so calls name them by base name.
+	named := func(e sysEvent, path string) bool {
+		return strings.HasSuffix(e.args, `"`+path+`"`) || strings.Contains(e.args, dirFD) && strings.HasSuffix(e.args, `"`+filepath.Base(path)+`"`)
+	}
 	lr := find(ls, end, "log rename", func(e sysEvent) bool {
-		return isRename(e.call) && strings.Contains(e.args, tmpFD) && strings.HasSuffix(e.args, `"`+lpath+`"`)
+		return isRename(e.call) && strings.Contains(e.args, tmpFD) && named(e, lpath)
 	})
 	ld := find(lr, end, "directory fsync", on(dirFD, isFsync))
 	bw := find(ld, end, "batch write", on(logFD, isWrite))
@@ -213,10 +218,13 @@ func TestDurabilityOrder(t *testing.T) {
 	cw := find(ts, end, "compact record write", on(logFD, isWrite))
 	cs := find(cw, end, "compact record fdatasync", on(logFD, is("fdatasync")))
 	rr := find(cs, end, "rename over the checkpoint", func(e sysEvent) bool {
-		return isRename(e.call) && strings.Contains(e.args, tmpFD) && strings.HasSuffix(e.args, `"`+c.path+`"`)
+		return isRename(e.call) && strings.Contains(e.args, tmpFD) && named(e, c.path)
 	})
 	rd := find(rr, end, "directory fsync after the rename", on(dirFD, isFsync))
-	un := find(rd, end, "log removal", func(e sysEvent) bool { return isUnlink(e.call) && strings.Contains(e.args, lpath) })
+	unlinksLog := func(e sysEvent) bool {
+		return isUnlink(e.call) && (strings.Contains(e.args, lpath) || strings.Contains(e.args, dirFD) && strings.Contains(e.args, `"`+filepath.Base(lpath)+`"`))
+	}
+	un := find(rd, end, "log removal", unlinksLog)
 	find(un, end, "directory fsync after the log's removal", on(dirFD, isFsync))
 	for i := ts + 1; i < end; i++ {
 		if on(tmpFD, isWrite)(ev[i]) {
@@ -244,7 +252,7 @@ func TestDurabilityOrder(t *testing.T) {
 			t.Errorf("in-place compaction: the checkpoint was written after its fdatasync: %s(%s)", ev[i].call, ev[i].args)
 		}
 	}
-	un = find(ps, end, "log removal", func(e sysEvent) bool { return isUnlink(e.call) && strings.Contains(e.args, lpath) })
+	un = find(ps, end, "log removal", unlinksLog)
 	find(un, end, "directory fsync after the log's removal", on(dirFD, isFsync))
 }
 

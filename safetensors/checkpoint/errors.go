@@ -16,4 +16,10 @@ var (
 	// ErrChanged: someone else changed the checkpoint file while it was
 	// mounted; edits went to a recovery file instead.
 	ErrChanged = errors.New("checkpoint was changed by another program while mounted")
+	// ErrPending: a log of edits waits to be written back (a read-only
+	// open refuses the checkpoint until a read-write one finishes it).
+	ErrPending = errors.New("edits are waiting in the log")
+	// ErrLinked: a checkpoint file with other hard links, which an
+	// in-place write would change too.
+	ErrLinked = errors.New("file has other hard links")
 )

@@ -6,50 +6,84 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
 	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// errStaleLog: a log that does not belong to the checkpoint as it is now.
-// It was moved aside, the checkpoint left as it is.
-var errStaleLog = errors.New("log does not match the checkpoint")
+// The system calls persistence makes, each asking the test hooks first
+// (crashHooks.sys) so that tests can make any of them fail as the kernel
+// would, and each reaching files through the checkpoint's directory.
 
-// setAside renames a log that must not be applied out of the way, so the
-// checkpoint can be used again but the edits it holds are not destroyed.
-func setAside(lpath, path, why string) error {
-	stale, err := renameAside(lpath, fmt.Sprintf("%s.stale-%d", lpath, time.Now().Unix()))
-	if err != nil {
-		return fmt.Errorf("%s: %w (%s), and moving the log %s aside failed: %v", path, errStaleLog, why, lpath, err)
+// syncFile fsyncs f (name below the directory, for the hooks and messages).
+func syncFile(f *os.File, name string, h *crashHooks) error {
+	if err := h.sys(opSync, name); err != nil {
+		return err
 	}
-	return fmt.Errorf("%s: %w: %s; the checkpoint was left as it is and the log moved to %s (open the checkpoint again to use it as it is; the log holds the edits that were not applied)", path, errStaleLog, why, stale)
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// syncData fdatasyncs f.
+func syncData(f *os.File, name string, h *crashHooks) error {
+	if err := h.sys(opSync, name); err != nil {
+		return err
+	}
+	if err := control(f, unix.Fdatasync); err != nil {
+		return &os.PathError{Op: "fdatasync", Path: f.Name(), Err: err}
+	}
+	return nil
+}
+
+// syncDirOf fsyncs the directory holding name.
+func syncDirOf(d *cdir, name string, h *crashHooks) error {
+	if err := h.sys(opSyncDir, name); err != nil {
+		return err
+	}
+	return d.syncDirOf(name)
+}
+
+// removeSynced removes name below d, durably; a name already gone is fine.
+func removeSynced(d *cdir, name string, h *crashHooks) error {
+	if err := h.sys(opRemove, name); err != nil {
+		return err
+	}
+	if err := d.remove(name); err != nil {
+		return err
+	}
+	return syncDirOf(d, name, h)
+}
+
+// splitName splits a name below the directory into its directory part
+// (with a trailing slash, or "") and its last component.
+func splitName(name string) (dir, base string) { return path.Split(name) }
+
+// setAside renames a log that must not be applied out of the way, keeping
+// the edits it holds; it returns the new name (below d).
+func setAside(d *cdir, lname string) (string, error) {
+	return renameAside(d, lname, fmt.Sprintf("%s.stale-%d", lname, time.Now().Unix()))
 }
 
 // renameAside renames src to dst, or dst-2, dst-3... if taken: never over
 // an existing file.
-func renameAside(src, dst string) (string, error) {
+func renameAside(d *cdir, src, dst string) (string, error) {
 	for i := 1; ; i++ {
 		name := dst
 		if i > 1 {
 			name = fmt.Sprintf("%s-%d", dst, i)
 		}
-		err := renameNoReplace(src, name)
+		err := d.renameNoReplace(src, name)
 		if err == nil {
-			return name, syncDir(filepath.Dir(name))
+			return name, d.syncDirOf(name)
 		}
 		if !errors.Is(err, fs.ErrExist) || i >= 1000 {
 			return "", err
 		}
 	}
-}
-
-func removeSynced(name string) error {
-	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return syncDir(filepath.Dir(name))
 }
 
 // pwritev writes segs contiguously at off with as few system calls as the

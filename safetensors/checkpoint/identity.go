@@ -3,13 +3,12 @@ package checkpoint
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// identity is what we remember of the checkpoint file to detect that someone
+// identity is what we remember of a checkpoint file to detect that someone
 // else changed it while mounted. Device and inode catch a rename-replace (the
 // way most tools save); size and mtime catch an in-place write. mtime keeps
 // full nanoseconds because whole seconds would miss an edit made in the same
@@ -21,13 +20,13 @@ type identity struct {
 	mtime    time.Time // full ns
 }
 
-// statIdentity stats by path, not by an open descriptor, so that a file
+// identityAt stats name below d without following it, so that a file
 // renamed over the checkpoint by another program shows up as a different
-// inode. Symlinks are followed: the identity is the file's, not the link's.
-func statIdentity(path string) (identity, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return identity{}, &os.PathError{Op: "stat", Path: path, Err: err}
+// inode, and a symlink put in its place as not the file at all.
+func identityAt(d *cdir, name string) (identity, error) {
+	st, err := d.lstat(name)
+	if err != nil {
+		return identity{}, err
 	}
 	return identityOf(&st), nil
 }
@@ -86,31 +85,4 @@ func control(f *os.File, fn func(fd int) error) error {
 		return err
 	}
 	return ferr
-}
-
-// realPath is the absolute path of the file ckpt names, symlinks resolved.
-// Everything this package puts next to a checkpoint (journal, temp files,
-// recovery files) goes next to the real file, not next to a symlink to it:
-// a rewrite must replace the file (renaming over a symlink would replace
-// the link and leave the file it points to stale), and two paths to the same
-// file must find the same journal. When the file does not exist the absolute
-// path is returned with the error.
-func realPath(ckpt string) (string, error) {
-	abs, err := filepath.Abs(ckpt)
-	if err != nil {
-		return ckpt, err
-	}
-	r, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return abs, err
-	}
-	return r, nil
-}
-
-// sidePath names a file that belongs to checkpoint path (already resolved):
-// a dot file in the same directory, so it is on the same filesystem (rename
-// is atomic only within one) and hidden from a plain ls.
-func sidePath(path, suffix string) string {
-	dir, base := filepath.Split(path)
-	return filepath.Join(dir, "."+base+suffix)
 }

@@ -16,7 +16,8 @@ import (
 // so they always match the shards; other metadata members and top-level
 // members are kept as they were (or as SetIndexMetadata set them).
 type indexState struct {
-	path   string
+	name   string // below the checkpoint's directory
+	path   string // cdir.join(name), for messages
 	extra  map[string]json.RawMessage
 	meta   map[string]json.RawMessage // without total_size, which is derived
 	unlock func() error               // read-write: the set's lock
@@ -51,8 +52,8 @@ func (x *indexState) setMeta(m map[string][]byte) {
 // totalSizeKey is the metadata member huggingface_hub derives.
 const totalSizeKey = "total_size"
 
-func newIndexState(path string, idx *safetensors.Index) *indexState {
-	x := &indexState{path: path, extra: idx.Extra, meta: maps.Clone(idx.Metadata)}
+func newIndexState(d *cdir, name string, idx *safetensors.Index) *indexState {
+	x := &indexState{name: name, path: d.join(name), extra: idx.Extra, meta: maps.Clone(idx.Metadata)}
 	if x.meta == nil {
 		x.meta = map[string]json.RawMessage{}
 	}
@@ -62,35 +63,37 @@ func newIndexState(path string, idx *safetensors.Index) *indexState {
 
 // openIndex takes the set's write lock on the index file and remembers the
 // index as it is on disk.
-func openIndex(path string, idx *safetensors.Index) (*indexState, error) {
-	x := newIndexState(path, idx)
-	if err := x.lock(); err != nil {
+func openIndex(d *cdir, name string, idx *safetensors.Index) (*indexState, error) {
+	x := newIndexState(d, name, idx)
+	if err := x.lock(d); err != nil {
 		return nil, err
 	}
 	return x, nil
 }
 
-// lock locks the index file at its path (after a rewrite: the new inode,
-// whose lock the rewrite handed over) and records its identity.
-func (x *indexState) lock() error {
+// lock locks the index file at its name (after a rewrite: the new inode,
+// whose lock the rewrite handed over) and records its identity. It is
+// opened through the directory, never through a symlink (dirfs.go): the
+// index is rewritten by rename, and must be the directory's own file.
+func (x *indexState) lock(d *cdir) error {
 	if x.unlock != nil {
 		// Already locked: a lock on the same inode again would conflict
 		// with our own.
-		if now, err := statIdentity(x.path); err == nil && now.dev == x.ident.dev && now.ino == x.ident.ino {
+		if now, err := identityAt(d, x.name); err == nil && now.dev == x.ident.dev && now.ino == x.ident.ino {
 			x.ident = now
 			return nil
 		}
 	}
-	f, err := os.Open(x.path)
+	f, err := d.open(x.name, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	unlock, err := lockFile(f)
+	unlock, err := lockFile(d, x.name, f)
 	if err != nil {
 		return err
 	}
-	ident, err := statIdentity(x.path)
+	ident, err := fileIdentity(f)
 	if err != nil {
 		unlock()
 		return err

@@ -52,44 +52,43 @@ var held struct {
 type handoff struct {
 	f    *os.File
 	from fileKey
-	path string // where rewriteAtomic renamed it (resolved)
+	path string // where a rewrite renamed it (cdir.join of its name)
 }
 
-// lockFile takes a non-blocking exclusive flock on the checkpoint f (open
-// for reading or writing) and returns the func that releases it. A second
-// read-write mount of the same file, from this or any other process, gets
-// an error wrapping ErrLocked that names the path and, when the kernel says,
-// the pid holding the lock.
+// lockFile takes a non-blocking exclusive flock on the checkpoint file f
+// (open for reading or writing), which is name below d, and returns the
+// func that releases it. A second read-write mount of the same file, from
+// this or any other process, gets an error wrapping ErrLocked that names
+// the path and, when the kernel says, the pid holding the lock.
 //
-// Take it before touching anything that belongs to the checkpoint (journal
-// replay, temp cleanup, writes): those may belong to a live writer until the
-// lock says otherwise. replayJournal and cleanStaleTemps check it themselves.
+// Take it before touching anything that belongs to the checkpoint (log
+// replay, temp cleanup, writes): those may belong to a live writer until
+// the lock says otherwise.
 //
 // After a rewrite the checkpoint is a new inode: call lockFile on the new
-// file (it adopts the lock rewriteAtomic already took on it), then release
+// file (it adopts the lock the rewrite already took on it), then release
 // the old lock. The lock holds its own descriptor, so f may be closed before
 // or after unlock.
-func lockFile(f *os.File) (unlock func() error, err error) {
+func lockFile(d *cdir, name string, f *os.File) (unlock func() error, err error) {
 	st, err := fstat(f)
 	if err != nil {
 		return nil, err
 	}
 	key := keyOf(&st)
-	name := f.Name()
-	path, perr := realPath(name)
+	path := d.join(name)
 
 	held.Lock()
 	h, adopted := held.handoff[key]
 	if adopted {
 		delete(held.handoff, key)
-	} else if perr == nil {
+	} else {
 		for _, o := range held.handoff {
 			if o.path == path {
 				// We just renamed a file to this name, and f is not that
 				// file: someone replaced it in between. Locking theirs
 				// would make it ours.
 				held.Unlock()
-				return nil, fmt.Errorf("%s: %w: it was replaced right after this mount rewrote it", name, ErrChanged)
+				return nil, fmt.Errorf("%s: %w: it was replaced right after this mount rewrote it", path, ErrChanged)
 			}
 		}
 	}
@@ -106,9 +105,9 @@ func lockFile(f *os.File) (unlock func() error, err error) {
 		if err := flock(lf, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			lf.Close()
 			if err == unix.EWOULDBLOCK {
-				return nil, fmt.Errorf("%s: %w%s", name, ErrLocked, lockHolder(key))
+				return nil, fmt.Errorf("%s: %w%s", path, ErrLocked, lockHolder(key))
 			}
-			return nil, &os.PathError{Op: "flock", Path: name, Err: err}
+			return nil, &os.PathError{Op: "flock", Path: path, Err: err}
 		}
 	}
 	held.Lock()
@@ -149,12 +148,9 @@ func lockFile(f *os.File) (unlock func() error, err error) {
 
 	// Between open and flock the file may have been renamed over; a lock on
 	// an inode that is no longer the checkpoint protects nothing.
-	if perr == nil {
-		var now unix.Stat_t
-		if err := unix.Stat(path, &now); err == nil && keyOf(&now) != key {
-			unlock()
-			return nil, fmt.Errorf("%s: %w: the file was replaced while it was being locked", name, ErrChanged)
-		}
+	if now, err := d.lstat(name); err == nil && keyOf(&now) != key {
+		unlock()
+		return nil, fmt.Errorf("%s: %w: the file was replaced while it was being locked", path, ErrChanged)
 	}
 	return unlock, nil
 }
@@ -186,10 +182,11 @@ func offerHandoff(locked *os.File, key, from fileKey, path string) bool {
 }
 
 // withWriteLock runs fn while no other mount can be writing the checkpoint
-// f: under a lock of its own, or under the lock this process already holds.
-// Journal replay and temp cleanup use it, so a mount that is about to be
-// refused cannot replay or delete files that belong to the live writer.
-func withWriteLock(f *os.File, fn func() error) error {
+// f (name below d): under a lock of its own, or under the lock this
+// process already holds. Log replay and temp cleanup use it, so a mount
+// that is about to be refused cannot replay or delete files that belong to
+// the live writer.
+func withWriteLock(d *cdir, name string, f *os.File, fn func() error) error {
 	st, err := fstat(f)
 	if err != nil {
 		return err
@@ -197,7 +194,7 @@ func withWriteLock(f *os.File, fn func() error) error {
 	if heldByUs(keyOf(&st)) {
 		return fn()
 	}
-	unlock, err := lockFile(f)
+	unlock, err := lockFile(d, name, f)
 	if err != nil {
 		return err
 	}

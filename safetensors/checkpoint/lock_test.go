@@ -39,7 +39,7 @@ func TestLockHelperProcess(t *testing.T) {
 		fmt.Println(err)
 		os.Exit(4)
 	}
-	unlock, err := lockFile(f)
+	unlock, err := lockPath(f)
 	switch {
 	case errors.Is(err, ErrLocked):
 		fmt.Println(err)
@@ -103,12 +103,12 @@ func rawLockable(t *testing.T, path string) bool {
 func TestLockFile(t *testing.T) {
 	c := defaultCkpt(t)
 	f1, f2 := mustOpen(t, c.path), openRW(t, c.path)
-	unlock1, err := lockFile(f1)
+	unlock1, err := lockPath(f1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A second open in the same process is a second mount: refused.
-	_, err = lockFile(f2)
+	_, err = lockPath(f2)
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("second lock: %v, want ErrLocked", err)
 	}
@@ -122,7 +122,7 @@ func TestLockFile(t *testing.T) {
 	if err := unlock1(); err != nil {
 		t.Errorf("second unlock: %v", err)
 	}
-	unlock2, err := lockFile(f2)
+	unlock2, err := lockPath(f2)
 	if err != nil {
 		t.Fatalf("lock after unlock: %v", err)
 	}
@@ -150,13 +150,13 @@ func TestLockFileAliases(t *testing.T) {
 	if err := os.Link(c.path, hard); err != nil {
 		t.Fatal(err)
 	}
-	unlock, err := lockFile(mustOpen(t, c.path))
+	unlock, err := lockPath(mustOpen(t, c.path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unlock()
 	for _, p := range []string{sym, hard} {
-		if _, err := lockFile(mustOpen(t, p)); !errors.Is(err, ErrLocked) {
+		if _, err := lockPath(mustOpen(t, p)); !errors.Is(err, ErrLocked) {
 			t.Errorf("lock through %s: %v, want ErrLocked", p, err)
 		}
 	}
@@ -177,7 +177,7 @@ func TestLockFileCrossProcess(t *testing.T) {
 		cmd.Wait()
 		t.Fatalf("helper did not lock: %q", line)
 	}
-	_, err := lockFile(mustOpen(t, c.path))
+	_, err := lockPath(mustOpen(t, c.path))
 	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(cmd.Process.Pid)) {
 		t.Errorf("lock held by pid %d: %v", cmd.Process.Pid, err)
 	}
@@ -186,7 +186,7 @@ func TestLockFileCrossProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Free again once it lets go.
-	unlock, err := lockFile(mustOpen(t, c.path))
+	unlock, err := lockPath(mustOpen(t, c.path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestLockFileCrossProcess(t *testing.T) {
 func TestLockSurvivesRewrite(t *testing.T) {
 	c := defaultCkpt(t)
 	rw := openRW(t, c.path)
-	unlockOld, err := lockFile(rw)
+	unlockOld, err := lockPath(rw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestLockSurvivesRewrite(t *testing.T) {
 		}
 		return nil
 	}}
-	if err := rewriteAtomic(c.path, src, meta, hooks); err != nil {
+	if err := rewriteAtomicPath(c.path, src, meta, hooks); err != nil {
 		t.Fatal(err)
 	}
 	if rawLockable(t, c.path) {
@@ -236,7 +236,7 @@ func TestLockSurvivesRewrite(t *testing.T) {
 
 	// The caller's relock, as Checkpoint.openForWrite does it.
 	rw2 := openRW(t, c.path)
-	unlockNew, err := lockFile(rw2)
+	unlockNew, err := lockPath(rw2)
 	if err != nil {
 		t.Fatalf("relock of the new file: %v", err)
 	}
@@ -247,20 +247,20 @@ func TestLockSurvivesRewrite(t *testing.T) {
 		t.Error("other process locked the new file after the old lock was released")
 	}
 	// A second mount in this process is still refused.
-	if _, err := lockFile(mustOpen(t, c.path)); !errors.Is(err, ErrLocked) {
+	if _, err := lockPath(mustOpen(t, c.path)); !errors.Is(err, ErrLocked) {
 		t.Errorf("second lock in this process after the rewrite: %v", err)
 	}
 	// And it survives a second rewrite the same way.
 	fd2, mapped2 := openOld(t, c.path)
 	nc := describeCkpt(t, c.path)
 	src2, meta2 := relayoutAgain(nc, fd2, mapped2)
-	if err := rewriteAtomic(c.path, src2, meta2, nil); err != nil {
+	if err := rewriteAtomicPath(c.path, src2, meta2, nil); err != nil {
 		t.Fatal(err)
 	}
 	if ok, _ := otherProcessLocks(t, c.path); ok {
 		t.Error("other process locked the file after a second rewrite")
 	}
-	unlock3, err := lockFile(openRW(t, c.path))
+	unlock3, err := lockPath(openRW(t, c.path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,13 +280,13 @@ func relayoutAgain(c *testCkpt, fd *os.File, _ *safetensors.File) ([]safetensors
 // new file locked past the caller's unlock of the old lock.
 func TestLockHandoffDroppedWithOldLock(t *testing.T) {
 	c := defaultCkpt(t)
-	unlock, err := lockFile(openRW(t, c.path))
+	unlock, err := lockPath(openRW(t, c.path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	fd, mapped := openOld(t, c.path)
 	src, meta := relayout(t, c, fd, mapped)
-	if err := rewriteAtomic(c.path, src, meta, nil); err != nil {
+	if err := rewriteAtomicPath(c.path, src, meta, nil); err != nil {
 		t.Fatal(err)
 	}
 	if rawLockable(t, c.path) {
@@ -303,7 +303,7 @@ func TestRewriteWithoutLockLeavesNewFileUnlocked(t *testing.T) {
 	c := defaultCkpt(t)
 	fd, mapped := openOld(t, c.path)
 	src, meta := relayout(t, c, fd, mapped)
-	if err := rewriteAtomic(c.path, src, meta, nil); err != nil {
+	if err := rewriteAtomicPath(c.path, src, meta, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !rawLockable(t, c.path) {
@@ -321,7 +321,7 @@ func TestLockFileReplacedBeforeLock(t *testing.T) {
 	if err := os.Rename(o.path, c.path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lockFile(f); !errors.Is(err, ErrChanged) {
+	if _, err := lockPath(f); !errors.Is(err, ErrChanged) {
 		t.Fatalf("lock of a replaced file: %v, want ErrChanged", err)
 	}
 	if !rawLockable(t, c.path) {
@@ -334,14 +334,14 @@ func TestLockFileReplacedBeforeLock(t *testing.T) {
 // the rewritten one.
 func TestLockRelockAfterRewriteRefusesReplacedFile(t *testing.T) {
 	c := defaultCkpt(t)
-	unlock, err := lockFile(openRW(t, c.path))
+	unlock, err := lockPath(openRW(t, c.path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unlock()
 	fd, mapped := openOld(t, c.path)
 	src, meta := relayout(t, c, fd, mapped)
-	if err := rewriteAtomic(c.path, src, meta, nil); err != nil {
+	if err := rewriteAtomicPath(c.path, src, meta, nil); err != nil {
 		t.Fatal(err)
 	}
 	s, m := testSources(8)
@@ -349,7 +349,7 @@ func TestLockRelockAfterRewriteRefusesReplacedFile(t *testing.T) {
 	if err := os.Rename(theirs.path, c.path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lockFile(openRW(t, c.path)); !errors.Is(err, ErrChanged) {
+	if _, err := lockPath(openRW(t, c.path)); !errors.Is(err, ErrChanged) {
 		t.Fatalf("relock after the file was replaced: %v, want ErrChanged", err)
 	}
 	if !rawLockable(t, c.path) {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
@@ -82,6 +84,11 @@ type dataRun struct {
 // holds persistMu; the batch is written without mu, so reads and edits go
 // on meanwhile.
 func (c *Checkpoint) commit() error {
+	if err := c.resume(); err != nil {
+		// A batch after a pending compact record would be ignored by
+		// recovery: nothing more is logged until it is finished.
+		return err
+	}
 	if c.stuck != nil {
 		return c.stuck
 	}
@@ -121,6 +128,9 @@ func (c *Checkpoint) abort(b *batch) {
 // commitLocked is commit with mu held throughout (a compaction's last
 // commit, so that nothing changes between it and the snapshot).
 func (c *Checkpoint) commitLocked() error {
+	if c.pending != nil {
+		return fmt.Errorf("a write-back of %s is still pending", c.path)
+	}
 	if c.stuck != nil {
 		return c.stuck
 	}
@@ -138,21 +148,38 @@ func (c *Checkpoint) commitLocked() error {
 }
 
 // writeBatch appends b to the log, starting one if there is none; locked
-// says whether the caller holds mu (which guards walMaps).
+// says whether the caller holds mu (which guards walMaps). A log removed
+// or replaced from outside is written again first (wal.relog), so what it
+// held stays durable.
 func (c *Checkpoint) writeBatch(b *batch, locked bool) ([]int64, error) {
-	if c.wal == nil {
-		w, err := c.startWAL()
-		if err != nil {
-			return nil, fmt.Errorf("starting the log of %s: %w", c.path, err)
-		}
+	lock := func() {
 		if !locked {
 			c.mu.Lock()
 		}
-		c.wal = w
-		c.walMaps = append(c.walMaps, w.m)
+	}
+	unlock := func() {
 		if !locked {
 			c.mu.Unlock()
 		}
+	}
+	if c.wal == nil {
+		w, err := c.newLog()
+		if err != nil {
+			return nil, fmt.Errorf("starting the log of %s: %w", c.path, err)
+		}
+		lock()
+		c.wal = w
+		c.walMaps = append(c.walMaps, w.m)
+		unlock()
+	} else if !c.wal.intact() {
+		m, err := c.wal.relog()
+		if err != nil {
+			return nil, err
+		}
+		c.log.Warn("the log was removed or replaced by another program; wrote it again", "log", c.wal.path)
+		lock()
+		c.walMaps = append(c.walMaps, m)
+		unlock()
 	}
 	at, err := c.wal.commit(b.recs, c.hooks)
 	if err != nil {
@@ -336,33 +363,61 @@ func sameSlice(a, b []byte) bool {
 	return len(a) > 0 && len(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b)
 }
 
-// startWAL creates the log for the checkpoint files as they are now.
-func (c *Checkpoint) startWAL() (*wal, error) {
+// newLog creates the log for the checkpoint files as they are now.
+func (c *Checkpoint) newLog() (*wal, error) {
 	var base []walFile
 	for _, sh := range c.shards {
-		f, err := walFileOf(sh.name, sh.path, sh.cur.file.DataOffset())
+		f, err := walFileOf(c.root, sh.name, sh.cur.file.DataOffset())
 		if err != nil {
 			return nil, err
 		}
 		base = append(base, f)
 	}
 	if c.index != nil {
-		f, err := walFileOf("", c.index.path, -1)
+		f, err := walFileOf(c.root, c.index.name, -1)
 		if err != nil {
 			return nil, err
 		}
+		f.name = "" // the index: see walFile
 		base = append(base, f)
 	}
-	return createWAL(c.walPath(), base)
+	return createWAL(c.root, walNameOf(c.mainName()), base, c.owner(), c.hooks)
+}
+
+// openLog starts a log and registers its mapping.
+func (c *Checkpoint) openLog() error {
+	w, err := c.newLog()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.wal = w
+	c.walMaps = append(c.walMaps, w.m)
+	c.mu.Unlock()
+	return nil
+}
+
+// mainName is the checkpoint's main file below its directory: the index
+// of a sharded one, else its only file.
+func (c *Checkpoint) mainName() string {
+	if c.index != nil {
+		return c.index.name
+	}
+	return c.shards[0].name
 }
 
 // walPath is where the checkpoint's log goes: next to the file, or to the
 // index of a sharded checkpoint.
-func (c *Checkpoint) walPath() string {
-	if c.index != nil {
-		return walPathOf(c.index.path)
+func (c *Checkpoint) walPath() string { return c.root.join(walNameOf(c.mainName())) }
+
+// owner is the checkpoint main file's stat, whose owner the files we put
+// next to it get when we run as root; nil if it cannot be read.
+func (c *Checkpoint) owner() *unix.Stat_t {
+	st, err := c.root.lstat(c.mainName())
+	if err != nil {
+		return nil
 	}
-	return walPathOf(c.shards[0].path)
+	return &st
 }
 
 // snapshot is the whole state, for a compaction or a recovery file: taken
@@ -478,12 +533,12 @@ func (s *snapshot) release() {
 // wrote: same inode, size and mtime.
 func (c *Checkpoint) unchangedOnDisk() bool {
 	for _, sh := range c.shards {
-		if !sh.unchangedOnDisk() {
+		if !sh.unchangedOnDisk(c.root) {
 			return false
 		}
 	}
 	if x := c.index; x != nil {
-		id, err := statIdentity(x.path)
+		id, err := identityAt(c.root, x.name)
 		if err != nil || !id.same(x.ident) {
 			return false
 		}
@@ -523,16 +578,16 @@ func (c *Checkpoint) waitReads() {
 // else changed: theirs is not overwritten, ours is not lost.
 func (c *Checkpoint) recover(s *snapshot) error {
 	if s.edits == c.recoveredEdits && c.recovery != "" {
-		return fmt.Errorf("%s: %w; your edits are in %s", c.path, ErrChanged, c.recovery)
+		return fmt.Errorf("%s: %w; your edits are in %s%s", c.path, ErrChanged, c.recovery, c.recoveryNote)
 	}
-	p, err := c.writeRecovery(s)
+	p, lost, err := c.writeRecovery(s)
 	if err != nil {
 		return fmt.Errorf("%s: %w, and saving your edits elsewhere failed: %v", c.path, ErrChanged, err)
 	}
 	c.mu.Lock()
-	c.recovery, c.recoveredEdits = p, s.edits
+	c.recovery, c.recoveredEdits, c.recoveryNote = p, s.edits, lost.String()
 	c.mu.Unlock()
-	return fmt.Errorf("%s: %w; your edits are in %s", c.path, ErrChanged, p)
+	return fmt.Errorf("%s: %w; your edits are in %s%s", c.path, ErrChanged, p, lost)
 }
 
 // contentReader lets the writer stream edited content: what is still the

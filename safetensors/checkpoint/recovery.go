@@ -47,7 +47,7 @@ func (c *Checkpoint) SaveRecovery(dirs ...string) (string, error) {
 			// The caller's directories may have been cleaned away.
 			os.MkdirAll(dir, 0o700)
 		}
-		p, err := c.writeRecoveryIn(s, dir)
+		p, _, err := c.writeRecoveryIn(s, dir)
 		if err == nil {
 			c.mu.Lock()
 			c.rescued, c.rescuedEdits = p, s.edits

@@ -66,7 +66,7 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 	}
 	c := &Checkpoint{path: set.URL, readOnly: true, remote: &remoteSet{set: set}, byKey: map[string]ID{}, log: loggerOr(opt.Logger)}
 	if set.Sharded() {
-		c.index = newIndexState(set.URL, set.Index)
+		c.index = newIndexState(nil, set.URL, set.Index)
 	}
 	// Tensors carry the server's Last-Modified (the mount's time if it
 	// sent none), as local ones carry their file's mtime.

@@ -69,7 +69,7 @@ func TestRewriteAtomic(t *testing.T) {
 	want := canonical(t, src, meta)
 
 	var points []string
-	if err := rewriteAtomic(c.path, src, meta, recordPoints(&points)); err != nil {
+	if err := rewriteAtomicPath(c.path, src, meta, recordPoints(&points)); err != nil {
 		t.Fatal(err)
 	}
 	checkFile(t, c.path, want, "after rewrite")
@@ -116,7 +116,7 @@ func TestRewriteAtomicCrash(t *testing.T) {
 			if tc.wantNew {
 				want = canonical(t, src, meta)
 			}
-			if err := rewriteAtomic(c.path, src, meta, crashAt(tc.point, 1, nil)); !errors.Is(err, errCrash) {
+			if err := rewriteAtomicPath(c.path, src, meta, crashAt(tc.point, 1, nil)); !errors.Is(err, errCrash) {
 				t.Fatalf("rewrite returned %v, want the simulated crash", err)
 			}
 			checkFile(t, c.path, want, "after the crash")
@@ -124,7 +124,7 @@ func TestRewriteAtomicCrash(t *testing.T) {
 				t.Errorf("a crash before the rename should leave its temp file, found %v", s)
 			}
 			// What the next open does.
-			if err := cleanStaleTemps(c.path); err != nil {
+			if err := cleanTempsPath(c.path); err != nil {
 				t.Fatal(err)
 			}
 			checkFile(t, c.path, want, "after cleanup")
@@ -149,7 +149,7 @@ func TestRewriteAtomicFailureLeavesCheckpoint(t *testing.T) {
 			{Key: "a", DType: safetensors.U8, Shape: []uint64{1 << 20}, Data: mustOpen(t, c.path)},
 		},
 	} {
-		if err := rewriteAtomic(c.path, src, nil, nil); err == nil {
+		if err := rewriteAtomicPath(c.path, src, nil, nil); err == nil {
 			t.Errorf("%s: rewrite succeeded", name)
 		}
 		checkFile(t, c.path, c.content, name)
@@ -192,7 +192,7 @@ func TestRewriteAtomicChangedMeanwhile(t *testing.T) {
 				theirs[len(theirs)-1] ^= 0xff
 				return os.WriteFile(c.path, theirs, 0o644)
 			}}
-			err := rewriteAtomic(c.path, src, meta, hooks)
+			err := rewriteAtomicPath(c.path, src, meta, hooks)
 			if !errors.Is(err, ErrChanged) {
 				t.Fatalf("rewrite returned %v, want ErrChanged", err)
 			}
@@ -218,7 +218,7 @@ func TestRewriteAtomicThroughSymlink(t *testing.T) {
 	}
 	fd, mapped := openOld(t, c.path)
 	src, meta := relayout(t, c, fd, mapped)
-	if err := rewriteAtomic(link, src, meta, nil); err != nil {
+	if err := rewriteAtomicPath(link, src, meta, nil); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
@@ -252,7 +252,7 @@ func TestCleanStaleTemps(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := cleanStaleTemps(c.path); err != nil {
+	if err := cleanTempsPath(c.path); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range stale {
@@ -267,18 +267,20 @@ func TestCleanStaleTemps(t *testing.T) {
 	}
 	checkFile(t, c.path, c.content, "checkpoint")
 	// A temp file createTemp makes is one cleanStaleTemps recognises.
-	f, name, err := createTemp(c.path, 0o644, nil)
+	d, base := dirOfPath(t, c.path)
+	f, name, err := createTemp(d, base, 0o644, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
+	name = d.join(name)
 	if !isTempOf(filepath.Base(name), "model.safetensors") {
 		t.Errorf("createTemp's %s is not recognised as a temp file", name)
 	}
-	if err := cleanStaleTemps(c.path); err != nil || exists(name) {
+	if err := cleanTempsPath(c.path); err != nil || exists(name) {
 		t.Errorf("createTemp's file survives cleanStaleTemps (%v)", err)
 	}
-	if err := cleanStaleTemps(filepath.Join(dir, "missing.safetensors")); err != nil {
+	if err := cleanTempsPath(filepath.Join(dir, "missing.safetensors")); err != nil {
 		t.Errorf("cleanStaleTemps of a missing checkpoint: %v", err)
 	}
 }
@@ -295,7 +297,7 @@ func TestWriteRecovery(t *testing.T) {
 
 	var paths []string
 	for range 3 {
-		p, err := writeRecoveryFile(c.path, "", src, meta)
+		p, err := writeRecoveryPath(c.path, "", src, meta)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +330,7 @@ func TestWriteRecovery(t *testing.T) {
 	if err := os.WriteFile(other, c.content, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := writeRecoveryFile(other, "", src, meta)
+	p, err := writeRecoveryPath(other, "", src, meta)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +341,7 @@ func TestWriteRecovery(t *testing.T) {
 	// Invalid content never gets a recovery name.
 	bad := []safetensors.Source{{Key: "a", DType: safetensors.F32, Shape: []uint64{4}, Data: safetensors.Bytes{1}}}
 	before, _ := os.ReadDir(filepath.Dir(c.path))
-	if p, err := writeRecoveryFile(c.path, "", bad, nil); err == nil {
+	if p, err := writeRecoveryPath(c.path, "", bad, nil); err == nil {
 		t.Errorf("writeRecovery of a short source succeeded: %s", p)
 	}
 	after, _ := os.ReadDir(filepath.Dir(c.path))
@@ -353,21 +355,22 @@ func TestRenameNoReplace(t *testing.T) {
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	os.WriteFile(a, []byte("a"), 0o644)
 	os.WriteFile(b, []byte("b"), 0o644)
-	if err := renameNoReplace(a, b); !errors.Is(err, os.ErrExist) {
+	if err := renameNoReplacePath(a, b); !errors.Is(err, os.ErrExist) {
 		t.Fatalf("rename over an existing file: %v", err)
 	}
 	if got, _ := os.ReadFile(b); string(got) != "b" {
 		t.Fatal("existing file overwritten")
 	}
 	c := filepath.Join(dir, "c")
-	if err := renameNoReplace(a, c); err != nil {
+	if err := renameNoReplacePath(a, c); err != nil {
 		t.Fatal(err)
 	}
 	if exists(a) || !exists(c) {
 		t.Fatal("rename did not happen")
 	}
-	p, err := renameAside(c, b)
-	if err != nil || p != b+"-2" {
-		t.Fatalf("renameAside = %s, %v; want %s-2", p, err, b)
+	d, _ := dirOfPath(t, c)
+	p, err := renameAside(d, "c", "b")
+	if err != nil || p != "b-2" {
+		t.Fatalf("renameAside = %s, %v; want b-2", p, err)
 	}
 }

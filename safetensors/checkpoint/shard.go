@@ -1,12 +1,17 @@
 package checkpoint
 
-import "os"
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
 
 // shard is one safetensors file of the checkpoint: the only one of a plain
 // checkpoint, or one the index names.
 type shard struct {
-	name   string // as the index names it; the base name of a plain checkpoint
-	path   string // Dir(index)/name, or the checkpoint path as given
+	name   string // below the checkpoint's directory: as the index names it, or the file's base name
+	path   string // cdir.join(name): for messages and read-only opens
 	cur    *mapping
 	rw     *os.File     // open for in-place writes (read-write mounts)
 	unlock func() error // drops the advisory lock
@@ -20,29 +25,49 @@ type shard struct {
 	// metaGen counts changes of meta; loggedMetaGen is its value when the
 	// log last recorded meta.
 	metaGen, loggedMetaGen uint64
+	// hdrBound bounds the header the writer would render for the shard now
+	// (see headerBound); 0 until the first layout change computes it.
+	hdrBound int64
 }
 
-// openForWrite opens the shard for in-place writes, locks it, and remembers
-// its identity. Called at open and after every rewrite (the new file is a
-// new inode).
-func (sh *shard) openForWrite() error {
-	rw, err := os.OpenFile(sh.path, os.O_RDWR, 0)
+// openForWrite opens the shard for in-place writes through the
+// checkpoint's directory (never through a symlink: see dirfs.go), checks
+// that it is the file that was validated and mapped (f), locks it, and
+// remembers its identity. Called at open and after every rewrite (the new
+// file is a new inode).
+func (sh *shard) openForWrite(d *cdir, f *os.File) error {
+	rw, err := d.open(sh.name, os.O_RDWR, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("opening %s for writing: %w", sh.path, err)
 	}
-	unlock, err := lockFile(rw)
-	if err != nil {
+	fail := func(err error) error {
 		rw.Close()
 		return err
 	}
-	ident, err := statIdentity(sh.path)
+	st, err := fstat(rw)
 	if err != nil {
-		unlock()
-		rw.Close()
-		return err
+		return fail(err)
+	}
+	if f != nil {
+		mst, err := fstat(f)
+		if err != nil {
+			return fail(err)
+		}
+		if keyOf(&mst) != keyOf(&st) {
+			return fail(fmt.Errorf("%s: %w while it was being opened", sh.path, ErrChanged))
+		}
+	}
+	if st.Nlink > 1 {
+		// Bytes written in place would change the other names too (a
+		// backup made with cp -al, a deduplicated copy).
+		return fail(fmt.Errorf("%s has %d hard links; writing it in place would change the other names too (mount it --read-only, or copy it): %w", sh.path, st.Nlink, ErrLinked))
+	}
+	unlock, err := lockFile(d, sh.name, rw)
+	if err != nil {
+		return fail(err)
 	}
 	sh.closeFiles()
-	sh.rw, sh.unlock, sh.ident = rw, unlock, ident
+	sh.rw, sh.unlock, sh.ident = rw, unlock, identityOf(&st)
 	return nil
 }
 
@@ -57,9 +82,20 @@ func (sh *shard) closeFiles() {
 	}
 }
 
-// unchangedOnDisk reports whether the file is still the one we last wrote:
-// same inode, size and mtime.
-func (sh *shard) unchangedOnDisk() bool {
-	id, err := statIdentity(sh.path)
+// unchangedOnDisk reports whether the file at the shard's name is still
+// the one we last wrote: same inode, size and mtime.
+func (sh *shard) unchangedOnDisk(d *cdir) bool {
+	id, err := identityAt(d, sh.name)
 	return err == nil && id.same(sh.ident)
+}
+
+// refreshIdentity records the file as it is now, after we wrote it.
+func (sh *shard) refreshIdentity() {
+	if sh.rw == nil {
+		return
+	}
+	var st unix.Stat_t
+	if control(sh.rw, func(fd int) error { return unix.Fstat(fd, &st) }) == nil {
+		sh.ident = identityOf(&st)
+	}
 }

@@ -40,6 +40,7 @@ func (c *Checkpoint) Stage(id ID, size int64) (*Staged, error) {
 	d := t.cur.clone()
 	d.truncate(size)
 	s := &Staged{c: c, id: id, data: d, logs: c.pinLogs()}
+	c.staged[s] = struct{}{}
 	if len(d.base) > 0 {
 		// The prefix kept still reads from the mapping: keep it mapped
 		// even if a rewrite retires it meanwhile.
@@ -141,7 +142,11 @@ func (s *Staged) Commit() error {
 	if c.heldByDroppedLog(d, s.logs) {
 		// A write-back folded and dropped the log meanwhile: the bytes
 		// that lived there come along in memory.
-		d = materialized(d)
+		m, err := materialized(d)
+		if err != nil {
+			return fmt.Errorf("tensor %q: %w", t.key, err)
+		}
+		d = m
 	}
 	switch {
 	case len(d.base) > 0 && d.ref != cur && !slices.Contains(c.retired, d.ref):
@@ -163,9 +168,31 @@ func (s *Staged) Commit() error {
 	return nil
 }
 
+// leave makes the rewrite stop reading from mapping old (its file is about
+// to be overwritten in place): what it reads from there is copied into
+// memory. Called without the checkpoint's mu (Staged.mu comes first).
+func (s *Staged) leave(old *mapping) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ref != old {
+		return nil
+	}
+	m, err := materialized(s.data)
+	if err != nil {
+		return err
+	}
+	s.data = m
+	s.ref.release()
+	s.ref = nil
+	return nil
+}
+
 // Close drops the rewrite (after a commit, or abandoned). It is safe to
 // call more than once.
 func (s *Staged) Close() {
+	s.c.mu.Lock()
+	delete(s.c.staged, s)
+	s.c.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ref != nil {

@@ -2,12 +2,9 @@ package checkpoint
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -17,7 +14,9 @@ import (
 // serves the bytes it holds from a mapping of it, so edits leave memory
 // once they are durable.
 type wal struct {
-	path string
+	d    *cdir
+	name string // below d
+	path string // d.join(name), for messages
 	f    *os.File
 	end  int64 // the log's valid length: new batches go here
 	// filled is how far the file holds written blocks (zeros past end).
@@ -26,19 +25,18 @@ type wal struct {
 	seq    uint64 // of the last commit record
 	base   []walFile
 	m      *walMap
+	// maps are every mapping of this log that tensors may hold slices of:
+	// m, and those of files the log was copied out of (relog).
+	maps  []*walMap
+	owner *unix.Stat_t // whose the log's files are (see createTemp)
+	hooks *crashHooks
 }
 
 const walSuffix = ".safejaxfs-log"
 
-// walPathOf is where the log of the checkpoint whose main file (the file,
-// or the index of a sharded one) is at path goes: next to the real file,
-// symlinks resolved, so every path to a checkpoint finds the same log.
-func walPathOf(path string) string {
-	if r, err := realPath(path); err == nil {
-		path = r
-	}
-	return sidePath(path, walSuffix)
-}
+// walNameOf is the name of the log of the checkpoint whose main file (the
+// file, or the index of a sharded one) is main, below the same directory.
+func walNameOf(main string) string { return sideName(main, walSuffix) }
 
 // walReserve is how much address space a log's mapping takes: the log is
 // mapped once, beyond its end, and grows into the mapping. Compaction keeps
@@ -86,17 +84,22 @@ func (r *walRecord) length() int64 {
 
 // createWAL starts a log for the files base describes: head, base record
 // and a first commit, written to a temp file, fsynced and renamed into
-// place, the directory fsynced. An earlier log at the path is replaced.
-func createWAL(path string, base []walFile) (*wal, error) {
-	f, name, err := createTemp(walTarget(path), 0o600, nil)
+// place, the directory fsynced. An earlier log at the name is replaced.
+// owner (nil: ours) is whose the checkpoint is: as root, the log is made
+// theirs, so they can read and remove it.
+func createWAL(d *cdir, name string, base []walFile, owner *unix.Stat_t, hooks *crashHooks) (*wal, error) {
+	f, tmp, err := createTemp(d, walTarget(name), 0o600, owner, hooks)
 	if err != nil {
 		return nil, err
 	}
-	w := &wal{path: path, f: f, end: walHead, crc: headCRC(), base: base}
+	w := &wal{d: d, name: name, path: d.join(name), f: f, end: walHead, crc: headCRC(), base: base, owner: owner, hooks: hooks}
 	fail := func(err error) (*wal, error) {
 		f.Close()
-		os.Remove(name)
+		d.remove(tmp)
 		return nil, err
+	}
+	if err := hooks.sys(opWrite, tmp); err != nil {
+		return fail(err)
 	}
 	if _, err := f.WriteAt(walHeadBytes(), 0); err != nil {
 		return fail(err)
@@ -110,13 +113,16 @@ func createWAL(path string, base []walFile) (*wal, error) {
 		total += f.size
 	}
 	w.prefill(min(max(total/8, prefillMin), prefillFirst)) // synced with the rest below
-	if err := f.Sync(); err != nil {
+	if err := syncFile(f, tmp, hooks); err != nil {
 		return fail(err)
 	}
-	if err := os.Rename(name, path); err != nil {
+	if err := hooks.sys(opRename, name); err != nil {
 		return fail(err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := d.rename(tmp, name); err != nil {
+		return fail(err)
+	}
+	if err := syncDirOf(d, name, hooks); err != nil {
 		return fail(err)
 	}
 	if err := w.mapIt(); err != nil {
@@ -127,17 +133,17 @@ func createWAL(path string, base []walFile) (*wal, error) {
 }
 
 // walTarget is the file whose temp files a log's own temp file is named
-// after (so cleanStaleTemps of that file removes a log half created): the
-// log path without its dot and suffix.
-func walTarget(path string) string {
-	dir, base := filepath.Split(path)
-	return filepath.Join(dir, base[1:len(base)-len(walSuffix)])
+// after (so removeTemps of that file removes a log half created): the
+// log's name without its dot and suffix.
+func walTarget(name string) string {
+	dir, base := splitName(name)
+	return dir + base[1:len(base)-len(walSuffix)]
 }
 
 // openWAL opens an existing log to append to, after scan found its
 // committed part: what follows is cut off.
-func openWAL(path string, s *walScan, base []walFile) (*wal, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
+func openWAL(d *cdir, name string, s *walScan, base []walFile, owner *unix.Stat_t, hooks *crashHooks) (*wal, error) {
+	f, err := d.open(name, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +151,7 @@ func openWAL(path string, s *walScan, base []walFile) (*wal, error) {
 		f.Close()
 		return nil, err
 	}
-	w := &wal{path: path, f: f, end: s.end, crc: s.crc, seq: s.seq, base: base}
+	w := &wal{d: d, name: name, path: d.join(name), f: f, end: s.end, crc: s.crc, seq: s.seq, base: base, owner: owner, hooks: hooks}
 	if err := w.mapIt(); err != nil {
 		f.Close()
 		return nil, err
@@ -164,7 +170,71 @@ func (w *wal) mapIt() error {
 		return &os.PathError{Op: "mmap", Path: w.path, Err: err}
 	}
 	w.m = newWALMap(b)
+	w.maps = append(w.maps, w.m)
 	return nil
+}
+
+// intact reports whether the log's file is still the one at its name: not
+// removed (its last link gone) nor replaced by someone else meanwhile.
+// What a commit appends to a log nobody can find would be lost at a crash.
+func (w *wal) intact() bool {
+	st, err := fstat(w.f)
+	if err != nil || st.Nlink == 0 {
+		return false
+	}
+	now, err := w.d.lstat(w.name)
+	return err == nil && keyOf(&now) == keyOf(&st)
+}
+
+// relog writes the log's committed part into a new file at its name, for
+// a log removed or replaced from outside (intact is false): every edit it
+// held is durable again before anything more is appended. Tensors keep
+// serving bytes from the old mapping (the removed file lives on while
+// mapped); the new mapping is returned for the caller to register. A file
+// someone put at the log's name is not overwritten: relog fails then.
+func (w *wal) relog() (*walMap, error) {
+	f, tmp, err := createTemp(w.d, walTarget(w.name), 0o600, w.owner, w.hooks)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*walMap, error) {
+		f.Close()
+		w.d.remove(tmp)
+		return nil, fmt.Errorf("the log %s was removed or replaced by another program while mounted, and writing it again failed: %w", w.path, err)
+	}
+	if err := w.hooks.sys(opWrite, tmp); err != nil {
+		return fail(err)
+	}
+	if err := pwritev(f, [][]byte{w.m.b[:w.end]}, 0); err != nil {
+		return fail(err)
+	}
+	if err := syncFile(f, tmp, w.hooks); err != nil {
+		return fail(err)
+	}
+	if w.d.exists(w.name) {
+		// Whatever is there now is not ours: leave it.
+		if st, err := w.d.lstat(w.name); err == nil {
+			if ours, err := fstat(w.f); err != nil || keyOf(&st) != keyOf(&ours) {
+				return fail(fmt.Errorf("%s is another file now; move it away", w.path))
+			}
+		}
+	}
+	if err := w.d.rename(tmp, w.name); err != nil {
+		return fail(err)
+	}
+	if err := syncDirOf(w.d, w.name, w.hooks); err != nil {
+		return fail(err)
+	}
+	old := w.f
+	w.f = f
+	w.filled = w.end
+	if err := w.mapIt(); err != nil {
+		w.f = old
+		f.Close()
+		return nil, err
+	}
+	old.Close()
+	return w.m, nil
 }
 
 // bytesAt returns n bytes of the log at off, from the mapping. Only bytes
@@ -185,7 +255,7 @@ func (w *wal) commit(recs []walRecord, hooks *crashHooks) ([]int64, error) {
 		if herr := hooks.hit("log-written"); herr != nil {
 			return nil, herr
 		}
-		err = control(w.f, unix.Fdatasync)
+		err = syncData(w.f, w.name, hooks)
 	}
 	if err != nil {
 		// A batch that did not reach the disk whole must not be taken
@@ -232,6 +302,9 @@ func (w *wal) prefill(n int64) {
 	step := min(max(w.filled, prefillMin), prefillMax)
 	target := (max(w.end+n, w.filled+step) + 1<<20 - 1) &^ (1<<20 - 1)
 	from := max(w.filled, w.end)
+	if w.hooks.sys(opWrite, w.name) != nil {
+		return
+	}
 	zeros := make([]byte, 1<<20)
 	for off := from; off < target; off += int64(len(zeros)) {
 		if _, err := w.f.WriteAt(zeros[:min(int64(len(zeros)), target-off)], off); err != nil {
@@ -296,6 +369,9 @@ func (w *wal) write(recs []walRecord) ([]int64, error) {
 	if pos > walReserve {
 		return nil, fmt.Errorf("%s: the log would pass %d bytes", w.path, int64(walReserve))
 	}
+	if err := w.hooks.sys(opWrite, w.name); err != nil {
+		return nil, err
+	}
 	if err := pwritev(w.f, segs, w.end); err != nil {
 		return nil, &os.PathError{Op: "write", Path: w.path, Err: err}
 	}
@@ -303,7 +379,7 @@ func (w *wal) write(recs []walRecord) ([]int64, error) {
 	return at, nil
 }
 
-// close closes the log's file; its mapping stays (see walMap).
+// close closes the log's file; its mappings stay (see walMap).
 func (w *wal) close() {
 	if w.f != nil {
 		w.f.Close()
@@ -313,18 +389,32 @@ func (w *wal) close() {
 
 // remove closes and deletes the log, durably.
 func (w *wal) remove() error {
+	if err := w.hooks.sys(opRemove, w.name); err != nil {
+		return err
+	}
+	if err := w.d.remove(w.name); err != nil {
+		return err
+	}
+	if err := syncDirOf(w.d, w.name, w.hooks); err != nil {
+		return err
+	}
 	w.close()
-	return removeSynced(w.path)
+	return nil
 }
 
 // walFileOf describes a file of the checkpoint for a base record: its
-// identity and a hash of its header (the whole file for the index).
-func walFileOf(name, path string, headerLen int64) (walFile, error) {
-	f, err := os.Open(path)
+// identity and a hash of its header (the whole file for the index,
+// headerLen < 0). It is opened through the directory (no symlinks).
+func walFileOf(d *cdir, name string, headerLen int64) (walFile, error) {
+	f, err := d.open(name, os.O_RDONLY, 0)
 	if err != nil {
 		return walFile{}, err
 	}
 	defer f.Close()
+	return walFileOfFile(name, f, headerLen)
+}
+
+func walFileOfFile(name string, f *os.File, headerLen int64) (walFile, error) {
 	st, err := fstat(f)
 	if err != nil {
 		return walFile{}, err
@@ -333,22 +423,16 @@ func walFileOf(name, path string, headerLen int64) (walFile, error) {
 	if headerLen < 0 {
 		headerLen = st.Size
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, headerLen)); err != nil {
-		return walFile{}, err
-	}
-	h.Sum(wf.hash[:0])
-	return wf, nil
+	wf.hash, err = hashPrefix(f, headerLen)
+	return wf, err
 }
 
-// sameFile reports whether path is still exactly the file wf describes.
-func (wf walFile) sameFile(path string, headerLen int64) (bool, error) {
-	now, err := walFileOf(wf.name, path, headerLen)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+// hashPrefix is the SHA-256 of f's first n bytes.
+func hashPrefix(f *os.File, n int64) (h [32]byte, err error) {
+	s := sha256.New()
+	if _, err := io.Copy(s, io.NewSectionReader(f, 0, n)); err != nil {
+		return h, err
 	}
-	if err != nil {
-		return false, err
-	}
-	return now == wf, nil
+	s.Sum(h[:0])
+	return h, nil
 }

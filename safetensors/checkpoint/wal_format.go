@@ -51,20 +51,26 @@ const (
 	// maxRecord bounds one record's payload as read back: a corrupt length
 	// must not make the reader allocate or skip absurdly.
 	maxRecord = 1 << 46
+	// maxStructRecord bounds the records read into memory whole (all but
+	// the tensor bytes of data and put records): a crafted log must not
+	// make the reader allocate what the file's size allows.
+	maxStructRecord = 256 << 20
 )
 
 // Record types.
 const (
-	recBase      = 1 // the files the log applies to
-	recData      = 2 // bytes written into a tensor
-	recPut       = 3 // a tensor created, or replaced whole
-	recDelete    = 4 // a tensor removed
-	recRename    = 5 // tensors renamed, all at once
-	recReshape   = 6 // a tensor's dtype and shape reinterpreted
-	recMeta      = 7 // a shard's __metadata__ replaced
-	recIndexMeta = 8 // the index's metadata replaced
-	recCommit    = 9 // end of a batch
-	recCompact   = 10
+	recBase      = 1  // the files the log applies to
+	recData      = 2  // bytes written into a tensor
+	recPut       = 3  // a tensor created, or replaced whole
+	recDelete    = 4  // a tensor removed
+	recRename    = 5  // tensors renamed, all at once
+	recReshape   = 6  // a tensor's dtype and shape reinterpreted
+	recMeta      = 7  // a shard's __metadata__ replaced
+	recIndexMeta = 8  // the index's metadata replaced
+	recCommit    = 9  // end of a batch
+	recCompactV1 = 10 // a compaction's commit point, first format (read, never written)
+	recCompact   = 11 // a compaction's commit point
+	recInstall   = 12 // a file about to be installed by copying in place
 )
 
 var castagnoliWAL = crc32.MakeTable(crc32.Castagnoli)
@@ -96,7 +102,7 @@ type rec struct {
 	at      int64             // data, put: log offset of the bytes
 	n       int64             // data, put: how many bytes
 	pos     int64             // data: offset in the tensor
-	shard   int               // put, meta
+	shard   int               // put, meta; install: the file's place in the base record
 	dtype   safetensors.DType // put, reshape
 	shape   []uint64          // put, reshape
 	renames [][2]string       // rename: old, new
@@ -106,19 +112,71 @@ type rec struct {
 	compact *compactRec       // compact
 }
 
-// commitRename is a rename a compaction committed to: the temp file, its
-// final name (symlinks resolved), and the temp file's device and inode, by
-// which a finished rename is recognised.
+// commitRename is a file a compaction committed to replace: the file (by
+// its place in the base record), the temp file holding its new content
+// (its name below the checkpoint's directory, next to the file), and the
+// temp file's identity: device and inode, by which a finished rename is
+// recognised, and size and a SHA-256 of its header (the whole file for
+// the index), by which a finished copy in place is.
 type commitRename struct {
-	From, To string
+	File     int
+	Temp     string
 	Dev, Ino uint64
+	Size     int64 // -1: unknown (a record of the first format)
+	Hash     [32]byte
+}
+
+// patchedFile is a shard a compaction patches in place, with what each
+// patched byte range held before and will hold after, so that the next
+// open tells our own half-done patch from a file someone else put there.
+type patchedFile struct {
+	File int
+	Runs []patchRun // nil: unknown (a record of the first format)
+}
+
+// patchRun is one byte range of a file patched in place, cut at page
+// boundaries into pieces (a crash tears a write at a page, never inside
+// one); Old and New are the CRC-32C of each piece before and after.
+type patchRun struct {
+	Off, N   int64
+	Old, New []uint32
+}
+
+// pageSize is the granularity at which a write can be torn by a crash.
+const pageSize = 4096
+
+// pieces calls fn for each page-bounded piece of [off, off+n).
+func pieces(off, n int64, fn func(off, n int64)) {
+	for end := off + n; off < end; {
+		next := min((off/pageSize+1)*pageSize, end)
+		fn(off, next-off)
+		off = next
+	}
+}
+
+func pieceCount(off, n int64) int {
+	if n <= 0 {
+		return 0
+	}
+	return int((off+n-1)/pageSize - off/pageSize + 1)
 }
 
 // compactRec is what a compaction will do: the commit point of folding the
 // log into the checkpoint.
 type compactRec struct {
-	renames []commitRename // temp file -> final name (inode of the temp)
-	inPlace []int          // shards patched in place from the log's data
+	renames []commitRename
+	patches []patchedFile
+	// v1 holds a record of the first format (absolute paths); settleLog
+	// turns it into renames and patches (legacyCompact).
+	v1 *compactV1
+}
+
+type compactV1 struct {
+	renames []struct {
+		From, To string
+		Dev, Ino uint64
+	}
+	inPlace []int
 }
 
 // enc builds a payload.
@@ -175,6 +233,28 @@ func (d *dec) u64() uint64 {
 	return v
 }
 
+// count reads a u32 count of elements of at least minSize bytes each,
+// refusing one the payload cannot hold (a crafted count must not make the
+// reader loop or allocate for billions of elements).
+func (d *dec) count(minSize int) int {
+	n := d.u32()
+	if d.err == nil && uint64(n)*uint64(max(minSize, 1)) > uint64(len(d.b)) {
+		d.err = fmt.Errorf("%w: %d elements in %d bytes", errWALInvalid, n, len(d.b))
+	}
+	if d.err != nil {
+		return 0
+	}
+	return int(n)
+}
+
+func (d *dec) bytes32() (h [32]byte) {
+	if d.need(32) {
+		copy(h[:], d.b)
+		d.b = d.b[32:]
+	}
+	return h
+}
+
 func (d *dec) str() string {
 	n := d.u32()
 	if !d.need(int(n)) {
@@ -186,8 +266,8 @@ func (d *dec) str() string {
 }
 
 func (d *dec) shape() []uint64 {
-	n := d.u32()
-	if !d.need(int(n) * 8) {
+	n := d.count(8)
+	if d.err != nil {
 		return nil
 	}
 	s := make([]uint64, n)
@@ -302,15 +382,32 @@ func compactBody(c *compactRec) []byte {
 	var e enc
 	e.u32(uint32(len(c.renames)))
 	for _, r := range c.renames {
-		e.str(r.From)
-		e.str(r.To)
+		e.u32(uint32(r.File))
+		e.str(r.Temp)
 		e.u64(r.Dev)
 		e.u64(r.Ino)
+		e.u64(uint64(r.Size))
+		e.b = append(e.b, r.Hash[:]...)
 	}
-	e.u32(uint32(len(c.inPlace)))
-	for _, s := range c.inPlace {
-		e.u32(uint32(s))
+	e.u32(uint32(len(c.patches)))
+	for _, p := range c.patches {
+		e.u32(uint32(p.File))
+		e.u32(uint32(len(p.Runs)))
+		for _, run := range p.Runs {
+			e.u64(uint64(run.Off))
+			e.u64(uint64(run.N))
+			for i := range run.Old {
+				e.u32(run.Old[i])
+				e.u32(run.New[i])
+			}
+		}
 	}
+	return e.b
+}
+
+func installBody(file int) []byte {
+	var e enc
+	e.u32(uint32(file))
 	return e.b
 }
 
@@ -320,7 +417,7 @@ func (r *rec) decode(bodyAt int64, bodyLen int64) error {
 	d := &dec{b: r.body}
 	switch r.typ {
 	case recBase:
-		n := d.u32()
+		n := d.count(4 + 4*8 + 32)
 		for range n {
 			var f walFile
 			f.name = d.str()
@@ -328,10 +425,7 @@ func (r *rec) decode(bodyAt int64, bodyLen int64) error {
 			f.dev = d.u64()
 			f.ino = d.u64()
 			f.mtime = int64(d.u64())
-			if d.need(32) {
-				copy(f.hash[:], d.b)
-				d.b = d.b[32:]
-			}
+			f.hash = d.bytes32()
 			r.files = append(r.files, f)
 		}
 	case recData, recPut:
@@ -339,7 +433,7 @@ func (r *rec) decode(bodyAt int64, bodyLen int64) error {
 	case recDelete:
 		r.key = d.str()
 	case recRename:
-		n := d.u32()
+		n := d.count(8)
 		for range n {
 			r.renames = append(r.renames, [2]string{d.str(), d.str()})
 		}
@@ -351,7 +445,7 @@ func (r *rec) decode(bodyAt int64, bodyLen int64) error {
 		r.shard = int(d.u32())
 		if d.u8() == 1 {
 			r.meta = map[string]string{}
-			n := d.u32()
+			n := d.count(8)
 			for range n {
 				k := d.str()
 				r.meta[k] = d.str()
@@ -359,24 +453,60 @@ func (r *rec) decode(bodyAt int64, bodyLen int64) error {
 		}
 	case recIndexMeta:
 		r.imeta = map[string][]byte{}
-		n := d.u32()
+		n := d.count(8)
 		for range n {
 			k := d.str()
 			r.imeta[k] = []byte(d.str())
 		}
 	case recCommit:
 		r.seq = d.u64()
+	case recCompactV1:
+		v1 := &compactV1{}
+		n := d.count(4 + 4 + 16)
+		for range n {
+			v1.renames = append(v1.renames, struct {
+				From, To string
+				Dev, Ino uint64
+			}{d.str(), d.str(), d.u64(), d.u64()})
+		}
+		n = d.count(4)
+		for range n {
+			v1.inPlace = append(v1.inPlace, int(d.u32()))
+		}
+		r.compact = &compactRec{v1: v1}
 	case recCompact:
 		c := &compactRec{}
-		n := d.u32()
+		n := d.count(4 + 4 + 3*8 + 32)
 		for range n {
-			c.renames = append(c.renames, commitRename{From: d.str(), To: d.str(), Dev: d.u64(), Ino: d.u64()})
+			c.renames = append(c.renames, commitRename{File: int(d.u32()), Temp: d.str(), Dev: d.u64(), Ino: d.u64(), Size: int64(d.u64()), Hash: d.bytes32()})
 		}
-		n = d.u32()
+		n = d.count(8)
 		for range n {
-			c.inPlace = append(c.inPlace, int(d.u32()))
+			p := patchedFile{File: int(d.u32())}
+			runs := d.count(16)
+			for range runs {
+				run := patchRun{Off: int64(d.u64()), N: int64(d.u64())}
+				if d.err == nil && (run.Off < 0 || run.N <= 0 || run.Off+run.N < run.Off) {
+					d.err = fmt.Errorf("%w: patch of %d bytes at %d", errWALInvalid, run.N, run.Off)
+				}
+				k := pieceCount(run.Off, run.N)
+				if d.err == nil && uint64(k)*8 > uint64(len(d.b)) {
+					d.err = fmt.Errorf("%w: %d page checksums in %d bytes", errWALInvalid, k, len(d.b))
+				}
+				if d.err != nil {
+					break
+				}
+				run.Old, run.New = make([]uint32, k), make([]uint32, k)
+				for i := range k {
+					run.Old[i], run.New[i] = d.u32(), d.u32()
+				}
+				p.Runs = append(p.Runs, run)
+			}
+			c.patches = append(c.patches, p)
 		}
 		r.compact = c
+	case recInstall:
+		r.shard = int(d.u32())
 	default:
 		return fmt.Errorf("%w: unknown record type %d", errWALInvalid, r.typ)
 	}
@@ -460,7 +590,7 @@ func scanWAL(f *os.File) (*walScan, error) {
 		typ := binary.LittleEndian.Uint32(h[0:])
 		want := binary.LittleEndian.Uint32(h[4:])
 		length := binary.LittleEndian.Uint64(h[8:])
-		if typ == 0 || length > maxRecord || pos+recHead+int64(length) > size {
+		if typ == 0 || length > maxRecord || pos+recHead+int64(length) > size || !hasBytes(typ) && length > maxStructRecord {
 			break
 		}
 		bodyAt := pos + recHead

@@ -33,9 +33,18 @@ func walTestBatches() [][]walRecord {
 			{typ: recIndexMeta, head: indexMetaBody(map[string][]byte{"note": []byte(`{"a": 1}`)})},
 		},
 		{
-			{typ: recCompact, head: compactBody(&compactRec{renames: []commitRename{{From: "/d/.x.tmp", To: "/d/x", Dev: 3, Ino: 4}}, inPlace: []int{0, 2}})},
+			{typ: recCompact, head: compactBody(walTestCompact)},
+			{typ: recInstall, head: installBody(1)},
 		},
 	}
+}
+
+var walTestCompact = &compactRec{
+	renames: []commitRename{{File: 1, Temp: ".x.safejaxfs-tmp-0123456789abcdef", Dev: 3, Ino: 4, Size: 5000, Hash: [32]byte{9, 8}}},
+	patches: []patchedFile{
+		{File: 0, Runs: []patchRun{{Off: 4000, N: 200, Old: []uint32{1, 2}, New: []uint32{3, 4}}}},
+		{File: 2, Runs: []patchRun{{Off: 8192, N: 4096, Old: []uint32{5}, New: []uint32{6}}, {Off: 100, N: 1, Old: []uint32{7}, New: []uint32{8}}}},
+	},
 }
 
 func TestWALRoundTrip(t *testing.T) {
@@ -44,7 +53,7 @@ func TestWALRoundTrip(t *testing.T) {
 	os.WriteFile(ckpt, nil, 0o644)
 	path := walPathOf(ckpt)
 	base := []walFile{{name: "model.safetensors", size: 123, dev: 1, ino: 2, mtime: 99, hash: [32]byte{7}}}
-	w, err := createWAL(path, base)
+	w, err := createWALPath(t, path, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +84,7 @@ func TestWALRoundTrip(t *testing.T) {
 	for _, r := range s.recs {
 		typs = append(typs, r.typ)
 	}
-	want := []uint32{recBase, recCommit, recPut, recData, recCommit, recDelete, recRename, recReshape, recMeta, recMeta, recIndexMeta, recCommit, recCompact, recCommit}
+	want := []uint32{recBase, recCommit, recPut, recData, recCommit, recDelete, recRename, recReshape, recMeta, recMeta, recIndexMeta, recCommit, recCompact, recInstall, recCommit}
 	if !reflect.DeepEqual(typs, want) {
 		t.Fatalf("record types %v, want %v", typs, want)
 	}
@@ -101,9 +110,23 @@ func TestWALRoundTrip(t *testing.T) {
 	if r := s.recs[10]; string(r.imeta["note"]) != `{"a": 1}` {
 		t.Errorf("index meta %+v", r.imeta)
 	}
-	if c := s.recs[12].compact; c == nil || c.renames[0].Ino != 4 || !reflect.DeepEqual(c.inPlace, []int{0, 2}) {
+	if c := s.recs[12].compact; c == nil || !reflect.DeepEqual(c.renames, walTestCompact.renames) || !reflect.DeepEqual(c.patches, walTestCompact.patches) {
 		t.Errorf("compact %+v", c)
 	}
+	if r := s.recs[13]; r.shard != 1 {
+		t.Errorf("install %+v", r)
+	}
+}
+
+// createWALPath is createWAL for the log at path.
+func createWALPath(t testing.TB, path string, base []walFile) (*wal, error) {
+	t.Helper()
+	d, err := openDir(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.close)
+	return createWAL(d, filepath.Base(path), base, nil, nil)
 }
 
 func walScanFile(t *testing.T, path string) *walScan {
@@ -126,7 +149,7 @@ func TestWALTornAtEveryByte(t *testing.T) {
 	dir := t.TempDir()
 	ckpt := filepath.Join(dir, "m.safetensors")
 	path := walPathOf(ckpt)
-	w, err := createWAL(path, nil)
+	w, err := createWALPath(t, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +216,7 @@ func TestWALCommitFailureLeavesNoTrace(t *testing.T) {
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 	path := walPathOf(filepath.Join(dir, "m.safetensors"))
-	w, err := createWAL(path, nil)
+	w, err := createWALPath(t, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
