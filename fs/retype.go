@@ -192,7 +192,7 @@ func (f *FS) setxattr(id checkpoint.ID, attr string, data []byte) syscall.Errno 
 	}
 	// A new file whose bytes may still come: empty (tar --xattrs sets the
 	// attributes of a file it has just made), or open for writing.
-	growable := f.ck.Growable(id) && (info.Size == 0 || f.writers.open(id))
+	growable := f.ck.Growable(id) && (info.Size == 0 || f.writers.writing(id))
 	if !growable || info.Size > 0 {
 		// (An empty new file fits every dtype as [0]: its bytes are yet
 		// to come.)
@@ -310,9 +310,43 @@ func (f *FS) hintCopy(dst checkpoint.ID, src checkpoint.Info) {
 }
 
 // writerCount counts the descriptors open for writing on each tensor.
+// writerCount counts the write handles open per tensor, and which of them
+// were written since their last flush. close(2) returns after FLUSH but
+// the kernel sends RELEASE in the background, so "open" alone would still
+// count a file whose writer has closed it: a setfattr right after the
+// close would then be taken as arriving mid-write, deferred, and answered
+// with success although its bytes never come (success must mean applied).
+// A file counts as being written only while some write came after the
+// last flush.
 type writerCount struct {
-	mu sync.Mutex
-	n  map[checkpoint.ID]int
+	mu    sync.Mutex
+	n     map[checkpoint.ID]int
+	dirty map[checkpoint.ID]bool
+}
+
+// wrote records a write or truncate through a write handle.
+func (w *writerCount) wrote(id checkpoint.ID) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.dirty == nil {
+		w.dirty = map[checkpoint.ID]bool{}
+	}
+	w.dirty[id] = true
+}
+
+// flushed records a close (FLUSH) of a descriptor of id.
+func (w *writerCount) flushed(id checkpoint.ID) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.dirty, id)
+}
+
+// writing reports whether id is open for writing and was written since
+// its last flush: its bytes may still come.
+func (w *writerCount) writing(id checkpoint.ID) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n[id] > 0 && w.dirty[id]
 }
 
 func (w *writerCount) add(id checkpoint.ID, d int) {
@@ -323,11 +357,7 @@ func (w *writerCount) add(id checkpoint.ID, d int) {
 	}
 	if w.n[id] += d; w.n[id] <= 0 {
 		delete(w.n, id)
+		delete(w.dirty, id)
 	}
 }
 
-func (w *writerCount) open(id checkpoint.ID) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.n[id] > 0
-}

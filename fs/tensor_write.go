@@ -63,6 +63,7 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 		t.fsys.logf("write: %v", err)
 		return 0, editErrno(err)
 	}
+	t.fsys.writers.wrote(t.id)
 	t.fsys.changedRange(t.id, tensorIno(t.id), off, int64(len(data)))
 	return uint32(len(data)), 0
 }
@@ -77,6 +78,9 @@ func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 		if err := t.fsys.truncate(h, t.id, int64(size)); err != nil {
 			t.fsys.fail(err)
 			return editErrno(err)
+		}
+		if h != nil {
+			t.fsys.writers.wrote(t.id)
 		}
 		if h.rewrite() == nil {
 			t.fsys.changed(t.id, tensorIno(t.id))
@@ -102,6 +106,7 @@ func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno 
 	if !ok {
 		return 0
 	}
+	t.fsys.writers.flushed(t.id)
 	if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
 		return errno
 	}
