@@ -360,4 +360,3 @@ func (w *writerCount) add(id checkpoint.ID, d int) {
 		delete(w.dirty, id)
 	}
 }
-
