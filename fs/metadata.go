@@ -10,6 +10,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // metadataNode is a special root file (doc): /__metadata__, the header's
@@ -154,23 +156,13 @@ func (m *metadataNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32
 	return m.fsys.sync(ctx)
 }
 
-// parseMetadata accepts exactly one JSON object whose values are strings.
+// parseMetadata accepts what a safetensors header's __metadata__ may be:
+// exactly one JSON object of string values, valid UTF-8, no key twice
+// (safetensors.ParseMetadata). Anything else could not be written back.
 func parseMetadata(b []byte) (map[string]string, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	var raw map[string]any
-	if err := dec.Decode(&raw); err != nil || raw == nil {
-		return nil, fmt.Errorf("__metadata__: not a JSON object: %q", truncate(b))
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("__metadata__: more than one JSON value: %q", truncate(b))
-	}
-	meta := make(map[string]string, len(raw))
-	for k, v := range raw {
-		s, ok := v.(string)
-		if !ok {
-			return nil, fmt.Errorf("__metadata__: value of %q is %v, not a string (safetensors metadata maps strings to strings)", k, v)
-		}
-		meta[k] = s
+	meta, err := safetensors.ParseMetadata(b)
+	if err != nil {
+		return nil, fmt.Errorf("__metadata__: %w (%q)", err, truncate(b))
 	}
 	return meta, nil
 }

@@ -106,6 +106,11 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 	}
 	now := time.Now()
 	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, shard: c.shardFor(key), cur: memoryContent(nil), growable: true, mtime: now, ctime: now}
+	d := headerDelta{t.shard: t.entryBound()}
+	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", key)); err != nil {
+		return 0, err
+	}
+	c.applyHeader(d)
 	return c.add(t), nil
 }
 
@@ -132,17 +137,25 @@ func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, da
 	}
 	if id, ok := c.byKey[key]; ok {
 		t := c.tensors[id]
-		t.touch()
-		c.mark(t)
-		c.edits++
 		if !t.growable && t.dtype == dtype && slices.Equal(t.shape, shape) {
 			// Same dtype and shape (np.save over a tensor): new bytes in
 			// place, logged and written back as an edit, not a new layout.
 			if err := t.cur.write(data, 0); err != nil {
 				return id, fmt.Errorf("tensor %q: %w", key, err)
 			}
+			t.touch()
+			c.mark(t)
+			c.edits++
 			return id, nil
 		}
+		d := headerDelta{t.shard: safetensors.EntryBound(key, dtype, shape, false) - t.entryBound()}
+		if err := c.checkHeader(d, fmt.Sprintf("tensor %q", key)); err != nil {
+			return id, err
+		}
+		c.applyHeader(d)
+		t.touch()
+		c.mark(t)
+		c.edits++
 		t.dtype, t.shape, t.cur, t.growable = dtype, shape, memoryContent(data), false
 		t.replaced = true
 		c.layoutChanged(t.shard, true)
@@ -152,7 +165,13 @@ func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, da
 		return 0, err
 	}
 	now := time.Now()
-	return c.add(&tensor{key: key, dtype: dtype, shape: shape, shard: c.shardFor(key), cur: memoryContent(data), mtime: now, ctime: now}), nil
+	t := &tensor{key: key, dtype: dtype, shape: shape, shard: c.shardFor(key), cur: memoryContent(data), mtime: now, ctime: now}
+	d := headerDelta{t.shard: t.entryBound()}
+	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", key)); err != nil {
+		return 0, err
+	}
+	c.applyHeader(d)
+	return c.add(t), nil
 }
 
 // PutNew is Put of a tensor that must be new: a key that exists is
@@ -192,8 +211,8 @@ func (c *Checkpoint) checkNewKey(key string) error {
 	if c.readOnly {
 		return ErrReadOnly
 	}
-	if key == "__metadata__" {
-		return fmt.Errorf("tensor %q: the key is reserved for the header's metadata: %w", key, ErrInvalid)
+	if err := validKey(key); err != nil {
+		return err
 	}
 	if _, ok := c.byKey[key]; ok {
 		return fmt.Errorf("tensor %q: %w", key, ErrExists)
@@ -215,6 +234,7 @@ func (c *Checkpoint) Delete(id ID) error {
 
 // deleteLocked removes tensor t (ID id). Caller holds mu.
 func (c *Checkpoint) deleteLocked(id ID, t *tensor) {
+	c.applyHeader(headerDelta{t.shard: -t.entryBound()})
 	delete(c.byKey, t.key)
 	c.tensors[id] = nil
 	t.deleted = true
@@ -272,13 +292,22 @@ func (c *Checkpoint) Move(renames map[ID]string, replaced []ID, adopt *Retype) e
 	}
 	// Checked without copying the key map: a rename costs what it renames.
 	targets := make(map[string]bool, len(renames))
+	hdr, renamed := headerDelta{}, headerDelta{}
+	for _, id := range replaced {
+		t := c.tensors[id]
+		hdr[t.shard] -= t.entryBound()
+	}
 	for id, key := range renames {
-		if c.get(id) == nil {
+		t := c.get(id)
+		if t == nil {
 			return fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 		}
-		if key == "__metadata__" {
-			return fmt.Errorf("tensor %q: the key is reserved for the header's metadata: %w", key, ErrInvalid)
+		if err := validKey(key); err != nil {
+			return err
 		}
+		delta := safetensors.EntryBound(key, t.dtype, t.shape, t.growable) - t.entryBound()
+		hdr[t.shard] += delta
+		renamed[t.shard] += delta
 		if targets[key] {
 			return fmt.Errorf("tensor %q: %w", key, ErrExists)
 		}
@@ -288,6 +317,24 @@ func (c *Checkpoint) Move(renames map[ID]string, replaced []ID, adopt *Retype) e
 				return fmt.Errorf("tensor %q: %w", key, ErrExists)
 			}
 		}
+	}
+	// The dtype and shape a plain file moved over a tensor takes, if its
+	// bytes fit them.
+	var adopting *tensor
+	if adopt != nil {
+		if t := c.get(adopt.ID); t != nil && t.growable {
+			if n, err := safetensors.ByteSize(adopt.DType, adopt.Shape); err == nil && int64(n) == t.cur.size {
+				adopting = t
+				key := t.key
+				if k, ok := renames[adopt.ID]; ok {
+					key = k
+				}
+				hdr[t.shard] += safetensors.EntryBound(key, adopt.DType, adopt.Shape, false) - safetensors.EntryBound(key, t.dtype, t.shape, true)
+			}
+		}
+	}
+	if err := c.checkHeader(hdr, "rename"); err != nil {
+		return err
 	}
 	for _, id := range replaced {
 		c.deleteLocked(id, c.tensors[id])
@@ -303,12 +350,9 @@ func (c *Checkpoint) Move(renames map[ID]string, replaced []ID, adopt *Retype) e
 		c.mark(t)
 		c.layoutChanged(t.shard, true)
 	}
-	if adopt != nil {
-		if t := c.get(adopt.ID); t != nil && t.growable {
-			if n, err := safetensors.ByteSize(adopt.DType, adopt.Shape); err == nil && int64(n) == t.cur.size {
-				c.reshapeLocked(t, adopt.DType, adopt.Shape)
-			}
-		}
+	c.applyHeader(renamed)
+	if adopting != nil {
+		c.reshapeLocked(adopting, adopt.DType, adopt.Shape)
 	}
 	return nil
 }
@@ -330,13 +374,18 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 		return fmt.Errorf("tensor %q: %s %s needs %d bytes, the tensor has %d: %w",
 			t.key, dtype, shapeString(shape), n, t.cur.size, ErrSize)
 	}
+	d := headerDelta{t.shard: safetensors.EntryBound(t.key, dtype, shape, false) - t.entryBound()}
+	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", t.key)); err != nil {
+		return err
+	}
 	c.reshapeLocked(t, dtype, shape)
 	return nil
 }
 
-// reshapeLocked gives t a dtype and shape of its byte size. Caller holds
-// mu.
+// reshapeLocked gives t a dtype and shape of its byte size (its header
+// bound follows; the caller checked it). Caller holds mu.
 func (c *Checkpoint) reshapeLocked(t *tensor, dtype safetensors.DType, shape []uint64) {
+	c.applyHeader(headerDelta{t.shard: safetensors.EntryBound(t.key, dtype, shape, false) - t.entryBound()})
 	t.dtype, t.shape, t.growable = dtype, shape, false
 	t.changed()
 	c.mark(t)
@@ -367,7 +416,12 @@ func (c *Checkpoint) SetMetadata(m map[string]string) error {
 	if c.readOnly {
 		return ErrReadOnly
 	}
+	if err := validMetadata(m); err != nil {
+		return err
+	}
 	common := c.commonMeta()
+	nexts := make([]map[string]string, len(c.shards))
+	hdr := headerDelta{}
 	for i, sh := range c.shards {
 		next := maps.Clone(m)
 		if next == nil {
@@ -386,10 +440,21 @@ func (c *Checkpoint) SetMetadata(m map[string]string) error {
 		if sh.meta != nil && maps.Equal(next, sh.meta) {
 			continue
 		}
-		sh.meta = next
+		nexts[i] = next
+		hdr[i] = safetensors.MetadataLen(next) - safetensors.MetadataLen(sh.meta)
+	}
+	if err := c.checkHeader(hdr, "__metadata__"); err != nil {
+		return err
+	}
+	for i, sh := range c.shards {
+		if nexts[i] == nil {
+			continue
+		}
+		sh.meta = nexts[i]
 		sh.metaGen++
 		c.layoutChanged(i, false)
 	}
+	c.applyHeader(hdr)
 	return nil
 }
 

@@ -109,6 +109,7 @@ func (c *Checkpoint) replay(s *walScan) error {
 			return bad(r, "record type %d", r.typ)
 		}
 	}
+	c.forgetHeaderBounds()
 	return nil
 }
 
