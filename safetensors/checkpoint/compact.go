@@ -175,7 +175,9 @@ func (c *Checkpoint) compact() error {
 		rec.patches = append(rec.patches, patchedFile{File: i, Runs: patches[i]})
 	}
 	if _, err := c.wal.commit([]walRecord{{typ: recCompact, head: compactBody(rec)}}, c.hooks); err != nil {
-		if !isCrash(err, c.hooks) {
+		if isCrash(err, c.hooks) {
+			closeTemps(p.reps) // as the kernel closes them at exit
+		} else {
 			discard(c.root, p.reps)
 		}
 		s.release()
