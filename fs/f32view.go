@@ -423,7 +423,7 @@ func (n *f32Node) commit(b []byte) error {
 	}
 	out := make([]byte, size)
 	floats.EncodeLE(cur.DType, out, data)
-	if err := f.ck.Replace(n.id, cur.DType, cur.Shape, out); err != nil {
+	if err := f.ck.ReplaceSync(n.id, cur.DType, cur.Shape, out); err != nil {
 		return err
 	}
 	f.changed(n.id, n.StableAttr().Ino)

@@ -89,7 +89,7 @@ func (h *writeHandle) commit() (committed bool, err error) {
 	if h.staged == nil {
 		return false, nil
 	}
-	if err := h.staged.Commit(); err != nil {
+	if err := h.staged.CommitSync(); err != nil {
 		h.shown = h.changes
 		return false, err
 	}
@@ -122,6 +122,31 @@ func (f *FS) sync(ctx context.Context) syscall.Errno {
 	}
 	f.lastErr.Store(nil)
 	return 0
+}
+
+// syncAfterCommit persists what else is pending after a close made its own
+// edit durable (see flushUpload): a failure here is not the closed file's,
+// so it is recorded and logged, not returned.
+func (f *FS) syncAfterCommit(ctx context.Context) {
+	if err := f.ck.Sync(); err != nil {
+		f.fail(err)
+	}
+}
+
+// closeErrno is the errno of a close whose edit was not made: not durable
+// (the errno of what failed: ENOSPC, EIO...), the checkpoint changed by
+// another program (the edits went to a recovery file: EIO), or refused
+// (EINVAL; EFBIG past the header limit).
+func closeErrno(err error) syscall.Errno {
+	switch {
+	case errors.Is(err, checkpoint.ErrNotDurable), errors.Is(err, checkpoint.ErrChanged):
+		return writeBackErrno(err)
+	case errors.Is(err, checkpoint.ErrHeaderLimit):
+		return syscall.EFBIG
+	case errors.Is(err, checkpoint.ErrReadOnly):
+		return syscall.EROFS
+	}
+	return syscall.EINVAL
 }
 
 // fail records an error for the log and the error xattr on the root.

@@ -255,18 +255,21 @@ func (n *npyNode) commit(b []byte) error {
 	}
 	data := b[info.DataOffset:]
 	if target != noTensor {
-		if err := f.ck.Replace(target, dtype, info.Shape, data); err != nil {
+		if err := f.ck.ReplaceSync(target, dtype, info.Shape, data); err != nil {
 			return err
 		}
 	} else {
-		id, err := f.ck.PutNew(key, dtype, info.Shape, data)
+		// The name is checked before the tensor is made durable: a
+		// close that fails leaves nothing behind.
+		if err := f.tree.CanAdd(n.dir, n.base); err != nil {
+			return fmt.Errorf("tensor %q: %w", key, err)
+		}
+		id, err := f.ck.PutNewSync(key, dtype, info.Shape, data)
 		if err != nil {
 			return err
 		}
 		if _, err := f.tree.AddFile(n.dir, n.base, key, int(id)); err != nil {
-			// Ours alone: nobody else can know it yet.
-			f.ck.Delete(id)
-			return fmt.Errorf("tensor %q: %w", key, err)
+			return fmt.Errorf("tensor %q: %w (after CanAdd said it could)", key, err)
 		}
 		target = id
 		f.retype.newFile(id)
@@ -351,13 +354,12 @@ func (f *FS) renameIntoView(src *tree.Node, dst *dirNode, newName string) (done 
 	}
 	data := b[parsed.DataOffset:]
 	if target != nil {
-		err = f.ck.Replace(checkpoint.ID(target.Tensor), dtype, parsed.Shape, data)
-	} else {
+		err = f.ck.ReplaceSync(checkpoint.ID(target.Tensor), dtype, parsed.Shape, data)
+	} else if err = f.tree.CanAdd(dst.node, base); err == nil {
+		// The name is checked before the tensor is made durable.
 		var nid checkpoint.ID
-		if nid, err = f.ck.PutNew(key, dtype, parsed.Shape, data); err == nil {
-			if _, err = f.tree.AddFile(dst.node, base, key, int(nid)); err != nil {
-				f.ck.Delete(nid)
-			} else {
+		if nid, err = f.ck.PutNewSync(key, dtype, parsed.Shape, data); err == nil {
+			if _, err = f.tree.AddFile(dst.node, base, key, int(nid)); err == nil {
 				f.retype.newFile(nid)
 			}
 		}

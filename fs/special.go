@@ -38,7 +38,7 @@ func (f *FS) docs() []*doc {
 		if err != nil {
 			return err
 		}
-		if err := f.ck.SetMetadata(meta); err != nil {
+		if err := f.ck.SetMetadataSync(meta); err != nil {
 			return err
 		}
 		f.metaJSON.Store(nil) // rendered again at the next read
@@ -50,7 +50,7 @@ func (f *FS) docs() []*doc {
 			if err != nil {
 				return err
 			}
-			return f.ck.SetIndexMetadata(meta)
+			return f.ck.SetIndexMetadataSync(meta)
 		}})
 	}
 	return d

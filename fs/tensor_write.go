@@ -107,28 +107,37 @@ func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno 
 		return 0
 	}
 	t.fsys.writers.flushed(t.id)
-	if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
+	committed, errno := t.fsys.commitRewrite(h, t.id)
+	if errno != 0 {
 		return errno
 	}
 	t.fsys.settle(t.id)
+	if committed {
+		// The rewrite is durable: this close succeeded, whatever else
+		// is pending.
+		t.fsys.syncAfterCommit(ctx)
+		return 0
+	}
 	return t.fsys.sync(ctx)
 }
 
-// commitRewrite commits h's rewrite of tensor id if it has the right size;
-// EINVAL, with the reason recorded, if not.
-func (f *FS) commitRewrite(h *writeHandle, id checkpoint.ID) syscall.Errno {
+// commitRewrite commits h's rewrite of tensor id, durably, if it has the
+// right size: EINVAL, with the reason recorded, if not; the errno of what
+// failed if it could not be made durable. Either way the tensor keeps its
+// bytes and the rewrite stays open (a close through a dup may complete it).
+func (f *FS) commitRewrite(h *writeHandle, id checkpoint.ID) (committed bool, errno syscall.Errno) {
 	committed, err := h.commit()
 	if err != nil {
 		f.fail(err)
 		// The kernel's cache of the file holds what was written, and
 		// its size: the tensor does not.
 		f.changed(id, 0)
-		return syscall.EINVAL
+		return false, closeErrno(err)
 	}
 	if committed {
 		f.changed(id, tensorIno(id))
 	}
-	return 0
+	return committed, 0
 }
 
 // Release drops a rewrite no close completed: the tensor keeps its bytes.
@@ -157,7 +166,7 @@ func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errn
 // another size cannot be made durable and fails with EINVAL.
 func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
 	if h, ok := fh.(*writeHandle); ok {
-		if errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
+		if _, errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
 			return errno
 		}
 	}

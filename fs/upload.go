@@ -50,16 +50,20 @@ func (s *uploadSet) truncateAll(size int64) syscall.Errno {
 	return 0
 }
 
-// flushUpload commits what an upload collected (once per write session) and
-// persists; a refused commit fails the close with EINVAL and keeps the old
-// state.
+// flushUpload commits what an upload collected (once per write session):
+// commit makes the change durable before it returns, or not at all (the
+// checkpoint's *Sync edits). A refused commit fails the close with EINVAL
+// (EFBIG past the header limit), one that could not be made durable with
+// the errno of what failed (ENOSPC, EIO...); either way the old state is
+// kept, now and after unmount.
 func (f *FS) flushUpload(ctx context.Context, u *upload, commit func([]byte) error) syscall.Errno {
 	return u.flush(func(b []byte) syscall.Errno {
 		if err := commit(b); err != nil {
 			f.fail(err)
-			return syscall.EINVAL
+			return closeErrno(err)
 		}
-		return f.sync(ctx)
+		f.syncAfterCommit(ctx)
+		return 0
 	})
 }
 

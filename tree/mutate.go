@@ -45,6 +45,10 @@ func (t *Tree) AddFile(dir *Node, name, key string, tensor int) (*Node, error) {
 	return n, nil
 }
 
+// CanAdd reports why AddFile of name in dir would fail, or nil: a caller
+// checks before it makes what the file stands for.
+func (t *Tree) CanAdd(dir *Node, name string) error { return t.checkNew("add file", dir, name) }
+
 // AddDir adds an empty directory with Key ChildKey(dir, name).
 func (t *Tree) AddDir(dir *Node, name string) (*Node, error) {
 	if err := t.checkNew("add directory", dir, name); err != nil {

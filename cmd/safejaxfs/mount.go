@@ -264,8 +264,21 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		}
 	}
 	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt, Located: located, Index: index})
+	if !readOnly && (errors.Is(err, checkpoint.ErrSymlink) || errors.Is(err, checkpoint.ErrLinked)) {
+		// Files safejaxfs will not write (a symlink in the checkpoint's
+		// directory, as in a Hugging Face cache snapshot; a file with
+		// other hard links) can still be read: like an unwritable
+		// directory, mount read-only and say why.
+		logger.notice("%v: mounting read-only", err)
+		readOnly = true
+		ck, err = checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: true, Remote: ropt, Located: located, Index: index})
+	}
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fail(exitMount, "%v", err)
+	}
+	var logErr *checkpoint.LogError
+	if errors.As(err, &logErr) {
+		return fail(exitWriteBack, "%v", err) // edits wait in a log it will not apply
 	}
 	if err != nil {
 		return fail(exitInvalid, "%v", err)

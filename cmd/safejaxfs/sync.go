@@ -46,10 +46,14 @@ func runSync(args []string) error {
 
 // runRecover finishes, without mounting, what a crash left in a
 // checkpoint's log: the edits are written back into the files and the log
-// removed, as the next read-write mount would do.
+// removed, as the next read-write mount would do. A log that does not
+// belong to the files as they are is never applied: recover says so, and
+// --discard moves it aside (nothing is deleted) so the checkpoint can be
+// used as it is.
 func runRecover(args []string) error {
-	fl := newFlags("recover", "CHECKPOINT",
-		"Write back the edits a crashed or killed mount left in CHECKPOINT's log (as the\nnext read-write mount would), then exit. Does nothing if nothing is pending.")
+	fl := newFlags("recover", "[--discard] CHECKPOINT",
+		"Write back the edits a crashed or killed mount left in CHECKPOINT's log (as the\nnext read-write mount would), then exit. Does nothing if nothing is pending.\nA log that was not written for the files as they are now is not applied;\n--discard moves it aside (renamed .stale-<time>, not deleted) instead.")
+	discard := fl.Bool("discard", false, "move the checkpoint's log aside unapplied, and remove leftover temp files")
 	rest, err := parseFlags(fl, args, 1, 1)
 	if err != nil {
 		return err
@@ -57,10 +61,29 @@ func runRecover(args []string) error {
 	if err := checkCheckpoint(rest[0]); err != nil {
 		return err
 	}
+	if *discard {
+		moved, err := checkpoint.Discard(rest[0])
+		if errors.Is(err, checkpoint.ErrLocked) {
+			return fail(exitMount, "%v", err)
+		}
+		if err != nil {
+			return fail(exitWriteBack, "%v", err)
+		}
+		if moved == "" {
+			fmt.Fprintf(os.Stdout, "%s: no log to discard\n", rest[0])
+		} else {
+			fmt.Fprintf(os.Stdout, "%s: moved the log aside to %s (unapplied; delete it when you no longer want its edits)\n", rest[0], moved)
+		}
+		return nil
+	}
 	p, pending := checkpoint.Pending(rest[0])
 	c, err := checkpoint.Open(rest[0], checkpoint.Options{})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fail(exitMount, "%v", err)
+	}
+	var le *checkpoint.LogError
+	if errors.As(err, &le) {
+		return fail(exitWriteBack, "%v", err)
 	}
 	if err != nil {
 		return fail(exitInvalid, "%v", err)

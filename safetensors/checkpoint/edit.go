@@ -413,6 +413,11 @@ func (c *Checkpoint) SetMTime(id ID, mtime time.Time) error {
 func (c *Checkpoint) SetMetadata(m map[string]string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.setMetadata(m)
+}
+
+// setMetadata is SetMetadata; caller holds mu.
+func (c *Checkpoint) setMetadata(m map[string]string) error {
 	if c.readOnly {
 		return ErrReadOnly
 	}

@@ -19,6 +19,9 @@ var (
 	// ErrPending: a log of edits waits to be written back (a read-only
 	// open refuses the checkpoint until a read-write one finishes it).
 	ErrPending = errors.New("edits are waiting in the log")
+	// ErrNotDurable: an edit that a close commits could not be made
+	// durable (it wraps what failed: ENOSPC, EIO...), so it was not made.
+	ErrNotDurable = errors.New("the change could not be made durable, so it was not made")
 	// ErrLinked: a checkpoint file with other hard links, which an
 	// in-place write would change too.
 	ErrLinked = errors.New("file has other hard links")

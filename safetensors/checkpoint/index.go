@@ -152,6 +152,11 @@ func (c *Checkpoint) IndexMetadata() map[string]json.RawMessage {
 func (c *Checkpoint) SetIndexMetadata(m map[string]json.RawMessage) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.setIndexMetadata(m)
+}
+
+// setIndexMetadata is SetIndexMetadata; caller holds mu.
+func (c *Checkpoint) setIndexMetadata(m map[string]json.RawMessage) error {
 	if c.readOnly {
 		return ErrReadOnly
 	}

@@ -126,15 +126,29 @@ func (s *Staged) Read(off int64, n int) (segs [][]byte, release func(), err erro
 func (s *Staged) Commit() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	_, err := s.commitLocked()
+	return err
+}
+
+// CommitSync is Commit, durable before it returns or not made at all
+// (see durably): a close whose rewrite could not be logged fails, and the
+// tensor keeps its bytes.
+func (s *Staged) CommitSync() error {
+	return s.c.durablyUnder(&s.mu, s.commitLocked)
+}
+
+// commitLocked is Commit with s.mu and the checkpoint's mu held; it
+// returns the undo of what it did.
+func (s *Staged) commitLocked() (func(), error) {
 	c := s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	t := c.get(s.id)
 	if t == nil {
-		return nil
+		return func() {}, nil
 	}
 	if s.data.size != t.want() {
-		return fmt.Errorf("tensor %q: rewritten with %d bytes, but %s %s needs %d; kept the previous bytes: %w",
+		return nil, fmt.Errorf("tensor %q: rewritten with %d bytes, but %s %s needs %d; kept the previous bytes: %w",
 			t.key, s.data.size, t.dtype, shapeString(t.shape), t.want(), ErrSize)
 	}
 	d := s.data.clone()
@@ -144,10 +158,12 @@ func (s *Staged) Commit() error {
 		// that lived there come along in memory.
 		m, err := materialized(d)
 		if err != nil {
-			return fmt.Errorf("tensor %q: %w", t.key, err)
+			return nil, fmt.Errorf("tensor %q: %w", t.key, err)
 		}
 		d = m
 	}
+	undo := c.undoTensor(t)
+	retired := len(c.retired)
 	switch {
 	case len(d.base) > 0 && d.ref != cur && !slices.Contains(c.retired, d.ref):
 		// The prefix reads from a mapping a rewrite retired and
@@ -165,7 +181,13 @@ func (s *Staged) Commit() error {
 	t.touch()
 	c.mark(t)
 	c.edits++
-	return nil
+	return func() {
+		undo()
+		for _, m := range c.retired[retired:] {
+			m.release()
+		}
+		c.retired = c.retired[:retired]
+	}, nil
 }
 
 // leave makes the rewrite stop reading from mapping old (its file is about

@@ -1,0 +1,223 @@
+package checkpoint
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// Edits that a close commits (a rewrite of a tensor, a .npy written into
+// the mount, __metadata__) are all or nothing with their durability: when
+// the close succeeds the edit is in the log, and when it fails the edit
+// never happened, now and after unmount (issue 15 item 7). durably does
+// that: with persistMu and mu held throughout, the edit is applied, every
+// change so far is committed to the log in one batch, and if that fails
+// the edit is undone before anyone else can see it. Changes made before
+// the edit (other descriptors' writes) stay pending, as after any failed
+// Sync. Writes into a tensor through a descriptor opened without O_TRUNC
+// are not of this kind: they are applied as they are written, as on any
+// file system, and their fsync or close only reports whether they are
+// durable.
+
+// durably applies edit (with mu held; it returns its own undo) and makes
+// it and everything before it durable, or leaves the state as if it had
+// never been made.
+func (c *Checkpoint) durably(edit func() (undo func(), err error)) error {
+	return c.durablyUnder(nil, edit)
+}
+
+// durablyUnder is durably with outer (a lock that comes between persistMu
+// and mu in the lock order: a Staged's) held as well.
+func (c *Checkpoint) durablyUnder(outer *sync.Mutex, edit func() (undo func(), err error)) error {
+	if c.readOnly {
+		return ErrReadOnly
+	}
+	c.persistMu.Lock()
+	defer c.persistMu.Unlock()
+	if err := c.resume(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotDurable, err)
+	}
+	if c.stuck != nil {
+		return fmt.Errorf("%w: %w", ErrNotDurable, c.stuck)
+	}
+	if outer != nil {
+		outer.Lock()
+		defer outer.Unlock()
+	}
+	c.mu.Lock()
+	undo, err := edit()
+	if err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if c.recovery != "" || !c.unchangedOnDisk() {
+		// The checkpoint is another program's now: nothing more is
+		// logged for it. The edit stays, diverted with every other one
+		// to a recovery file, which the error names.
+		c.mu.Unlock()
+		s := c.snapshot()
+		defer s.release()
+		return c.recover(s)
+	}
+	b := c.collect()
+	if len(b.recs) == 0 {
+		c.mu.Unlock()
+		return nil
+	}
+	at, err := c.writeBatch(b, true)
+	if err != nil {
+		c.abort(b)
+		undo()
+		c.mu.Unlock()
+		return fmt.Errorf("%w: %w", ErrNotDurable, err)
+	}
+	c.apply(b, at)
+	c.mu.Unlock()
+	// A log past its limit is folded by the next Sync (the caller's
+	// locks may be held here: no write-back under them).
+	return nil
+}
+
+// undoTensor returns a func that puts t back as it is now: its fields and
+// bytes, whether it is dirty, its shard's header bound and the edit count.
+// Caller holds mu (and still does when the func runs).
+func (c *Checkpoint) undoTensor(t *tensor) func() {
+	saved := *t
+	saved.cur = t.cur.clone() // an edit may write into t.cur's chunk map
+	_, dirty := c.dirty[t]
+	sh := c.shards[t.shard]
+	bound, layout, edits := sh.hdrBound, sh.layoutGen, c.edits
+	var index uint64
+	if c.index != nil {
+		index = c.index.layoutGen
+	}
+	return func() {
+		*t = saved
+		if !dirty {
+			delete(c.dirty, t)
+		}
+		sh.hdrBound, sh.layoutGen, c.edits = bound, layout, edits
+		if c.index != nil {
+			c.index.layoutGen = index
+		}
+	}
+}
+
+// undoNew returns a func that removes tensor id, just added: its ID is
+// never used again.
+func (c *Checkpoint) undoNew(id ID) func() {
+	t := c.tensors[id]
+	return func() {
+		delete(c.byKey, t.key)
+		delete(c.dirty, t)
+		c.tensors[id] = nil
+		c.applyHeader(headerDelta{t.shard: -t.entryBound()})
+	}
+}
+
+// PutSync is Put, durable before it returns or not made at all.
+func (c *Checkpoint) PutSync(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
+	return c.putSync(key, dtype, shape, data, false)
+}
+
+// PutNewSync is PutNew, durable before it returns or not made at all.
+func (c *Checkpoint) PutNewSync(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
+	return c.putSync(key, dtype, shape, data, true)
+}
+
+func (c *Checkpoint) putSync(key string, dtype safetensors.DType, shape []uint64, data []byte, mustBeNew bool) (ID, error) {
+	var id ID
+	err := c.durably(func() (func(), error) {
+		old, exists := c.byKey[key]
+		if exists && mustBeNew {
+			return nil, fmt.Errorf("tensor %q: %w", key, ErrExists)
+		}
+		var undo func()
+		if exists {
+			undo = c.undoTensor(c.tensors[old])
+		}
+		var err error
+		if id, err = c.put(key, dtype, shape, data); err != nil {
+			if undo != nil {
+				undo()
+			}
+			return nil, err
+		}
+		if undo == nil {
+			undo = c.undoNew(id)
+		}
+		return undo, nil
+	})
+	return id, err
+}
+
+// ReplaceSync is Replace, durable before it returns or not made at all.
+func (c *Checkpoint) ReplaceSync(id ID, dtype safetensors.DType, shape []uint64, data []byte) error {
+	return c.durably(func() (func(), error) {
+		t := c.get(id)
+		if t == nil {
+			return nil, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+		}
+		undo := c.undoTensor(t)
+		if _, err := c.put(t.key, dtype, shape, data); err != nil {
+			undo()
+			return nil, err
+		}
+		return undo, nil
+	})
+}
+
+// SetMetadataSync is SetMetadata, durable before it returns or not made.
+func (c *Checkpoint) SetMetadataSync(m map[string]string) error {
+	return c.durably(func() (func(), error) {
+		undo := c.undoMeta()
+		if err := c.setMetadata(m); err != nil {
+			undo()
+			return nil, err
+		}
+		return undo, nil
+	})
+}
+
+// SetIndexMetadataSync is SetIndexMetadata, durable before it returns or
+// not made.
+func (c *Checkpoint) SetIndexMetadataSync(m map[string]json.RawMessage) error {
+	return c.durably(func() (func(), error) {
+		undo := c.undoMeta()
+		if err := c.setIndexMetadata(m); err != nil {
+			undo()
+			return nil, err
+		}
+		return undo, nil
+	})
+}
+
+// undoMeta returns a func that puts every shard's metadata (and the
+// index's) back as it is now. Caller holds mu.
+func (c *Checkpoint) undoMeta() func() {
+	type shardMeta struct {
+		meta               map[string]string
+		metaGen, layoutGen uint64
+		hdr                int64
+	}
+	saved := make([]shardMeta, len(c.shards))
+	for i, sh := range c.shards {
+		saved[i] = shardMeta{meta: sh.meta, metaGen: sh.metaGen, layoutGen: sh.layoutGen, hdr: sh.hdrBound}
+	}
+	var x indexState
+	if c.index != nil {
+		x = *c.index
+	}
+	edits := c.edits
+	return func() {
+		for i, sh := range c.shards {
+			sh.meta, sh.metaGen, sh.layoutGen, sh.hdrBound = saved[i].meta, saved[i].metaGen, saved[i].layoutGen, saved[i].hdr
+		}
+		if c.index != nil {
+			c.index.meta, c.index.metaGen, c.index.layoutGen = x.meta, x.metaGen, x.layoutGen
+		}
+		c.edits = edits
+	}
+}
