@@ -396,7 +396,7 @@ func (f *FS) saveRecovery() syscall.Errno {
 		f.fail(err)
 		return writeBackErrno(err)
 	}
-	f.logf("edits saved to the recovery file %s", p)
+	f.logf("edits are safe in %s", p)
 	f.rescued.Store(&p)
 	return 0
 }

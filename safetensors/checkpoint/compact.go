@@ -687,6 +687,7 @@ func (c *Checkpoint) dropLog() error {
 		return herr
 	}
 	w := c.wal
+	w.hooks = c.hooks
 	inW := func(b []byte) bool {
 		for _, m := range w.maps {
 			if m.holds(b) {

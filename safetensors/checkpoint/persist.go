@@ -172,6 +172,7 @@ func (c *Checkpoint) writeBatch(b *batch, locked bool) ([]int64, error) {
 		c.walMaps = append(c.walMaps, w.m)
 		unlock()
 	} else if !c.wal.intact() {
+		c.wal.hooks = c.hooks
 		m, err := c.wal.relog()
 		if err != nil {
 			return nil, err

@@ -14,17 +14,23 @@ import (
 
 // SaveRecovery writes every edit, persisted or not, to
 // "<stem>.safejaxfs-recovered-<time>.safetensors" next to the checkpoint,
-// else in the first of dirs that takes it, and returns its path. Nothing
-// is written when the last recovery file already holds the current state.
-// The error names every place tried.
+// else in the first of dirs that takes it, and says where (the file's path,
+// with what it could not hold: see writeRecovery). When the log already
+// holds every edit, nothing is written and it names the log and what to do
+// with it. Nothing is written either when the last recovery file already
+// holds the current state. The error names every place tried.
 func (c *Checkpoint) SaveRecovery(dirs ...string) (string, error) {
 	if c.readOnly {
 		return "", ErrReadOnly
 	}
 	if p := c.loggedAll(); p != "" {
 		// Every edit is durable in the log already: that is where they
-		// are, and the next read-write open writes them back.
-		return p, nil
+		// are, and the next read-write open writes them back. It is not
+		// a checkpoint of its own (it applies only to these files as
+		// they are), so it is named for what it is, with what to do; a
+		// whole copy of the checkpoint is not written into the caller's
+		// directories, which may be small (a tmpfs in memory).
+		return fmt.Sprintf("the log %s, which applies only to %s as it is now: run safejaxfs recover %s once there is room (keep the log next to the checkpoint; move or copy them together, never one without the other)", p, c.path, c.path), nil
 	}
 	s := c.snapshot()
 	defer s.release()
@@ -47,12 +53,12 @@ func (c *Checkpoint) SaveRecovery(dirs ...string) (string, error) {
 			// The caller's directories may have been cleaned away.
 			os.MkdirAll(dir, 0o700)
 		}
-		p, _, err := c.writeRecoveryIn(s, dir)
+		p, lost, err := c.writeRecoveryIn(s, dir)
 		if err == nil {
 			c.mu.Lock()
 			c.rescued, c.rescuedEdits = p, s.edits
 			c.mu.Unlock()
-			return p, nil
+			return p + lost.String(), nil
 		}
 		if dir == "" {
 			dir = "next to the checkpoint"

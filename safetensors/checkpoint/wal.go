@@ -247,6 +247,7 @@ func (w *wal) bytesAt(off, n int64) []byte { return w.m.b[off : off+n : off+n] }
 // log is cut back to where it was, so the batch never happened; the error
 // keeps its errno (ENOSPC, EDQUOT, EIO).
 func (w *wal) commit(recs []walRecord, hooks *crashHooks) ([]int64, error) {
+	w.hooks = hooks // the caller's, now (tests change them on a live log)
 	start, crc := w.end, w.crc
 	recs = append(recs, walRecord{typ: recCommit, head: commitBody(w.seq + 1)})
 	w.prefill(batchLength(recs))
