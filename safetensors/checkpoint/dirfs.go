@@ -108,8 +108,10 @@ func (d *cdir) parent(name string, fn func(pfd int, base string) error) error {
 // openBeneath opens name (relative, maybe several components) below d
 // refusing symlinks anywhere in it.
 func (d *cdir) openBeneath(name string, flags int, perm uint32) (int, error) {
+	// RESOLVE_NO_SYMLINKS refuses a symlink anywhere, the last component
+	// included, with ELOOP (O_NOFOLLOW with O_DIRECTORY would say ENOTDIR).
 	how := unix.OpenHow{
-		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
+		Flags:   uint64(flags | unix.O_CLOEXEC),
 		Mode:    uint64(perm),
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
@@ -148,6 +150,13 @@ func (d *cdir) walk(name string, flags int, perm uint32) (int, error) {
 			fl, mode = flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm
 		}
 		fd, err := openat(cur, p, fl, mode)
+		if err == unix.ENOTDIR {
+			// O_NOFOLLOW|O_DIRECTORY on a symlink: say what it is.
+			var st unix.Stat_t
+			if unix.Fstatat(cur, p, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				err = unix.ELOOP
+			}
+		}
 		closeUnless(cur, d.fd())
 		if err != nil {
 			return -1, symlinkErr(err)

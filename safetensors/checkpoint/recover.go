@@ -99,6 +99,9 @@ func settleLog(d *cdir, loc *safetensors.Location, path, main string, owner *uni
 	base := s.recs[0].files
 	if cr := lastCompact(s); cr != nil {
 		plan, why, err := planCompaction(d, main, base, s, cr)
+		if errors.Is(err, errWALInvalid) {
+			return nil, loc, false, refuse(err.Error(), err)
+		}
 		if err != nil {
 			return nil, loc, false, err
 		}
