@@ -4,8 +4,8 @@
 package fs
 
 import (
-	"io"
-	"log"
+	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -25,9 +25,9 @@ const MetadataName = "__metadata__"
 
 // Options shape the presented tree.
 type Options struct {
-	Sep    string      // key separator ("" = ".")
-	NPY    bool        // list <tensor>.npy views in directory listings
-	Logger *log.Logger // where refused edits and write-back failures are explained; nil: discarded
+	Sep    string       // key separator ("" = ".")
+	NPY    bool         // list <tensor>.npy views in directory listings
+	Logger *slog.Logger // where refused edits and write-back failures are explained; nil: discarded
 	// LogPath is the file Logger writes to, if any (shown by the root's
 	// user.safejaxfs.log attribute).
 	LogPath string
@@ -50,7 +50,7 @@ type FS struct {
 	mtime    time.Time
 	uid, gid uint32
 
-	logger  *log.Logger
+	logger  *slog.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
 	rescued atomic.Pointer[string] // the last recovery file written on request
 
@@ -83,7 +83,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	}
 	f := &FS{ck: ck, opt: opt, tree: t, logger: opt.Logger}
 	if f.logger == nil {
-		f.logger = log.New(io.Discard, "", 0)
+		f.logger = slog.New(slog.DiscardHandler)
 	}
 	f.nextIno.Store(1 << 62)
 	f.maxUpload = uploadLimit()
@@ -225,7 +225,9 @@ func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
-func (f *FS) logf(format string, args ...any) { f.logger.Printf(format, args...) }
+// logf logs why a request failed or an edit was refused: the errno is
+// all the caller gets, so these are warnings for the user to read.
+func (f *FS) logf(format string, args ...any) { f.logger.Warn(fmt.Sprintf(format, args...)) }
 
 // changed tells the kernel that tensor id's bytes or attributes changed, for
 // its raw file and its views, except the inode the change came through: the

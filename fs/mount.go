@@ -2,7 +2,7 @@ package fs
 
 import (
 	"fmt"
-	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,7 +17,7 @@ type MountOptions struct {
 	AllowOther bool
 	Extra      []string // -o options passed through to the kernel
 	Debug      bool
-	Logger     *log.Logger
+	Logger     *slog.Logger // nil: discarded
 }
 
 // cacheTimeout is how long the kernel may trust names and attributes. Tensor
@@ -31,6 +31,12 @@ const cacheTimeout = time.Hour
 // INIT handshake, so the mount is usable when it returns. As root it mounts
 // directly (no fusermount needed); otherwise go-fuse uses fusermount3.
 func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
+	if mo.Logger == nil {
+		mo.Logger = slog.New(slog.DiscardHandler)
+	}
+	// go-fuse takes a *log.Logger: its lines (every request with --debug)
+	// go through the same handler, escaped like the rest.
+	fuseLog := slog.NewLogLogger(mo.Logger.Handler(), slog.LevelInfo)
 	// /proc/mounts shows the source: the checkpoint's absolute path, or
 	// a remote checkpoint's URL (which never carries credentials).
 	src := f.ck.Path()
@@ -50,7 +56,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
-		Logger:          mo.Logger,
+		Logger:          fuseLog,
 		RootStableAttr:  &fs.StableAttr{Ino: inoRoot},
 		MountOptions: fuse.MountOptions{
 			FsName:      src,
@@ -81,7 +87,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			MaxWrite:     1 << 20,
 			MaxReadAhead: 1 << 20,
 			Debug:        mo.Debug,
-			Logger:       mo.Logger,
+			Logger:       fuseLog,
 		},
 	}
 	raw := &listingFS{RawFileSystem: fs.NewNodeFS(f.Root(), fsOpts)}
@@ -105,7 +111,7 @@ const readaheadKB = 1024
 // raiseReadahead sets the mount's read_ahead_kb (root only; others keep
 // the default). The mount's device number comes from mountinfo: stat of
 // the mountpoint would be a request to this very process.
-func raiseReadahead(mountpoint string, logger *log.Logger) {
+func raiseReadahead(mountpoint string, logger *slog.Logger) {
 	m, found, err := FindMount(mountpoint)
 	if err == nil && !found {
 		err = fmt.Errorf("not in /proc/self/mountinfo")
@@ -113,7 +119,7 @@ func raiseReadahead(mountpoint string, logger *log.Logger) {
 	if err == nil {
 		err = os.WriteFile("/sys/class/bdi/"+m.Dev+"/read_ahead_kb", []byte(strconv.Itoa(readaheadKB)), 0)
 	}
-	if err != nil && os.Geteuid() == 0 && logger != nil {
-		logger.Printf("readahead for %s stays at the default: %v", mountpoint, err)
+	if err != nil && os.Geteuid() == 0 {
+		logger.Info(fmt.Sprintf("readahead for %s stays at the default: %v", mountpoint, err))
 	}
 }

@@ -31,7 +31,9 @@ func FindMount(path string) (m MountEntry, found bool, err error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
+		// Split at spaces only: the kernel escapes space, tab, newline and
+		// backslash in paths, but not a CR or other whitespace.
+		fields := strings.Split(sc.Text(), " ")
 		if len(fields) < 7 || unescapeOctal(fields[4]) != abs {
 			continue
 		}

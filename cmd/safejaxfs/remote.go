@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"log"
+	"log/slog"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -42,7 +42,7 @@ func addRemoteFlags(fl *pflag.FlagSet, rf *remoteFlags, withCache bool) {
 
 // options turns the flags into remote.Options. A relative cache directory
 // is made absolute: the daemon works from /.
-func (rf *remoteFlags) options(logger *log.Logger) (remote.Options, error) {
+func (rf *remoteFlags) options(logger *slog.Logger) (remote.Options, error) {
 	opt := remote.Options{S3Endpoint: rf.s3Endpoint, Logger: logger}
 	if rf.cacheSize != "" {
 		n, err := parseByteSize(rf.cacheSize)

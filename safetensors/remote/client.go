@@ -108,21 +108,21 @@ func (o *Object) withRetries(ctx context.Context, op string, rng func() string, 
 				e.Err = fmt.Errorf("%w (gave up after %d attempts)", a.err, i+1)
 			}
 			if !a.quiet {
-				opt.Logger.Print(e.Error())
+				opt.Logger.Warn(e.Error())
 			}
 			return e
 		}
 		wait := a.wait
 		if wait > opt.MaxRetryAfter {
 			e.Err = fmt.Errorf("%w (the server asks to retry after %v, more than the %v this client waits)", a.err, wait, opt.MaxRetryAfter)
-			opt.Logger.Print(e.Error())
+			opt.Logger.Warn(e.Error())
 			return e
 		}
 		if wait == 0 {
 			wait = min(opt.RetryBase<<i, 30*time.Second)
 			wait = wait/2 + rand.N(wait/2+1)
 		}
-		opt.Logger.Printf("%s; retry %d/%d in %v", e.Error(), i+1, opt.Retries, wait.Round(time.Millisecond))
+		opt.Logger.Warn(fmt.Sprintf("%s; retry %d/%d in %v", e.Error(), i+1, opt.Retries, wait.Round(time.Millisecond)))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

@@ -2,8 +2,7 @@ package remote
 
 import (
 	"errors"
-	"io"
-	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -25,9 +24,9 @@ type Options struct {
 	// shared config's endpoint_url (an S3-compatible store). Requests to a
 	// custom endpoint use path-style addressing.
 	S3Endpoint string
-	// Logger receives one line per failed request (display URL, range,
+	// Logger receives one record per failed request (display URL, range,
 	// status, what happens next) and never credentials. nil discards them.
-	Logger *log.Logger
+	Logger *slog.Logger
 
 	// MaxConns bounds the concurrent requests of an Object and its
 	// siblings. 0 means 8.
@@ -92,7 +91,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	o.CacheSize = max(o.CacheSize, MinCacheSize)
 	if o.Logger == nil {
-		o.Logger = log.New(io.Discard, "", 0)
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	def := func(v *int64, d int64) {
 		if *v <= 0 {
