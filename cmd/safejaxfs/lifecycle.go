@@ -78,6 +78,12 @@ func newDaemonLog(mnt, logFile string, ready *ready) (*daemonLog, error) {
 	return l, nil
 }
 
+// cliLogger is the logger of a command that runs in the terminal (recover,
+// unmount's recovery): warnings and errors on stderr, escaped.
+func cliLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
 // printf logs a line about the daemon's life (mounted, signalled).
 func (l *daemonLog) printf(format string, args ...any) { l.Info(fmt.Sprintf(format, args...)) }
 

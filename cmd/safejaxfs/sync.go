@@ -57,16 +57,9 @@ func runRecover(args []string) error {
 	if err := checkCheckpoint(rest[0]); err != nil {
 		return err
 	}
-	p, pending := checkpoint.Pending(rest[0])
-	c, err := checkpoint.Open(rest[0], checkpoint.Options{})
-	if errors.Is(err, checkpoint.ErrLocked) {
-		return fail(exitMount, "%v", err)
-	}
+	p, pending, err := recoverCheckpoint(rest[0])
 	if err != nil {
-		return fail(exitInvalid, "%v", err)
-	}
-	if err := c.Close(); err != nil {
-		return fail(exitWriteBack, "%v", err)
+		return err
 	}
 	if pending {
 		fmt.Fprintf(os.Stdout, "%s: wrote back the edits in %s\n", rest[0], p)
@@ -74,4 +67,23 @@ func runRecover(args []string) error {
 		fmt.Fprintf(os.Stdout, "%s: nothing to recover\n", rest[0])
 	}
 	return nil
+}
+
+// recoverCheckpoint is what recover does (and unmount of a mount whose
+// daemon died): a read-write open, which finishes or replays the log, and
+// a close, which writes the edits back. It returns the log's path and
+// whether one was pending.
+func recoverCheckpoint(ckpt string) (logPath string, pending bool, err error) {
+	logPath, pending = checkpoint.Pending(ckpt)
+	c, err := checkpoint.Open(ckpt, checkpoint.Options{Logger: cliLogger()})
+	if errors.Is(err, checkpoint.ErrLocked) {
+		return logPath, pending, fail(exitMount, "%v", err)
+	}
+	if err != nil {
+		return logPath, pending, fail(exitInvalid, "%v", err)
+	}
+	if err := c.Close(); err != nil {
+		return logPath, pending, fail(exitWriteBack, "%v", err)
+	}
+	return logPath, pending, nil
 }
