@@ -226,7 +226,7 @@ func (f *FS) f32Bytes(id checkpoint.ID) ([]byte, error) {
 	}
 	b := make([]byte, int64(len(h))+4*n)
 	copy(b, h)
-	k, err := f.readF32(id, b[len(h):], 0)
+	k, err := f.readF32(context.Background(), id, b[len(h):], 0)
 	return b[:len(h)+k], err
 }
 
@@ -260,7 +260,7 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 		k = copy(out, h[off:])
 	}
 	if k < len(out) {
-		got, err := f.readF32(n.id, out[k:], max(off-hn, 0))
+		got, err := f.readF32(ctx, n.id, out[k:], max(off-hn, 0))
 		if err != nil {
 			return nil, f.readFailed(&n.Inode, off, err)
 		}
@@ -271,7 +271,8 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 
 // readF32 fills dst with the float32 bytes of tensor id from byte off of
 // the converted data, and returns how many it filled (fewer at the end).
-func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
+// ctx ends an interrupted read of a remote tensor.
+func (f *FS) readF32(ctx context.Context, id checkpoint.ID, dst []byte, off int64) (int, error) {
 	info, ok := f.ck.Attr(id) // a removed tensor reads on while a file has it open
 	if !ok {
 		return 0, fmt.Errorf("tensor %d: %w", id, checkpoint.ErrNotFound)
@@ -291,7 +292,7 @@ func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
 	done := 0
 	for e0 < e1 {
 		step := min(e1-e0, f32Step) // a multiple of every group
-		src, release, err := f.packed(id, e0*bits/8, int(step*bits/8))
+		src, release, err := f.packed(ctx, id, e0*bits/8, int(step*bits/8))
 		if err != nil {
 			return done, err
 		}
@@ -322,8 +323,8 @@ func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
 
 // packed returns n source bytes of tensor id at off as one slice: the
 // checkpoint's own when it has them in one segment, else gathered.
-func (f *FS) packed(id checkpoint.ID, off int64, n int) ([]byte, func(), error) {
-	segs, release, err := f.ck.Read(id, off, n)
+func (f *FS) packed(ctx context.Context, id checkpoint.ID, off int64, n int) ([]byte, func(), error) {
+	segs, release, err := f.ck.ReadContext(ctx, id, off, n)
 	if err != nil {
 		return nil, nop, err
 	}

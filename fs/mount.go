@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -18,6 +21,10 @@ type MountOptions struct {
 	Extra      []string // -o options passed through to the kernel
 	Debug      bool
 	Logger     *slog.Logger // nil: discarded
+
+	// afterAttach, if set (by tests only), runs once the mount answers;
+	// its error fails Mount as a failure after attaching would.
+	afterAttach func() error
 }
 
 // cacheTimeout is how long the kernel may trust names and attributes. Tensor
@@ -86,21 +93,62 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			// and writes: 1 MiB is the kernel's maximum.
 			MaxWrite:     1 << 20,
 			MaxReadAhead: 1 << 20,
-			Debug:        mo.Debug,
-			Logger:       fuseLog,
+			// FUSE tells the daemon of an interrupted reader (Ctrl-C)
+			// only for synchronous requests; readahead of async reads
+			// is never interrupted. A remote read can wait on the
+			// network for long, so its reader must be able to give up
+			// (and the fetch with it, see checkpoint.ReadContext). A
+			// remote mount has its own read-ahead (the chunk cache's
+			// window); a local one keeps the kernel's parallel reads.
+			SyncRead: f.ck.Remote() != nil,
+			Debug:    mo.Debug,
+			Logger:   fuseLog,
 		},
 	}
+	before, _, _ := FindMount(mountpoint)
 	raw := &listingFS{RawFileSystem: fs.NewNodeFS(f.Root(), fsOpts)}
 	server, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
+		// go-fuse fails after the kernel attached the mount when the INIT
+		// handshake does: a mount nobody answers would stay behind.
+		detachNew(mountpoint, before, mo.Logger)
 		return nil, err
 	}
 	go server.Serve()
-	if err := server.WaitMount(); err != nil {
+	err = server.WaitMount()
+	if err == nil && mo.afterAttach != nil {
+		err = mo.afterAttach()
+	}
+	if err != nil {
+		if uerr := server.Unmount(); uerr != nil {
+			mo.Logger.Warn(fmt.Sprintf("unmounting %s after a failed mount: %v; detaching it", mountpoint, uerr))
+			detachNew(mountpoint, before, mo.Logger)
+		}
 		return nil, err
 	}
 	raiseReadahead(mountpoint, mo.Logger)
 	return server, nil
+}
+
+// detachNew lazily detaches the safejaxfs mount at mountpoint if it is not
+// the one that was there before (before: the mount table's top entry
+// then), i.e. one this Mount attached and could not serve.
+func detachNew(mountpoint string, before MountEntry, logger *slog.Logger) {
+	m, found, err := FindMount(mountpoint)
+	if err != nil || !found || m.FSType != "fuse.safejaxfs" || m.ID == before.ID {
+		return
+	}
+	if os.Geteuid() == 0 {
+		err = unix.Unmount(mountpoint, unix.MNT_DETACH)
+	} else {
+		var out []byte
+		if out, err = exec.Command("fusermount3", "-uz", mountpoint).CombinedOutput(); err != nil {
+			err = fmt.Errorf("%v: %s", err, out)
+		}
+	}
+	if err != nil {
+		logger.Warn(fmt.Sprintf("detaching the failed mount at %s: %v", mountpoint, err))
+	}
 }
 
 // readaheadKB is the kernel readahead window for the mount. FUSE starts at

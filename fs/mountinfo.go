@@ -10,6 +10,7 @@ import (
 
 // MountEntry is a line of /proc/self/mountinfo.
 type MountEntry struct {
+	ID     string // the mount's ID (unique while it exists; /proc/self/fdinfo's mnt_id)
 	Dev    string // "major:minor", the mount's device (its FUSE bdi)
 	FSType string // e.g. fuse.safejaxfs
 	Source string // the checkpoint, for safejaxfs mounts
@@ -40,7 +41,7 @@ func FindMount(path string) (m MountEntry, found bool, err error) {
 		for i := 6; i < len(fields)-1; i++ {
 			if fields[i] == "-" {
 				// Later lines are mounted on top of earlier ones.
-				m, found = MountEntry{Dev: fields[2], FSType: fields[i+1]}, true
+				m, found = MountEntry{ID: fields[0], Dev: fields[2], FSType: fields[i+1]}, true
 				if i+2 < len(fields) {
 					m.Source = unescapeOctal(fields[i+2])
 				}

@@ -275,7 +275,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		return fail(exitMount, "%v", err)
 	}
 	if err != nil {
-		return fail(exitInvalid, "%v", err)
+		return fail(exitInvalid, "%v%s", err, remoteHint(err))
 	}
 	closed := false
 	defer func() {

@@ -59,6 +59,13 @@ type Options struct {
 	// StallTimeout fails (and retries) a request whose response headers or
 	// body bytes do not arrive for this long. 0 means 30 s.
 	StallTimeout time.Duration
+
+	// AllowUnversioned opens files from a server that sends neither ETag
+	// nor Last-Modified (refused otherwise, ErrUnversioned): a change to
+	// such a file during the mount goes unnoticed, so reads may mix two
+	// versions; Open logs that it does. Its chunks are cached for this
+	// Open only, never shared with a later one.
+	AllowUnversioned bool
 }
 
 // Defaults.
