@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/safejaxfs/safejaxfs/internal/testsrv"
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // What a server may do that retrying cannot fix or that would serve wrong
@@ -281,5 +283,55 @@ func TestReadCancelled(t *testing.T) {
 	case <-gone:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the fetch nobody waits for any more was not cancelled")
+	}
+}
+
+// sparseBody is a ReadSeeker of size bytes: prefix, then zeros, made as
+// they are read (a 65 MiB test object costs no memory).
+type sparseBody struct {
+	prefix []byte
+	size   int64
+	off    int64
+}
+
+func (s *sparseBody) Read(p []byte) (int, error) {
+	if s.off >= s.size {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), s.size-s.off))
+	clear(p[:n])
+	if s.off < int64(len(s.prefix)) {
+		copy(p[:n], s.prefix[s.off:])
+	}
+	s.off += int64(n)
+	return n, nil
+}
+
+func (s *sparseBody) Seek(off int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+		s.off = off
+	case io.SeekCurrent:
+		s.off += off
+	case io.SeekEnd:
+		s.off = s.size + off
+	}
+	return s.off, nil
+}
+
+// TestHugeRemoteIndexRefused: an index URL above the 64 MiB limit is
+// refused on the size its probe gives, before it is fetched.
+func TestHugeRemoteIndexRefused(t *testing.T) {
+	var n atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		w.Header().Set("ETag", `"v1"`)
+		http.ServeContent(w, r, "", time.Time{}, &sparseBody{prefix: []byte(`{"weight_map": {`), size: 65 << 20})
+	}))
+	t.Cleanup(srv.Close)
+	opt, _ := testOpts(t)
+	_, err := OpenSet(ctxT(t), srv.URL+"/model.safetensors.index.json", opt)
+	if !errors.Is(err, safetensors.ErrIndexTooLarge) || !strings.Contains(err.Error(), "64 MiB") || n.Load() != 1 {
+		t.Errorf("OpenSet of a 65 MiB index: %v after %d requests; want ErrIndexTooLarge naming 64 MiB after the probe alone", err, n.Load())
 	}
 }
