@@ -214,7 +214,7 @@ func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 			return nil, 0, f.readFailed(&n.Inode, 0, err)
 		}
 	}
-	u := n.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0, f.maxUpload))
+	u := n.uploads.add(f.newUpload(n.key+f32Ext, buf, flags&syscall.O_TRUNC != 0, f.maxUpload))
 	return u, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -349,8 +349,7 @@ func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 		return 0, syscall.EBADF
 	}
 	if errno := u.write(data, off); errno != 0 {
-		n.fsys.logf("%s: writing %d bytes at %d: the upload would pass %d bytes (a .f32.npy is held in memory until it is closed)", n.Path(nil), len(data), off, n.fsys.maxUpload)
-		return 0, errno
+		return 0, errno // the upload logged why
 	}
 	return uint32(len(data)), 0
 }
@@ -495,5 +494,5 @@ func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut
 	// close even if nothing was written (and then refused: an empty file
 	// is no .npy).
 	n := child.Operations().(*f32Node)
-	return child, n.uploads.add(newUpload(nil, true, f.maxUpload)), 0
+	return child, n.uploads.add(f.newUpload(name, nil, true, f.maxUpload)), 0
 }
