@@ -80,13 +80,26 @@ func (o *Object) readRange(ctx context.Context, p []byte, off int64) error {
 	end := off + int64(len(p))
 	first, last := off/cs, (end-1)/cs
 	a, b := o.ra.observe(off, end, o.size)
-	o.want(first, last+1) // first, so the reader's own chunks get connections first
+	// The reader's own chunks first, so they get connections first; each
+	// counted as waited for from the start, so that a fetch that fails
+	// before the reader gets to it is still the one it waits on (its
+	// error is not lost) and no cancellation takes it meanwhile.
+	pds := o.wantWaiting(first, last+1)
+	defer func() {
+		for _, pd := range pds {
+			if pd != nil {
+				o.leave(pd, ctx.Err() != nil)
+			}
+		}
+	}()
 	if b > a {
 		o.want(a/cs, (b+cs-1)/cs)
 	}
 	for c := first; c <= last; c++ {
 		lo, hi := max(off, c*cs), min(end, (c+1)*cs)
-		if err := o.readChunk(ctx, c, p[lo-off:hi-off], lo-c*cs); err != nil {
+		pd := pds[c-first]
+		pds[c-first] = nil // readChunk leaves it
+		if err := o.readChunk(ctx, c, p[lo-off:hi-off], lo-c*cs, pd); err != nil {
 			return err
 		}
 	}
@@ -98,21 +111,24 @@ func (o *Object) chunkLen(c int64) int64 {
 	return min(cs, o.size-c*cs)
 }
 
-// readChunk copies chunk c's bytes [within, within+len(dst)) into dst.
-func (o *Object) readChunk(ctx context.Context, c int64, dst []byte, within int64) error {
+// readChunk copies chunk c's bytes [within, within+len(dst)) into dst. pd,
+// if not nil, is the chunk's fetch, already counted as waited for by this
+// reader.
+func (o *Object) readChunk(ctx context.Context, c int64, dst []byte, within int64, pd *pending) error {
 	for range 4 {
-		if f := o.c.cache.get(o.key, c, o.chunkLen(c)); f != nil {
-			if n, err := f.ReadAt(dst, within); n == len(dst) {
-				return nil
-			} else if !errors.Is(err, os.ErrClosed) {
-				o.c.cache.warn(err)
-				break
-			}
-			continue // closed by the open-file LRU under us: reopen
-		}
-		pd := o.waitFor(c)
 		if pd == nil {
-			continue // landed in the cache meanwhile
+			if f := o.c.cache.get(o.key, c, o.chunkLen(c)); f != nil {
+				if n, err := f.ReadAt(dst, within); n == len(dst) {
+					return nil
+				} else if !errors.Is(err, os.ErrClosed) {
+					o.c.cache.warn(err)
+					break
+				}
+				continue // closed by the open-file LRU under us: reopen
+			}
+			if pd = o.waitFor(c); pd == nil {
+				continue // landed in the cache meanwhile
+			}
 		}
 		select {
 		case <-pd.done:
@@ -121,16 +137,19 @@ func (o *Object) readChunk(ctx context.Context, c int64, dst []byte, within int6
 			o.leave(pd, true)
 			return &Error{Op: "read", URL: o.display, Err: context.Cause(ctx)}
 		case <-o.ctx.Done():
+			o.leave(pd, false)
 			return &Error{Op: "read", URL: o.display, Err: ErrClosed}
 		}
-		if pd.err == errNotCached {
+		err := pd.err
+		pd = nil
+		if err == errNotCached {
 			break
 		}
-		if errors.Is(pd.err, errAbandoned) {
+		if errors.Is(err, errAbandoned) {
 			continue // others gave up on it after this reader asked: ask again
 		}
-		if pd.err != nil {
-			return pd.err
+		if err != nil {
+			return err
 		}
 		// Cached: loop to read it (it may even have been evicted already,
 		// in which case it is fetched again).
@@ -152,14 +171,14 @@ func (o *Object) readChunk(ctx context.Context, c int64, dst []byte, within int6
 // pending fetch with this reader counted as waiting for it (nil if it is
 // cached).
 func (o *Object) waitFor(c int64) *pending {
-	pd := o.want(c, c+1)[0]
-	if pd == nil {
-		return nil
-	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	pd.waiters++
-	return pd
+	return o.wantWaiting(c, c+1)[0]
+}
+
+// wantWaiting is want, with a reader counted as waiting for each pending
+// fetch it returns (in the same critical section, so none is cancelled
+// or finished unseen in between).
+func (o *Object) wantWaiting(a, b int64) []*pending {
+	return o.wantFor(a, b, true)
 }
 
 // leave counts a reader out of waiting for pd. A reader that gave up
@@ -205,6 +224,10 @@ func (o *Object) cancelIdle() {
 // are fetched in runs of consecutive chunks, at most PartSize per request.
 // It returns each chunk's pending fetch (nil for chunks already cached).
 func (o *Object) want(a, b int64) []*pending {
+	return o.wantFor(a, b, false)
+}
+
+func (o *Object) wantFor(a, b int64, waiting bool) []*pending {
 	cs := o.c.opt.ChunkSize
 	b = min(b, (o.size+cs-1)/cs)
 	per := o.c.opt.PartSize / cs
@@ -222,6 +245,9 @@ func (o *Object) want(a, b int64) []*pending {
 	for c := a; c < b; c++ {
 		if pd, ok := o.inflight[c]; ok {
 			out[c-a] = pd
+			if waiting {
+				pd.waiters++
+			}
 			flush()
 			continue
 		}
@@ -230,6 +256,9 @@ func (o *Object) want(a, b int64) []*pending {
 			continue
 		}
 		pd := &pending{done: make(chan struct{}), chunk: c}
+		if waiting {
+			pd.waiters = 1
+		}
 		o.inflight[c] = pd
 		out[c-a] = pd
 		if runStart < 0 {
