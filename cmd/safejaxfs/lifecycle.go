@@ -45,13 +45,14 @@ func newDaemonLog(mnt, logFile string, ready *ready) (*daemonLog, error) {
 	var problem string
 	switch {
 	case logFile != "":
-		// The user's own choice of file: followed wherever it points.
+		// The user's own choice of file: followed wherever it points,
+		// never cut short or removed (its rotation is the user's).
 		lf, err := os.OpenFile(logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {
 			return nil, fail(exitUsage, "--log-file: %v", err)
 		}
 		l.path = logFile
-		handlers = append(handlers, slog.NewTextHandler(newCappedFile(lf), nil))
+		handlers = append(handlers, slog.NewTextHandler(lf, nil))
 	case stateErr != nil:
 		problem = fmt.Sprintf("no log file (%v): reasons for refused edits are only in the root's %s attribute", stateErr, "user.safejaxfs.error")
 	default:
