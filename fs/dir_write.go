@@ -46,7 +46,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if n != nil {
 		// A created .npy is committed at close even if nothing was
 		// written (and then refused: an empty file is no .npy).
-		return child, &npyHandle{up: n.uploads.add(newUpload(nil, true, f.maxUpload))}, fuse.FOPEN_DIRECT_IO, 0
+		return child, &npyHandle{up: n.uploads.add(f.newUpload(name, nil, true, f.maxUpload))}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	return child, f.newWriteHandle(child.Operations().(*tensorNode).id), fuse.FOPEN_KEEP_CACHE, 0
 }

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"syscall"
 
@@ -16,6 +17,9 @@ func toErrno(err error) syscall.Errno {
 	switch {
 	case err == nil:
 		return 0
+	case errors.Is(err, context.Canceled):
+		// The request was interrupted (go-fuse's answer for that).
+		return syscall.EINTR
 	case errors.Is(err, checkpoint.ErrNotFound):
 		return syscall.ENOENT
 	case errors.Is(err, checkpoint.ErrReadOnly):

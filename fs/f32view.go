@@ -214,7 +214,7 @@ func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 			return nil, 0, f.readFailed(&n.Inode, 0, err)
 		}
 	}
-	u := n.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0, f.maxUpload))
+	u := n.uploads.add(f.newUpload(n.key+f32Ext, buf, flags&syscall.O_TRUNC != 0, f.maxUpload))
 	return u, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -226,7 +226,7 @@ func (f *FS) f32Bytes(id checkpoint.ID) ([]byte, error) {
 	}
 	b := make([]byte, int64(len(h))+4*n)
 	copy(b, h)
-	k, err := f.readF32(id, b[len(h):], 0)
+	k, err := f.readF32(context.Background(), id, b[len(h):], 0)
 	return b[:len(h)+k], err
 }
 
@@ -260,7 +260,7 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 		k = copy(out, h[off:])
 	}
 	if k < len(out) {
-		got, err := f.readF32(n.id, out[k:], max(off-hn, 0))
+		got, err := f.readF32(ctx, n.id, out[k:], max(off-hn, 0))
 		if err != nil {
 			return nil, f.readFailed(&n.Inode, off, err)
 		}
@@ -271,7 +271,8 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 
 // readF32 fills dst with the float32 bytes of tensor id from byte off of
 // the converted data, and returns how many it filled (fewer at the end).
-func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
+// ctx ends an interrupted read of a remote tensor.
+func (f *FS) readF32(ctx context.Context, id checkpoint.ID, dst []byte, off int64) (int, error) {
 	info, ok := f.ck.Attr(id) // a removed tensor reads on while a file has it open
 	if !ok {
 		return 0, fmt.Errorf("tensor %d: %w", id, checkpoint.ErrNotFound)
@@ -291,7 +292,7 @@ func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
 	done := 0
 	for e0 < e1 {
 		step := min(e1-e0, f32Step) // a multiple of every group
-		src, release, err := f.packed(id, e0*bits/8, int(step*bits/8))
+		src, release, err := f.packed(ctx, id, e0*bits/8, int(step*bits/8))
 		if err != nil {
 			return done, err
 		}
@@ -322,8 +323,8 @@ func (f *FS) readF32(id checkpoint.ID, dst []byte, off int64) (int, error) {
 
 // packed returns n source bytes of tensor id at off as one slice: the
 // checkpoint's own when it has them in one segment, else gathered.
-func (f *FS) packed(id checkpoint.ID, off int64, n int) ([]byte, func(), error) {
-	segs, release, err := f.ck.Read(id, off, n)
+func (f *FS) packed(ctx context.Context, id checkpoint.ID, off int64, n int) ([]byte, func(), error) {
+	segs, release, err := f.ck.ReadContext(ctx, id, off, n)
 	if err != nil {
 		return nil, nop, err
 	}
@@ -348,8 +349,7 @@ func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 		return 0, syscall.EBADF
 	}
 	if errno := u.write(data, off); errno != 0 {
-		n.fsys.logf("%s: writing %d bytes at %d: the upload would pass %d bytes (a .f32.npy is held in memory until it is closed)", n.Path(nil), len(data), off, n.fsys.maxUpload)
-		return 0, errno
+		return 0, errno // the upload logged why
 	}
 	return uint32(len(data)), 0
 }
@@ -494,5 +494,5 @@ func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut
 	// close even if nothing was written (and then refused: an empty file
 	// is no .npy).
 	n := child.Operations().(*f32Node)
-	return child, n.uploads.add(newUpload(nil, true, f.maxUpload)), 0
+	return child, n.uploads.add(f.newUpload(name, nil, true, f.maxUpload)), 0
 }

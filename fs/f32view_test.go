@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"context"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -81,7 +82,7 @@ func TestReadF32Windows(t *testing.T) {
 				size = 1 + r.IntN(len(whole)) // large: several passes
 			}
 			dst := make([]byte, size)
-			got, err := f.readF32(id, dst, int64(off))
+			got, err := f.readF32(context.Background(), id, dst, int64(off))
 			want := whole[min(off, len(whole)):min(off+size, len(whole))]
 			if err != nil || !bytes.Equal(dst[:got], want) {
 				t.Fatalf("%s: %d bytes at %d: got %d (%v), differ from the whole conversion", key, size, off, got, err)

@@ -4,8 +4,8 @@
 package fs
 
 import (
-	"io"
-	"log"
+	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -25,15 +25,18 @@ const MetadataName = "__metadata__"
 
 // Options shape the presented tree.
 type Options struct {
-	Sep    string      // key separator ("" = ".")
-	NPY    bool        // list <tensor>.npy views in directory listings
-	Logger *log.Logger // where refused edits and write-back failures are explained; nil: discarded
+	Sep    string       // key separator ("" = ".")
+	NPY    bool         // list <tensor>.npy views in directory listings
+	Logger *slog.Logger // where refused edits and write-back failures are explained; nil: discarded
 	// LogPath is the file Logger writes to, if any (shown by the root's
 	// user.safejaxfs.log attribute).
 	LogPath string
 	// RecoveryDirs are where edits go when neither the checkpoint nor
 	// its directory can take them (see checkpoint.SaveRecovery).
 	RecoveryDirs []string
+	// SpillDir is where large uploads wait for their close, in unnamed
+	// temp files (upload.go); "" means $TMPDIR.
+	SpillDir string
 }
 
 // FS is the state shared by all nodes of one mount.
@@ -50,7 +53,7 @@ type FS struct {
 	mtime    time.Time
 	uid, gid uint32
 
-	logger  *log.Logger
+	logger  *slog.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
 	rescued atomic.Pointer[string] // the last recovery file written on request
 
@@ -67,6 +70,7 @@ type FS struct {
 
 	metaJSON  atomic.Pointer[[]byte] // __metadata__ as rendered, nil after a change
 	maxUpload int64                  // the most a .npy written into the mount may hold
+	upPool    uploadPool             // what all uploads share (upload.go)
 
 	dirTimes dirTimes
 
@@ -83,10 +87,11 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	}
 	f := &FS{ck: ck, opt: opt, tree: t, logger: opt.Logger}
 	if f.logger == nil {
-		f.logger = log.New(io.Discard, "", 0)
+		f.logger = slog.New(slog.DiscardHandler)
 	}
 	f.nextIno.Store(1 << 62)
 	f.maxUpload = uploadLimit()
+	f.upPool = uploadPool{dir: opt.SpillDir, limit: f.maxUpload, spillAt: spillAt, budget: memoryBudget, refuse: f.refuseUpload}
 	f.specials = f.docs()
 	if r := ck.Remote(); r != nil {
 		// A remote file has no local owner: the mount belongs to whoever
@@ -225,7 +230,17 @@ func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
-func (f *FS) logf(format string, args ...any) { f.logger.Printf(format, args...) }
+// refuseUpload explains a refused upload write or truncate: in the log
+// and the root's user.safejaxfs.error (the errno is all the writer gets).
+func (f *FS) refuseUpload(err error) {
+	f.logf("%v", err)
+	msg := err.Error()
+	f.lastErr.Store(&msg)
+}
+
+// logf logs why a request failed or an edit was refused: the errno is
+// all the caller gets, so these are warnings for the user to read.
+func (f *FS) logf(format string, args ...any) { f.logger.Warn(fmt.Sprintf(format, args...)) }
 
 // changed tells the kernel that tensor id's bytes or attributes changed, for
 // its raw file and its views, except the inode the change came through: the
@@ -264,10 +279,11 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 	f.changedF32(id, except, off, n)
 }
 
-// uploadLimit is the most a .npy written into the mount may hold: it is
-// buffered in memory until closed, so half the machine's RAM. Beyond it a
-// write or truncate fails with EFBIG instead of taking the daemon (and
-// every edit it holds) down.
+// uploadLimit is the most a .npy written into the mount may hold, and all
+// open uploads together: half the machine's RAM. An upload waits in a temp
+// file once it is large (upload.go), but its close makes it a tensor held
+// in memory until it is logged. Beyond it a write or truncate fails with
+// EFBIG instead of taking the daemon (and every edit it holds) down.
 func uploadLimit() int64 {
 	var si syscall.Sysinfo_t
 	if err := syscall.Sysinfo(&si); err != nil || si.Totalram == 0 {

@@ -64,8 +64,17 @@ func TestInoSpaces(t *testing.T) {
 	}
 }
 
+// testPool is an FS with only its upload pool, for upload unit tests.
+func testPool(t *testing.T, limit, spillAt, budget int64) (*FS, *[]string) {
+	var refusals []string
+	f := &FS{}
+	f.upPool = uploadPool{dir: t.TempDir(), limit: limit, spillAt: spillAt, budget: budget, refuse: func(err error) { refusals = append(refusals, err.Error()) }}
+	return f, &refusals
+}
+
 func TestUploadFlushRepeatsRefusal(t *testing.T) {
-	u := newUpload(nil, false, 1<<20)
+	f, _ := testPool(t, 1<<30, spillAt, memoryBudget)
+	u := f.newUpload("x.npy", nil, false, 1<<20)
 	u.write([]byte("abc"), 0)
 	calls := 0
 	refuse := func([]byte) syscall.Errno { calls++; return syscall.EINVAL }

@@ -87,7 +87,7 @@ func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, u
 	if flags&syscall.O_TRUNC == 0 {
 		buf = m.doc.render()
 	}
-	return m.uploads.add(newUpload(buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload)), fuse.FOPEN_DIRECT_IO, 0
+	return m.uploads.add(m.fsys.newUpload(MetadataName, buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload)), fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -107,8 +107,7 @@ func (m *metadataNode) Write(ctx context.Context, fh fs.FileHandle, data []byte,
 		return 0, syscall.EBADF
 	}
 	if errno := u.write(data, off); errno != 0 {
-		m.fsys.logf("__metadata__: writing %d bytes at %d: metadata is limited to %d bytes", len(data), off, maxMetadataUpload)
-		return 0, errno
+		return 0, errno // the upload logged why
 	}
 	return uint32(len(data)), 0
 }

@@ -2,11 +2,14 @@ package fs
 
 import (
 	"fmt"
-	"log"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -17,7 +20,11 @@ type MountOptions struct {
 	AllowOther bool
 	Extra      []string // -o options passed through to the kernel
 	Debug      bool
-	Logger     *log.Logger
+	Logger     *slog.Logger // nil: discarded
+
+	// afterAttach, if set (by tests only), runs once the mount answers;
+	// its error fails Mount as a failure after attaching would.
+	afterAttach func() error
 }
 
 // cacheTimeout is how long the kernel may trust names and attributes. Tensor
@@ -31,6 +38,12 @@ const cacheTimeout = time.Hour
 // INIT handshake, so the mount is usable when it returns. As root it mounts
 // directly (no fusermount needed); otherwise go-fuse uses fusermount3.
 func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
+	if mo.Logger == nil {
+		mo.Logger = slog.New(slog.DiscardHandler)
+	}
+	// go-fuse takes a *log.Logger: its lines (every request with --debug)
+	// go through the same handler, escaped like the rest.
+	fuseLog := slog.NewLogLogger(mo.Logger.Handler(), slog.LevelInfo)
 	// /proc/mounts shows the source: the checkpoint's absolute path, or
 	// a remote checkpoint's URL (which never carries credentials).
 	src := f.ck.Path()
@@ -50,7 +63,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
-		Logger:          mo.Logger,
+		Logger:          fuseLog,
 		RootStableAttr:  &fs.StableAttr{Ino: inoRoot},
 		MountOptions: fuse.MountOptions{
 			FsName:      src,
@@ -80,21 +93,62 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			// and writes: 1 MiB is the kernel's maximum.
 			MaxWrite:     1 << 20,
 			MaxReadAhead: 1 << 20,
-			Debug:        mo.Debug,
-			Logger:       mo.Logger,
+			// FUSE tells the daemon of an interrupted reader (Ctrl-C)
+			// only for synchronous requests; readahead of async reads
+			// is never interrupted. A remote read can wait on the
+			// network for long, so its reader must be able to give up
+			// (and the fetch with it, see checkpoint.ReadContext). A
+			// remote mount has its own read-ahead (the chunk cache's
+			// window); a local one keeps the kernel's parallel reads.
+			SyncRead: f.ck.Remote() != nil,
+			Debug:    mo.Debug,
+			Logger:   fuseLog,
 		},
 	}
+	before, _, _ := FindMount(mountpoint)
 	raw := &listingFS{RawFileSystem: fs.NewNodeFS(f.Root(), fsOpts)}
 	server, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
+		// go-fuse fails after the kernel attached the mount when the INIT
+		// handshake does: a mount nobody answers would stay behind.
+		detachNew(mountpoint, before, mo.Logger)
 		return nil, err
 	}
 	go server.Serve()
-	if err := server.WaitMount(); err != nil {
+	err = server.WaitMount()
+	if err == nil && mo.afterAttach != nil {
+		err = mo.afterAttach()
+	}
+	if err != nil {
+		if uerr := server.Unmount(); uerr != nil {
+			mo.Logger.Warn(fmt.Sprintf("unmounting %s after a failed mount: %v; detaching it", mountpoint, uerr))
+			detachNew(mountpoint, before, mo.Logger)
+		}
 		return nil, err
 	}
 	raiseReadahead(mountpoint, mo.Logger)
 	return server, nil
+}
+
+// detachNew lazily detaches the safejaxfs mount at mountpoint if it is not
+// the one that was there before (before: the mount table's top entry
+// then), i.e. one this Mount attached and could not serve.
+func detachNew(mountpoint string, before MountEntry, logger *slog.Logger) {
+	m, found, err := FindMount(mountpoint)
+	if err != nil || !found || m.FSType != "fuse.safejaxfs" || m.ID == before.ID {
+		return
+	}
+	if os.Geteuid() == 0 {
+		err = unix.Unmount(mountpoint, unix.MNT_DETACH)
+	} else {
+		var out []byte
+		if out, err = exec.Command("fusermount3", "-uz", mountpoint).CombinedOutput(); err != nil {
+			err = fmt.Errorf("%v: %s", err, out)
+		}
+	}
+	if err != nil {
+		logger.Warn(fmt.Sprintf("detaching the failed mount at %s: %v", mountpoint, err))
+	}
 }
 
 // readaheadKB is the kernel readahead window for the mount. FUSE starts at
@@ -105,7 +159,7 @@ const readaheadKB = 1024
 // raiseReadahead sets the mount's read_ahead_kb (root only; others keep
 // the default). The mount's device number comes from mountinfo: stat of
 // the mountpoint would be a request to this very process.
-func raiseReadahead(mountpoint string, logger *log.Logger) {
+func raiseReadahead(mountpoint string, logger *slog.Logger) {
 	m, found, err := FindMount(mountpoint)
 	if err == nil && !found {
 		err = fmt.Errorf("not in /proc/self/mountinfo")
@@ -113,7 +167,7 @@ func raiseReadahead(mountpoint string, logger *log.Logger) {
 	if err == nil {
 		err = os.WriteFile("/sys/class/bdi/"+m.Dev+"/read_ahead_kb", []byte(strconv.Itoa(readaheadKB)), 0)
 	}
-	if err != nil && os.Geteuid() == 0 && logger != nil {
-		logger.Printf("readahead for %s stays at the default: %v", mountpoint, err)
+	if err != nil && os.Geteuid() == 0 {
+		logger.Info(fmt.Sprintf("readahead for %s stays at the default: %v", mountpoint, err))
 	}
 }

@@ -27,6 +27,8 @@ const daemonEnv = "SAFEJAXFS_FS_TEST_DAEMON"
 type daemonSpec struct {
 	Ckpt, Mnt string
 	NPY       bool
+	// FailAfterAttach makes Mount fail once the mount answers.
+	FailAfterAttach bool
 }
 
 func TestMain(m *testing.M) {
@@ -54,7 +56,15 @@ func runTestDaemon(spec string) int {
 		fmt.Println(err)
 		return 1
 	}
-	server, err := Mount(s.Mnt, f, MountOptions{})
+	mo := MountOptions{}
+	if s.FailAfterAttach {
+		mo.afterAttach = func() error {
+			// Read from the mount table, never from the mount itself.
+			_, attached, _ := FindMount(s.Mnt)
+			return fmt.Errorf("injected failure after attaching (attached: %v)", attached)
+		}
+	}
+	server, err := Mount(s.Mnt, f, mo)
 	if err != nil {
 		fmt.Println(err)
 		return 1
@@ -144,6 +154,28 @@ func mountTest(t *testing.T, ckpt string, npy bool) string {
 		t.Fatalf("mount at %s did not answer within 30s", mnt)
 	}
 	return mnt
+}
+
+// TestMountFailureAfterAttach: a Mount that fails once the kernel has
+// attached the mount leaves no mount behind (a dead one would answer
+// ENOTCONN to everyone until someone detached it).
+func TestMountFailureAfterAttach(t *testing.T) {
+	ckpt := writeCheckpoint(t, "a")
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountTest(mnt) })
+	spec, _ := json.Marshal(daemonSpec{Ckpt: ckpt, Mnt: mnt, FailAfterAttach: true})
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), daemonEnv+"="+string(spec), "GORACE=atexit_sleep_ms=0")
+	out, err := cmd.Output()
+	if !strings.Contains(string(out), "injected failure after attaching (attached: true)") {
+		t.Fatalf("daemon: %v %q: the failure did not come after attaching", err, out)
+	}
+	if m, found, err := FindMount(mnt); err != nil || found {
+		t.Errorf("a mount is left behind after the failure: %+v %v", m, err)
+	}
 }
 
 // unmountTest unmounts mnt if it is mounted: directly as root, else with

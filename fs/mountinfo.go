@@ -10,6 +10,7 @@ import (
 
 // MountEntry is a line of /proc/self/mountinfo.
 type MountEntry struct {
+	ID     string // the mount's ID (unique while it exists; /proc/self/fdinfo's mnt_id)
 	Dev    string // "major:minor", the mount's device (its FUSE bdi)
 	FSType string // e.g. fuse.safejaxfs
 	Source string // the checkpoint, for safejaxfs mounts
@@ -31,14 +32,16 @@ func FindMount(path string) (m MountEntry, found bool, err error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
+		// Split at spaces only: the kernel escapes space, tab, newline and
+		// backslash in paths, but not a CR or other whitespace.
+		fields := strings.Split(sc.Text(), " ")
 		if len(fields) < 7 || unescapeOctal(fields[4]) != abs {
 			continue
 		}
 		for i := 6; i < len(fields)-1; i++ {
 			if fields[i] == "-" {
 				// Later lines are mounted on top of earlier ones.
-				m, found = MountEntry{Dev: fields[2], FSType: fields[i+1]}, true
+				m, found = MountEntry{ID: fields[0], Dev: fields[2], FSType: fields[i+1]}, true
 				if i+2 < len(fields) {
 					m.Source = unescapeOctal(fields[i+2])
 				}

@@ -153,7 +153,7 @@ func (n *npyNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 		segs = append(segs, seg)
 		want -= int64(len(seg))
 	}
-	data, release, err := n.fsys.ck.Read(id, max(off-hn, 0), int(want))
+	data, release, err := n.fsys.ck.ReadContext(ctx, id, max(off-hn, 0), int(want))
 	if err != nil {
 		return nil, n.fsys.readFailed(&n.Inode, off, err)
 	}

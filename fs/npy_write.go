@@ -71,7 +71,7 @@ func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	// view is copied. Direct I/O: the upload's bytes are not the view's
 	// until close, so they must not land in (or be served from) the
 	// view's page cache.
-	u := newUpload(nil, flags&syscall.O_TRUNC != 0, n.fsys.maxUpload)
+	u := n.fsys.newUpload(n.base+npyExt, nil, flags&syscall.O_TRUNC != 0, n.fsys.maxUpload)
 	return &npyHandle{up: n.uploads.add(u)}, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -85,7 +85,7 @@ func (n *npyNode) toUpload(h *npyHandle) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
-	h.up = n.uploads.add(newUpload(b, true, n.fsys.maxUpload))
+	h.up = n.uploads.add(n.fsys.newUpload(n.base+npyExt, b, true, n.fsys.maxUpload))
 	return 0
 }
 
@@ -125,8 +125,7 @@ func (n *npyNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 		}
 	}
 	if errno := h.up.write(data, off); errno != 0 {
-		n.fsys.logf("%s.npy: writing %d bytes at %d: the upload would pass %d bytes (a .npy is held in memory until it is closed)", n.base, len(data), off, n.fsys.maxUpload)
-		return 0, errno
+		return 0, errno // the upload logged why
 	}
 	return uint32(len(data)), 0
 }

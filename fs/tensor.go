@@ -56,7 +56,9 @@ func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.At
 
 // Read through a handle with a rewrite under way reads the rewrite back.
 func (t *tensorNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	segs, release, err := t.readFor(fh)(off, len(dest))
+	// ctx ends when the reader is interrupted: a remote read then stops
+	// waiting (and fetching) at once.
+	segs, release, err := t.readFor(ctx, fh)(off, len(dest))
 	if err != nil {
 		return nil, t.fsys.readFailed(&t.Inode, off, err)
 	}
@@ -67,6 +69,9 @@ func (t *tensorNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, of
 // gets) and returns that errno. A tensor deleted under an open file is no
 // news.
 func (f *FS) readFailed(node *fs.Inode, off int64, err error) syscall.Errno {
+	if errors.Is(err, context.Canceled) {
+		return syscall.EINTR // the reader gave up: its Ctrl-C, not a failure
+	}
 	if !errors.Is(err, checkpoint.ErrNotFound) {
 		f.logf("read %s at %d: %v", node.Path(nil), off, err)
 	}
@@ -81,11 +86,11 @@ func (t *tensorNode) rewriteOf(fh fs.FileHandle) *checkpoint.Staged {
 
 // readFor returns how to read the tensor through handle fh: its rewrite
 // if one is under way, else the tensor's bytes.
-func (t *tensorNode) readFor(fh fs.FileHandle) func(off int64, n int) ([][]byte, func(), error) {
+func (t *tensorNode) readFor(ctx context.Context, fh fs.FileHandle) func(off int64, n int) ([][]byte, func(), error) {
 	if s := t.rewriteOf(fh); s != nil {
 		return s.Read
 	}
-	return func(off int64, n int) ([][]byte, func(), error) { return t.fsys.ck.Read(t.id, off, n) }
+	return func(off int64, n int) ([][]byte, func(), error) { return t.fsys.ck.ReadContext(ctx, t.id, off, n) }
 }
 
 func (t *tensorNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {

@@ -37,7 +37,7 @@ func (t *tensorNode) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offI
 		}
 	}
 	// The general case: read and write through the handles.
-	segs, release, err := t.readFor(fhIn)(int64(offIn), int(min(n, 1<<30)))
+	segs, release, err := t.readFor(ctx, fhIn)(int64(offIn), int(min(n, 1<<30)))
 	if err != nil {
 		return 0, toErrno(err)
 	}

@@ -2,12 +2,109 @@ package fs
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
+
+// Files written whole (a .npy, a .f32.npy view, __metadata__) are collected
+// until they are closed: an upload. A small one is held in memory. One past
+// spillAt, or one that would take the uploads held in memory past
+// memoryBudget, moves to a private temp file: O_TMPFILE in $TMPDIR (no name
+// anyone else could open, gone when closed; $TMPDIR rather than the state
+// directory, which is usually a tmpfs in RAM). So a sparse upload
+// (truncate to 1 GiB, write a few bytes) costs a few pages, and many
+// uploads at once cannot take the daemon's memory. The sizes of all open
+// uploads together are capped at the mount's upload limit (half the RAM):
+// a close turns an upload into a tensor held in memory until it is logged.
+
+const (
+	// spillAt is the most one upload holds in memory.
+	spillAt = 64 << 20
+	// memoryBudget is the most all uploads together hold in memory.
+	memoryBudget = 256 << 20
+)
+
+// uploadPool is what a mount's uploads share: the budgets and where they
+// spill.
+type uploadPool struct {
+	dir     string // "" = os.TempDir()
+	limit   int64  // the most all open uploads may hold together (EFBIG beyond)
+	spillAt int64  // the most one upload holds in memory
+	budget  int64  // the most all uploads together hold in memory
+	refuse  func(error)
+
+	mu     sync.Mutex
+	total  int64 // sizes of all open uploads
+	memory int64 // bytes of upload buffers held in memory
+}
+
+// errUploadLimit: an upload, or all of them together, would pass a limit.
+var errUploadLimit = errors.New("too large for an upload")
+
+// reserve accounts for an upload growing from old to size bytes
+// (shrinking always succeeds).
+func (p *uploadPool) reserve(name string, old, size int64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if size > old && p.total+size-old > p.limit {
+		return fmt.Errorf("%s: %w: all files being written whole in this mount would hold %d bytes, above the limit of %d (half the RAM: each becomes a tensor in memory when it is closed)", name, errUploadLimit, p.total+size-old, p.limit)
+	}
+	p.total += size - old
+	return nil
+}
+
+// holdMemory accounts for an upload's buffer changing from old to now
+// bytes of memory, and says whether the uploads held in memory stay within
+// the budget.
+func (p *uploadPool) holdMemory(old, now int64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if now > old && p.memory+now-old > p.budget {
+		return false
+	}
+	p.memory += now - old
+	return true
+}
+
+// add accounts for what an upload holds, unchecked (a buffer that exists
+// already, or one given back).
+func (p *uploadPool) add(total, memory int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total += total
+	p.memory += memory
+}
+
+// tempFile creates the private file an upload spills to.
+func (p *uploadPool) tempFile() (*os.File, error) {
+	dir := p.dir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return os.NewFile(uintptr(fd), dir+"/(upload)"), nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
+		return nil, fmt.Errorf("temp file in %s: %w", dir, err)
+	}
+	// A file system without O_TMPFILE: a fresh name (O_EXCL), unlinked
+	// at once.
+	f, err := os.CreateTemp(dir, ".safejaxfs-upload-")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
 
 // uploadSet tracks a node's open uploads, so that a truncate by path
 // (truncate(1), no file handle) reaches them.
@@ -26,11 +123,12 @@ func (s *uploadSet) add(u *upload) *upload {
 	return u
 }
 
-// release forgets a closed upload.
+// release forgets a closed upload and frees what it held.
 func (s *uploadSet) release(u *upload) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.open, u)
+	s.mu.Unlock()
+	u.close()
 }
 
 // truncateAll applies a handle-less truncate to every open upload. A
@@ -67,18 +165,90 @@ func (f *FS) flushUpload(ctx context.Context, u *upload, commit func([]byte) err
 	})
 }
 
-// upload collects a .npy written into the mount. It becomes a tensor only
-// when the file is closed and parses as a C-order array of a dtype
-// safetensors has; until then nothing in the checkpoint changes.
+// upload collects a file written whole. It becomes a tensor (or metadata)
+// only when the file is closed and its content is accepted; until then
+// nothing in the checkpoint changes.
 type upload struct {
-	mu    sync.Mutex
-	limit int64 // the most it may hold (EFBIG beyond): it is all in memory
-	buf   []byte
-	wrote bool          // since the last flush
-	errno syscall.Errno // the last commit's refusal, repeated until the next write
+	pool  *uploadPool
+	name  string // for messages
+	limit int64  // the most this one may hold (EFBIG beyond)
+
+	mu     sync.Mutex
+	length int64    // of the content
+	buf    []byte   // the content while in memory (len(buf) == length)
+	file   *os.File // the content once spilled
+	held   int64    // memory accounted to the pool for buf
+	wrote  bool     // since the last flush
+	errno  syscall.Errno
 	// shared: a commit kept buf as the tensor's bytes, so the next write
-	// must copy it first.
+	// must copy it first (a spilled upload's commit gets a copy).
 	shared bool
+}
+
+// newUpload starts an upload of the file name holding buf (nil for a new
+// or truncated file). buf exists already: it is accounted whatever the
+// budgets, and spilled at once if it is too large to keep.
+func (f *FS) newUpload(name string, buf []byte, wrote bool, limit int64) *upload {
+	u := &upload{pool: &f.upPool, name: name, limit: limit, wrote: wrote, buf: buf, length: int64(len(buf))}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.pool.add(u.length, 0)
+	if !u.inMemory(u.length) && u.spill() != 0 {
+		u.held = int64(cap(buf))
+		u.pool.add(0, u.held)
+	}
+	return u
+}
+
+// refused reports why a write or truncate was refused (the errno is all
+// the writer gets) and returns errno.
+func (u *upload) refused(errno syscall.Errno, err error) syscall.Errno {
+	u.pool.refuse(err)
+	return errno
+}
+
+// resize accounts for the upload growing (or shrinking) to n bytes,
+// within its own limit and the pool's. Caller holds mu.
+func (u *upload) resize(n int64) syscall.Errno {
+	if n > u.limit {
+		return u.refused(syscall.EFBIG, fmt.Errorf("%s: %w: it would hold %d bytes, above its limit of %d", u.name, errUploadLimit, n, u.limit))
+	}
+	if err := u.pool.reserve(u.name, u.length, n); err != nil {
+		return u.refused(syscall.EFBIG, err)
+	}
+	u.length = n
+	return 0
+}
+
+// inMemory reports whether the upload may stay in memory at n bytes,
+// accounting for it; false means it must spill. Caller holds mu.
+func (u *upload) inMemory(n int64) bool {
+	if u.file != nil {
+		return false
+	}
+	want := max(int64(cap(u.buf)), n)
+	if n > u.pool.spillAt || !u.pool.holdMemory(u.held, want) {
+		return false
+	}
+	u.held = want
+	return true
+}
+
+// spill moves the content (buf) to a temp file. Caller holds mu.
+func (u *upload) spill() syscall.Errno {
+	f, err := u.pool.tempFile()
+	if err == nil {
+		if _, err = f.WriteAt(u.buf, 0); err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return u.refused(errnoOf(err, syscall.ENOSPC), fmt.Errorf("%s: the upload is too large to hold in memory, and it could not be moved to a temp file: %w", u.name, err))
+	}
+	u.file, u.buf, u.shared = f, nil, false
+	u.pool.add(0, -u.held)
+	u.held = 0
+	return 0
 }
 
 // own makes buf private before a change. Caller holds mu.
@@ -89,8 +259,15 @@ func (u *upload) own() {
 	}
 }
 
-func newUpload(buf []byte, wrote bool, limit int64) *upload {
-	return &upload{buf: buf, wrote: wrote, limit: limit}
+// grow extends buf with zeros to n bytes. Caller holds mu.
+func (u *upload) grow(n int64) {
+	if n > int64(len(u.buf)) {
+		u.buf = append(u.buf, make([]byte, n-int64(len(u.buf)))...)
+		if c := int64(cap(u.buf)); c > u.held {
+			u.pool.add(0, c-u.held)
+			u.held = c
+		}
+	}
 }
 
 // flush commits what was written since the last flush, once: Flush runs
@@ -100,49 +277,103 @@ func newUpload(buf []byte, wrote bool, limit int64) *upload {
 func (u *upload) flush(commit func([]byte) syscall.Errno) syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.wrote {
-		u.wrote = false
+	if !u.wrote {
+		return u.errno
+	}
+	u.wrote = false
+	if u.file == nil {
 		u.errno = commit(u.buf)
 		// The tensor may now hold these bytes; they also stay what the
 		// file holds, for a later write and close.
 		u.shared = true
+		return u.errno
 	}
+	b, err := u.contents()
+	if err != nil {
+		u.errno = u.refused(syscall.EIO, fmt.Errorf("%s: reading the upload back from its temp file: %w", u.name, err))
+		return u.errno
+	}
+	u.errno = commit(b)
 	return u.errno
 }
 
-func (u *upload) size() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.buf)
+// contents reads a spilled upload into memory for its commit. Only the
+// file's data is read: the holes of a sparse upload stay untouched zero
+// pages of the new buffer. Caller holds mu.
+func (u *upload) contents() ([]byte, error) {
+	b := make([]byte, u.length)
+	fd := int(u.file.Fd())
+	for off := int64(0); off < u.length; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // a hole to the end
+		}
+		if err != nil {
+			data = off // no SEEK_DATA: read it all
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil || hole > u.length {
+			hole = u.length
+		}
+		if data >= hole {
+			break
+		}
+		if _, err := u.file.ReadAt(b[data:hole], data); err != nil && err != io.EOF {
+			return nil, err
+		}
+		off = hole
+	}
+	return b, nil
 }
 
 func (u *upload) write(p []byte, off int64) syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	end := off + int64(len(p))
-	if end > u.limit {
-		return syscall.EFBIG
+	old := u.length
+	if errno := u.resize(max(old, end)); errno != 0 {
+		return errno
 	}
-	u.own()
-	if int(end) > len(u.buf) {
-		u.buf = append(u.buf, make([]byte, int(end)-len(u.buf))...)
+	if u.inMemory(u.length) {
+		u.own()
+		u.grow(end)
+		copy(u.buf[off:], p)
+	} else {
+		if u.file == nil {
+			if errno := u.spill(); errno != 0 {
+				u.resize(old)
+				return errno
+			}
+		}
+		if _, err := u.file.WriteAt(p, off); err != nil {
+			return u.refused(errnoOf(err, syscall.EIO), fmt.Errorf("%s: writing %d bytes at %d into the upload's temp file: %w", u.name, len(p), off, err))
+		}
 	}
-	copy(u.buf[off:], p)
 	u.wrote, u.errno = true, 0
 	return 0
 }
 
-func (u *upload) truncate(size int64) syscall.Errno {
+func (u *upload) truncate(n int64) syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if size > u.limit {
-		return syscall.EFBIG
+	old := u.length
+	if errno := u.resize(n); errno != 0 {
+		return errno
 	}
-	u.own()
-	if int(size) <= len(u.buf) {
-		u.buf = u.buf[:size]
+	if u.inMemory(n) {
+		u.own()
+		u.buf = u.buf[:min(n, int64(len(u.buf)))]
+		u.grow(n)
 	} else {
-		u.buf = append(u.buf, make([]byte, int(size)-len(u.buf))...)
+		if u.file == nil {
+			if errno := u.spill(); errno != 0 {
+				u.resize(old)
+				return errno
+			}
+		}
+		if err := u.file.Truncate(n); err != nil {
+			return u.refused(errnoOf(err, syscall.EIO), fmt.Errorf("%s: truncating the upload's temp file to %d bytes: %w", u.name, n, err))
+		}
 	}
 	u.wrote, u.errno = true, 0
 	return 0
@@ -151,8 +382,47 @@ func (u *upload) truncate(size int64) syscall.Errno {
 func (u *upload) read(dest []byte, off int64) fuse.ReadResult {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if off >= int64(len(u.buf)) {
+	if off >= u.length {
 		return fuse.ReadResultData(nil)
 	}
-	return fuse.ReadResultData(append([]byte(nil), u.buf[off:min(int64(len(u.buf)), off+int64(len(dest)))]...))
+	n := min(u.length-off, int64(len(dest)))
+	if u.file != nil {
+		k, _ := u.file.ReadAt(dest[:n], off)
+		return fuse.ReadResultData(dest[:k])
+	}
+	return fuse.ReadResultData(append([]byte(nil), u.buf[off:off+n]...))
+}
+
+func (u *upload) size() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return int(u.length)
+}
+
+// spilled reports whether the upload is in a temp file (tests).
+func (u *upload) spilled() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.file != nil
+}
+
+// close frees what the upload holds (its handle was released).
+func (u *upload) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.file != nil {
+		u.file.Close()
+		u.file = nil
+	}
+	u.pool.add(-u.length, -u.held)
+	u.buf, u.length, u.held = nil, 0, 0
+}
+
+// errnoOf is err's errno, or def.
+func errnoOf(err error, def syscall.Errno) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return def
 }

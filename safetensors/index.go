@@ -27,9 +27,12 @@ import (
 // IndexSuffix ends the name of every index file.
 const IndexSuffix = ".safetensors.index.json"
 
-// MaxIndexSize bounds the index file read into memory. DeepSeek-V3's index
-// (92k keys) is about 9 MB; a hostile one cannot make us hold more than this.
-const MaxIndexSize = 256 << 20
+// MaxIndexSize bounds the index file read into memory: 64 MiB. The largest
+// real indexes are a few MB (DeepSeek-V3's, 92k keys, is about 9 MB;
+// Llama-3.1-405B's 94 KB), and parsing one costs a few times its size, so
+// a hostile index cannot make verify or a mount hold more than a few
+// hundred MB. Bigger ones are refused before a byte is read.
+const MaxIndexSize = 64 << 20
 
 // Rules an index can break (wrapped by *IndexError).
 var (
@@ -62,6 +65,12 @@ func (e *IndexError) Error() string {
 
 func (e *IndexError) Unwrap() error { return e.Rule }
 
+// IndexTooLarge is the error for an index of size bytes, above
+// MaxIndexSize.
+func IndexTooLarge(size int64) error {
+	return &IndexError{Rule: ErrIndexTooLarge, Detail: fmt.Sprintf("index is %d bytes, above the limit of %d bytes (%d MiB; real indexes are a few MB)", size, MaxIndexSize, MaxIndexSize>>20)}
+}
+
 // Index is a parsed index file. Metadata values and any top-level members
 // other than "metadata" and "weight_map" are kept as raw JSON, so a rewrite
 // keeps what other tools put there.
@@ -77,7 +86,7 @@ type Index struct {
 // present) an object, no member twice at any level we interpret.
 func ParseIndex(b []byte) (*Index, error) {
 	if len(b) > MaxIndexSize {
-		return nil, &IndexError{Rule: ErrIndexTooLarge, Detail: fmt.Sprintf("index is %d bytes, above the limit of %d", len(b), MaxIndexSize)}
+		return nil, IndexTooLarge(int64(len(b)))
 	}
 	if !utf8.Valid(b) {
 		return nil, &IndexError{Rule: ErrIndexJSON, Detail: "index is not valid UTF-8"}

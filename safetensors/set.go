@@ -118,7 +118,7 @@ func ReadIndex(p string) (*Index, error) {
 		return nil, &os.PathError{Op: "open", Path: p, Err: errors.New("not a regular file")}
 	}
 	if st.Size() > MaxIndexSize {
-		return nil, &os.PathError{Op: "open", Path: p, Err: &IndexError{Rule: ErrIndexTooLarge, Detail: fmt.Sprintf("index is %d bytes, above the limit of %d", st.Size(), MaxIndexSize)}}
+		return nil, &os.PathError{Op: "open", Path: p, Err: IndexTooLarge(st.Size())}
 	}
 	b := make([]byte, st.Size())
 	if err := readFull(f, b, 0); err != nil {

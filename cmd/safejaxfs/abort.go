@@ -26,7 +26,12 @@ const fuseConnections = "/sys/fs/fuse/connections"
 
 // abortMount aborts the FUSE connection of the safejaxfs mount at mnt and
 // detaches it. It never touches the mount itself (that could hang): the
-// connection is found through the mount table.
+// connection is found through the mount table. It acts on what it
+// checked: the mount is pinned by a descriptor (O_PATH, which asks the
+// file system nothing) whose mount ID must be the one the table showed.
+// While pinned, the mount's connection cannot end, so its number cannot
+// be reused by another mount's connection before the abort reaches it.
+// The detach (which Linux only does by path) checks the ID once more.
 func abortMount(mnt string) error {
 	mnt, err := filepath.Abs(mnt)
 	if err != nil {
@@ -39,18 +44,61 @@ func abortMount(mnt string) error {
 	if m.FSType != "fuse.safejaxfs" {
 		return fmt.Errorf("%s is a %s mount, not safejaxfs", mnt, m.FSType)
 	}
+	pin, err := pinMount(mnt, m.ID)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pin)
 	var aerr error
 	if _, minor, ok := strings.Cut(m.Dev, ":"); ok {
 		aerr = abortConnection(minor)
 	}
+	return errors.Join(aerr, detachChecked(mnt, m.ID))
+}
+
+// detachChecked lazily detaches the mount at mnt if it is still the mount
+// with ID id; one mounted over it meanwhile is left alone.
+func detachChecked(mnt, id string) error {
+	fd, err := pinMount(mnt, id)
+	if err != nil {
+		return err
+	}
+	unix.Close(fd)
 	if os.Geteuid() == 0 {
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			return errors.Join(aerr, err)
-		}
-		return nil
+		return unix.Unmount(mnt, unix.MNT_DETACH)
 	}
 	lazyUnmount(mnt)
-	return aerr
+	return nil
+}
+
+// pinMount opens the root of the mount on top at mnt as O_PATH (no
+// request goes to the file system, so a hung mount cannot hang it) and
+// checks that it is the mount with ID id.
+func pinMount(mnt, id string) (int, error) {
+	fd, err := unix.Open(mnt, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	got, err := mountIDOf(fd)
+	if err != nil || got != id {
+		unix.Close(fd)
+		return -1, errors.Join(err, fmt.Errorf("the mount at %s changed meanwhile (mount %s, not %s): not touching it", mnt, got, id))
+	}
+	return fd, nil
+}
+
+// mountIDOf reads the ID of the mount fd is on from /proc/self/fdinfo.
+func mountIDOf(fd int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "mnt_id:"); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", errors.New("no mnt_id in fdinfo")
 }
 
 // abortConnection writes to the connection's abort file in fusectl,

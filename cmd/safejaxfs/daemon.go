@@ -193,7 +193,7 @@ func (r *ready) note(msg string) {
 	if r == nil || r.f == nil {
 		return
 	}
-	r.f.WriteString("note " + strings.ReplaceAll(msg, "\n", "; ") + "\n")
+	r.f.WriteString("note " + escapeControl(msg) + "\n")
 }
 
 func (r *ready) fail(err error) {
@@ -205,8 +205,7 @@ func (r *ready) fail(err error) {
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
-	r.f.WriteString(strconv.Itoa(code) + " " + msg + "\n")
+	r.f.WriteString(strconv.Itoa(code) + " " + escapeControl(err.Error()) + "\n")
 	r.f.Close()
 	r.f = nil
 }

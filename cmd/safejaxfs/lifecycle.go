@@ -3,8 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
-	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -20,45 +19,103 @@ import (
 // may write, and how it ends without losing an edit.
 
 // daemonLog is where a daemon explains itself: the log file always (see
-// daemon_log.go), and the terminal when it runs in the foreground.
+// daemon_log.go), and the terminal when it runs in the foreground. One
+// *slog.Logger, handed to every layer (fs, checkpoint, remote); its text
+// handler quotes any value holding a control character, so nothing a
+// checkpoint, a server or a path holds can forge a line.
 type daemonLog struct {
-	*log.Logger
-	path  string // the log file; "" if it could not be opened
-	ready *ready // the parent waiting for a background daemon, until ready
+	*slog.Logger
+	path  string   // the log file; "" if none could be opened
+	file  *os.File // the log file this daemon created in its state dir (nil with --log-file)
+	state string   // the state directory; "" if none is usable
+	ready *ready   // the parent waiting for a background daemon, until ready
 }
 
-func newDaemonLog(mnt string, ready *ready) (*daemonLog, string) {
-	var out []io.Writer
-	if ready == nil {
-		out = append(out, os.Stderr)
-	}
-	dir, err := stateDir()
+// newDaemonLog sets up the daemon's logger for mountpoint mnt: to
+// logFile if given (--log-file), else to a new file in the state
+// directory; and to stderr in the foreground.
+func newDaemonLog(mnt, logFile string, ready *ready) (*daemonLog, error) {
 	l := &daemonLog{ready: ready}
+	var handlers []slog.Handler
+	if ready == nil {
+		handlers = append(handlers, slog.NewTextHandler(os.Stderr, nil))
+	}
+	state, skipped, stateErr := stateDir()
+	l.state = state
 	var problem string
-	if err == nil {
-		var f *os.File
-		if f, l.path, err = openLog(dir, mnt); err == nil {
-			out = append(out, f)
+	switch {
+	case logFile != "":
+		// The user's own choice of file: followed wherever it points,
+		// never cut short or removed (its rotation is the user's).
+		lf, err := os.OpenFile(logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fail(exitUsage, "--log-file: %v", err)
+		}
+		l.path = logFile
+		handlers = append(handlers, slog.NewTextHandler(lf, nil))
+	case stateErr != nil:
+		problem = fmt.Sprintf("no log file (%v): reasons for refused edits are only in the root's %s attribute", stateErr, "user.safejaxfs.error")
+	default:
+		f, err := createLog(state, mnt)
+		if err != nil {
+			problem = fmt.Sprintf("no log file (%v): reasons for refused edits are only in the root's %s attribute", err, "user.safejaxfs.error")
+			break
+		}
+		l.file, l.path = f, f.Name()
+		handlers = append(handlers, slog.NewTextHandler(newCappedFile(f), nil))
+		pruneLogs(state)
+	}
+	l.Logger = slog.New(slog.NewMultiHandler(handlers...))
+	if stateErr == nil {
+		for _, err := range skipped {
+			if errors.Is(err, errNotPrivate) {
+				l.notice("%v; using %s", err, state)
+			}
 		}
 	}
-	if err != nil {
-		problem = fmt.Sprintf("no log file (%v): reasons for refused edits are only in the root's %s attribute", err, "user.safejaxfs.error")
-	}
-	l.Logger = log.New(io.MultiWriter(out...), "safejaxfs: ", log.LstdFlags)
 	if problem != "" {
 		l.notice("%s", problem)
 	}
-	return l, dir
+	return l, nil
 }
+
+// cliLogger is the logger of a command that runs in the terminal (recover,
+// unmount's recovery): warnings and errors on stderr, escaped.
+func cliLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// printf logs a line about the daemon's life (mounted, signalled).
+func (l *daemonLog) printf(format string, args ...any) { l.Info(fmt.Sprintf(format, args...)) }
+
+// warnf logs a failure the user should know about.
+func (l *daemonLog) warnf(format string, args ...any) { l.Warn(fmt.Sprintf(format, args...)) }
 
 // notice tells the user something at mount time: on stderr in the
 // foreground, through the parent that started a background daemon (which
 // prints it), and in the log.
 func (l *daemonLog) notice(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	l.Print(msg)
+	l.Warn(msg)
 	if l.ready != nil {
 		l.ready.note(msg)
+	}
+}
+
+// close ends the log. The log of a mount that ended cleanly is removed;
+// that of one that failed is kept (the newest keptLogs of them) for the
+// user to read.
+func (l *daemonLog) close(clean bool) {
+	if l.file == nil {
+		return
+	}
+	if clean {
+		os.Remove(l.file.Name())
+	}
+	l.file.Close() // drops the flock: prunable from now on
+	l.file = nil
+	if !clean {
+		pruneLogs(l.state)
 	}
 }
 
@@ -109,17 +166,17 @@ func saveBeforeUnmount(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string) b
 	err := ck.Sync()
 	if err == nil || errors.Is(err, checkpoint.ErrChanged) {
 		if err != nil {
-			l.Printf("write-back: %v", err)
+			l.warnf("write-back: %v", err)
 		}
 		return true
 	}
-	l.Printf("write-back: %v", err)
+	l.warnf("write-back: %v", err)
 	p, rerr := ck.SaveRecovery(dirs...)
 	if rerr != nil {
-		l.Printf("NOT unmounting, so the edits are not lost: %v; free some space (or make a directory writable) and signal again, or run safejaxfs unmount", rerr)
+		l.warnf("NOT unmounting, so the edits are not lost: %v; free some space (or make a directory writable) and signal again, or run safejaxfs unmount", rerr)
 		return false
 	}
-	l.Printf("edits saved to %s", p)
+	l.warnf("edits saved to %s", p)
 	return true
 }
 
@@ -137,7 +194,7 @@ func finish(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string) error {
 		err := ck.Sync()
 		if err == nil {
 			if err := ck.Close(); err != nil {
-				l.Printf("write-back at unmount failed: %v", err)
+				l.warnf("write-back at unmount failed: %v", err)
 				return fail(exitWriteBack, "write-back at unmount failed: %v", err)
 			}
 			return nil
@@ -145,21 +202,21 @@ func finish(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string) error {
 		if errors.Is(err, checkpoint.ErrChanged) {
 			// The edits are in the recovery file Sync named.
 			ck.Abandon()
-			l.Printf("write-back at unmount failed: %v", err)
+			l.warnf("write-back at unmount failed: %v", err)
 			return fail(exitWriteBack, "write-back at unmount failed: %v", err)
 		}
 		p, rerr := ck.SaveRecovery(dirs...)
 		if rerr == nil {
 			ck.Abandon()
-			l.Printf("write-back at unmount failed: %v; your edits are in %s", err, p)
+			l.warnf("write-back at unmount failed: %v; your edits are in %s", err, p)
 			return fail(exitWriteBack, "write-back at unmount failed: %v; your edits are in %s", err, p)
 		}
 		if !fixable(rerr) {
 			ck.Abandon()
-			l.Printf("write-back at unmount failed: %v; %v; the edits are lost", err, rerr)
+			l.warnf("write-back at unmount failed: %v; %v; the edits are lost", err, rerr)
 			return fail(exitWriteBack, "write-back at unmount failed: %v; %v; the edits are lost", err, rerr)
 		}
-		l.Printf("write-back at unmount failed: %v; %v; the daemon (pid %d) keeps the edits and retries every %v", err, rerr, os.Getpid(), retryEvery)
+		l.warnf("write-back at unmount failed: %v; %v; the daemon (pid %d) keeps the edits and retries every %v", err, rerr, os.Getpid(), retryEvery)
 		time.Sleep(retryEvery)
 	}
 }

@@ -93,7 +93,9 @@ func run(args []string) int {
 		if errors.As(err, &ee) && ee.err == nil {
 			return ee.code // the code is the answer (diff: 1, they differ)
 		}
-		fmt.Fprintf(os.Stderr, "safejaxfs %s: %v\n", c.name, err)
+		// Messages may quote keys, paths and server text: no control
+		// character reaches the terminal.
+		fmt.Fprintf(os.Stderr, "safejaxfs %s: %s\n", c.name, escapeControl(err.Error()))
 		if errors.As(err, &ee) {
 			return ee.code
 		}

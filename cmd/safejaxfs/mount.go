@@ -50,7 +50,7 @@ func runMount(args []string) (err error) {
 	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime); -o nonempty mounts over a non-empty directory")
 	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
 	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
-	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to this file (default: stderr with -f, none in the background)")
+	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to this file instead of a new file in the state directory ($XDG_RUNTIME_DIR/safejaxfs; the mount root's user.safejaxfs.log names it)")
 	addRemoteFlags(fl, &mf.remote, true)
 	rest, err := parseFlags(fl, args, 2, 2)
 	if err != nil {
@@ -214,20 +214,27 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	if mnt, err = filepath.Abs(mnt); err != nil {
 		return fail(exitMount, "%v", err)
 	}
+	if mf.logFile != "" {
+		if mf.logFile, err = filepath.Abs(mf.logFile); err != nil {
+			return fail(exitUsage, "--log-file: %v", err)
+		}
+	}
 	if err := os.Chdir("/"); err != nil {
 		return fail(exitMount, "%v", err)
 	}
-	logger, state := newDaemonLog(mnt, ready)
-	if mf.logFile != "" {
-		// An explicit log file instead of the default one.
-		lf, err := os.OpenFile(mf.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return fail(exitUsage, "--log-file: %v", err)
-		}
-		defer lf.Close()
-		logger.SetOutput(lf)
-		logger.path = mf.logFile
+	logger, err := newDaemonLog(mnt, mf.logFile, ready)
+	if err != nil {
+		return err
 	}
+	// The log of a mount that ends cleanly goes with it; that of one that
+	// failed stays, saying why (see daemonLog.close).
+	defer func() {
+		if err != nil {
+			logger.Error("exiting: " + err.Error())
+		}
+		logger.close(err == nil)
+	}()
+	state := logger.state
 	ropt, err := mf.remote.options(logger.Logger)
 	if err != nil {
 		return err
@@ -263,7 +270,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			readOnly = true
 		}
 	}
-	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt, Located: located, Index: index})
+	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt, Located: located, Index: index, Logger: logger.Logger})
 	if !readOnly && (errors.Is(err, checkpoint.ErrSymlink) || errors.Is(err, checkpoint.ErrLinked)) {
 		// Files safejaxfs will not write (a symlink in the checkpoint's
 		// directory, as in a Hugging Face cache snapshot; a file with
@@ -271,7 +278,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		// directory, mount read-only and say why.
 		logger.notice("%v: mounting read-only", err)
 		readOnly = true
-		ck, err = checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: true, Remote: ropt, Located: located, Index: index})
+		ck, err = checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: true, Remote: ropt, Located: located, Index: index, Logger: logger.Logger})
 	}
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fail(exitMount, "%v", err)
@@ -281,7 +288,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		return fail(exitWriteBack, "%v", err) // edits wait in a log it will not apply
 	}
 	if err != nil {
-		return fail(exitInvalid, "%v", err)
+		return fail(exitInvalid, "%v%s", err, remoteHint(err))
 	}
 	closed := false
 	defer func() {
@@ -312,7 +319,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 
 	go func() {
 		for s := range sigs {
-			logger.Printf("%v: unmounting %s", s, mnt)
+			logger.printf("%v: unmounting %s", s, mnt)
 			// Persist first: if the unmount itself is refused (busy), the
 			// edits are safe anyway. Edits that can be saved nowhere keep
 			// the mount up.
@@ -320,7 +327,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 				continue
 			}
 			if err := server.Unmount(); err != nil {
-				logger.Printf("unmount %s: %v; detaching lazily", mnt, err)
+				logger.warnf("unmount %s: %v; detaching lazily", mnt, err)
 				lazyUnmount(mnt)
 			}
 		}
@@ -328,7 +335,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// fs.Mount has returned: go-fuse's start-up probe of the mount (a file
 	// this process opens in it) is closed, so a kill from now on leaves a
 	// dead mount, not a hung one.
-	logger.Printf("%s mounted at %s (pid %d)", shown, mnt, os.Getpid())
+	logger.printf("%s mounted at %s (pid %d)", shown, mnt, os.Getpid())
 	ready.ok()
 	// Parsing the headers left about as much garbage as stays live (for
 	// 94k tensors in 163 shards, 60 MB of RSS next to 63 MB live): collect

@@ -2,8 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"log"
+	"log/slog"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,9 +26,10 @@ import (
 const remoteMountWait = 5 * time.Minute
 
 type remoteFlags struct {
-	cacheDir   string
-	cacheSize  string
-	s3Endpoint string
+	cacheDir         string
+	cacheSize        string
+	s3Endpoint       string
+	allowUnversioned bool
 }
 
 // addRemoteFlags adds the flags of remote reads; withCache adds the cache
@@ -38,12 +40,13 @@ func addRemoteFlags(fl *pflag.FlagSet, rf *remoteFlags, withCache bool) {
 		fl.StringVar(&rf.cacheSize, "cache-size", "10G", "remote checkpoints: chunk cache bound, bytes or with a K, M, G, T suffix (powers of 1024)")
 	}
 	fl.StringVar(&rf.s3Endpoint, "s3-endpoint", "", "s3:// checkpoints: an S3-compatible endpoint URL (overrides AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)")
+	fl.BoolVar(&rf.allowUnversioned, "allow-unversioned", false, "remote checkpoints: accept a server that sends neither ETag nor Last-Modified (a change to a file while it is read would go unnoticed: versions can mix)")
 }
 
 // options turns the flags into remote.Options. A relative cache directory
 // is made absolute: the daemon works from /.
-func (rf *remoteFlags) options(logger *log.Logger) (remote.Options, error) {
-	opt := remote.Options{S3Endpoint: rf.s3Endpoint, Logger: logger}
+func (rf *remoteFlags) options(logger *slog.Logger) (remote.Options, error) {
+	opt := remote.Options{S3Endpoint: rf.s3Endpoint, Logger: logger, AllowUnversioned: rf.allowUnversioned}
 	if rf.cacheSize != "" {
 		n, err := parseByteSize(rf.cacheSize)
 		if err != nil {
@@ -91,7 +94,16 @@ func openRemoteSet(url string, rf *remoteFlags) (*remote.Set, error) {
 	}
 	set, err := remote.OpenSet(context.Background(), url, opt)
 	if err != nil {
-		return nil, fail(exitInvalid, "%v", err)
+		return nil, fail(exitInvalid, "%v%s", err, remoteHint(err))
 	}
 	return set, nil
+}
+
+// remoteHint is what the user can do about a remote failure, if anything
+// the error itself does not say.
+func remoteHint(err error) string {
+	if errors.Is(err, remote.ErrUnversioned) {
+		return "; --allow-unversioned reads it anyway, at the risk of mixing two versions if it changes meanwhile"
+	}
+	return ""
 }

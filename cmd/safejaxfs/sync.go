@@ -76,20 +76,9 @@ func runRecover(args []string) error {
 		}
 		return nil
 	}
-	p, pending := checkpoint.Pending(rest[0])
-	c, err := checkpoint.Open(rest[0], checkpoint.Options{})
-	if errors.Is(err, checkpoint.ErrLocked) {
-		return fail(exitMount, "%v", err)
-	}
-	var le *checkpoint.LogError
-	if errors.As(err, &le) {
-		return fail(exitWriteBack, "%v", err)
-	}
+	p, pending, err := recoverCheckpoint(rest[0])
 	if err != nil {
-		return fail(exitInvalid, "%v", err)
-	}
-	if err := c.Close(); err != nil {
-		return fail(exitWriteBack, "%v", err)
+		return err
 	}
 	if pending {
 		fmt.Fprintf(os.Stdout, "%s: wrote back the edits in %s\n", rest[0], p)
@@ -97,4 +86,29 @@ func runRecover(args []string) error {
 		fmt.Fprintf(os.Stdout, "%s: nothing to recover\n", rest[0])
 	}
 	return nil
+}
+
+// recoverCheckpoint is what recover does (and unmount of a mount whose
+// daemon died): a read-write open, which finishes or replays the log, and
+// a close, which writes the edits back. It returns the log's path and
+// whether one was pending.
+func recoverCheckpoint(ckpt string) (logPath string, pending bool, err error) {
+	logPath, pending = checkpoint.Pending(ckpt)
+	c, err := checkpoint.Open(ckpt, checkpoint.Options{Logger: cliLogger()})
+	if errors.Is(err, checkpoint.ErrLocked) {
+		return logPath, pending, fail(exitMount, "%v", err)
+	}
+	var le *checkpoint.LogError
+	if errors.As(err, &le) {
+		// Edits wait in a log that will not be applied: exit 4, and the
+		// message offers recover --discard.
+		return logPath, pending, fail(exitWriteBack, "%v", err)
+	}
+	if err != nil {
+		return logPath, pending, fail(exitInvalid, "%v", err)
+	}
+	if err := c.Close(); err != nil {
+		return logPath, pending, fail(exitWriteBack, "%v", err)
+	}
+	return logPath, pending, nil
 }

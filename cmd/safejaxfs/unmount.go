@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/safejaxfs/safejaxfs/fs"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
 
 func runUnmount(args []string) error {
@@ -28,15 +30,15 @@ func runUnmount(args []string) error {
 	if err != nil {
 		return fail(exitUsage, "%v", err)
 	}
-	fstype, found, err := mountType(mnt)
+	m, found, err := fs.FindMount(mnt)
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}
 	if !found {
 		return fail(exitMount, "%s is not mounted", mnt)
 	}
-	if fstype != "fuse.safejaxfs" {
-		return fail(exitMount, "%s is a %s mount, not safejaxfs", mnt, fstype)
+	if m.FSType != "fuse.safejaxfs" {
+		return fail(exitMount, "%s is a %s mount, not safejaxfs", mnt, m.FSType)
 	}
 	// A mount whose daemon is stuck (killed while its own start-up probe
 	// held a file of the mount open) answers nothing, ever: abort its
@@ -46,12 +48,12 @@ func runUnmount(args []string) error {
 		if err := abortMount(mnt); err != nil {
 			return fail(exitMount, "aborting %s: %v", mnt, err)
 		}
-		return nil
+		return settleDead(mnt, m.Source)
 	}
 	// Ask the daemon who it is before detaching it; a dead mount has no
 	// daemon to wait for.
 	pid := daemonPID(mnt)
-	reason, err := writeBack(mnt)
+	reason, dead, err := writeBack(mnt)
 	if err != nil && !*force {
 		return err
 	}
@@ -67,10 +69,51 @@ func runUnmount(args []string) error {
 	if err := detach(mnt, *lazy); err != nil {
 		return err
 	}
+	if dead {
+		return settleDead(mnt, m.Source)
+	}
 	if pid > 0 {
 		waitExit(pid)
 	}
 	return rescued
+}
+
+// settleDead runs once the mount of a daemon that died is detached. Edits
+// it acknowledged (fsync, close) may be only in the checkpoint's log: they
+// are written back now, as safejaxfs recover would, and unmount says so;
+// if that fails, exit 4 with the command to run once the cause is fixed
+// (nothing is lost: the log stays).
+func settleDead(mnt, src string) error {
+	if src == "" || remote.IsURL(src) {
+		return nil // a remote mount has no edits
+	}
+	logPath, pending := checkpoint.Pending(src)
+	if !pending {
+		return nil
+	}
+	fmt.Fprintf(os.Stderr, "safejaxfs: the daemon of %s died with edits in its log %s: writing them back into %s (as safejaxfs recover does)\n", escapeControl(mnt), escapeControl(logPath), escapeControl(src))
+	var err error
+	// The dead daemon's lock goes with its last descriptor, which may
+	// close just after its FUSE connection did.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, _, err = recoverCheckpoint(src)
+		if !errors.Is(err, checkpoint.ErrLocked) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		return fail(exitWriteBack, "writing back the edits the dead daemon left in %s failed: %v; nothing is lost (they stay in the log): once that is fixed, run: safejaxfs recover %s", logPath, err, shellQuote(src))
+	}
+	fmt.Fprintf(os.Stderr, "safejaxfs: wrote them back: %s is up to date\n", escapeControl(src))
+	return nil
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:@%=") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // askRecovery asks the daemon to save every edit to a recovery file and
@@ -111,7 +154,7 @@ func logHint(mnt string) string {
 // writeBack asks the daemon to write every edit back into the checkpoint
 // files (safejaxfs sync) while the mount is still up, so a failure can be
 // reported, with the daemon's reason, before anything is detached.
-func writeBack(mnt string) (reason string, err error) {
+func writeBack(mnt string) (reason string, dead bool, err error) {
 	var sfs unix.Statfs_t
 	err = unix.Statfs(mnt, &sfs)
 	if err == nil {
@@ -122,17 +165,17 @@ func writeBack(mnt string) (reason string, err error) {
 	if deadConn(err) {
 		// The daemon is gone (killed): nothing is left to write back, and
 		// detaching is all that can be done.
-		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", mnt)
-		return "", nil
+		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", escapeControl(mnt))
+		return "", true, nil
 	}
 	if err != nil && !errors.Is(err, unix.EROFS) && !errors.Is(err, unix.ENOTSUP) {
 		reason = err.Error()
 		if msg := rootAttr(mnt, fs.XattrError); msg != "" {
 			reason = msg
 		}
-		return reason, fail(exitWriteBack, "writing edits back failed, %s is still mounted (use --force to unmount once the edits are saved to a recovery file): %s%s", mnt, reason, logHint(mnt))
+		return reason, false, fail(exitWriteBack, "writing edits back failed, %s is still mounted (use --force to unmount once the edits are saved to a recovery file): %s%s", mnt, reason, logHint(mnt))
 	}
-	return "", nil
+	return "", false, nil
 }
 
 // daemonPID reads the pid the daemon publishes on the mount root; 0 if it

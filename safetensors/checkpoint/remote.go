@@ -94,10 +94,27 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 // request the kernel sends) until go-fuse has written them out.
 var readBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
-// read serves Read for a remote checkpoint: the bytes are copied out of the
-// chunk cache (fetched first if missing) into a pooled buffer, released
-// with the reply.
+// ReadContext is Read for a reader that may give up. For a remote
+// checkpoint, when ctx ends (a FUSE request interrupted by Ctrl-C) the
+// read returns at once with ctx's cause and the fetches no other reader
+// waits for are cancelled; a local read waits on nothing ctx could end
+// and is Read.
+func (c *Checkpoint) ReadContext(ctx context.Context, id ID, off int64, n int) (segs [][]byte, release func(), err error) {
+	if c.remote != nil {
+		return c.remote.readContext(ctx, c, id, off, n)
+	}
+	return c.Read(id, off, n)
+}
+
+// read serves Read for a remote checkpoint.
 func (r *remoteSet) read(c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
+	return r.readContext(context.Background(), c, id, off, n)
+}
+
+// readContext serves ReadContext for a remote checkpoint: the bytes are
+// copied out of the chunk cache (fetched first if missing) into a pooled
+// buffer, released with the reply.
+func (r *remoteSet) readContext(ctx context.Context, c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
 	if id < 0 || int(id) >= len(r.at) {
 		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 	}
@@ -119,7 +136,7 @@ func (r *remoteSet) read(c *Checkpoint, id ID, off int64, n int) ([][]byte, func
 			readBufs.Put(bp)
 		}
 	}
-	if k, err := t.obj.ReadAt(buf, t.off+off); k < n {
+	if k, err := t.obj.ReadAtContext(ctx, buf, t.off+off); k < n {
 		put()
 		if err == nil {
 			err = io.ErrUnexpectedEOF

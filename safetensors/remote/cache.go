@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
-	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,7 +36,7 @@ import (
 type cache struct {
 	dir   string
 	limit int64
-	log   *log.Logger
+	log   *slog.Logger
 
 	added   atomic.Int64 // bytes written since the last scan
 	used    atomic.Int64 // bytes at the last scan, -1 before the first
@@ -62,7 +62,7 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func newCache(dir string, limit int64, lg *log.Logger) (*cache, error) {
+func newCache(dir string, limit int64, lg *slog.Logger) (*cache, error) {
 	d := filepath.Join(dir, "chunks-v1")
 	if err := os.MkdirAll(d, 0o700); err != nil {
 		return nil, fmt.Errorf("remote: cache directory: %w", err)
@@ -230,7 +230,7 @@ func (w *chunkWriter) abort() {
 // chunk otherwise); reads go on without the cache.
 func (c *cache) warn(err error) {
 	if !c.warned.Swap(true) {
-		c.log.Printf("remote: chunk cache %s: %v; reading without it", c.dir, err)
+		c.log.Warn(fmt.Sprintf("remote: chunk cache %s: %v; reading without it", c.dir, err))
 	}
 }
 

@@ -108,21 +108,21 @@ func (o *Object) withRetries(ctx context.Context, op string, rng func() string, 
 				e.Err = fmt.Errorf("%w (gave up after %d attempts)", a.err, i+1)
 			}
 			if !a.quiet {
-				opt.Logger.Print(e.Error())
+				opt.Logger.Warn(e.Error())
 			}
 			return e
 		}
 		wait := a.wait
 		if wait > opt.MaxRetryAfter {
 			e.Err = fmt.Errorf("%w (the server asks to retry after %v, more than the %v this client waits)", a.err, wait, opt.MaxRetryAfter)
-			opt.Logger.Print(e.Error())
+			opt.Logger.Warn(e.Error())
 			return e
 		}
 		if wait == 0 {
 			wait = min(opt.RetryBase<<i, 30*time.Second)
 			wait = wait/2 + rand.N(wait/2+1)
 		}
-		opt.Logger.Printf("%s; retry %d/%d in %v", e.Error(), i+1, opt.Retries, wait.Round(time.Millisecond))
+		opt.Logger.Warn(fmt.Sprintf("%s; retry %d/%d in %v", e.Error(), i+1, opt.Retries, wait.Round(time.Millisecond)))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -135,34 +135,80 @@ func (o *Object) withRetries(ctx context.Context, op string, rng func() string, 
 }
 
 // classify turns a response status into an attempt outcome (err == nil for
-// the statuses a caller handles itself).
+// the statuses a caller handles itself). What retrying cannot fix fails at
+// once, naming the status and the server's reason: 401, 403 and 404, and
+// the S3 error codes that say the same whatever the status they come
+// with (a gateway may answer AccessDenied with a 500).
 func classify(resp *http.Response) attempt {
 	s := resp.StatusCode
+	if s < 400 {
+		return attempt{status: s}
+	}
+	why := errorReason(resp)
 	switch {
-	case s == http.StatusNotFound:
-		return fail(s, withReason(ErrNotFound, resp))
-	case s == http.StatusUnauthorized || s == http.StatusForbidden:
-		return fail(s, withReason(ErrDenied, resp))
+	case s == http.StatusNotFound || s3NotFound[why.code]:
+		return fail(s, why.wrap(ErrNotFound))
+	case s == http.StatusUnauthorized || s == http.StatusForbidden || s3Denied[why.code]:
+		return fail(s, why.wrap(ErrDenied))
 	case s == http.StatusPreconditionFailed:
 		return fail(s, ErrChanged)
+	case s == http.StatusRequestedRangeNotSatisfiable:
+		return attempt{status: s} // an empty object, or one that shrank: the caller knows
 	case s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || (s >= 500 && s != http.StatusNotImplemented):
-		a := transient(s, errors.New("temporary server failure"))
+		a := transient(s, why.wrap(errors.New("temporary server failure")))
 		a.wait = retryAfter(resp.Header.Get("Retry-After"))
 		return a
 	}
-	return attempt{status: s}
+	return fail(s, why.wrap(fmt.Errorf("%w: status %d", ErrBadResponse, s)))
 }
 
-// withReason adds what the server said about an error: the Hub's
-// X-Error-Message, or an S3 error document's Code and Message (e.g.
-// SignatureDoesNotMatch). Servers do not echo credentials there.
-func withReason(err error, resp *http.Response) error {
-	msg := resp.Header.Get("X-Error-Message")
-	if msg == "" && strings.Contains(resp.Header.Get("Content-Type"), "xml") {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		code, m := xmlField(b, "Code"), xmlField(b, "Message")
-		msg = strings.TrimSpace(code + " " + m)
+// encodedBody refuses a body sent with a Content-Encoding other than
+// identity, naming it: its bytes are not the file's. aws-chunked is not
+// one: it is how an upload was signed, which AWS drops when it stores the
+// object and some S3-compatible stores (versitygw) echo back on GET over
+// the object's plain bytes.
+func encodedBody(resp *http.Response) error {
+	for _, v := range resp.Header.Values("Content-Encoding") {
+		for _, e := range strings.Split(v, ",") {
+			e = strings.TrimSpace(e)
+			if e != "" && !strings.EqualFold(e, "identity") && !strings.EqualFold(e, "aws-chunked") {
+				return fmt.Errorf("%w (Content-Encoding: %s, though the request asked for identity)", ErrEncoded, e)
+			}
+		}
 	}
+	return nil
+}
+
+// S3 error codes retrying cannot fix.
+var (
+	s3NotFound = map[string]bool{"NoSuchKey": true, "NoSuchBucket": true}
+	s3Denied   = map[string]bool{"AccessDenied": true, "InvalidAccessKeyId": true, "SignatureDoesNotMatch": true}
+)
+
+// reason is what a server said about an error: the Hub's X-Error-Message,
+// or an S3 error document's Code and Message.
+type reason struct {
+	code string // S3 error code, e.g. SignatureDoesNotMatch
+	msg  string
+}
+
+// errorReason reads (at most 4 KiB of) an error response's body for its
+// reason. Servers do not echo credentials there.
+func errorReason(resp *http.Response) reason {
+	if msg := resp.Header.Get("X-Error-Message"); msg != "" {
+		return reason{msg: msg}
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if !strings.Contains(resp.Header.Get("Content-Type"), "xml") && !strings.HasPrefix(strings.TrimSpace(string(b)), "<") {
+		return reason{}
+	}
+	code := strings.TrimSpace(xmlField(b, "Code"))
+	return reason{code: code, msg: strings.TrimSpace(code + " " + strings.TrimSpace(xmlField(b, "Message")))}
+}
+
+// wrap adds the reason to err.
+func (r reason) wrap(err error) error {
+	msg := r.msg
 	if msg == "" {
 		return err
 	}
@@ -253,6 +299,9 @@ func (o *Object) roundTrip(ctx context.Context, method string, hdr http.Header) 
 			req.Header[k] = v
 		}
 		req.Header.Set("User-Agent", "safejaxfs")
+		// The file's bytes as they are: a compressed body would not be
+		// the range asked for (encodedBody refuses one anyway).
+		req.Header.Set("Accept-Encoding", "identity")
 		if sameOrigin(u, origin) {
 			if req, err = o.authorize(req); err != nil {
 				return nil, nil, err

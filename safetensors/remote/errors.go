@@ -27,6 +27,13 @@ var (
 	ErrBadResponse = errors.New("unexpected response")
 	// ErrClosed: the Object was closed.
 	ErrClosed = errors.New("object is closed")
+	// ErrUnversioned: the server sends neither ETag nor Last-Modified, so a
+	// change to the file that keeps its size and header could not be told
+	// from the version opened (Options.AllowUnversioned accepts it).
+	ErrUnversioned = errors.New("the server sends neither ETag nor Last-Modified: a change to the file could not be detected, and reads could mix two versions")
+	// ErrEncoded: the server sent the bytes with a Content-Encoding (gzip,
+	// br, ...) though identity was asked for: they are not the file's.
+	ErrEncoded = errors.New("the server sent an encoded body, not the file's bytes")
 )
 
 // Error is a failed operation on a remote object.

@@ -69,6 +69,9 @@ func (o *Object) getOnce(ctx context.Context, off, n int64, rng string, sink fun
 		return a
 	}
 	s := resp.StatusCode
+	if err := encodedBody(resp); err != nil {
+		return fail(s, err)
+	}
 	switch s {
 	case http.StatusPartialContent:
 		start, end, total, ok := parseContentRange(resp.Header.Get("Content-Range"))

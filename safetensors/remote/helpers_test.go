@@ -5,7 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -41,7 +41,7 @@ func testOpts(t *testing.T) (Options, *logSink) {
 	ls := &logSink{t: t}
 	return Options{
 		CacheDir:     t.TempDir(),
-		Logger:       log.New(ls, "", 0),
+		Logger:       slog.New(slog.NewTextHandler(ls, nil)),
 		RetryBase:    5 * time.Millisecond,
 		StallTimeout: 2 * time.Second,
 		// 1 MiB chunks keep test objects small; TestStreamingMemoryBounded

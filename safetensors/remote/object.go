@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -147,7 +148,14 @@ func openFile(ctx context.Context, c *client, l location, rev string) (*Object, 
 			id = e.String() + "|" + id
 		}
 	}
-	sum := sha256.Sum256([]byte(id + "\x00" + o.version + "\x00" + o.etag + "\x00" + strconv.FormatInt(o.size, 10)))
+	version := o.version
+	if version == "" {
+		// Nothing tells this version from the next: its chunks are this
+		// Open's alone, never read by a later one.
+		c.opt.Logger.Warn(fmt.Sprintf("remote: %s: %v; opened anyway (allowed): if it changes during the mount, reads may mix versions", o.display, ErrUnversioned))
+		version = "unversioned:" + rand.Text()
+	}
+	sum := sha256.Sum256([]byte(id + "\x00" + version + "\x00" + o.etag + "\x00" + strconv.FormatInt(o.size, 10)))
 	o.key = hex.EncodeToString(sum[:16])
 	o.ctx, o.cancel = context.WithCancel(context.Background())
 	o.ra.init(&c.opt)
@@ -197,6 +205,9 @@ func (o *Object) probeOnce(ctx context.Context, rng string, probe int64, pinned 
 		return a
 	}
 	s := resp.StatusCode
+	if err := encodedBody(resp); err != nil {
+		return fail(s, err)
+	}
 	var total int64
 	switch s {
 	case http.StatusPartialContent:
@@ -248,6 +259,9 @@ func (o *Object) probeOnce(ctx context.Context, rng string, probe int64, pinned 
 		o.version = o.etag
 		if o.version == "" {
 			o.version = o.lastMod
+		}
+		if o.version == "" && !o.c.opt.AllowUnversioned {
+			return fail(s, ErrUnversioned)
 		}
 	}
 	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {

@@ -2,8 +2,7 @@ package remote
 
 import (
 	"errors"
-	"io"
-	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -25,9 +24,9 @@ type Options struct {
 	// shared config's endpoint_url (an S3-compatible store). Requests to a
 	// custom endpoint use path-style addressing.
 	S3Endpoint string
-	// Logger receives one line per failed request (display URL, range,
+	// Logger receives one record per failed request (display URL, range,
 	// status, what happens next) and never credentials. nil discards them.
-	Logger *log.Logger
+	Logger *slog.Logger
 
 	// MaxConns bounds the concurrent requests of an Object and its
 	// siblings. 0 means 8.
@@ -60,6 +59,13 @@ type Options struct {
 	// StallTimeout fails (and retries) a request whose response headers or
 	// body bytes do not arrive for this long. 0 means 30 s.
 	StallTimeout time.Duration
+
+	// AllowUnversioned opens files from a server that sends neither ETag
+	// nor Last-Modified (refused otherwise, ErrUnversioned): a change to
+	// such a file during the mount goes unnoticed, so reads may mix two
+	// versions; Open logs that it does. Its chunks are cached for this
+	// Open only, never shared with a later one.
+	AllowUnversioned bool
 }
 
 // Defaults.
@@ -92,7 +98,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	o.CacheSize = max(o.CacheSize, MinCacheSize)
 	if o.Logger == nil {
-		o.Logger = log.New(io.Discard, "", 0)
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	def := func(v *int64, d int64) {
 		if *v <= 0 {

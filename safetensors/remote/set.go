@@ -74,6 +74,10 @@ func OpenSet(ctx context.Context, rawURL string, opt Options) (*Set, error) {
 		return &Set{URL: o.String(), Names: []string{o.Name()}, Objects: []*Object{o}, Headers: []*safetensors.Header{h}, ModTime: o.ModTime()}, nil
 	}
 	defer o.Close() // the shards keep the connections and cache alive
+	if o.Size() > safetensors.MaxIndexSize {
+		// Refused on the size its probe gave, before it is fetched.
+		return nil, &Error{Op: "open", URL: o.String(), Err: safetensors.IndexTooLarge(o.Size())}
+	}
 	b, err := o.ReadAll(ctx)
 	if err != nil {
 		return nil, err
