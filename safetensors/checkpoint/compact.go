@@ -95,6 +95,8 @@ func (c *Checkpoint) compact() error {
 			inPlace = append(inPlace, i)
 		}
 	}
+	// Open file views must not see their bytes patched (fileview_compact.go).
+	reps, rewritten, inPlace = c.keepViews(s, reps, rewritten, inPlace)
 	if s.index {
 		b, err := c.renderIndex(s)
 		if err != nil {
