@@ -84,7 +84,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			Logger:       mo.Logger,
 		},
 	}
-	raw := &listingFS{RawFileSystem: fs.NewNodeFS(f.Root(), fsOpts)}
+	raw := &listingFS{RawFileSystem: &filesRawFS{fs.NewNodeFS(f.Root(), fsOpts)}}
 	server, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
 		return nil, err
