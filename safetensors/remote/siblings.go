@@ -71,12 +71,18 @@ func (o *Object) Siblings(ctx context.Context, patterns, exclude []string) ([]Si
 	return out, listErr
 }
 
+// wellKnown are the files tokenizers save under names a pattern such as
+// *.model or *.txt stands for: where there is no listing, these are tried.
+var wellKnown = []string{"tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "merges.txt", "vocab.txt"}
+
 // probeSiblings opens every literal name among patterns (no wildcard),
-// concurrently; a name the server does not have is skipped.
+// and the well-known names the patterns match, concurrently; a name the
+// server does not have is skipped.
 func (o *Object) probeSiblings(ctx context.Context, patterns, exclude []string) []SiblingFile {
 	var names []string
-	for _, p := range patterns {
-		if !strings.ContainsAny(p, `*?[\`) && p != "" && !slices.Contains(exclude, p) && !slices.Contains(names, p) {
+	for _, p := range append(slices.Clone(patterns), wellKnown...) {
+		literal := !strings.ContainsAny(p, `*?[\`) && p != ""
+		if literal && matchAny(patterns, p) && !slices.Contains(exclude, p) && !slices.Contains(names, p) {
 			names = append(names, p)
 		}
 	}
