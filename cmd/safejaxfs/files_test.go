@@ -482,3 +482,20 @@ func TestFilesRemoteHub(t *testing.T) {
 		})
 	}
 }
+
+// An https:// directory has no listing: the loader's files are found by
+// name (one probe each, when /.files/ is first looked at, not at mount),
+// the rest of the checkpoint as on the Hub.
+func TestFilesRemoteHTTPDir(t *testing.T) {
+	dir, _ := remoteSet(t)
+	addLoaderFiles(t, dir)
+	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(filepath.Dir(dir)))
+	base := fmt.Sprintf("http://127.0.0.1:%d/%s/", ports[0], filepath.Base(dir))
+	k := len(ng.Log(t))
+	mnt, _ := remoteMount(t, base)
+	onlyProbes(t, ng, k, "the mount", 4) // the index and three shards: nothing for /.files/ yet
+	want := []string{indexName, shardName(0, 3), shardName(1, 3), shardName(2, 3),
+		"config.json", "generation_config.json", "merges.txt", "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"}
+	sameFileSet(t, base, filesOf(t, mnt), dirFiles(t, dir, want))
+	unmountOK(t, mnt)
+}
