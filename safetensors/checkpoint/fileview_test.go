@@ -375,3 +375,35 @@ func TestFileViewSiblings(t *testing.T) {
 		t.Fatal("siblings listed without being asked for")
 	}
 }
+
+// A view whose bytes come from the log and from a shard's file keeps them
+// across the compaction that rewrites the shard and removes the log: it
+// holds both until it is closed.
+func TestFileViewOutlivesLogAndFile(t *testing.T) {
+	dir := shFiles(t, shDefault())
+	c, err := Open(dir, Options{})
+	must(t, err)
+	defer c.Close()
+	fs := c.Files(FilesOptions{})
+	must(t, c.WriteAt(idOf(t, c, "embed"), []byte("logged bytes"), 70_000))
+	must(t, c.Sync()) // in the log now
+	must(t, c.Rename(idOf(t, c, "layers.0.b"), "layers.0.bias"))
+	const name = "model-00001-of-00003.safetensors"
+	fi, err := fs.Stat(name)
+	must(t, err)
+	v, err := fs.Open(name, fi.Stamp)
+	must(t, err)
+	defer v.Close()
+	before := readView(t, v)
+	if len(c.walMaps) == 0 {
+		t.Fatal("no log to outlive")
+	}
+	must(t, c.Compact())
+	if len(c.walMaps) != 0 {
+		t.Fatal("the compaction left the log")
+	}
+	if got := readView(t, v); !bytes.Equal(got, before) {
+		t.Fatal("the view changed across the compaction")
+	}
+	sameFiles(t, "written back", map[string][]byte{name: before}, diskFiles(t, dir, []string{name}))
+}
