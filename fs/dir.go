@@ -60,6 +60,9 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		out.Attr = a.Attr
 		return d.NewInode(ctx, m, fs.StableAttr{Mode: syscall.S_IFREG, Ino: doc.ino}), 0
 	}
+	if f.files != nil && d.isRoot() && name == f.files.name {
+		return f.files.rootNode(ctx, &d.Inode, out), 0
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if child := d.node.Lookup(name); child != nil {
@@ -107,6 +110,9 @@ func (d *dirNode) entries() []fuse.DirEntry {
 		for _, doc := range f.specials {
 			entries = append(entries, fuse.DirEntry{Name: doc.name, Mode: syscall.S_IFREG, Ino: doc.ino})
 		}
+		if f.files != nil {
+			entries = append(entries, fuse.DirEntry{Name: f.files.name, Mode: syscall.S_IFDIR, Ino: inoFilesDir})
+		}
 	}
 	for _, c := range children {
 		if c.IsDir() {
@@ -139,6 +145,9 @@ func (d *dirNode) size() (n int, ok bool) {
 	n = d.node.Len()
 	if d.isRoot() {
 		n += len(f.specials)
+		if f.files != nil {
+			n++
+		}
 	}
 	return n, true
 }

@@ -37,6 +37,13 @@ type Options struct {
 	// SpillDir is where large uploads wait for their close, in unnamed
 	// temp files (upload.go); "" means $TMPDIR.
 	SpillDir string
+	// FilesDir names the root directory showing the checkpoint as files
+	// ("" = none; files.go). FilesSiblings shows the files beside the
+	// checkpoint there too, those matching FilesInclude (nil: the
+	// default list).
+	FilesDir      string
+	FilesSiblings bool
+	FilesInclude  []string
 }
 
 // FS is the state shared by all nodes of one mount.
@@ -76,12 +83,18 @@ type FS struct {
 
 	retype  retyper     // dtypes and shapes waiting for bytes that fit
 	writers writerCount // write handles open per tensor
+
+	files *filesView // the checkpoint as files; nil when not shown (files.go)
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a
 // stat of the checkpoint file.
 func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
-	t, err := tree.Build(ck.Keys(), tree.Options{Sep: opt.Sep, Reserved: ReservedNames(ck.Sharded())})
+	reserved := ReservedNames(ck.Sharded())
+	if opt.FilesDir != "" {
+		reserved = append(reserved, opt.FilesDir)
+	}
+	t, err := tree.Build(ck.Keys(), tree.Options{Sep: opt.Sep, Reserved: reserved})
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +106,9 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	f.maxUpload = uploadLimit()
 	f.upPool = uploadPool{dir: opt.SpillDir, limit: f.maxUpload, spillAt: spillAt, budget: memoryBudget, refuse: f.refuseUpload}
 	f.specials = f.docs()
+	if err := f.setupFiles(); err != nil {
+		return nil, err
+	}
 	if r := ck.Remote(); r != nil {
 		// A remote file has no local owner: the mount belongs to whoever
 		// mounted it (as sshfs -o idmap=user shows it), dated by the

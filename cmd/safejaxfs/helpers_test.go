@@ -191,13 +191,17 @@ func getxattr(t testing.TB, path, name string) string {
 	return string(buf[:n])
 }
 
-// walkFiles returns every regular file under root, relative paths.
+// walkFiles returns every regular file under root, relative paths,
+// except the mount's files directory (files_test.go tests that).
 func walkFiles(t testing.TB, root string) []string {
 	t.Helper()
 	var files []string
 	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if d.IsDir() && p == filepath.Join(root, defaultFilesDir) {
+			return filepath.SkipDir
 		}
 		if d.Type().IsRegular() {
 			rel, _ := filepath.Rel(root, p)

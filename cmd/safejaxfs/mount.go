@@ -29,6 +29,7 @@ type mountFlags struct {
 	foreground bool
 	logFile    string
 	remote     remoteFlags
+	files      filesFlags
 }
 
 func runMount(args []string) (err error) {
@@ -52,12 +53,16 @@ func runMount(args []string) (err error) {
 	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
 	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to this file instead of a new file in the state directory ($XDG_RUNTIME_DIR/safejaxfs; the mount root's user.safejaxfs.log names it)")
 	addRemoteFlags(fl, &mf.remote, true)
+	addFilesFlags(fl, &mf.files)
 	rest, err := parseFlags(fl, args, 2, 2)
 	if err != nil {
 		return err
 	}
 	if mf.sep == "" {
 		return fail(exitUsage, "--sep must not be empty")
+	}
+	if err := mf.files.check(); err != nil {
+		return err
 	}
 	ckpt, mnt := rest[0], rest[1]
 	wait := mountWait
@@ -297,7 +302,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		}
 	}()
 	dirs := recoveryDirs(state)
-	f, err := fs.New(ck, fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs})
+	fo := fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs}
+	mf.files.apply(&fo, ckpt)
+	f, err := fs.New(ck, fo)
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}

@@ -20,6 +20,9 @@ type HubEntry struct {
 	Commit          string // X-Repo-Commit
 	File            string // what it serves
 	Big             bool   // 302 to the CDN
+	// Tree: File is the JSON the Hub's tree API answers for the repo at
+	// Rev (/api/models/REPO/tree/REV), instead of a file; Path unused.
+	Tree bool
 }
 
 // StartHub serves entries as the Hub would at HF_ENDPOINT, which it sets
@@ -33,6 +36,10 @@ func StartHub(t testing.TB, token string, entries ...HubEntry) (ng *Nginx, endpo
 		fmt.Fprintf(&origin, "    if ($http_authorization != 'Bearer %s') { return 401; }\n", token)
 	}
 	for _, e := range entries {
+		if e.Tree {
+			fmt.Fprintf(&origin, "    location = /api/models/%s/tree/%s {\n      default_type application/json;\n      alias %s;\n    }\n", e.Repo, e.Rev, e.File)
+			continue
+		}
 		fmt.Fprintf(&origin, "    location = /%s/resolve/%s/%s {\n      add_header X-Repo-Commit %s always;\n", e.Repo, e.Rev, e.Path, e.Commit)
 		if e.Big {
 			b, err := os.ReadFile(e.File)

@@ -122,6 +122,8 @@ type Checkpoint struct {
 	// edits == rescuedEdits.
 	rescued      string
 	rescuedEdits uint64
+	// files is the checkpoint shown as files, if asked for (fileview.go).
+	files *FileSet
 }
 
 type tensor struct {
@@ -555,6 +557,9 @@ func (c *Checkpoint) releaseAll() {
 	c.walMaps = nil
 	c.closed = true
 	c.closeIndex()
+	if c.files != nil {
+		c.files.close()
+	}
 	c.remote.close()
 	if c.pending != nil {
 		for _, r := range c.pending.reps {

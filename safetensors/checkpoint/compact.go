@@ -131,6 +131,8 @@ func (c *Checkpoint) compact() error {
 			p.inPlace = append(p.inPlace, i)
 		}
 	}
+	// Open file views must not see their bytes patched (fileview_compact.go).
+	c.keepViews(s, p)
 	if s.index {
 		b, err := c.renderIndex(s)
 		if err != nil {

@@ -19,8 +19,12 @@ type Set struct {
 	// URL is what was opened, in display form (no credentials): the
 	// index of a sharded checkpoint, else the file.
 	URL string
-	// Index is the parsed index; nil for a single file.
-	Index *safetensors.Index
+	// Index is the parsed index; nil for a single file. IndexName and
+	// IndexBytes are its file name and bytes as fetched (a mount shows
+	// them as they are).
+	Index      *safetensors.Index
+	IndexName  string
+	IndexBytes []byte
 	// Names are the files as the index names them, sorted (for a single
 	// file, its name); Objects and Headers are in the same order.
 	Names   []string
@@ -86,7 +90,7 @@ func OpenSet(ctx context.Context, rawURL string, opt Options) (*Set, error) {
 	if err != nil {
 		return nil, &Error{Op: "parse", URL: o.String(), Err: err}
 	}
-	s := &Set{URL: o.String(), Index: idx, Names: idx.Shards(), ModTime: o.ModTime()}
+	s := &Set{URL: o.String(), Index: idx, IndexName: o.Name(), IndexBytes: b, Names: idx.Shards(), ModTime: o.ModTime()}
 	s.Objects = make([]*Object, len(s.Names))
 	s.Headers = make([]*safetensors.Header, len(s.Names))
 	errs := make([]error, len(s.Names))

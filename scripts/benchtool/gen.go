@@ -80,7 +80,7 @@ func (b *bench) generate() error {
 	cfg := b.cfg
 	// Sections 3 and 6 need none of the large files: --only 3,6 skips
 	// writing them.
-	if b.want("1") || b.want("2") || b.want("4") {
+	if b.want("1") || b.want("2") || b.want("4") || b.want(filesSection) {
 		if err := b.generateReads(); err != nil {
 			return err
 		}

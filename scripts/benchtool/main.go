@@ -78,7 +78,7 @@ func main() {
 	cli := flag.String("cli", "", "the safejaxfs binary to benchmark")
 	repo := flag.String("repo", ".", "the repository root (for go test -bench)")
 	work := flag.String("work", "", "an empty scratch directory on the disk to benchmark (checkpoints and mountpoints go here)")
-	only := flag.String("only", "", "comma-separated sections to run (1-8); default all")
+	only := flag.String("only", "", "comma-separated sections to run (1-9); default all")
 	raKB := flag.Int("read-ahead-kb", 0, "set read_ahead_kb of each mount's FUSE bdi to this (root; measures the knob); 0: kernel default")
 	flag.Parse()
 	if *cli == "" || *work == "" || flag.NArg() != 0 {
@@ -150,6 +150,7 @@ func (b *bench) run() error {
 	}{
 		{"", "generate checkpoints", b.generate},
 		{"1", "1 sequential reads", b.sequential},
+		{filesSection, filesSection + " /.files/ reads", b.filesReads},
 		{"2", "2 random reads", b.random},
 		{"3", "3 mount time, memory, find", b.mountScale},
 		{"4", "4 edits", b.edits},

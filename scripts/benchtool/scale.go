@@ -158,7 +158,9 @@ func (b *bench) mountScale() error {
 			if err := b.ensureCached(path); err != nil {
 				return err
 			}
-			m, err := b.mount(path)
+			// find is compared entry for entry with the local mirror:
+			// no files directory.
+			m, err := b.mount(path, "--no-files")
 			if err != nil {
 				return err
 			}
