@@ -88,3 +88,11 @@ func ParseMetadata(b []byte) (map[string]string, error) {
 	}
 	return p.meta, nil
 }
+
+// IndexEntryLen is the length one weight_map entry adds to an index as
+// Index.Marshal renders it (json.dumps with indent=2, sort_keys=True):
+// its line break and indent, key, separator, shard name and comma.
+func IndexEntryLen(key, shard string) int64 {
+	var buf [64]byte
+	return int64(1+4+len(appendPyString(buf[:0], key))+2+len(appendPyString(buf[:0], shard))) + 1
+}

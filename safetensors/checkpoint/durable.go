@@ -90,8 +90,9 @@ func (c *Checkpoint) undoTensor(t *tensor) func() {
 	sh := c.shards[t.shard]
 	bound, layout, edits := sh.hdrBound, sh.layoutGen, c.edits
 	var index uint64
+	var indexBound int64
 	if c.index != nil {
-		index = c.index.layoutGen
+		index, indexBound = c.index.layoutGen, c.index.hdrBound
 	}
 	return func() {
 		*t = saved
@@ -100,7 +101,7 @@ func (c *Checkpoint) undoTensor(t *tensor) func() {
 		}
 		sh.hdrBound, sh.layoutGen, c.edits = bound, layout, edits
 		if c.index != nil {
-			c.index.layoutGen = index
+			c.index.layoutGen, c.index.hdrBound = index, indexBound
 		}
 	}
 }
@@ -113,7 +114,7 @@ func (c *Checkpoint) undoNew(id ID) func() {
 		delete(c.byKey, t.key)
 		delete(c.dirty, t)
 		c.tensors[id] = nil
-		c.applyHeader(headerDelta{t.shard: -t.entryBound()})
+		c.applyHeader(headerDelta{t.shard: -t.entryBound(), indexFile: -c.indexEntry(t.key, t.shard)})
 	}
 }
 
@@ -216,7 +217,7 @@ func (c *Checkpoint) undoMeta() func() {
 			sh.meta, sh.metaGen, sh.layoutGen, sh.hdrBound = saved[i].meta, saved[i].metaGen, saved[i].layoutGen, saved[i].hdr
 		}
 		if c.index != nil {
-			c.index.meta, c.index.metaGen, c.index.layoutGen = x.meta, x.metaGen, x.layoutGen
+			c.index.meta, c.index.metaGen, c.index.layoutGen, c.index.hdrBound = x.meta, x.metaGen, x.layoutGen, x.hdrBound
 		}
 		c.edits = edits
 	}

@@ -106,7 +106,7 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 	}
 	now := time.Now()
 	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, shard: c.shardFor(key), cur: memoryContent(nil), growable: true, mtime: now, ctime: now}
-	d := headerDelta{t.shard: t.entryBound()}
+	d := headerDelta{t.shard: t.entryBound(), indexFile: c.indexEntry(key, t.shard)}
 	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", key)); err != nil {
 		return 0, err
 	}
@@ -166,7 +166,7 @@ func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, da
 	}
 	now := time.Now()
 	t := &tensor{key: key, dtype: dtype, shape: shape, shard: c.shardFor(key), cur: memoryContent(data), mtime: now, ctime: now}
-	d := headerDelta{t.shard: t.entryBound()}
+	d := headerDelta{t.shard: t.entryBound(), indexFile: c.indexEntry(key, t.shard)}
 	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", key)); err != nil {
 		return 0, err
 	}
@@ -234,7 +234,7 @@ func (c *Checkpoint) Delete(id ID) error {
 
 // deleteLocked removes tensor t (ID id). Caller holds mu.
 func (c *Checkpoint) deleteLocked(id ID, t *tensor) {
-	c.applyHeader(headerDelta{t.shard: -t.entryBound()})
+	c.applyHeader(headerDelta{t.shard: -t.entryBound(), indexFile: -c.indexEntry(t.key, t.shard)})
 	delete(c.byKey, t.key)
 	c.tensors[id] = nil
 	t.deleted = true
@@ -296,6 +296,7 @@ func (c *Checkpoint) Move(renames map[ID]string, replaced []ID, adopt *Retype) e
 	for _, id := range replaced {
 		t := c.tensors[id]
 		hdr[t.shard] -= t.entryBound()
+		hdr[indexFile] -= c.indexEntry(t.key, t.shard)
 	}
 	for id, key := range renames {
 		t := c.get(id)
@@ -308,6 +309,9 @@ func (c *Checkpoint) Move(renames map[ID]string, replaced []ID, adopt *Retype) e
 		delta := safetensors.EntryBound(key, t.dtype, t.shape, t.growable) - t.entryBound()
 		hdr[t.shard] += delta
 		renamed[t.shard] += delta
+		idx := c.indexEntry(key, t.shard) - c.indexEntry(t.key, t.shard)
+		hdr[indexFile] += idx
+		renamed[indexFile] += idx
 		if targets[key] {
 			return fmt.Errorf("tensor %q: %w", key, ErrExists)
 		}

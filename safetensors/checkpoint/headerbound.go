@@ -22,13 +22,33 @@ import (
 // limit the reference reader enforces.
 var ErrHeaderLimit = fmt.Errorf("%w: the header would pass the safetensors limit of %d bytes", ErrSize, safetensors.MaxHeaderSize)
 
+// ErrIndexLimit: an edit after which the index of a sharded checkpoint
+// could pass the size safejaxfs (and so the next mount) reads.
+var ErrIndexLimit = fmt.Errorf("%w: the index would pass its size limit", ErrHeaderLimit)
+
 func (t *tensor) entryBound() int64 {
 	return safetensors.EntryBound(t.key, t.dtype, t.shape, t.growable)
 }
 
-// headerBound is shard si's bound, computed if it is not known yet.
-// Caller holds mu.
+// indexFile is the headerDelta key of a sharded checkpoint's index, whose
+// size is bounded the same way, by safetensors.MaxIndexSize.
+const indexFile = -1
+
+// indexEntry is what tensor key in shard si adds to the index; 0 for a
+// checkpoint without one.
+func (c *Checkpoint) indexEntry(key string, si int) int64 {
+	if c.index == nil {
+		return 0
+	}
+	return safetensors.IndexEntryLen(key, c.shards[si].name)
+}
+
+// headerBound is shard si's bound (or the index's), computed if it is not
+// known yet. Caller holds mu.
 func (c *Checkpoint) headerBound(si int) int64 {
+	if si == indexFile {
+		return c.indexBound()
+	}
 	sh := c.shards[si]
 	if sh.hdrBound > 0 {
 		return sh.hdrBound
@@ -43,14 +63,48 @@ func (c *Checkpoint) headerBound(si int) int64 {
 	return n
 }
 
-// headerDelta is a change of some shards' bounds an edit would make.
+// indexBound is the index's bound: its size as rendered now, with room
+// for total_size to gain digits. Caller holds mu.
+func (c *Checkpoint) indexBound() int64 {
+	x := c.index
+	if x.hdrBound > 0 {
+		return x.hdrBound
+	}
+	var keys, shards []string
+	var sizes []uint64
+	for _, t := range c.tensors {
+		if t != nil {
+			keys = append(keys, t.key)
+			shards = append(shards, c.shards[t.shard].name)
+			sizes = append(sizes, uint64(t.want()))
+		}
+	}
+	b, err := x.render(keys, shards, sizes)
+	if err != nil {
+		return safetensors.MaxIndexSize + 1 // refuse until it renders
+	}
+	x.hdrBound = int64(len(b)) + 20
+	return x.hdrBound
+}
+
+// headerDelta is a change of some shards' bounds (and the index's, at
+// indexFile) an edit would make.
 type headerDelta map[int]int64
 
 // check refuses the edit (what names it) if a shard's header could pass
 // the limit after it. Caller holds mu.
 func (c *Checkpoint) checkHeader(d headerDelta, what string) error {
 	for si, delta := range d {
-		if n := c.headerBound(si) + delta; delta > 0 && n > safetensors.MaxHeaderSize {
+		if delta <= 0 || si == indexFile && c.index == nil {
+			continue
+		}
+		if si == indexFile {
+			if n := c.indexBound() + delta; n > safetensors.MaxIndexSize {
+				return fmt.Errorf("%s: %w (the index %s could reach %d bytes, above the limit of %d)", what, ErrIndexLimit, c.index.name, n, safetensors.MaxIndexSize)
+			}
+			continue
+		}
+		if n := c.headerBound(si) + delta; n > safetensors.MaxHeaderSize {
 			return fmt.Errorf("%s: %w (its header in %s could reach %d bytes)", what, ErrHeaderLimit, c.shards[si].name, n)
 		}
 	}
@@ -60,8 +114,13 @@ func (c *Checkpoint) checkHeader(d headerDelta, what string) error {
 // applyHeader moves the bounds once the edit is applied. Caller holds mu.
 func (c *Checkpoint) applyHeader(d headerDelta) {
 	for si, delta := range d {
-		if sh := c.shards[si]; sh.hdrBound > 0 {
-			sh.hdrBound += delta
+		switch {
+		case si == indexFile:
+			if c.index != nil && c.index.hdrBound > 0 {
+				c.index.hdrBound += delta
+			}
+		case c.shards[si].hdrBound > 0:
+			c.shards[si].hdrBound += delta
 		}
 	}
 }
@@ -71,6 +130,9 @@ func (c *Checkpoint) applyHeader(d headerDelta) {
 func (c *Checkpoint) forgetHeaderBounds() {
 	for _, sh := range c.shards {
 		sh.hdrBound = 0
+	}
+	if c.index != nil {
+		c.index.hdrBound = 0
 	}
 }
 

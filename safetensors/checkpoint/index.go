@@ -29,6 +29,9 @@ type indexState struct {
 	// metaGen counts changes of meta; loggedMetaGen is its value when the
 	// log last recorded it.
 	metaGen, loggedMetaGen uint64
+	// hdrBound bounds the index's rendered size (see indexBound); 0 when
+	// not known.
+	hdrBound int64
 }
 
 // bump records a change the index derives from (keys, sizes); nil-safe
@@ -175,6 +178,13 @@ func (c *Checkpoint) setIndexMetadata(m map[string]json.RawMessage) error {
 	}
 	if maps.EqualFunc(meta, c.index.meta, func(a, b json.RawMessage) bool { return string(a) == string(b) }) {
 		return nil
+	}
+	// The index's size with the new metadata, rendered: this is rare.
+	old, bound := c.index.meta, c.index.hdrBound
+	c.index.meta, c.index.hdrBound = meta, 0
+	if n := c.indexBound(); n > safetensors.MaxIndexSize {
+		c.index.meta, c.index.hdrBound = old, bound
+		return fmt.Errorf("index metadata: %w (the index %s would be %d bytes, above the limit of %d)", ErrIndexLimit, c.index.name, n, safetensors.MaxIndexSize)
 	}
 	c.index.meta = meta
 	c.index.layoutGen++

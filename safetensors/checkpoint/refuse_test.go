@@ -106,3 +106,32 @@ func TestHeaderLimitEdge(t *testing.T) {
 	}
 	f.Close()
 }
+
+// The index of a sharded checkpoint is bounded too: a key that would take
+// it past the size the next mount reads is refused when made.
+func TestIndexLimit(t *testing.T) {
+	m := shDefault()
+	dir := shFiles(t, m)
+	c := ckOpen(t, dir, Options{})
+	defer c.Close()
+	c.mu.Lock()
+	room := safetensors.MaxIndexSize - c.indexBound()
+	c.mu.Unlock()
+	// A key whose index entry alone is too much (the header of its shard
+	// takes it: one entry is far from 100 MB).
+	long := strings.Repeat("k", int(room)+100)
+	if _, err := c.Create(long); !errors.Is(err, ErrIndexLimit) {
+		t.Fatalf("a key past the index limit: %v, want ErrIndexLimit", err)
+	}
+	if err := c.Rename(ckID(t, c, "step"), long); !errors.Is(err, ErrIndexLimit) {
+		t.Fatalf("a rename past the index limit: %v, want ErrIndexLimit", err)
+	}
+	if _, err := c.Create(strings.Repeat("k", int(room)/2)); err != nil {
+		t.Fatalf("a key that fits: %v", err)
+	}
+	ckCheckState(t, c, func() *ckModel {
+		u := m.union()
+		u.tensors[strings.Repeat("k", int(room)/2)] = ckTensor{safetensors.U8, []uint64{0}, nil}
+		return u
+	}(), "after the refusals")
+}
