@@ -140,6 +140,7 @@ func fxPhase(t *testing.T, sc fxScenario, phase string) {
 			name := fmt.Sprintf("%d %s %s", k+1, call, errno)
 			// The same mount goes on.
 			t.Run("retry/"+name, func(t *testing.T) {
+				t.Parallel()
 				_, c, _, new := start(t)
 				c.hooks = fxFailAt(k+1, errno)
 				err := op(c)
@@ -157,6 +158,7 @@ func fxPhase(t *testing.T, sc fxScenario, phase string) {
 			})
 			// The process dies right after the failure.
 			t.Run("crash/"+name, func(t *testing.T) {
+				t.Parallel()
 				path, c, old, new := start(t)
 				c.hooks = fxFailAt(k+1, errno)
 				err := op(c)

@@ -30,6 +30,14 @@ func (t *tensor) entryBound() int64 {
 	return safetensors.EntryBound(t.key, t.dtype, t.shape, t.growable)
 }
 
+// The limits checked: the reference reader's header limit and the size an
+// index may have to be read back. Variables so that tests can check the
+// rules at a smaller scale (TestLimitsAreTheReal ones pins the defaults).
+var (
+	headerLimit int64 = safetensors.MaxHeaderSize
+	indexLimit  int64 = safetensors.MaxIndexSize
+)
+
 // indexFile is the headerDelta key of a sharded checkpoint's index, whose
 // size is bounded the same way, by safetensors.MaxIndexSize.
 const indexFile = -1
@@ -81,7 +89,7 @@ func (c *Checkpoint) indexBound() int64 {
 	}
 	b, err := x.render(keys, shards, sizes)
 	if err != nil {
-		return safetensors.MaxIndexSize + 1 // refuse until it renders
+		return indexLimit + 1 // refuse until it renders
 	}
 	x.hdrBound = int64(len(b)) + 20
 	return x.hdrBound
@@ -99,12 +107,12 @@ func (c *Checkpoint) checkHeader(d headerDelta, what string) error {
 			continue
 		}
 		if si == indexFile {
-			if n := c.indexBound() + delta; n > safetensors.MaxIndexSize {
-				return fmt.Errorf("%s: %w (the index %s could reach %d bytes, above the limit of %d)", what, ErrIndexLimit, c.index.name, n, safetensors.MaxIndexSize)
+			if n := c.indexBound() + delta; n > indexLimit {
+				return fmt.Errorf("%s: %w (the index %s could reach %d bytes, above the limit of %d)", what, ErrIndexLimit, c.index.name, n, indexLimit)
 			}
 			continue
 		}
-		if n := c.headerBound(si) + delta; n > safetensors.MaxHeaderSize {
+		if n := c.headerBound(si) + delta; n > headerLimit {
 			return fmt.Errorf("%s: %w (its header in %s could reach %d bytes)", what, ErrHeaderLimit, c.shards[si].name, n)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -274,8 +275,14 @@ func TestDamagedLog(t *testing.T) {
 	path, _, _ := crash(t)
 	bounds := hoLogBounds(t, walPathOf(path))
 	end := bounds[len(bounds)-1] // past the last record: zeros written ahead
+	var mu sync.Mutex
 	outcomes := map[string]int{}
-	try := func(what string, damage func(log []byte) []byte, mayRefuse bool) {
+	count := func(k string) {
+		mu.Lock()
+		outcomes[k]++
+		mu.Unlock()
+	}
+	try := func(t *testing.T, what string, damage func(log []byte) []byte, mayRefuse bool) {
 		path, old, new := crash(t)
 		lp := walPathOf(path)
 		if err := os.WriteFile(lp, damage(mustRead(t, lp)[:end]), 0o600); err != nil {
@@ -289,27 +296,33 @@ func TestDamagedLog(t *testing.T) {
 				t.Fatalf("%s: Close: %v", what, err)
 			}
 		case errors.As(err, &le) && mayRefuse:
-			outcomes["refused"]++
+			count("refused")
 		default:
 			t.Fatalf("%s: open: %v", what, err)
 		}
 		got := mustRead(t, path)
 		switch {
 		case bytes.Equal(got, old.canonical(t)):
-			outcomes["before"]++
+			count("before")
 		case bytes.Equal(got, new.canonical(t)):
-			outcomes["after"]++
+			count("after")
 		default:
 			t.Fatalf("%s: the file is neither the state before nor after the edits", what)
 		}
 	}
 	cuts := hoCuts(bounds, end)
-	for _, n := range cuts {
-		try("cut at "+itoa(n), func(log []byte) []byte { return log[:n] }, false)
-	}
-	for _, n := range cuts {
-		try("byte "+itoa(n)+" flipped", func(log []byte) []byte { log[n] ^= 0x5a; return log }, true)
-	}
+	t.Run("cases", func(t *testing.T) {
+		for _, n := range cuts {
+			t.Run("cut "+itoa(n), func(t *testing.T) {
+				t.Parallel()
+				try(t, "cut at "+itoa(n), func(log []byte) []byte { return log[:n] }, false)
+			})
+			t.Run("flip "+itoa(n), func(t *testing.T) {
+				t.Parallel()
+				try(t, "byte "+itoa(n)+" flipped", func(log []byte) []byte { log[n] ^= 0x5a; return log }, true)
+			})
+		}
+	})
 	// A cut before the edits' commit leaves the state before, one after
 	// it the state after; some flips make a record the reader refuses.
 	if outcomes["before"] == 0 || outcomes["after"] == 0 || outcomes["refused"] == 0 {

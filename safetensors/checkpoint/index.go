@@ -182,9 +182,9 @@ func (c *Checkpoint) setIndexMetadata(m map[string]json.RawMessage) error {
 	// The index's size with the new metadata, rendered: this is rare.
 	old, bound := c.index.meta, c.index.hdrBound
 	c.index.meta, c.index.hdrBound = meta, 0
-	if n := c.indexBound(); n > safetensors.MaxIndexSize {
+	if n := c.indexBound(); n > indexLimit {
 		c.index.meta, c.index.hdrBound = old, bound
-		return fmt.Errorf("index metadata: %w (the index %s would be %d bytes, above the limit of %d)", ErrIndexLimit, c.index.name, n, safetensors.MaxIndexSize)
+		return fmt.Errorf("index metadata: %w (the index %s would be %d bytes, above the limit of %d)", ErrIndexLimit, c.index.name, n, indexLimit)
 	}
 	c.index.meta = meta
 	c.index.layoutGen++

@@ -12,8 +12,23 @@ import (
 // are refused when made, with the state left as it was: after each, the
 // checkpoint shows exactly the model, and closing writes exactly the
 // model's canonical file, which validates.
+// smallLimits lowers the header and index limits for a test: the rules
+// are the same at any scale, and 100 MB strings are slow under -race.
+func smallLimits(t *testing.T, header, index int64) {
+	h, i := headerLimit, indexLimit
+	headerLimit, indexLimit = header, index
+	t.Cleanup(func() { headerLimit, indexLimit = h, i })
+}
+
+func TestLimitsAreTheRealOnes(t *testing.T) {
+	if headerLimit != safetensors.MaxHeaderSize || indexLimit != safetensors.MaxIndexSize {
+		t.Fatalf("limits %d and %d, want the reader's %d and %d", headerLimit, indexLimit, safetensors.MaxHeaderSize, safetensors.MaxIndexSize)
+	}
+}
+
 func TestRefusesEditsThatCouldNotBeWrittenBack(t *testing.T) {
-	big := strings.Repeat("a", safetensors.MaxHeaderSize-200)
+	smallLimits(t, 1<<20, 1<<20)
+	big := strings.Repeat("a", 1<<20-200)
 	cases := []struct {
 		name string
 		edit func(c *Checkpoint) error
@@ -76,6 +91,7 @@ func TestRefusesEditsThatCouldNotBeWrittenBack(t *testing.T) {
 // TestHeaderLimitEdge: a header grown up to the limit by metadata still
 // takes what fits and refuses the byte more; the file written validates.
 func TestHeaderLimitEdge(t *testing.T) {
+	smallLimits(t, 1<<20, 1<<20)
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -83,7 +99,7 @@ func TestHeaderLimitEdge(t *testing.T) {
 	// Room left: the bound counts offsets at 20 digits, so fill to just
 	// under the bound's limit.
 	c.mu.Lock()
-	room := safetensors.MaxHeaderSize - c.headerBound(0)
+	room := headerLimit - c.headerBound(0)
 	c.mu.Unlock()
 	meta := map[string]string{"framework": "flax"}
 	extra := room - (safetensors.MetadataLen(map[string]string{"framework": "flax", "pad": ""}) - safetensors.MetadataLen(meta))
@@ -101,7 +117,7 @@ func TestHeaderLimitEdge(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the file written does not validate: %v", err)
 	}
-	if n := f.DataOffset() - 8; n > safetensors.MaxHeaderSize {
+	if n := f.DataOffset() - 8; n > headerLimit {
 		t.Errorf("header %d bytes, above the limit", n)
 	}
 	f.Close()
@@ -110,12 +126,13 @@ func TestHeaderLimitEdge(t *testing.T) {
 // The index of a sharded checkpoint is bounded too: a key that would take
 // it past the size the next mount reads is refused when made.
 func TestIndexLimit(t *testing.T) {
+	smallLimits(t, 4<<20, 1<<20)
 	m := shDefault()
 	dir := shFiles(t, m)
 	c := ckOpen(t, dir, Options{})
 	defer c.Close()
 	c.mu.Lock()
-	room := safetensors.MaxIndexSize - c.indexBound()
+	room := indexLimit - c.indexBound()
 	c.mu.Unlock()
 	// A key whose index entry alone is too much (the header of its shard
 	// takes it: one entry is far from 100 MB).
