@@ -440,9 +440,11 @@ func shardPatches(sh *shard, ss *snapShard) []patch {
 }
 
 // patchRuns merges adjacent patches into runs and checksums each page
-// piece of a run as the file f holds it now and as the patch writes it.
+// piece of a run as the file f holds it now and as the patch writes it,
+// a page at a time (memory stays one page, whatever the run's size).
 func patchRuns(f *os.File, ps []patch) ([]patchRun, error) {
 	var runs []patchRun
+	buf := make([]byte, pageSize)
 	for i := 0; i < len(ps); {
 		j := i + 1
 		end := ps[i].off + int64(len(ps[i].data))
@@ -451,19 +453,33 @@ func patchRuns(f *os.File, ps []patch) ([]patchRun, error) {
 			j++
 		}
 		run := patchRun{Off: ps[i].off, N: end - ps[i].off}
-		old := make([]byte, run.N)
-		if _, err := f.ReadAt(old, run.Off); err != nil {
-			return nil, err
-		}
-		nw := make([]byte, 0, run.N)
-		for _, p := range ps[i:j] {
-			nw = append(nw, p.data...)
-		}
+		k, within := i, 0 // where the new bytes of the next piece begin
+		var rerr error
 		pieces(run.Off, run.N, func(off, n int64) {
-			lo := off - run.Off
-			run.Old = append(run.Old, crc32.Checksum(old[lo:lo+n], castagnoliWAL))
-			run.New = append(run.New, crc32.Checksum(nw[lo:lo+n], castagnoliWAL))
+			if rerr != nil {
+				return
+			}
+			old := buf[:n]
+			if _, err := f.ReadAt(old, off); err != nil {
+				rerr = err
+				return
+			}
+			run.Old = append(run.Old, crc32.Checksum(old, castagnoliWAL))
+			var c uint32
+			for left := int(n); left > 0; {
+				seg := ps[k].data[within:]
+				take := min(left, len(seg))
+				c = crc32.Update(c, castagnoliWAL, seg[:take])
+				left -= take
+				if within += take; within == len(ps[k].data) {
+					k, within = k+1, 0
+				}
+			}
+			run.New = append(run.New, c)
 		})
+		if rerr != nil {
+			return nil, rerr
+		}
 		runs = append(runs, run)
 		i = j
 	}

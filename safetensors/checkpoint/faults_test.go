@@ -1,8 +1,12 @@
 package checkpoint
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -179,6 +183,46 @@ func fxPhase(t *testing.T, sc fxScenario, phase string) {
 					t.Errorf("a log is left after a clean reopen: %s", pending)
 				}
 			})
+		}
+	}
+}
+
+// patchRuns checksums pages across patch boundaries as the patched file
+// holds them.
+func TestPatchRunsChecksums(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	orig := ctPattern(5, 40_000)
+	f.Write(orig)
+	ps := []patch{{5000, ctPattern(6, 3000)}, {8000, ctPattern(7, 100)}, {8100, ctPattern(8, 9000)}, {30_000, ctPattern(9, 1)}}
+	runs, err := patchRuns(f, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := bytes.Clone(orig)
+	for _, p := range ps {
+		copy(after[p.off:], p.data)
+	}
+	if len(runs) != 2 {
+		t.Fatalf("%d runs, want 2", len(runs))
+	}
+	for _, run := range runs {
+		i := 0
+		pieces(run.Off, run.N, func(off, n int64) {
+			if got, want := run.Old[i], crc32.Checksum(orig[off:off+n], castagnoliWAL); got != want {
+				t.Errorf("old piece at %d: %x, want %x", off, got, want)
+			}
+			if got, want := run.New[i], crc32.Checksum(after[off:off+n], castagnoliWAL); got != want {
+				t.Errorf("new piece at %d: %x, want %x", off, got, want)
+			}
+			i++
+		})
+		if i != len(run.Old) {
+			t.Errorf("%d pieces checked, %d recorded", i, len(run.Old))
 		}
 	}
 }
