@@ -431,10 +431,10 @@ func legacyCompact(d *cdir, main string, base []walFile, v1 *compactV1) (*compac
 				file = i
 			}
 		}
-		dir, tb := splitName(fileName(base[max(file, 0)], main))
 		if file < 0 || !strings.HasPrefix(r.From, d.path+"/") {
 			return nil, fmt.Sprintf("the log's write-back names %s, which is not one of the checkpoint's files", r.To)
 		}
+		dir, tb := splitName(fileName(base[file], main))
 		temp := dir + strings.TrimPrefix(r.From[strings.LastIndex(r.From, "/"):], "/")
 		if !isTempOf(temp[len(dir):], tb) {
 			return nil, fmt.Sprintf("the log's write-back names %s as a temp file", r.From)
