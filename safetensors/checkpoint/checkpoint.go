@@ -3,6 +3,24 @@
 // persisted, and their persistence. The FUSE layer talks only to this type,
 // so every rule about what a checkpoint may become is enforced in one place,
 // testable without mounting anything.
+//
+// Lock order (a lock may be taken while holding only those above it):
+//
+//  1. Checkpoint.persistMu: one persistence at a time (commit, compaction,
+//     a durable edit); held across their I/O.
+//  2. Staged.mu: a rewrite in progress (a durable commit of it takes it
+//     under persistMu; moveReaders takes it with nothing else held but
+//     persistMu).
+//  3. Checkpoint.mu: the state (tensors, keys, shards, the log's
+//     mappings); never held across I/O except the fdatasync of a durable
+//     edit or a compaction's last commit, so that no one sees the state
+//     between the edit and its log record.
+//  4. FileSet.mu, then sibling.mu: the /.files/ views (fileview.go).
+//  5. readTracker.mu and the process-wide held (lock.go): leaves, taken
+//     for a moment with anything above held.
+//
+// Mapping and log-mapping reference counts are atomics, not locks: a read
+// takes its references under mu and releases them without it.
 package checkpoint
 
 import (
