@@ -268,8 +268,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		return fail(exitMount, "%v", err)
 	}
 	if err != nil {
-		return fail(exitInvalid, "%v", err)
+		return fail(exitInvalid, "%v", explainOpen(ckpt, err))
 	}
+	noticeForeign(ck, readOnly, logger)
 	closed := false
 	defer func() {
 		if !closed {
