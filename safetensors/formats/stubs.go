@@ -7,11 +7,9 @@ import (
 
 var errTODO = errors.New("not implemented yet")
 
-func (f *File) parseTorchZip() error    { return errTODO }
-func (f *File) parseTorchLegacy() error { return errTODO }
-func (f *File) parseNPZ() error         { return errTODO }
-func (f *File) parseNPY() error         { return errTODO }
-func (f *File) parseGGUF() error        { return errTODO }
+func (f *File) parseNPZ() error  { return errTODO }
+func (f *File) parseNPY() error  { return errTODO }
+func (f *File) parseGGUF() error { return errTODO }
 
 // Decoder converts a type safetensors has no dtype for to float32.
 type Decoder struct{}
