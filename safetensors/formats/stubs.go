@@ -7,8 +7,6 @@ import (
 
 var errTODO = errors.New("not implemented yet")
 
-func (f *File) parseNPZ() error  { return errTODO }
-func (f *File) parseNPY() error  { return errTODO }
 func (f *File) parseGGUF() error { return errTODO }
 
 // Decoder converts a type safetensors has no dtype for to float32.

@@ -20,22 +20,22 @@ const MaxPickle = 256 << 20
 const maxMembers = 1 << 20
 
 // openZip reads the file's central directory, refusing duplicate names.
-func (f *File) openZip() (map[string]*zip.File, error) {
+func (f *File) openZip() ([]*zip.File, map[string]*zip.File, error) {
 	zr, err := zip.NewReader(bytes.NewReader(f.m), f.size)
 	if err != nil {
-		return nil, fmt.Errorf("zip: %w", err)
+		return nil, nil, fmt.Errorf("zip: %w", err)
 	}
 	if len(zr.File) > maxMembers {
-		return nil, fmt.Errorf("zip: %d members, more than %d", len(zr.File), maxMembers)
+		return nil, nil, fmt.Errorf("zip: %d members, more than %d", len(zr.File), maxMembers)
 	}
 	members := make(map[string]*zip.File, len(zr.File))
 	for _, m := range zr.File {
 		if _, dup := members[m.Name]; dup {
-			return nil, fmt.Errorf("zip: member %q appears twice", printableName(m.Name))
+			return nil, nil, fmt.Errorf("zip: member %q appears twice", printableName(m.Name))
 		}
 		members[m.Name] = m
 	}
-	return members, nil
+	return zr.File, members, nil
 }
 
 // memberBase is where a member's bytes are: a span of the file when
@@ -94,7 +94,7 @@ func (f *File) memberBytes(m *zip.File, limit int64) ([]byte, error) {
 // parseTorchZip reads torch.save's zip (torch >= 1.6): <name>/data.pkl,
 // <name>/data/<key> per storage, <name>/byteorder (absent: little).
 func (f *File) parseTorchZip() error {
-	members, err := f.openZip()
+	_, members, err := f.openZip()
 	if err != nil {
 		return err
 	}
