@@ -91,8 +91,7 @@ func (r *ggufReader) value(typ uint32, top bool) (string, error) {
 		if err != nil || top {
 			return s, err
 		}
-		j, _ := json.Marshal(s)
-		return string(j), nil
+		return jsonString(s), nil
 	case 9:
 		if !top {
 			return "", errors.New("an array of arrays (llama.cpp refuses them too)")
@@ -337,4 +336,13 @@ func (f *File) parseGGUF() error {
 		f.Metadata = meta
 	}
 	return nil
+}
+
+// jsonString quotes s as JSON, leaving <, > and & as they are.
+func jsonString(s string) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s)
+	return strings.TrimSuffix(b.String(), "\n")
 }
