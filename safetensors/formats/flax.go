@@ -31,6 +31,10 @@ const (
 // 92k): each costs memory before a byte of data is read.
 const MaxTensors = 1 << 19
 
+// MaxMetadata bounds the leaves that are not tensors (strings, None...),
+// each a metadata entry.
+const MaxMetadata = 1 << 17
+
 type flaxReader struct {
 	f    *File
 	meta map[string]string
@@ -108,6 +112,9 @@ func (r *flaxReader) node(v *msgpack.Value, prefix string) error {
 func (r *flaxReader) leaf(v *msgpack.Value, key string) error {
 	if len(r.f.Tensors) >= MaxTensors {
 		return fmt.Errorf("more than %d tensors", MaxTensors)
+	}
+	if len(r.meta) >= MaxMetadata {
+		return fmt.Errorf("more than %d values that are not arrays", MaxMetadata)
 	}
 	switch v.Kind {
 	case msgpack.Map:

@@ -37,6 +37,9 @@ func (w *torchWalker) walk(v pickle.Value, key string, f *File) error {
 	if len(w.tensors)+len(f.Tensors) >= MaxTensors {
 		return fmt.Errorf("more than %d tensors", MaxTensors)
 	}
+	if len(w.meta) >= MaxMetadata {
+		return fmt.Errorf("more than %d values that are not tensors", MaxMetadata)
+	}
 	switch x := v.(type) {
 	case *torchTensor:
 		if key == "" {
