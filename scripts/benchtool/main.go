@@ -157,6 +157,7 @@ func (b *bench) run() error {
 		{"6", "6 sharded scale: DeepSeek-V3-shaped listing and memory", b.listingScale},
 		{remoteSection, remoteSection + " remote mounts", b.remoteMounts},
 		{statsSection, statsSection + " stats", b.statsRows},
+		{convertSection, convertSection + " convert from PyTorch and Flax", b.convertRows},
 	}
 	for _, s := range steps {
 		if s.section != "" && !b.want(s.section) {
