@@ -133,6 +133,12 @@ func Explain(ckpt string, err error) error {
 	if format.Mountable() {
 		return fmt.Errorf("%s is %s, not safetensors: %w", path, format, err)
 	}
+	if head := readHead(path, 9); format == Unknown && (len(head) < 9 || head[8] != '{') && (errors.Is(err, safetensors.ErrHeaderTooLarge) || errors.Is(err, safetensors.ErrHeaderTruncated) ||
+		errors.Is(err, safetensors.ErrTooSmall) || errors.Is(err, safetensors.ErrHeaderJSON) || errors.Is(err, safetensors.ErrHeaderUTF8)) {
+		// Not even the start of a safetensors header: say so first, and
+		// what the file starts with.
+		return fmt.Errorf("%s is not a checkpoint of a format safejaxfs reads (safetensors, Flax msgpack, PyTorch, numpy, GGUF); it begins %s: %w", path, printable(string(readHead(path, 16))), err)
+	}
 	return err
 }
 
