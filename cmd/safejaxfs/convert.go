@@ -20,6 +20,7 @@ type convertFlags struct {
 	quiet      bool
 	force      bool
 	dequantize bool
+	sync       bool
 	sep        string
 }
 
@@ -41,6 +42,7 @@ func runConvert(args []string) error {
 	fl.BoolVarP(&cf.quiet, "quiet", "q", false, "no progress line on a terminal")
 	fl.BoolVar(&cf.force, "force", false, "replace OUT (and its shards and index) if they exist")
 	fl.BoolVar(&cf.dequantize, "dequantize", false, "GGUF: write quantized tensors (Q4_K, Q8_0, ...) as F32 values, as llama.cpp dequantizes them")
+	fl.BoolVar(&cf.sync, "sync", false, "fsync OUT before it is renamed into place (as cp, torch.save and save_pretrained, convert otherwise leaves the write-back to the kernel)")
 	fl.StringVar(&cf.sep, "sep", ".", "key separator, as for mount (for PREFIX given as a path)")
 	rest, err := parseFlags(fl, args, 2, 3)
 	if err != nil {
@@ -127,7 +129,8 @@ func parseShardSize(s string) (int64, error) {
 }
 
 // writeOutput writes a file through a temporary one in the same directory,
-// synced and renamed into place, so OUT is either absent or complete.
+// renamed into place (synced first with --sync), so OUT is either absent
+// or complete.
 func writeOutput(out string, cf convertFlags, total int64, write func(*os.File) error) error {
 	if err := checkOutput(out, cf.force); err != nil {
 		return err
@@ -140,7 +143,7 @@ func writeOutput(out string, cf convertFlags, total int64, write func(*os.File) 
 	stop := watchProgress(tmp, total, cf.quiet)
 	err = write(tmp)
 	stop()
-	if err == nil {
+	if err == nil && cf.sync {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
@@ -155,7 +158,10 @@ func writeOutput(out string, cf convertFlags, total int64, write func(*os.File) 
 	if err != nil {
 		return fail(exitInvalid, "writing %s: %v", out, err)
 	}
-	return syncDir(filepath.Dir(out))
+	if cf.sync {
+		syncDir(filepath.Dir(out))
+	}
+	return nil
 }
 
 func checkOutput(out string, force bool) error {

@@ -26,6 +26,11 @@ type File struct {
 	f    *os.File
 	m    []byte // the whole file, read-only; nil when empty
 	size int64
+	// ra reads the file without the mapping: parsers read the scattered
+	// bytes that structure a file (member headers, msgpack keys) through
+	// it, because a touch of the mapping maps a whole large folio of the
+	// page cache, and RSS would grow with the file for nothing.
+	ra io.ReaderAt
 
 	mu    sync.Mutex
 	tmp   *tempStore
@@ -66,7 +71,7 @@ func Open(path string) (*File, error) {
 		f.Close()
 		return nil, err
 	}
-	file := &File{Path: path, Format: format, f: f, size: st.Size(), made: map[*base][]byte{}, mades: map[int]*madeOnce{}}
+	file := &File{Path: path, Format: format, f: f, ra: f, size: st.Size(), made: map[*base][]byte{}, mades: map[int]*madeOnce{}}
 	if file.size > 0 {
 		if file.m, err = unix.Mmap(int(f.Fd()), 0, int(file.size), unix.PROT_READ, unix.MAP_SHARED); err != nil {
 			f.Close()
@@ -214,4 +219,16 @@ func (f *File) span(off, n int64) ([]byte, error) {
 		return nil, fmt.Errorf("bytes [%d, +%d) run past the end of the %d-byte file", off, n, f.size)
 	}
 	return f.m[off : off+n : off+n], nil
+}
+
+// read returns a copy of the file's bytes [off, off+n), read through ra.
+func (f *File) read(off, n int64) ([]byte, error) {
+	if off < 0 || n < 0 || off > f.size || n > f.size-off {
+		return nil, fmt.Errorf("bytes [%d, +%d) run past the end of the %d-byte file", off, n, f.size)
+	}
+	b := make([]byte, n)
+	if k, err := f.ra.ReadAt(b, off); int64(k) < n {
+		return nil, fmt.Errorf("reading bytes [%d, +%d): %w", off, n, err)
+	}
+	return b, nil
 }

@@ -3,6 +3,7 @@ package formats
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"strconv"
 
@@ -41,7 +42,7 @@ type flaxReader struct {
 }
 
 func (f *File) parseMsgpack() error {
-	v, err := msgpack.Decode(f.m, msgpack.DefaultLimits)
+	v, err := msgpack.DecodeAt(f.ra, f.size, msgpack.DefaultLimits)
 	if err != nil {
 		return err
 	}
@@ -49,7 +50,7 @@ func (f *File) parseMsgpack() error {
 		return fmt.Errorf("the top level is a msgpack %s, not a map (Flax writes a dict of arrays)", v.Kind)
 	}
 	r := &flaxReader{f: f, meta: map[string]string{}}
-	if isChunked(f.m, &v) {
+	if r.isChunked(&v) {
 		return fmt.Errorf("the top level is one chunked array, not a dict of arrays")
 	}
 	if err := r.node(&v, ""); err != nil {
@@ -68,7 +69,14 @@ func join(prefix, k string) string {
 	return prefix + "." + k
 }
 
-func (r *flaxReader) str(v *msgpack.Value) string { return string(r.f.m[v.Off : v.Off+v.Len]) }
+// str reads a string (its length was bounded by the decoder).
+func (r *flaxReader) str(v *msgpack.Value) string {
+	b, err := r.f.read(v.Off, v.Len)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
 
 // key renders a map key: a string, or an int as Python's str() would.
 func (r *flaxReader) key(v *msgpack.Value, prefix string) (string, error) {
@@ -118,7 +126,7 @@ func (r *flaxReader) leaf(v *msgpack.Value, key string) error {
 	}
 	switch v.Kind {
 	case msgpack.Map:
-		if isChunked(r.f.m, v) {
+		if r.isChunked(v) {
 			return r.chunked(v, key)
 		}
 		if len(v.Items) == 0 {
@@ -188,8 +196,7 @@ func (r *flaxReader) ndarray(v *msgpack.Value, key string) (Tensor, elemType, er
 	fail := func(format string, args ...any) (Tensor, elemType, error) {
 		return Tensor{}, elemType{}, fmt.Errorf("key %q: array: "+format, append([]any{key}, args...)...)
 	}
-	payload := r.f.m[v.Off : v.Off+v.Len]
-	p, err := msgpack.Decode(payload, msgpack.Limits{MaxDepth: 3, MaxNodes: 1 << 16})
+	p, err := msgpack.DecodeAt(io.NewSectionReader(r.f.ra, v.Off, v.Len), v.Len, msgpack.Limits{MaxDepth: 3, MaxNodes: 1 << 16})
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -210,7 +217,7 @@ func (r *flaxReader) ndarray(v *msgpack.Value, key string) (Tensor, elemType, er
 	if dt.Kind != msgpack.Str && dt.Kind != msgpack.Bin {
 		return fail("the dtype is a msgpack %s, not a name", dt.Kind)
 	}
-	name := string(payload[dt.Off : dt.Off+dt.Len])
+	name := r.str(&msgpack.Value{Off: v.Off + dt.Off, Len: dt.Len})
 	et, err := numpyType(name)
 	if err != nil {
 		return fail("%v", err)
@@ -232,7 +239,7 @@ func (r *flaxReader) ndarray(v *msgpack.Value, key string) (Tensor, elemType, er
 // complexValue renders a Python complex (ext 2: msgpack [real, imag]) as
 // Python prints it.
 func (r *flaxReader) complexValue(v *msgpack.Value, key string) (string, error) {
-	p, err := msgpack.Decode(r.f.m[v.Off:v.Off+v.Len], msgpack.Limits{MaxDepth: 2, MaxNodes: 8})
+	p, err := msgpack.DecodeAt(io.NewSectionReader(r.f.ra, v.Off, v.Len), v.Len, msgpack.Limits{MaxDepth: 2, MaxNodes: 8})
 	if err != nil || p.Kind != msgpack.Array || len(p.Items) != 2 || p.Items[0].Kind != msgpack.Float || p.Items[1].Kind != msgpack.Float {
 		return "", fmt.Errorf("key %q: a complex number (ext type 2) is not msgpack [real, imag]", key)
 	}
@@ -247,13 +254,13 @@ func (r *flaxReader) complexValue(v *msgpack.Value, key string) (string, error) 
 
 // isChunked: a map with the chunked-array marker key, as Flax's
 // _unchunk_array_leaves_in_place tests it.
-func isChunked(b []byte, v *msgpack.Value) bool {
+func (r *flaxReader) isChunked(v *msgpack.Value) bool {
 	if v.Kind != msgpack.Map {
 		return false
 	}
 	for i := 0; i < len(v.Items); i += 2 {
 		k := &v.Items[i]
-		if k.Kind == msgpack.Str && string(b[k.Off:k.Off+k.Len]) == chunkedKey {
+		if k.Kind == msgpack.Str && k.Len == int64(len(chunkedKey)) && r.str(k) == chunkedKey {
 			return true
 		}
 	}

@@ -12,7 +12,7 @@ import (
 // openBytes parses b as Open would (format sniffed) and streams every
 // tensor, without a file: what fuzzing drives.
 func openBytes(b []byte) error {
-	f := &File{Path: "fuzz", m: b, size: int64(len(b)), made: map[*base][]byte{}, mades: map[int]*madeOnce{}}
+	f := &File{Path: "fuzz", m: b, ra: bytes.NewReader(b), size: int64(len(b)), made: map[*base][]byte{}, mades: map[int]*madeOnce{}}
 	f.Format = Sniff(b[:min(len(b), SniffLen)], int64(len(b)))
 	if f.Format == Zip {
 		f.Format = sniffZip(bytes.NewReader(b), int64(len(b)))

@@ -214,18 +214,17 @@ func (f *File) parseNPZ() error {
 // memberNPYHeader reads a member's .npy header, in place when stored,
 // else from the start of its decompressed stream.
 func (f *File) memberNPYHeader(b *base) (npyHeader, error) {
+	var r io.Reader
 	if b.inFile() {
-		h, short, err := parseNPYHeader(f.m[b.off : b.off+b.size])
-		if err == nil && short > 0 {
-			err = errors.New("the member ends inside the .npy header")
+		r = io.NewSectionReader(f.ra, b.off, b.size)
+	} else {
+		rc, err := b.open()
+		if err != nil {
+			return npyHeader{}, err
 		}
-		return h, err
+		defer rc.Close()
+		r = rc
 	}
-	r, err := b.open()
-	if err != nil {
-		return npyHeader{}, err
-	}
-	defer r.Close()
 	buf := make([]byte, 0, 256)
 	need := 10
 	for {

@@ -2,7 +2,6 @@ package formats
 
 import (
 	"archive/zip"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,7 +20,7 @@ const maxMembers = 1 << 20
 
 // openZip reads the file's central directory, refusing duplicate names.
 func (f *File) openZip() ([]*zip.File, map[string]*zip.File, error) {
-	zr, err := zip.NewReader(bytes.NewReader(f.m), f.size)
+	zr, err := zip.NewReader(f.ra, f.size)
 	if err != nil {
 		return nil, nil, fmt.Errorf("zip: %w", err)
 	}
@@ -74,7 +73,7 @@ func (f *File) memberBytes(m *zip.File, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("zip member %q is %d bytes, above the limit of %d", printableName(m.Name), b.size, limit)
 	}
 	if b.inFile() {
-		return f.m[b.off : b.off+b.size], nil
+		return f.read(b.off, b.size)
 	}
 	r, err := b.open()
 	if err != nil {
@@ -258,7 +257,11 @@ func (f *File) parseTorchLegacy() error {
 		if off+8 > f.size {
 			return fmt.Errorf("storage %q: the file ends before its size", printableName(k))
 		}
-		numel := int64(binary.LittleEndian.Uint64(b[off:]))
+		nb, err := f.read(off, 8)
+		if err != nil {
+			return err
+		}
+		numel := int64(binary.LittleEndian.Uint64(nb))
 		if numel != st.numel {
 			return fmt.Errorf("storage %q holds %d elements, its id says %d", printableName(k), numel, st.numel)
 		}

@@ -5,9 +5,11 @@
 package msgpack
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"unicode/utf8"
 )
@@ -96,23 +98,69 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Rule }
 
 type decoder struct {
-	b     []byte
+	in    *window
+	size  int64
 	pos   int64
 	nodes int
 	lim   Limits
 }
 
+// MaxStr bounds a string the decoder reads (to check it is UTF-8): keys
+// and dtype names are short, a metadata string a few MB at most.
+const MaxStr = 64 << 20
+
 // Decode decodes the one value b holds; bytes after it are refused.
 func Decode(b []byte, lim Limits) (Value, error) {
-	d := &decoder{b: b, lim: lim}
+	return DecodeAt(bytes.NewReader(b), int64(len(b)), lim)
+}
+
+// DecodeAt decodes the one value of the size bytes r holds, reading only
+// the bytes that structure it (never the contents of bins and exts, which
+// stay where they are): a checkpoint's arrays are not read to list them.
+func DecodeAt(r io.ReaderAt, size int64, lim Limits) (Value, error) {
+	d := &decoder{in: &window{r: r, size: size}, size: size, lim: lim}
 	v, err := d.value(0)
 	if err != nil {
 		return Value{}, err
 	}
-	if d.pos != int64(len(b)) {
-		return Value{}, &Error{Off: d.pos, Rule: ErrTrailing, What: fmt.Sprintf("%d bytes", int64(len(b))-d.pos)}
+	if d.pos != size {
+		return Value{}, &Error{Off: d.pos, Rule: ErrTrailing, What: fmt.Sprintf("%d bytes", size-d.pos)}
 	}
 	return v, nil
+}
+
+// window reads the input through a small buffer, so a decoder walking a
+// large file by offsets reads what it looks at and little more.
+type window struct {
+	r    io.ReaderAt
+	size int64
+	buf  []byte
+	off  int64
+	err  error
+}
+
+const windowSize = 64 << 10
+
+// at returns the input's bytes [off, off+n); the caller checked they are
+// within the input. The slice is valid until the next call.
+func (w *window) at(off, n int64) []byte {
+	if off >= w.off && off+n <= w.off+int64(len(w.buf)) {
+		return w.buf[off-w.off : off-w.off+n]
+	}
+	size := max(n, windowSize)
+	size = min(size, w.size-off)
+	if int64(cap(w.buf)) < size {
+		w.buf = make([]byte, size)
+	}
+	w.buf = w.buf[:size]
+	k, err := w.r.ReadAt(w.buf, off)
+	if int64(k) < size && err != nil {
+		w.err = err
+		w.buf = w.buf[:k]
+		return nil
+	}
+	w.off = off
+	return w.buf[:n]
 }
 
 func (d *decoder) fail(rule error, what string) error {
@@ -120,7 +168,7 @@ func (d *decoder) fail(rule error, what string) error {
 }
 
 func (d *decoder) need(n int64) error {
-	if n < 0 || n > int64(len(d.b))-d.pos {
+	if n < 0 || n > d.size-d.pos {
 		return d.fail(ErrTruncated, "")
 	}
 	return nil
@@ -130,7 +178,10 @@ func (d *decoder) uint(n int) (uint64, error) {
 	if err := d.need(int64(n)); err != nil {
 		return 0, err
 	}
-	p := d.b[d.pos:]
+	p := d.in.at(d.pos, int64(n))
+	if p == nil {
+		return 0, d.fail(d.in.err, "reading")
+	}
 	d.pos += int64(n)
 	switch n {
 	case 1:
@@ -150,7 +201,11 @@ func (d *decoder) value(depth int) (Value, error) {
 	if err := d.need(1); err != nil {
 		return Value{}, err
 	}
-	c := d.b[d.pos]
+	p := d.in.at(d.pos, 1)
+	if p == nil {
+		return Value{}, d.fail(d.in.err, "reading")
+	}
+	c := p[0]
 	d.pos++
 	switch {
 	case c <= 0x7f:
@@ -248,18 +303,33 @@ func (d *decoder) payload(k Kind, ext int8, n int64) (Value, error) {
 
 func (d *decoder) str(n int64) (Value, error) {
 	v, err := d.payload(Str, 0, n)
-	if err == nil && !utf8.Valid(d.b[v.Off:v.Off+v.Len]) {
+	if err != nil {
+		return v, err
+	}
+	if n > MaxStr {
+		d.pos = v.Off
+		return Value{}, d.fail(ErrTooMany, fmt.Sprintf("a string of %d bytes, above %d", n, MaxStr))
+	}
+	p := d.in.at(v.Off, v.Len)
+	if p == nil {
+		return Value{}, d.fail(d.in.err, "reading")
+	}
+	if !utf8.Valid(p) {
 		d.pos = v.Off
 		return Value{}, d.fail(ErrUTF8, "")
 	}
-	return v, err
+	return v, nil
 }
 
 func (d *decoder) ext(n int64) (Value, error) {
 	if err := d.need(1); err != nil {
 		return Value{}, err
 	}
-	t := int8(d.b[d.pos])
+	p := d.in.at(d.pos, 1)
+	if p == nil {
+		return Value{}, d.fail(d.in.err, "reading")
+	}
+	t := int8(p[0])
 	d.pos++
 	return d.payload(Ext, t, n)
 }
@@ -274,7 +344,7 @@ func (d *decoder) container(k Kind, n int64, depth int) (Value, error) {
 	}
 	// Every item takes at least a byte: a count the rest of the input
 	// cannot hold is refused before anything is allocated for it.
-	if items > int64(len(d.b))-d.pos {
+	if items > d.size-d.pos {
 		return Value{}, d.fail(ErrTruncated, fmt.Sprintf("%s of %d entries", k, n))
 	}
 	if items > int64(d.lim.MaxNodes-d.nodes) {
