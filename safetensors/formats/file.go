@@ -32,10 +32,11 @@ type File struct {
 	// page cache, and RSS would grow with the file for nothing.
 	ra io.ReaderAt
 
-	mu    sync.Mutex
-	tmp   *tempStore
-	made  map[*base][]byte  // materialized bases (for strided views of them)
-	mades map[int]*madeOnce // materialized tensors, by index
+	mu     sync.Mutex
+	closed bool
+	tmp    *tempStore
+	made   map[*base][]byte  // materialized bases (for strided views of them)
+	mades  map[int]*madeOnce // materialized tensors, by index
 }
 
 type madeOnce struct {
@@ -158,6 +159,12 @@ func (f *File) Intact() bool {
 // valid until Close.
 func (f *File) Bytes(i int) ([]byte, error) {
 	t := &f.Tensors[i]
+	f.mu.Lock()
+	closed := f.closed
+	f.mu.Unlock()
+	if closed {
+		return nil, os.ErrClosed
+	}
 	if off, ok := f.Contiguous(i); ok {
 		return f.m[off : off+t.Size : off+t.Size], nil
 	}
@@ -195,6 +202,7 @@ func (f *File) WriteTo(i int, w io.Writer) error {
 func (f *File) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.closed = true
 	var err error
 	if f.m != nil {
 		err = unix.Munmap(f.m)
