@@ -58,6 +58,12 @@ func (f *File) memberBase(m *zip.File) (*base, error) {
 		}
 		return &base{id: m.Name, size: size, off: off}, nil
 	case zip.Deflate:
+		// Deflate expands at most 1032 times: a member whose header says
+		// more is no deflate stream (or a bomb), refused before anything
+		// is decompressed.
+		if m.UncompressedSize64 > 1032*m.CompressedSize64+1024 {
+			return nil, fmt.Errorf("zip member %q: %d bytes from %d compressed, more than deflate can expand to", printableName(m.Name), m.UncompressedSize64, m.CompressedSize64)
+		}
 		return &base{id: m.Name, size: size, open: func() (readCloser, error) { return m.Open() }}, nil
 	}
 	return nil, fmt.Errorf("zip member %q: compression method %d is not read (stored and deflated are)", printableName(m.Name), m.Method)
