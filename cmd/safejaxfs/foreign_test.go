@@ -443,6 +443,17 @@ func TestForeignNotCheckpoints(t *testing.T) {
 			}
 		}
 	}
+	// A shard of a sharded set that is an LFS pointer is named too.
+	set := filepath.Join(dir, "set")
+	os.Mkdir(set, 0o755)
+	cliOK(t, "convert", "--max-shard-size", "200", st, filepath.Join(set, "model.safetensors"))
+	lfs, _ := os.ReadFile(cases[0].path)
+	os.WriteFile(filepath.Join(set, "model-00002-of-00004.safetensors"), lfs, 0o644)
+	for _, cmd := range []string{"ls", "verify", "stats"} {
+		if r := cli(t, cmd, set); r.code == 0 || !strings.Contains(r.stderr, "model-00002-of-00004.safetensors is a Git LFS pointer") {
+			t.Errorf("safejaxfs %s of a set with an LFS pointer shard: exit %d: %s", cmd, r.code, r.stderr)
+		}
+	}
 	// And a mount says the same before it daemonizes.
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
