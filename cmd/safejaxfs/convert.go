@@ -192,15 +192,12 @@ func umask() os.FileMode {
 // watchProgress shows the output's growth on a terminal (the copy runs
 // kernel-side, so the file's size is the progress), until stop.
 func watchProgress(f *os.File, total int64, quiet bool) (stop func()) {
-	if quiet {
-		return func() {}
-	}
-	p := newProgress("convert", total, 1)
-	if p == nil {
+	if quiet || total < progressFrom || !isTerminal(os.Stderr) {
 		return func() {}
 	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
+	start := time.Now()
 	go func() {
 		defer close(finished)
 		t := time.NewTicker(200 * time.Millisecond)
@@ -208,13 +205,19 @@ func watchProgress(f *os.File, total int64, quiet bool) (stop func()) {
 		for {
 			select {
 			case <-done:
-				p.finish()
+				fmt.Fprint(os.Stderr, "\r\033[K")
 				return
 			case now := <-t.C:
-				if st, err := f.Stat(); err == nil {
-					p.done = st.Size()
-					p.show(now)
+				st, err := f.Stat()
+				if err != nil {
+					continue
 				}
+				n := st.Size()
+				line := fmt.Sprintf("\r\033[Kconvert: %s of %s (%d%%)", humanBytes(n), humanBytes(total), n*100/max(total, 1))
+				if d := now.Sub(start).Seconds(); d > 0 {
+					line += fmt.Sprintf(", %s/s", humanBytes(int64(float64(n)/d)))
+				}
+				fmt.Fprint(os.Stderr, line)
 			}
 		}
 	}()
