@@ -337,7 +337,8 @@ func TestForeignGGUF(t *testing.T) {
 import numpy as np, gguf_ref as g
 rng = np.random.default_rng(1)
 tensors, exp = [], {}
-for typ, ne in [("Q8_0", [64, 3]), ("Q4_0", [32, 2]), ("Q4_1", [64, 1]), ("Q4_K", [256, 2]), ("Q6_K", [512, 3])]:
+for typ, ne in [("Q8_0", [64, 3]), ("Q4_0", [32, 2]), ("Q4_1", [64, 1]), ("Q4_K", [256, 2]), ("Q6_K", [512, 3]),
+                ("Q5_0", [64, 2]), ("Q5_1", [32, 3]), ("Q2_K", [256, 2]), ("Q3_K", [256, 2]), ("Q5_K", [256, 2])]:
     nb = int(np.prod(ne)) // g.TYPES[typ][1]
     b = g.random_blocks(typ, nb, rng)
     tensors.append(("blk.0." + typ, ne, typ, b.tobytes()))

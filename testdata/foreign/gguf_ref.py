@@ -95,4 +95,71 @@ def dequant(typ, blocks):
         q = (ql | (qh << np.uint8(4))).astype(np.int8) - np.int8(32)
         q = q.reshape((n, 16, -1)).astype(np.float32)
         return (d * q).reshape(-1)
+    return np.concatenate([_scalar(typ, blk) for blk in blocks]).astype(np.float32)
+
+
+# The other types, element by element from the block layouts of
+# ggml-common.h, in numpy float32 scalars (slow: for a few blocks).
+F = np.float32
+
+
+def _h(b, o):
+    return F(np.frombuffer(bytes(b[o:o + 2]), np.float16)[0])
+
+
+def _scale_min_k4(j, q):
+    if j < 4:
+        return q[j] & 63, q[j + 4] & 63
+    return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
+
+
+def _scalar(typ, b):
+    b = [int(x) for x in b]
+    y = []
+    if typ in ("Q5_0", "Q5_1"):
+        d = _h(b, 0)
+        m = _h(b, 2) if typ == "Q5_1" else None
+        o = 4 if typ == "Q5_1" else 2
+        qh = int.from_bytes(bytes(b[o:o + 4]), "little")
+        qs = b[o + 4:o + 20]
+        vals = [0] * 32
+        for j in range(32):
+            nib = qs[j % 16] & 0xF if j < 16 else qs[j % 16] >> 4
+            vals[j] = nib | (((qh >> j) & 1) << 4)
+        for v in vals:
+            y.append(F(v - 16) * d if m is None else F(F(v) * d) + m)
+        return np.array(y, np.float32)
+    if typ == "Q2_K":
+        sc, qs, d, dmin = b[:16], b[16:80], _h(b, 80), _h(b, 82)
+        for j in range(256):
+            half, r = divmod(j, 128)       # which 32-byte group of qs
+            shift, k = divmod(r, 32)       # which 2 bits, which byte
+            s = sc[j // 16]
+            q = (qs[32 * half + k] >> (2 * shift)) & 3
+            y.append(F(F(d * F(s & 0xF)) * F(q)) - F(dmin * F(s >> 4)))
+        return np.array(y, np.float32)
+    if typ == "Q3_K":
+        hm, qs, raw, d = b[:32], b[32:96], b[96:108], _h(b, 108)
+        scales = []
+        for j in range(16):
+            lo = raw[j] & 0xF if j < 8 else raw[j - 8] >> 4
+            hi = (raw[8 + j % 4] >> (2 * (j // 4))) & 3
+            scales.append((lo | (hi << 4)) - 32)
+        for j in range(256):
+            half, r = divmod(j, 128)
+            shift, k = divmod(r, 32)
+            q = (qs[32 * half + k] >> (2 * shift)) & 3
+            high = (hm[k] >> (4 * half + shift)) & 1
+            y.append(F(d * F(scales[j // 16])) * F(q - (0 if high else 4)))
+        return np.array(y, np.float32)
+    if typ == "Q5_K":
+        d, dmin, sc, qh, ql = _h(b, 0), _h(b, 2), b[4:16], b[16:48], b[48:176]
+        for j in range(256):
+            grp, r = divmod(j, 64)
+            hi_nib, k = divmod(r, 32)
+            s, m = _scale_min_k4(2 * grp + hi_nib, sc)
+            q = (ql[32 * grp + k] >> (4 * hi_nib)) & 0xF
+            q += 16 if (qh[k] >> (2 * grp + hi_nib)) & 1 else 0
+            y.append(F(F(d * F(s)) * F(q)) - F(dmin * F(m)))
+        return np.array(y, np.float32)
     raise ValueError(typ)
