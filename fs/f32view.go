@@ -110,6 +110,9 @@ func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
 	}
 	id := checkpoint.ID(t.Tensor)
 	info, ok := f.ck.Info(id)
+	if d, _ := f.quantView(id); d != nil { // a GGUF quantized type: f32quant.go
+		return id, ok
+	}
 	return id, ok && floats.Has(info.DType)
 }
 
@@ -153,6 +156,9 @@ func (f *FS) f32Entry(dir, c *tree.Node) (fuse.DirEntry, bool) {
 // the tensor is gone or its dtype (changed since) does not convert.
 func (f *FS) f32View(id checkpoint.ID) ([]byte, checkpoint.Info, int64) {
 	info, ok := f.ck.Attr(id) // a removed tensor a file still has open too
+	if d, shape := f.quantView(id); ok && d != nil {
+		return f.quantF32View(id, info, d, shape)
+	}
 	if !ok || !floats.Has(info.DType) {
 		return nil, info, 0
 	}
@@ -273,6 +279,9 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 // the converted data, and returns how many it filled (fewer at the end).
 // ctx ends an interrupted read of a remote tensor.
 func (f *FS) readF32(ctx context.Context, id checkpoint.ID, dst []byte, off int64) (int, error) {
+	if d, _ := f.quantView(id); d != nil {
+		return f.readQuantF32(ctx, id, d, dst, off)
+	}
 	info, ok := f.ck.Attr(id) // a removed tensor reads on while a file has it open
 	if !ok {
 		return 0, fmt.Errorf("tensor %d: %w", id, checkpoint.ErrNotFound)

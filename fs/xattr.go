@@ -62,9 +62,9 @@ func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, sysca
 	case xattrKey:
 		v = []byte(info.Key)
 	case xattrDType:
-		v = []byte(info.DType.String())
+		v = []byte(f.foreignType(id, info.DType.String()))
 	case xattrShape:
-		v = shapeJSON(info.Shape)
+		v = shapeJSON(f.foreignShape(id, info.Shape))
 	case xattrShard:
 		if !f.ck.Sharded() {
 			return 0, syscall.ENODATA

@@ -17,6 +17,9 @@ command -v strace >/dev/null || need+=(strace)
 command -v rsync >/dev/null || need+=(rsync)
 command -v tar >/dev/null || need+=(tar)
 /usr/bin/python3 -c 'import numpy' 2>/dev/null || need+=(python3-numpy)
+# PyTorch and msgpack write the foreign checkpoints the format tests read.
+/usr/bin/python3 -c 'import torch' 2>/dev/null || need+=(python3-torch)
+/usr/bin/python3 -c 'import msgpack' 2>/dev/null || need+=(python3-msgpack)
 if ((${#need[@]})); then
   if [ "$(id -u)" -eq 0 ]; then
     echo "== installing ${need[*]}"
@@ -70,6 +73,9 @@ go test -race -count=1 -timeout 15m ./...
 echo "== fuzz (short)"
 go test -run='^$' -fuzz='^FuzzReadHeader$' -fuzztime=20s ./safetensors/
 go test -run='^$' -fuzz='^FuzzParse$' -fuzztime=10s ./safetensors/npy/
+for f in FuzzOpen FuzzMsgpack FuzzPickle; do
+  go test -run='^$' -fuzz="^$f\$" -fuzztime=20000x ./safetensors/formats/
+done
 
 if [ -x scripts/bench ]; then
   echo "== bench (smoke)"

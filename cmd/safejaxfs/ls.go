@@ -10,6 +10,7 @@ import (
 
 	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/formats"
 	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -28,12 +29,13 @@ func runLs(args []string) error {
 	if *sep == "" {
 		return fail(exitUsage, "--sep must not be empty")
 	}
-	shown, names, headers, sharded, closeSet, err := openHeaders(rest[0], &rf)
+	shown, names, headers, sharded, closeSet, foreign, err := openHeaders(rest[0], &rf)
 	if err != nil {
 		return err
 	}
 	defer closeSet()
 	ts := tensorsOf(names, headers)
+	attachForeign(ts, foreign)
 	keys := make([]string, len(ts))
 	for i := range ts {
 		keys[i] = ts[i].Key
@@ -60,31 +62,41 @@ func runLs(args []string) error {
 // returns its files' names and headers; shown is how to name it in
 // messages (a URL without credentials). A remote one costs its headers'
 // requests, no tensor bytes.
-func openHeaders(ckpt string, rf *remoteFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), err error) {
+// A foreign checkpoint (foreign.go) comes with its file, for what its
+// tensors are beyond the headers (GGUF types, shared storages).
+func openHeaders(ckpt string, rf *remoteFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), foreign *formats.File, err error) {
 	if remote.IsURL(ckpt) {
 		set, err := openRemoteSet(ckpt, rf)
 		if err != nil {
-			return "", nil, nil, false, nil, err
+			return "", nil, nil, false, nil, nil, err
 		}
-		return set.URL, set.Names, set.Headers, set.Sharded(), func() { set.Close() }, nil
+		return set.URL, set.Names, set.Headers, set.Sharded(), func() { set.Close() }, nil, nil
 	}
 	if err := checkCheckpoint(ckpt); err != nil {
-		return "", nil, nil, false, nil, err
+		return "", nil, nil, false, nil, nil, err
+	}
+	if names, headers, foreign, ok, err := openForeignHeaders(ckpt); ok {
+		if err != nil {
+			return "", nil, nil, false, nil, nil, err
+		}
+		return ckpt, names, headers, false, func() { foreign.Close() }, foreign, nil
 	}
 	set, err := safetensors.OpenSet(ckpt)
 	if err != nil {
-		return "", nil, nil, false, nil, fail(exitInvalid, "%v", err)
+		return "", nil, nil, false, nil, nil, fail(exitInvalid, "%v", explainOpen(ckpt, err))
 	}
 	for _, f := range set.Files {
 		headers = append(headers, &f.Header)
 	}
-	return ckpt, set.Names, headers, set.Sharded(), func() { set.Close() }, nil
+	return ckpt, set.Names, headers, set.Sharded(), func() { set.Close() }, nil, nil
 }
 
-// lsTensor is a tensor of any shard, with the shard's name.
+// lsTensor is a tensor of any shard, with the shard's name (and, for a
+// foreign checkpoint, what its format says of it: see foreign.go).
 type lsTensor struct {
 	*safetensors.Tensor
-	shard string
+	shard   string
+	foreign *foreignNote
 }
 
 // tensorsOf lists every tensor of every file (names[i] is headers[i]'s).
@@ -92,7 +104,7 @@ func tensorsOf(names []string, headers []*safetensors.Header) []lsTensor {
 	var ts []lsTensor
 	for i, h := range headers {
 		for j := range h.Tensors {
-			ts = append(ts, lsTensor{&h.Tensors[j], names[i]})
+			ts = append(ts, lsTensor{Tensor: &h.Tensors[j], shard: names[i]})
 		}
 	}
 	return ts
@@ -123,9 +135,12 @@ func listTree(w io.Writer, ts []lsTensor, n *tree.Node, depth int, sharded bool)
 	indent := strings.Repeat("  ", depth)
 	if !n.IsDir() {
 		t := ts[n.Tensor]
-		fmt.Fprintf(w, "%s%s\t%s\t%s\t%d", indent, n.Name, t.DType, shapeString(t.Shape), t.Size())
+		fmt.Fprintf(w, "%s%s\t%s\t%s\t%d", indent, n.Name, t.dtypeName(), shapeString(t.shape()), t.Size())
 		if sharded {
 			fmt.Fprintf(w, "\t%s", t.shard)
+		}
+		if t.foreign != nil && len(t.foreign.shares) > 0 {
+			fmt.Fprintf(w, "\t%s", t.foreign.sharesText())
 		}
 		fmt.Fprintln(w)
 		return
@@ -155,6 +170,11 @@ type jsonTensor struct {
 	Bytes   uint64    `json:"bytes"`
 	Offsets [2]uint64 `json:"data_offsets"`
 	Shard   string    `json:"shard"`
+	// A foreign checkpoint's: its own type and logical shape (GGUF
+	// "Q4_K"), the keys it shares storage with (tied weights).
+	Type      string   `json:"type,omitempty"`
+	TypeShape []uint64 `json:"type_shape,omitempty"`
+	Shares    []string `json:"shares_storage_with,omitempty"`
 }
 
 func listJSON(w io.Writer, ts []lsTensor, top *tree.Node) error {
@@ -164,7 +184,11 @@ func listJSON(w io.Writer, ts []lsTensor, top *tree.Node) error {
 			return
 		}
 		t := ts[n.Tensor]
-		out = append(out, jsonTensor{t.Key, n.Path(), t.DType.String(), t.Shape, t.Size(), [2]uint64{t.Begin, t.End}, t.shard})
+		jt := jsonTensor{Key: t.Key, Path: n.Path(), DType: t.DType.String(), Shape: t.Shape, Bytes: t.Size(), Offsets: [2]uint64{t.Begin, t.End}, Shard: t.shard}
+		if f := t.foreign; f != nil {
+			jt.Type, jt.TypeShape, jt.Shares = f.typ, f.typeShape, f.shares
+		}
+		out = append(out, jt)
 	})
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)

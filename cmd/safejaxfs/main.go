@@ -48,6 +48,7 @@ var commands = []command{
 	{"verify", "CHECKPOINT", "check a checkpoint strictly; exit 0 if valid, 1 if not", runVerify},
 	{"stats", "[flags] CHECKPOINT [PREFIX]", "min, max, mean, std, NaN/Inf/zero counts per tensor", runStats},
 	{"diff", "[flags] A B [PREFIX]", "compare two checkpoints; exit 0 if identical, 1 if not", runDiff},
+	{"convert", "[flags] IN OUT [PREFIX]", "write a checkpoint (any format read) as .safetensors or Flax .msgpack", runConvert},
 	{"sync", "MOUNTPOINT", "write a mount's edits back into the checkpoint files now", runSync},
 	{"recover", "CHECKPOINT", "finish, without mounting, a write-back a crash interrupted", runRecover},
 	{"version", "", "print the version of this build (also: safejaxfs --version)", runVersion},

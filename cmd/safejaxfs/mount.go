@@ -293,8 +293,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		return fail(exitWriteBack, "%v", err) // edits wait in a log it will not apply
 	}
 	if err != nil {
-		return fail(exitInvalid, "%v%s", err, remoteHint(err))
+		return fail(exitInvalid, "%v%s", explainOpen(ckpt, err), remoteHint(err))
 	}
+	noticeForeign(ck, readOnly, logger)
 	closed := false
 	defer func() {
 		if !closed {

@@ -44,7 +44,7 @@ func openSource(ckpt string, rf *remoteFlags, code int) (*source, error) {
 	}
 	c, err := checkpoint.Open(ckpt, opt)
 	if err != nil {
-		return nil, fail(code, "%v%s", err, remoteHint(err))
+		return nil, fail(code, "%v%s", explainOpen(ckpt, err), remoteHint(err))
 	}
 	s := &source{c: c, shown: ckpt}
 	if r := c.Remote(); r != nil {

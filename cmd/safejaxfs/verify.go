@@ -24,11 +24,14 @@ func runVerify(args []string) error {
 			return fail(exitInvalid, "%s: a write-back was interrupted (%s): tensors may be torn until a read-write mount finishes it", rest[0], p)
 		}
 	}
-	shown, _, headers, sharded, closeSet, err := openHeaders(rest[0], &rf)
+	shown, _, headers, sharded, closeSet, foreign, err := openHeaders(rest[0], &rf)
 	if err != nil {
 		return err
 	}
 	defer closeSet()
+	if foreign != nil {
+		return verifyForeign(shown, foreign)
+	}
 	var tensors, meta int
 	var data uint64
 	for _, h := range headers {

@@ -136,6 +136,9 @@ type Checkpoint struct {
 	// remote is set (once, by Open) for a checkpoint read from a URL; nil
 	// for a local one. See remote.go.
 	remote *remoteSet
+	// foreign is set (once, by Open) for a checkpoint in another format
+	// than safetensors; nil otherwise. See foreign.go.
+	foreign *foreignSet
 	// rescued is the last file SaveRecovery wrote, holding the state at
 	// edits == rescuedEdits.
 	rescued      string
@@ -199,6 +202,9 @@ func (c *Checkpoint) info(t *tensor) Info {
 func Open(path string, opt Options) (*Checkpoint, error) {
 	if IsRemote(path) {
 		return openRemote(path, opt)
+	}
+	if c, handled, err := openForeign(path, opt); handled {
+		return c, err
 	}
 	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks, log: loggerOr(opt.Logger), staged: map[*Staged]struct{}{}}
 	loc, idx, scan, err := c.settle(opt.Located, opt.Index)
@@ -459,6 +465,9 @@ func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(
 	if c.remote != nil {
 		return c.remote.read(c, id, off, n) // immutable: no lock held across requests
 	}
+	if c.foreign != nil {
+		return c.foreign.read(c, id, off, n) // immutable too
+	}
 	done := c.reads.enter()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -590,6 +599,7 @@ func (c *Checkpoint) releaseAll() {
 		c.pending = nil
 	}
 	c.root.close()
+	c.foreign.close()
 }
 
 // Pending reports what a crash left for the checkpoint at path (a file, an

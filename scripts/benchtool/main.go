@@ -78,7 +78,7 @@ func main() {
 	cli := flag.String("cli", "", "the safejaxfs binary to benchmark")
 	repo := flag.String("repo", ".", "the repository root (for go test -bench)")
 	work := flag.String("work", "", "an empty scratch directory on the disk to benchmark (checkpoints and mountpoints go here)")
-	only := flag.String("only", "", "comma-separated sections to run (1-9); default all")
+	only := flag.String("only", "", "comma-separated sections to run (1-10); default all")
 	raKB := flag.Int("read-ahead-kb", 0, "set read_ahead_kb of each mount's FUSE bdi to this (root; measures the knob); 0: kernel default")
 	flag.Parse()
 	if *cli == "" || *work == "" || flag.NArg() != 0 {
@@ -158,6 +158,7 @@ func (b *bench) run() error {
 		{"6", "6 sharded scale: DeepSeek-V3-shaped listing and memory", b.listingScale},
 		{remoteSection, remoteSection + " remote mounts", b.remoteMounts},
 		{statsSection, statsSection + " stats", b.statsRows},
+		{convertSection, convertSection + " convert from PyTorch and Flax", b.convertRows},
 	}
 	for _, s := range steps {
 		if s.section != "" && !b.want(s.section) {

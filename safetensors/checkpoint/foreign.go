@@ -1,0 +1,134 @@
+package checkpoint
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/formats"
+)
+
+// A foreign checkpoint (Flax msgpack, PyTorch, numpy .npy/.npz, GGUF) is
+// always read-only, like a remote one: its tensors are the ones the formats
+// package describes, read from a mapping of the file (or of the private
+// temporary file a deflated, strided or chunked tensor is materialized
+// into, once), and none of the edit or persistence code ever sees it (every
+// edit is refused with ErrReadOnly before it touches a tensor). Its tensors
+// never change after Open, so Read serves them without taking mu.
+
+// foreignSet is the foreign half of a Checkpoint.
+type foreignSet struct {
+	file *formats.File
+	// refs: the Checkpoint's own reference plus one per Read not yet
+	// released; the last release closes the file, so Close never unmaps
+	// bytes a reply is still being written from.
+	refs atomic.Int64
+}
+
+// openForeign opens path when it is a file in a format other than
+// safetensors (handled true), read-only whatever opt says. A file that is
+// recognisably something unreadable (a Git LFS pointer, an HTML page, ...)
+// is refused with what to do. Anything else (a safetensors file, an index,
+// a directory, a file of no known format) is left to the safetensors path.
+func openForeign(path string, opt Options) (c *Checkpoint, handled bool, err error) {
+	st, err := os.Stat(path)
+	if err != nil || !st.Mode().IsRegular() || strings.HasSuffix(path, ".json") {
+		return nil, false, nil
+	}
+	format, err := formats.Detect(path)
+	if err != nil || format == formats.Safetensors || format == formats.Unknown {
+		return nil, false, nil
+	}
+	if !format.Mountable() {
+		return nil, true, formats.NotCheckpoint(path, format)
+	}
+	file, err := formats.Open(path)
+	if err != nil {
+		return nil, true, err
+	}
+	fs := &foreignSet{file: file}
+	fs.refs.Store(1)
+	c = &Checkpoint{path: path, readOnly: true, foreign: fs, byKey: make(map[string]ID, len(file.Tensors)), log: loggerOr(opt.Logger)}
+	c.shards = []*shard{{name: filepath.Base(path), path: path, meta: file.Metadata}}
+	mtime := st.ModTime()
+	if mtime.IsZero() {
+		mtime = time.Now()
+	}
+	for i := range file.Tensors {
+		t := &file.Tensors[i]
+		c.byKey[t.Key] = ID(len(c.tensors))
+		// The content is only a size: Info reads it, and nothing else
+		// looks at a read-only tensor's content.
+		c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: &content{size: t.Size, src: -1}, mtime: mtime, ctime: mtime})
+	}
+	return c, true, nil
+}
+
+// Format names a foreign checkpoint's format ("Flax msgpack", "GGUF",
+// ...); "" for a safetensors checkpoint.
+func (c *Checkpoint) Format() string {
+	if c.foreign == nil {
+		return ""
+	}
+	return c.foreign.file.Format.String()
+}
+
+// Foreign returns what a foreign checkpoint knows of tensor id beyond
+// Info: its own element type when safetensors has none (then Info shows
+// its raw bytes as U8), and the storage it shares with other tensors.
+// false for a safetensors checkpoint.
+func (c *Checkpoint) Foreign(id ID) (*formats.Tensor, bool) {
+	if c.foreign == nil || id < 0 || int(id) >= len(c.foreign.file.Tensors) {
+		return nil, false
+	}
+	return &c.foreign.file.Tensors[id], true
+}
+
+// ForeignFile is the opened foreign file (nil for safetensors), for
+// convert, which streams from it.
+func (c *Checkpoint) ForeignFile() *formats.File {
+	if c.foreign == nil {
+		return nil
+	}
+	return c.foreign.file
+}
+
+// read serves Read for a foreign checkpoint: a slice of the file's mapping
+// (or of the materialized copy), valid until release.
+func (s *foreignSet) read(c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
+	if id < 0 || int(id) >= len(s.file.Tensors) {
+		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
+	}
+	t := &s.file.Tensors[id]
+	if off >= t.Size || n <= 0 || off < 0 {
+		return nil, nop, nil
+	}
+	if !s.file.Intact() {
+		return nil, nop, fmt.Errorf("tensor %q: %w", t.Key, ErrFault)
+	}
+	s.refs.Add(1)
+	b, err := s.file.Bytes(int(id))
+	if err != nil {
+		s.release()
+		return nil, nop, err
+	}
+	end := min(off+int64(n), t.Size)
+	return [][]byte{b[off:end]}, s.release, nil
+}
+
+func (s *foreignSet) release() {
+	if s.refs.Add(-1) == 0 {
+		s.file.Close()
+	}
+}
+
+// close drops the Checkpoint's reference (nil-safe: other checkpoints have
+// no foreign set).
+func (s *foreignSet) close() {
+	if s != nil {
+		s.release()
+	}
+}
