@@ -332,23 +332,17 @@ func (d *cdir) chown(name string, st *unix.Stat_t) error {
 
 // names lists the entries of directory sub below d ("" for d itself).
 func (d *cdir) names(sub string) ([]string, error) {
-	var fd int
+	// A fresh open of its own (".", not a dup: a dup would share the
+	// directory offset with every other listing).
 	if sub == "" {
-		var err error
-		if fd, err = unix.Dup(d.fd()); err != nil {
-			return nil, err
-		}
-	} else {
-		var err error
-		if fd, err = d.openBeneath(sub, unix.O_RDONLY|unix.O_DIRECTORY, 0); err != nil {
-			return nil, d.pathErr("open", sub, err)
-		}
+		sub = "."
+	}
+	fd, err := d.openBeneath(sub, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, d.pathErr("open", sub, err)
 	}
 	f := os.NewFile(uintptr(fd), d.join(sub))
 	defer f.Close()
-	if _, err := f.Seek(0, 0); err != nil {
-		return nil, err
-	}
 	return f.Readdirnames(-1)
 }
 
