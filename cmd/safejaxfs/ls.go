@@ -21,6 +21,8 @@ func runLs(args []string) error {
 	asJSON := fl.Bool("json", false, "print a JSON array of {key, path, dtype, shape, bytes, data_offsets, shard}")
 	var rf remoteFlags
 	addRemoteFlags(fl, &rf, false)
+	var pf progressFlags
+	addProgressFlags(fl, &pf, true)
 	rest, err := parseFlags(fl, args, 1, 2)
 	if err != nil {
 		return err
@@ -28,7 +30,7 @@ func runLs(args []string) error {
 	if *sep == "" {
 		return fail(exitUsage, "--sep must not be empty")
 	}
-	shown, names, headers, sharded, closeSet, err := openHeaders(rest[0], &rf)
+	shown, names, headers, sharded, closeSet, err := openHeaders("ls", rest[0], &rf, pf)
 	if err != nil {
 		return err
 	}
@@ -60,13 +62,19 @@ func runLs(args []string) error {
 // returns its files' names and headers; shown is how to name it in
 // messages (a URL without credentials). A remote one costs its headers'
 // requests, no tensor bytes.
-func openHeaders(ckpt string, rf *remoteFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), err error) {
+//
+// A local checkpoint mounted read-write is read through its mount
+// (mounted.go).
+func openHeaders(verb, ckpt string, rf *remoteFlags, pf progressFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), err error) {
 	if remote.IsURL(ckpt) {
-		set, err := openRemoteSet(ckpt, rf)
+		set, err := openRemoteSet(ckpt, rf, pf)
 		if err != nil {
 			return "", nil, nil, false, nil, err
 		}
 		return set.URL, set.Names, set.Headers, set.Sharded(), func() { set.Close() }, nil
+	}
+	if ckpt, err = readablePath(verb, ckpt); err != nil {
+		return "", nil, nil, false, nil, err
 	}
 	if err := checkCheckpoint(ckpt); err != nil {
 		return "", nil, nil, false, nil, err
