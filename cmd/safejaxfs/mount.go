@@ -38,7 +38,7 @@ type mountFlags struct {
 	// Set by the mount helper (mounthelper.go): mount -s skips unknown
 	// options; mount -f checks everything and mounts nothing.
 	sloppy, fake bool
-	progress progressFlags
+	progress     progressFlags
 	// kernel are the -o options for the kernel (options.go).
 	kernel []string
 }
