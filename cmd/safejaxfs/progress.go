@@ -80,26 +80,32 @@ type progress struct {
 	note     string
 	start    time.Time
 	last     time.Time
+	drawn    int64 // done as last drawn
 	shown    bool
 }
+
+// progressOut is where progress lines go (tests look at them).
+var progressOut io.Writer = os.Stderr
 
 // newProgress starts a progress line when on; total 0 means unknown.
 func newProgress(on bool, verb string, u unit, total int64) *progress {
 	if !on {
 		return nil
 	}
-	p := &progress{w: os.Stderr, verb: verb, unit: u, total: total, start: time.Now()}
+	p := &progress{w: progressOut, verb: verb, unit: u, total: total, start: time.Now()}
 	p.mu.Lock()
 	p.draw(p.start) // at once: a slow first step (a remote read) shows too
 	p.mu.Unlock()
 	return p
 }
 
-// items makes the line say "<noun> i of n" (set with next).
+// items names what is counted ("shards"), or makes a byte count say
+// "<noun> i of n" (set with next).
 func (p *progress) items(noun string, n int) *progress {
 	if p != nil {
 		p.mu.Lock()
 		p.noun, p.of = noun, n
+		p.draw(time.Now())
 		p.mu.Unlock()
 	}
 	return p
@@ -142,8 +148,10 @@ func (p *progress) set(done, total int64, note string) {
 	p.maybeDraw()
 }
 
+// maybeDraw redraws at most every progressEvery, but always for the first
+// figures and the last (so the line ends on what was done).
 func (p *progress) maybeDraw() {
-	if now := time.Now(); now.Sub(p.last) >= progressEvery {
+	if now := time.Now(); now.Sub(p.last) >= progressEvery || p.drawn == 0 || p.done == p.total {
 		p.draw(now)
 	}
 }
@@ -153,6 +161,7 @@ func (p *progress) maybeDraw() {
 func (p *progress) draw(now time.Time) {
 	p.last = now
 	p.shown = true
+	p.drawn = p.done
 	amount := func(n int64) string {
 		if p.unit == unitBytes {
 			return humanBytes(n)

@@ -355,7 +355,7 @@ func printStatus(w io.Writer, reports []mountReport) {
 		if p := r.Pending; p != nil {
 			line := "none"
 			if p.Changed+p.Removed > 0 || p.Files > 0 {
-				line = fmt.Sprintf("%d tensors changed, %d removed, in %d files", p.Changed, p.Removed, p.Files)
+				line = fmt.Sprintf("%s changed, %d removed, in %s", plural(p.Changed, "tensor"), p.Removed, plural(p.Files, "file"))
 			}
 			if p.Log != "" {
 				line += fmt.Sprintf("; log %s (%s)", humanBytes(p.LogBytes), p.Log)
@@ -375,4 +375,12 @@ func printStatus(w io.Writer, reports []mountReport) {
 			fmt.Fprintf(w, "  log file    %s\n", e(r.LogFile))
 		}
 	}
+}
+
+// plural is "1 tensor", "2 tensors".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

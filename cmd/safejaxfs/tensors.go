@@ -40,7 +40,10 @@ func openSource(verb, ckpt string, rf *remoteFlags, pf progressFlags, code int) 
 	} else {
 		p, err := readablePath(verb, ckpt)
 		if err != nil {
-			return nil, recode(err, code)
+			if code == exitTrouble {
+				return nil, recode(err, code) // diff's one code for trouble
+			}
+			return nil, err
 		}
 		ckpt = p
 		if err := checkCheckpoint(ckpt); err != nil {
