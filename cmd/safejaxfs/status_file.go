@@ -119,8 +119,26 @@ func newStatusFile(dir string, st mountStatus) *statusFile {
 	st.State = stateMounting
 	st.Since = time.Now()
 	s := &statusFile{path: filepath.Join(dir, logStem(st.Mountpoint)+"."+strconv.Itoa(st.PID)+statusSuffix), st: st, base: stateMounting}
+	pruneStatuses(dir)
 	s.write()
 	return s
+}
+
+// pruneStatuses removes the status files (and half-written temp files) in
+// dir that daemons which are gone (killed) left.
+func pruneStatuses(dir string) {
+	names, _ := filepath.Glob(filepath.Join(dir, "*"+statusSuffix))
+	for _, p := range names {
+		if st, err := readStatusFile(p); err == nil && !pidAlive(st.PID, st.Start) {
+			os.Remove(p)
+		}
+	}
+	temps, _ := filepath.Glob(filepath.Join(dir, ".status-*.tmp"))
+	for _, p := range temps {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > time.Minute {
+			os.Remove(p)
+		}
+	}
 }
 
 // update changes the status's fixed parts (read-only, cache) once known.
