@@ -58,7 +58,7 @@ func mountFlagSet(mf *mountFlags) *pflag.FlagSet {
 	fl.StringArrayVarP(&mf.options, "options", "o", nil, "mount options, comma separated: any flag as name[=value], ro, rw, the kernel's (noatime, ...); see above")
 	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
 	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount (after writing edits back); with NOTIFY_SOCKET set (systemd Type=notify) it says when the mount is ready")
-	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log to `FILE` (failed reads and write-backs, remote retries) to this file instead of a new file in the state directory ($XDG_RUNTIME_DIR/safejaxfs; the mount root's user.safejaxfs.log names it)")
+	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to `FILE` instead of a new file in the state directory ($XDG_RUNTIME_DIR/safejaxfs; the mount root's user.safejaxfs.log names it)")
 	addRemoteFlags(fl, &mf.remote, true)
 	addFilesFlags(fl, &mf.files)
 	addProgressFlags(fl, &mf.progress, true)
