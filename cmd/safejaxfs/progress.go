@@ -87,12 +87,13 @@ type progress struct {
 // progressOut is where progress lines go (tests look at them).
 var progressOut io.Writer = os.Stderr
 
-// newProgress starts a progress line when on; total 0 means unknown.
-func newProgress(on bool, verb string, u unit, total int64) *progress {
+// newProgress starts a progress line when on; total 0 means unknown; a
+// note goes in parentheses at the end.
+func newProgress(on bool, verb string, u unit, total int64, note ...string) *progress {
 	if !on {
 		return nil
 	}
-	p := &progress{w: progressOut, verb: verb, unit: u, total: total, start: time.Now()}
+	p := &progress{w: progressOut, verb: verb, unit: u, total: total, start: time.Now(), note: strings.Join(note, ", ")}
 	p.mu.Lock()
 	p.draw(p.start) // at once: a slow first step (a remote read) shows too
 	p.mu.Unlock()

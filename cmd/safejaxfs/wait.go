@@ -185,10 +185,11 @@ func (w *waitProgress) show(pid int) {
 		w.said = true
 	}
 	if b := st.WriteBack; b != nil {
+		note := fmt.Sprintf("pid %d", pid)
 		if w.p == nil {
-			w.p = newProgress(w.pf.show(true), "writing back", unitBytes, b.Total)
+			w.p = newProgress(w.pf.show(true), "writing back", unitBytes, b.Total, note)
 		}
-		w.p.set(b.Done, b.Total, fmt.Sprintf("pid %d", pid))
+		w.p.set(b.Done, b.Total, note)
 	}
 }
 
