@@ -122,16 +122,18 @@ func (v *filesView) version(p string) (fileVersion, error) {
 
 func (v *filesView) fillFileAttr(a *fuse.Attr, fv fileVersion) {
 	i := fv.info
-	v.f.fillCommon(a, fv.ino, syscall.S_IFREG|0o444, uint64(i.Size))
+	// Read-only, and never more open than the mount's own files (perm.go).
+	mode := v.f.fileMode() &^ 0o222
+	v.f.fillCommon(a, fv.ino, syscall.S_IFREG|mode, uint64(i.Size))
 	if i.Own {
-		a.Mode = syscall.S_IFREG | i.Mode
+		a.Mode = syscall.S_IFREG | (i.Mode & mode)
 		a.Owner = fuse.Owner{Uid: i.Uid, Gid: i.Gid}
 	}
 	setTimes(a, i.MTime, i.MTime)
 }
 
 func (v *filesView) fillDirAttr(a *fuse.Attr, ino uint64) {
-	v.f.fillCommon(a, ino, syscall.S_IFDIR|0o555, 0)
+	v.f.fillCommon(a, ino, syscall.S_IFDIR|(v.f.dirMode()&^0o222), 0)
 	a.Nlink = 2
 }
 

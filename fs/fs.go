@@ -44,6 +44,9 @@ type Options struct {
 	FilesDir      string
 	FilesSiblings bool
 	FilesInclude  []string
+	// Perm is the owner and modes of every file and directory; nil:
+	// the checkpoint file's (perm.go).
+	Perm *Perm
 }
 
 // FS is the state shared by all nodes of one mount.
@@ -56,9 +59,9 @@ type FS struct {
 	tree *tree.Tree
 
 	// Attributes every node inherits from the checkpoint file, so the mount
-	// looks like it belongs to whoever owns the checkpoint.
-	mtime    time.Time
-	uid, gid uint32
+	// looks like it belongs to whoever owns the checkpoint (perm.go).
+	mtime time.Time
+	perm  Perm
 
 	logger  *slog.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
@@ -113,7 +116,10 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		// A remote file has no local owner: the mount belongs to whoever
 		// mounted it (as sshfs -o idmap=user shows it), dated by the
 		// server's Last-Modified, else by the mount.
-		f.uid, f.gid = uint32(os.Getuid()), uint32(os.Getgid())
+		f.perm = f.defaultPerm(nil)
+		if opt.Perm != nil {
+			f.perm = *opt.Perm
+		}
 		f.mtime = r.ModTime
 		if f.mtime.IsZero() {
 			f.mtime = time.Now()
@@ -125,8 +131,9 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		return nil, err
 	}
 	f.mtime = st.ModTime()
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		f.uid, f.gid = sys.Uid, sys.Gid
+	f.perm = f.defaultPerm(st)
+	if opt.Perm != nil {
+		f.perm = *opt.Perm
 	}
 	return f, nil
 }
@@ -166,21 +173,6 @@ func dirIno(n *tree.Node) uint64 {
 func tensorIno(id checkpoint.ID) uint64 { return ino(kindTensor, uint64(id)) }
 func npyIno(id checkpoint.ID) uint64    { return ino(kindNPY, uint64(id)) }
 
-// fileMode is the permission of tensor files and views.
-func (f *FS) fileMode() uint32 {
-	if f.ck.ReadOnly() {
-		return 0o444
-	}
-	return 0o644
-}
-
-func (f *FS) dirMode() uint32 {
-	if f.ck.ReadOnly() {
-		return 0o555
-	}
-	return 0o755
-}
-
 // fillCommon sets the attributes all nodes share.
 func (f *FS) fillCommon(a *fuse.Attr, ino uint64, mode uint32, size uint64) {
 	a.Ino = ino
@@ -188,7 +180,7 @@ func (f *FS) fillCommon(a *fuse.Attr, ino uint64, mode uint32, size uint64) {
 	a.Size = size
 	a.Blocks = (size + 511) / 512
 	a.Nlink = 1
-	a.Owner = fuse.Owner{Uid: f.uid, Gid: f.gid}
+	a.Owner = fuse.Owner{Uid: f.perm.Uid, Gid: f.perm.Gid}
 	setTimes(a, f.mtime, f.mtime)
 }
 

@@ -18,9 +18,15 @@ import (
 // MountOptions are the FUSE-level choices of a mount.
 type MountOptions struct {
 	AllowOther bool
-	Extra      []string // -o options passed through to the kernel
-	Debug      bool
-	Logger     *slog.Logger // nil: discarded
+	// AllowRoot lets root in besides the user who mounted (allowroot.go);
+	// AllowOther wins if both are set.
+	AllowRoot bool
+	// FsName is what the mount table shows as the source ("": the
+	// checkpoint's absolute path, or its URL).
+	FsName string
+	Extra  []string // -o options passed through to the kernel
+	Debug  bool
+	Logger *slog.Logger // nil: discarded
 
 	// afterAttach, if set (by tests only), runs once the mount answers;
 	// its error fails Mount as a failure after attaching would.
@@ -53,7 +59,14 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			return nil, err
 		}
 	}
+	if mo.FsName != "" {
+		src = mo.FsName
+	}
 	timeout := cacheTimeout
+	// The kernel checks the modes the mount shows (perm.go) for every
+	// access: with allow_other or allow_root they are what keeps other
+	// users out, and without them they keep the mount's owner to what the
+	// modes say, as on any local file system.
 	opts := []string{"default_permissions"}
 	if f.ck.ReadOnly() {
 		opts = append(opts, "ro")
@@ -68,7 +81,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		MountOptions: fuse.MountOptions{
 			FsName:      src,
 			Name:        "safejaxfs",
-			AllowOther:  mo.AllowOther,
+			AllowOther:  mo.AllowOther || mo.AllowRoot,
 			Options:     opts,
 			DirectMount: os.Geteuid() == 0,
 			// READDIRPLUS (the default) answers a listing with its
@@ -106,7 +119,10 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		},
 	}
 	before, _, _ := FindMount(mountpoint)
-	raw := &listingFS{RawFileSystem: &filesRawFS{fs.NewNodeFS(f.Root(), fsOpts)}}
+	var raw fuse.RawFileSystem = &listingFS{RawFileSystem: &filesRawFS{fs.NewNodeFS(f.Root(), fsOpts)}}
+	if mo.AllowRoot && !mo.AllowOther {
+		raw = &allowRootFS{RawFileSystem: raw, owner: uint32(os.Geteuid())}
+	}
 	server, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
 		// go-fuse fails after the kernel attached the mount when the INIT

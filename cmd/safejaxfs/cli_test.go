@@ -119,8 +119,8 @@ func TestUsageErrors(t *testing.T) {
 		}
 	}
 	for _, c := range []string{"mount", "unmount", "ls", "verify"} {
-		if r := cli(t, c, "--help"); r.code != 0 || !strings.Contains(r.stderr, "Usage: safejaxfs "+c) {
-			t.Errorf("%s --help: exit %d, %q", c, r.code, r.stderr)
+		if r := cli(t, c, "--help"); r.code != 0 || !strings.Contains(r.stdout, "Usage: safejaxfs "+c) || r.stderr != "" {
+			t.Errorf("%s --help: exit %d, stdout %q, stderr %q", c, r.code, r.stdout, r.stderr)
 		}
 	}
 }

@@ -209,7 +209,7 @@ func listKeys(keys []string) string {
 // checkpointSource reads through checkpoint.Open (a URL: the chunks come
 // through the remote cache).
 func checkpointSource(in string) (*convertSource, error) {
-	src, err := openSource(in, &remoteFlags{}, exitInvalid)
+	src, err := openSource("convert", in, &remoteFlags{}, progressFlags{}, exitInvalid)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -25,7 +26,7 @@ const mountWait = 60 * time.Second
 // spawnDaemon re-runs this mount in the foreground as a detached child (its
 // own session, no terminal) and waits until the child says the mount answers
 // or why it could not mount. The parent's exit code is the child's verdict.
-func spawnDaemon(args []string, mnt string, wait time.Duration) error {
+func spawnDaemon(args []string, mnt string, wait time.Duration, pf progressFlags) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fail(exitMount, "%v", err)
@@ -66,12 +67,26 @@ func spawnDaemon(args []string, mnt string, wait time.Duration) error {
 	done := make(chan verdict, 1)
 	go func() {
 		br := bufio.NewReader(r)
+		var prog *progress
+		defer func() { prog.finish() }()
 		for {
 			line, err := br.ReadString('\n')
 			if note, ok := strings.CutPrefix(line, "note "); ok && err == nil {
+				prog.finish()
 				fmt.Fprintf(os.Stderr, "safejaxfs: %s\n", strings.TrimSpace(note))
 				continue
 			}
+			if p, ok := strings.CutPrefix(line, "progress "); ok && err == nil {
+				var d, t int64
+				if _, serr := fmt.Sscan(p, &d, &t); serr == nil {
+					if prog == nil {
+						prog = newProgress(pf.show(true), "fetching headers", unitCount, t).items("shards", 0)
+					}
+					prog.set(d, t, "")
+				}
+				continue
+			}
+			prog.finish()
 			done <- verdict{strings.TrimSpace(line), err}
 			return
 		}
@@ -163,7 +178,10 @@ func stderrTail(f *os.File) string {
 
 // ready is the write end of the readiness pipe; nil in a foreground run that
 // nobody waits for.
-type ready struct{ f *os.File }
+type ready struct {
+	mu sync.Mutex // progress is written from several goroutines
+	f  *os.File
+}
 
 func readyPipe() *ready {
 	fd, err := strconv.Atoi(os.Getenv(readyEnv))
@@ -171,13 +189,15 @@ func readyPipe() *ready {
 		return nil
 	}
 	os.Unsetenv(readyEnv)
-	return &ready{os.NewFile(uintptr(fd), "ready")}
+	return &ready{f: os.NewFile(uintptr(fd), "ready")}
 }
 
 func (r *ready) ok() {
 	if r == nil {
 		return
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	// From now on nobody reads the start-up stderr: stop writing to it.
 	if devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
 		syscall.Dup2(int(devnull.Fd()), 2)
@@ -188,16 +208,40 @@ func (r *ready) ok() {
 	r.f = nil
 }
 
+// progress passes how many of a remote set's headers have arrived to the
+// waiting parent, which shows it (remote.Options.HeaderProgress: called
+// concurrently).
+func (r *ready) progress(done, total int) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f != nil {
+		fmt.Fprintf(r.f, "progress %d %d\n", done, total)
+	}
+}
+
 // note passes a message for the user to the waiting parent.
 func (r *ready) note(msg string) {
-	if r == nil || r.f == nil {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
 		return
 	}
 	r.f.WriteString("note " + escapeControl(msg) + "\n")
 }
 
 func (r *ready) fail(err error) {
-	if r == nil || r.f == nil {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
 		return
 	}
 	code := exitMount

@@ -98,19 +98,22 @@ func diffCheckpoints(args []string) error {
 			"invalid or unreadable), like diff(1).")
 	sep := fl.String("sep", ".", "key separator, as for mount (for PREFIX given as a path)")
 	asJSON := fl.Bool("json", false, "print the whole comparison as JSON (every tensor compared, identical or not)")
-	quiet := fl.BoolP("quiet", "q", false, "print nothing: the exit code says whether they differ")
+	quiet := fl.BoolP("quiet", "q", false, "print nothing (no progress either): the exit code says whether they differ")
 	var rf remoteFlags
 	addRemoteFlags(fl, &rf, true)
+	var pf progressFlags
+	addProgressFlags(fl, &pf, false)
 	rest, err := parseFlags(fl, args, 2, 3)
 	if err != nil {
 		return err
 	}
-	a, err := openSource(rest[0], &rf, exitTrouble)
+	pf.quiet = *quiet
+	a, err := openSource("diff", rest[0], &rf, pf, exitTrouble)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	b, err := openSource(rest[1], &rf, exitTrouble)
+	b, err := openSource("diff", rest[1], &rf, pf, exitTrouble)
 	if err != nil {
 		return err
 	}
@@ -156,7 +159,7 @@ func diffCheckpoints(args []string) error {
 			total += selA[ia].info.Size
 		}
 	}
-	prog := newProgress("diff", total, len(pairs))
+	prog := newProgress(pf.show(total >= progressFrom || a.c.Remote() != nil || b.c.Remote() != nil), "diff", unitBytes, total).items("tensor", len(pairs))
 	bufA, bufB := make([]byte, 0, readChunk), make([]byte, 0, readChunk)
 	identical := len(rep.OnlyInA) == 0 && len(rep.OnlyInB) == 0 && len(rep.Changed) == 0
 	for i, p := range pairs {

@@ -26,9 +26,9 @@ type filesFlags struct {
 
 func addFilesFlags(fl *pflag.FlagSet, ff *filesFlags) {
 	ff.fl = fl
-	fl.StringVar(&ff.dir, "files-dir", defaultFilesDir, "name of the root directory showing the checkpoint as files: the .safetensors file, or the index and every shard, each as the next write-back would leave it (plus, for a directory source, the config and tokenizer files beside it)")
+	fl.StringVar(&ff.dir, "files-dir", defaultFilesDir, "`NAME` of the root directory showing the checkpoint as files: the .safetensors file, or the index and every shard, each as the next write-back would leave it (plus, for a directory source, the config and tokenizer files beside it)")
 	fl.BoolVar(&ff.off, "no-files", false, "no --files-dir directory")
-	fl.StringSliceVar(&ff.include, "files-include", nil, "globs (comma separated) of the files beside the checkpoint to show in --files-dir, read-only; given, they are shown for any source, not only a directory (default "+strings.Join(checkpoint.DefaultInclude, ",")+")")
+	fl.StringSliceVar(&ff.include, "files-include", nil, "`GLOBS` (comma separated) of the files beside the checkpoint to show in --files-dir, read-only; given, they are shown for any source, not only a directory (default "+strings.Join(checkpoint.DefaultInclude, ",")+")")
 }
 
 // check refuses a files directory name the root cannot hold.

@@ -189,7 +189,7 @@ var retryEvery = 5 * time.Second
 // recovery file can be written either, the daemon stays alive and retries
 // until one can (the mount is gone, but the edits live in this process),
 // saying so in the log. The error, if any, names where the edits are.
-func finish(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string) error {
+func finish(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string, status *statusFile) error {
 	for {
 		err := ck.Sync()
 		if err == nil {
@@ -217,6 +217,7 @@ func finish(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string) error {
 			return fail(exitWriteBack, "write-back at unmount failed: %v; %v; the edits are lost", err, rerr)
 		}
 		l.warnf("write-back at unmount failed: %v; %v; the daemon (pid %d) keeps the edits and retries every %v", err, rerr, os.Getpid(), retryEvery)
+		status.setState(stateRetrying)
 		time.Sleep(retryEvery)
 	}
 }

@@ -22,6 +22,8 @@ func runLs(args []string) error {
 	asJSON := fl.Bool("json", false, "print a JSON array of {key, path, dtype, shape, bytes, data_offsets, shard}")
 	var rf remoteFlags
 	addRemoteFlags(fl, &rf, false)
+	var pf progressFlags
+	addProgressFlags(fl, &pf, true)
 	rest, err := parseFlags(fl, args, 1, 2)
 	if err != nil {
 		return err
@@ -29,7 +31,7 @@ func runLs(args []string) error {
 	if *sep == "" {
 		return fail(exitUsage, "--sep must not be empty")
 	}
-	shown, names, headers, sharded, closeSet, foreign, err := openHeaders(rest[0], &rf)
+	shown, names, headers, sharded, closeSet, foreign, err := openHeaders("ls", rest[0], &rf, pf)
 	if err != nil {
 		return err
 	}
@@ -64,13 +66,19 @@ func runLs(args []string) error {
 // requests, no tensor bytes.
 // A foreign checkpoint (foreign.go) comes with its file, for what its
 // tensors are beyond the headers (GGUF types, shared storages).
-func openHeaders(ckpt string, rf *remoteFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), foreign *formats.File, err error) {
+//
+// A local checkpoint mounted read-write is read through its mount
+// (mounted.go).
+func openHeaders(verb, ckpt string, rf *remoteFlags, pf progressFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), foreign *formats.File, err error) {
 	if remote.IsURL(ckpt) {
-		set, err := openRemoteSet(ckpt, rf)
+		set, err := openRemoteSet(ckpt, rf, pf)
 		if err != nil {
 			return "", nil, nil, false, nil, nil, err
 		}
 		return set.URL, set.Names, set.Headers, set.Sharded(), func() { set.Close() }, nil, nil
+	}
+	if ckpt, err = readablePath(verb, ckpt); err != nil {
+		return "", nil, nil, false, nil, nil, err
 	}
 	if err := checkCheckpoint(ckpt); err != nil {
 		return "", nil, nil, false, nil, nil, err

@@ -7,6 +7,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -44,6 +45,8 @@ type command struct {
 var commands = []command{
 	{"mount", "[flags] CHECKPOINT MOUNTPOINT", "mount a checkpoint as a directory tree", runMount},
 	{"unmount", "[flags] MOUNTPOINT", "unmount, waiting for the daemon to finish", runUnmount},
+	{"wait", "[flags] CHECKPOINT", "wait until no mount is writing the checkpoint back (after any unmount)", runWait},
+	{"status", "[--json]", "list the mounts: source, pid, pending edits, cache, last error, log", runStatus},
 	{"ls", "[flags] CHECKPOINT [PREFIX]", "list tensors as a tree without mounting", runLs},
 	{"verify", "CHECKPOINT", "check a checkpoint strictly; exit 0 if valid, 1 if not", runVerify},
 	{"stats", "[flags] CHECKPOINT [PREFIX]", "min, max, mean, std, NaN/Inf/zero counts per tensor", runStats},
@@ -54,12 +57,15 @@ var commands = []command{
 	{"version", "", "print the version of this build (also: safejaxfs --version)", runVersion},
 }
 
-func usage() {
-	fmt.Fprintf(os.Stderr, "safejaxfs mounts a safetensors checkpoint as a directory tree.\n\nUsage:\n")
+// usage prints the list of commands: on stdout when asked for (--help),
+// on stderr when the command line was wrong.
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "safejaxfs mounts a safetensors checkpoint as a directory tree.\n\nUsage:\n")
 	for _, c := range commands {
-		fmt.Fprintf(os.Stderr, "  safejaxfs %-8s %-32s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  safejaxfs %-8s %-32s %s\n", c.name, c.args, c.summary)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun 'safejaxfs COMMAND --help' for a command's flags.\n")
+	fmt.Fprintf(w, "\nRun 'safejaxfs COMMAND --help' for a command's flags. Also: safejaxfs --version.\n")
+	fmt.Fprintf(w, "As mount(8)'s helper (installed as /sbin/mount.fuse.safejaxfs, or through\nmount.fuse3): mount -t fuse.safejaxfs CHECKPOINT MOUNTPOINT -o OPTIONS.\n")
 }
 
 func main() {
@@ -67,55 +73,82 @@ func main() {
 }
 
 func run(args []string) int {
+	// mount(8) runs /sbin/mount.fuse.safejaxfs SOURCE DIR [-o OPTIONS]; its
+	// fallback mount.fuse3 runs "safejaxfs SOURCE DIR -o OPTIONS".
+	if isMountHelper(os.Args[0]) {
+		return exitCode("mount", runMountHelper(args))
+	}
 	if len(args) == 0 {
-		usage()
+		usage(os.Stderr)
 		return exitUsage
 	}
 	switch args[0] {
-	case "-h", "--help", "help":
-		usage()
+	case "-h", "--help":
+		usage(os.Stdout)
+		return exitOK
+	case "help":
+		if len(args) > 1 {
+			return run([]string{args[1], "--help"})
+		}
+		usage(os.Stdout)
 		return exitOK
 	case "--version", "-V":
-		fmt.Println(version())
+		fmt.Println(versionString())
 		return exitOK
 	}
 	for _, c := range commands {
-		if c.name != args[0] {
-			continue
+		if c.name == args[0] {
+			return exitCode(c.name, c.run(args[1:]))
 		}
-		err := c.run(args[1:])
-		if err == nil {
-			return exitOK
-		}
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		var ee *exitError
-		if errors.As(err, &ee) && ee.err == nil {
-			return ee.code // the code is the answer (diff: 1, they differ)
-		}
-		// Messages may quote keys, paths and server text: no control
-		// character reaches the terminal.
-		fmt.Fprintf(os.Stderr, "safejaxfs %s: %s\n", c.name, escapeControl(err.Error()))
-		if errors.As(err, &ee) {
-			return ee.code
-		}
-		return exitMount
 	}
-	fmt.Fprintf(os.Stderr, "safejaxfs: unknown command %q\n", args[0])
-	usage()
+	if helperCall(args) {
+		return exitCode("mount", runMountHelper(args))
+	}
+	fmt.Fprintf(os.Stderr, "safejaxfs: unknown command %q\n", escapeControl(args[0]))
+	usage(os.Stderr)
 	return exitUsage
+}
+
+// exitCode reports what command name ended with and returns its exit code.
+func exitCode(name string, err error) int {
+	if err == nil || errors.Is(err, pflag.ErrHelp) {
+		return exitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) && ee.err == nil {
+		return ee.code // the code is the answer (diff: 1, they differ)
+	}
+	// Messages may quote keys, paths and server text: no control
+	// character reaches the terminal.
+	fmt.Fprintf(os.Stderr, "safejaxfs %s: %s\n", name, escapeControl(err.Error()))
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return exitMount
 }
 
 // newFlags makes a subcommand's flag set with a usage line naming its
 // arguments. Parse errors become usage errors (exit 2).
+// --help prints the usage on stdout (pflag calls Usage for it and
+// nothing else); a wrong command line prints it on stderr.
 func newFlags(name, argsUsage, summary string) *pflag.FlagSet {
 	fl := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fl.SortFlags = false
-	fl.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: safejaxfs %s %s\n\n%s\n\nFlags:\n%s", name, argsUsage, summary, fl.FlagUsages())
-	}
+	// pflag's own messages (unknown flag) are returned, not printed.
+	fl.SetOutput(io.Discard)
+	fl.Usage = func() { writeUsage(os.Stdout, fl, name, argsUsage, summary) }
+	usageOf[fl] = func(w io.Writer) { writeUsage(w, fl, name, argsUsage, summary) }
 	return fl
+}
+
+// usageOf prints a flag set's usage to a writer of choice.
+var usageOf = map[*pflag.FlagSet]func(io.Writer){}
+
+func writeUsage(w io.Writer, fl *pflag.FlagSet, name, argsUsage, summary string) {
+	fmt.Fprintf(w, "Usage: safejaxfs %s %s\n\n%s\n", name, argsUsage, summary)
+	if f := fl.FlagUsages(); f != "" {
+		fmt.Fprintf(w, "\nFlags:\n%s", f)
+	}
 }
 
 func parseFlags(fl *pflag.FlagSet, args []string, min, max int) ([]string, error) {
@@ -127,7 +160,7 @@ func parseFlags(fl *pflag.FlagSet, args []string, min, max int) ([]string, error
 	}
 	rest := fl.Args()
 	if len(rest) < min || len(rest) > max {
-		fl.Usage()
+		usageOf[fl](os.Stderr)
 		return nil, fail(exitUsage, "wrong number of arguments")
 	}
 	return rest, nil

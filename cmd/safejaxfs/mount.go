@@ -2,15 +2,16 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"runtime/metrics"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/safejaxfs/safejaxfs/fs"
@@ -24,12 +25,48 @@ type mountFlags struct {
 	sep        string
 	npy        bool
 	allowOther bool
+	allowRoot  bool
+	nonempty   bool
+	fsname     string
+	perm       permFlags
 	options    []string
 	debug      bool
 	foreground bool
 	logFile    string
 	remote     remoteFlags
 	files      filesFlags
+	// Set by the mount helper (mounthelper.go): mount -s skips unknown
+	// options; mount -f checks everything and mounts nothing.
+	sloppy, fake bool
+	progress     progressFlags
+	// kernel are the -o options for the kernel (options.go).
+	kernel []string
+}
+
+// mountFlagSet defines mount's flags into mf.
+func mountFlagSet(mf *mountFlags) *pflag.FlagSet {
+	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
+		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them; or such a file or\ndirectory as an https://, http://, hf:// or s3:// URL (mounted read-only, read\nlazily through a local chunk cache). Runs in the background and returns once\nthe mount answers, unless -f is given.\n\nEvery flag can also be given as -o name or -o name=value ('_' for '-'), as\nin fstab: -o ro,allow_other,uid=1000,cache_size=20G. The kernel's options\n(noatime, nodev, ...) pass through; those of mount(8), fstab and systemd\n(noauto, nofail, _netdev, x-systemd.*) are accepted and ignored. Installed\nas /sbin/mount.fuse.safejaxfs, this is mount -t fuse.safejaxfs's helper.")
+	fl.BoolVar(&mf.readOnly, "read-only", false, "mount read-only (-o ro; -o rw undoes it)")
+	fl.StringVar(&mf.sep, "sep", ".", "key `SEP`arator that splits keys into directories ('/' always does too)")
+	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
+	fl.BoolVar(&mf.allowOther, "allow-other", false, "let other users access the mount, as its modes allow (non-root needs user_allow_other in /etc/fuse.conf)")
+	fl.BoolVar(&mf.allowRoot, "allow-root", false, "let root access the mount too, but no other user (non-root needs user_allow_other in /etc/fuse.conf)")
+	addPermFlags(fl, &mf.perm)
+	fl.StringVar(&mf.fsname, "fsname", "", "the source `NAME` the mount table (df, findmnt) shows (default: the checkpoint's absolute path or URL)")
+	fl.BoolVar(&mf.nonempty, "nonempty", false, "mount over a directory that is not empty (its files are hidden while mounted)")
+	fl.StringArrayVarP(&mf.options, "options", "o", nil, "mount options, comma separated: any flag as name[=value], ro, rw, the kernel's (noatime, ...); see above")
+	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
+	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount (after writing edits back); with NOTIFY_SOCKET set (systemd Type=notify) it says when the mount is ready")
+	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to `FILE` instead of a new file in the state directory ($XDG_RUNTIME_DIR/safejaxfs; the mount root's user.safejaxfs.log names it)")
+	addRemoteFlags(fl, &mf.remote, true)
+	addFilesFlags(fl, &mf.files)
+	addProgressFlags(fl, &mf.progress, true)
+	fl.BoolVar(&mf.sloppy, "sloppy", false, "skip unknown -o options instead of refusing them (mount -s)")
+	fl.BoolVar(&mf.fake, "fake", false, "check everything, mount nothing (mount -f)")
+	fl.MarkHidden("sloppy")
+	fl.MarkHidden("fake")
+	return fl
 }
 
 func runMount(args []string) (err error) {
@@ -42,24 +79,26 @@ func runMount(args []string) (err error) {
 		}
 	}()
 	var mf mountFlags
-	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
-		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them; or such a file or\ndirectory as an https://, http://, hf:// or s3:// URL (mounted read-only, read\nlazily through a local chunk cache). Runs in the background and returns once\nthe mount answers, unless -f is given.")
-	fl.BoolVar(&mf.readOnly, "read-only", false, "mount read-only")
-	fl.StringVar(&mf.sep, "sep", ".", "key separator that splits keys into directories ('/' always does too)")
-	fl.BoolVar(&mf.npy, "npy", false, "list the <tensor>.npy views in directory listings (they can be opened either way)")
-	fl.BoolVar(&mf.allowOther, "allow-other", false, "let other users access the mount (non-root needs user_allow_other in /etc/fuse.conf)")
-	fl.StringSliceVarP(&mf.options, "options", "o", nil, "extra mount options, comma separated, passed to the kernel (e.g. -o noatime); -o nonempty mounts over a non-empty directory")
-	fl.BoolVar(&mf.debug, "debug", false, "log every FUSE request (implies nothing about -f; use with -f to see it)")
-	fl.BoolVarP(&mf.foreground, "foreground", "f", false, "stay in the foreground; SIGINT/SIGTERM unmount")
-	fl.StringVar(&mf.logFile, "log-file", "", "append the daemon's log (failed reads and write-backs, remote retries) to this file instead of a new file in the state directory ($XDG_RUNTIME_DIR/safejaxfs; the mount root's user.safejaxfs.log names it)")
-	addRemoteFlags(fl, &mf.remote, true)
-	addFilesFlags(fl, &mf.files)
+	fl := mountFlagSet(&mf)
 	rest, err := parseFlags(fl, args, 2, 2)
 	if err != nil {
 		return err
 	}
+	kernel, skipped, err := applyOptions(fl, mf.options, mf.sloppy)
+	if err != nil {
+		return err
+	}
+	mf.kernel = kernel
+	if ready == nil {
+		for _, o := range skipped {
+			fmt.Fprintf(os.Stderr, "safejaxfs: ignoring the unknown mount option %q (mount -s)\n", escapeControl(o))
+		}
+	}
 	if mf.sep == "" {
 		return fail(exitUsage, "--sep must not be empty")
+	}
+	if _, _, _, err := mf.perm.parsed(); err != nil {
+		return err
 	}
 	if err := mf.files.check(); err != nil {
 		return err
@@ -78,11 +117,16 @@ func runMount(args []string) (err error) {
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
-	if err := checkEmpty(mnt, mf.options); err != nil {
-		return err
+	if !mf.nonempty {
+		if err := checkEmpty(mnt); err != nil {
+			return err
+		}
+	}
+	if mf.fake {
+		return nil
 	}
 	if !mf.foreground {
-		return spawnDaemon(args, mnt, wait)
+		return spawnDaemon(args, mnt, wait, mf.progress)
 	}
 	return serve(ckpt, mnt, mf, ready)
 }
@@ -219,6 +263,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	if mnt, err = filepath.Abs(mnt); err != nil {
 		return fail(exitMount, "%v", err)
 	}
+	// A foreground daemon nobody waits for may be a systemd service
+	// (Type=notify): it says when it is ready and when it stops.
+	foreground := ready == nil
 	if mf.logFile != "" {
 		if mf.logFile, err = filepath.Abs(mf.logFile); err != nil {
 			return fail(exitUsage, "--log-file: %v", err)
@@ -243,6 +290,12 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	ropt, err := mf.remote.options(logger.Logger)
 	if err != nil {
 		return err
+	}
+	status := newStatusFile(state, mountStatus{Source: shown, Mountpoint: mnt, Remote: isRemote,
+		Options: mountOptionsShown(&mf), LogFile: logger.path})
+	defer status.close()
+	if isRemote {
+		status.update(func(st *mountStatus) { st.Cache = remoteCacheStatus(ropt) })
 	}
 
 	if os.Getenv("GOMEMLIMIT") == "" {
@@ -275,6 +328,17 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			readOnly = true
 		}
 	}
+	if isRemote {
+		// A hundred shards' headers take a while: the user sees them
+		// arrive (through the parent that waits for a background daemon).
+		var done func()
+		if ready != nil {
+			ropt.HeaderProgress = ready.progress
+		} else {
+			ropt.HeaderProgress, done = headerProgress(mf.progress)
+			defer done()
+		}
+	}
 	ck, err := checkpoint.Open(ckpt, checkpoint.Options{ReadOnly: readOnly, Remote: ropt, Located: located, Index: index, Logger: logger.Logger})
 	if !readOnly && (errors.Is(err, checkpoint.ErrSymlink) || errors.Is(err, checkpoint.ErrLinked)) {
 		// Files safejaxfs will not write (a symlink in the checkpoint's
@@ -293,18 +357,28 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		return fail(exitWriteBack, "%v", err) // edits wait in a log it will not apply
 	}
 	if err != nil {
-		return fail(exitInvalid, "%v%s", explainOpen(ckpt, err), remoteHint(err))
+		if isRemote {
+			return remoteOpenError(ckpt, err, ropt)
+		}
+		return fail(exitInvalid, "%v", explainOpen(ckpt, err))
 	}
 	noticeForeign(ck, readOnly, logger)
+	status.update(func(st *mountStatus) { st.ReadOnly = readOnly })
 	closed := false
 	defer func() {
 		if !closed {
 			ck.Close()
 		}
 	}()
+	perm, err := mountPerm(&mf.perm, located)
+	if err != nil {
+		return err
+	}
+	logger.printf("%s", permSummary(perm))
 	dirs := recoveryDirs(state)
-	fo := fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs}
+	fo := fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs, Perm: perm}
 	mf.files.apply(&fo, ckpt)
+	status.update(func(st *mountStatus) { st.FilesDir = fo.FilesDir })
 	f, err := fs.New(ck, fo)
 	if err != nil {
 		return fail(exitMount, "%v", err)
@@ -317,7 +391,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	defer signal.Stop(sigs)
 	server, err := fs.Mount(mnt, f, fs.MountOptions{
 		AllowOther: mf.allowOther,
-		Extra:      kernelOptions(mf.options),
+		AllowRoot:  mf.allowRoot,
+		FsName:     mf.fsname,
+		Extra:      mf.kernel,
 		Debug:      mf.debug,
 		Logger:     logger.Logger,
 	})
@@ -331,7 +407,11 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 			// Persist first: if the unmount itself is refused (busy), the
 			// edits are safe anyway. Edits that can be saved nowhere keep
 			// the mount up.
+			sdNotify(foreground, "STOPPING=1\nSTATUS=writing edits back, then unmounting")
+			extendStop(foreground)
+			status.setState(stateWritingBack)
 			if !saveBeforeUnmount(ck, logger, dirs) {
+				status.setState(stateMounted)
 				continue
 			}
 			if err := server.Unmount(); err != nil {
@@ -344,7 +424,9 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// this process opens in it) is closed, so a kill from now on leaves a
 	// dead mount, not a hung one.
 	logger.printf("%s mounted at %s (pid %d)", shown, mnt, os.Getpid())
+	status.serving(ck, f)
 	ready.ok()
+	sdNotify(foreground, "READY=1\nSTATUS=mounted "+mnt)
 	// Parsing the headers left about as much garbage as stays live (for
 	// 94k tensors in 163 shards, 60 MB of RSS next to 63 MB live): collect
 	// it and give it back now, once the mount answers, rather than hold it.
@@ -354,20 +436,10 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.
 	closed = true
-	return finish(ck, logger, dirs)
-}
-
-// splitOptions accepts both -o a,b and repeated -o a -o b.
-func splitOptions(opts []string) []string {
-	var out []string
-	for _, o := range opts {
-		for _, s := range strings.Split(o, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				out = append(out, s)
-			}
-		}
-	}
-	return out
+	status.setState(stateFinishing)
+	sdNotify(foreground, "STOPPING=1\nSTATUS=unmounted: writing edits back")
+	extendStop(foreground)
+	return finish(ck, logger, dirs, status)
 }
 
 // deadConn reports an error a FUSE mount answers once its daemon is gone:

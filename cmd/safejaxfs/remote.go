@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -36,10 +37,10 @@ type remoteFlags struct {
 // flags too (ls and verify fetch only headers, which are not cached).
 func addRemoteFlags(fl *pflag.FlagSet, rf *remoteFlags, withCache bool) {
 	if withCache {
-		fl.StringVar(&rf.cacheDir, "cache-dir", "", "remote checkpoints: chunk cache directory (default $XDG_CACHE_HOME/safejaxfs, else ~/.cache/safejaxfs)")
-		fl.StringVar(&rf.cacheSize, "cache-size", "10G", "remote checkpoints: chunk cache bound, bytes or with a K, M, G, T suffix (powers of 1024)")
+		fl.StringVar(&rf.cacheDir, "cache-dir", "", "remote checkpoints: chunk cache `DIR`ectory (default $XDG_CACHE_HOME/safejaxfs, else ~/.cache/safejaxfs)")
+		fl.StringVar(&rf.cacheSize, "cache-size", "10G", "remote checkpoints: chunk cache bound (`SIZE`), bytes or with a K, M, G, T suffix (powers of 1024)")
 	}
-	fl.StringVar(&rf.s3Endpoint, "s3-endpoint", "", "s3:// checkpoints: an S3-compatible endpoint URL (overrides AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)")
+	fl.StringVar(&rf.s3Endpoint, "s3-endpoint", "", "s3:// checkpoints: an S3-compatible endpoint `URL` (overrides AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)")
 	fl.BoolVar(&rf.allowUnversioned, "allow-unversioned", false, "remote checkpoints: accept a server that sends neither ETag nor Last-Modified (a change to a file while it is read would go unnoticed: versions can mix)")
 }
 
@@ -86,17 +87,42 @@ func parseByteSize(s string) (int64, error) {
 }
 
 // openRemoteSet opens and validates a remote checkpoint from its headers
-// (no tensor bytes), for ls and verify.
-func openRemoteSet(url string, rf *remoteFlags) (*remote.Set, error) {
+// (no tensor bytes), for ls and verify, with a progress line while the
+// headers of a sharded one arrive.
+func openRemoteSet(url string, rf *remoteFlags, pf progressFlags) (*remote.Set, error) {
 	opt, err := rf.options(nil)
 	if err != nil {
 		return nil, err
 	}
+	cb, done := headerProgress(pf)
+	opt.HeaderProgress = cb
 	set, err := remote.OpenSet(context.Background(), url, opt)
+	done()
 	if err != nil {
-		return nil, fail(exitInvalid, "%v%s", err, remoteHint(err))
+		return nil, remoteOpenError(url, err, opt)
 	}
 	return set, nil
+}
+
+// headerProgress shows the headers of a remote sharded checkpoint
+// arriving (a hundred shards take a while): the callback for
+// remote.Options.HeaderProgress, and the func that erases the line.
+func headerProgress(pf progressFlags) (func(done, total int), func()) {
+	var mu sync.Mutex
+	var p *progress
+	cb := func(done, total int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p == nil {
+			p = newProgress(pf.show(true), "fetching headers", unitCount, int64(total)).items("shards", 0)
+		}
+		p.set(int64(done), int64(total), "")
+	}
+	return cb, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		p.finish()
+	}
 }
 
 // remoteHint is what the user can do about a remote failure, if anything
@@ -106,4 +132,53 @@ func remoteHint(err error) string {
 		return "; --allow-unversioned reads it anyway, at the risk of mixing two versions if it changes meanwhile"
 	}
 	return ""
+}
+
+// remoteOpenError explains why url could not be opened. A URL that names
+// a directory but lacks the trailing / is fetched as a file: a web
+// server redirects it and answers with a listing page, or refuses it
+// (403), and what fails then (no byte ranges, a header that is not one,
+// access denied) says nothing of the real mistake. So for a URL that
+// looks like a directory (no trailing /, no .safetensors or .json) the
+// directory is tried too, and if it holds a checkpoint the error says to
+// end the URL with /.
+func remoteOpenError(url string, err error, opt remote.Options) error {
+	if !looksLikeDir(url) || errors.Is(err, remote.ErrUnversioned) || errors.Is(err, context.Canceled) {
+		return fail(exitInvalid, "%v%s", err, remoteHint(err))
+	}
+	dir := url + "/"
+	opt.Logger, opt.HeaderProgress = nil, nil
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	o, derr := remote.Open(ctx, dir, opt)
+	if derr != nil {
+		return fail(exitInvalid, "%v%s", err, remoteHint(err))
+	}
+	name := o.Name()
+	o.Close()
+	shown := remote.Redact(url)
+	return fail(exitInvalid, "%s is a directory, not a file (fetched as a file, it failed: %v); %s/ holds %s: give the directory's URL with its trailing /, or the file's", shown, err, shown, name)
+}
+
+// looksLikeDir reports whether a URL may name a directory given without
+// its trailing /: an http(s):// or s3:// URL whose last segment is neither
+// a .safetensors file nor a .json index.
+func looksLikeDir(url string) bool {
+	scheme, rest, ok := strings.Cut(url, "://")
+	if !ok {
+		return false
+	}
+	switch strings.ToLower(scheme) {
+	case "http", "https", "s3":
+	default:
+		return false
+	}
+	if i := strings.IndexAny(rest, "?#"); i >= 0 {
+		return false // a query or fragment: not something to append / to
+	}
+	if strings.HasSuffix(rest, "/") || !strings.Contains(rest, "/") {
+		return false
+	}
+	last := rest[strings.LastIndexByte(rest, '/')+1:]
+	return !strings.HasSuffix(last, ".safetensors") && !strings.HasSuffix(last, ".json")
 }

@@ -23,11 +23,13 @@ func runStats(args []string) error {
 	asJSON := fl.Bool("json", false, "print a JSON array of {key, path, dtype, shape, count, finite, nan, inf, zeros, min, max, mean, std}")
 	var rf remoteFlags
 	addRemoteFlags(fl, &rf, true)
+	var pf progressFlags
+	addProgressFlags(fl, &pf, true)
 	rest, err := parseFlags(fl, args, 1, 2)
 	if err != nil {
 		return err
 	}
-	src, err := openSource(rest[0], &rf, exitInvalid)
+	src, err := openSource("stats", rest[0], &rf, pf, exitInvalid)
 	if err != nil {
 		return err
 	}
@@ -47,7 +49,7 @@ func runStats(args []string) error {
 	for _, t := range sel {
 		total += t.info.Size
 	}
-	prog := newProgress("stats", total, len(sel))
+	prog := newProgress(pf.show(total >= progressFrom || src.c.Remote() != nil), "stats", unitBytes, total).items("tensor", len(sel))
 	results := make([]*floats.Stats, len(sel))
 	buf := make([]byte, 0, readChunk)
 	for i, t := range sel {

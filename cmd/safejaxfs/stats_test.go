@@ -325,8 +325,8 @@ func TestStatsRefusals(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q, stdout %q; want %d and %q", c.args, r.code, r.stderr, r.stdout, c.code, c.msg)
 		}
 	}
-	if r := cli(t, "stats", "--help"); r.code != 0 || !strings.Contains(r.stderr, "--json") {
-		t.Errorf("stats --help: exit %d, %q", r.code, r.stderr)
+	if r := cli(t, "stats", "--help"); r.code != 0 || !strings.Contains(r.stdout, "--json") {
+		t.Errorf("stats --help: exit %d, %q", r.code, r.stdout)
 	}
 }
 

@@ -2,11 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"os"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
@@ -16,7 +11,7 @@ import (
 
 // What stats and diff share: a checkpoint opened read-only (local, sharded
 // or remote), the tensors a PREFIX selects, their bytes streamed in
-// chunks, and a progress line on a terminal.
+// chunks, and a progress line (progress.go).
 
 // readChunk is the bytes read per request: a remote read of up to 1 MiB
 // uses a pooled buffer, and a local one is a slice of the mapping either
@@ -29,22 +24,39 @@ type source struct {
 	shown string // how to name it: the path, or the URL without credentials
 }
 
-// openSource opens a checkpoint read-only. A local one with edits waiting
-// in its log is refused, as a read-only mount refuses it.
-func openSource(ckpt string, rf *remoteFlags, code int) (*source, error) {
+// openSource opens a checkpoint read-only for command verb. A local one
+// with edits waiting in its log is refused, as a read-only mount refuses
+// it; one mounted read-write is read through its mount (mounted.go).
+func openSource(verb, ckpt string, rf *remoteFlags, pf progressFlags, code int) (*source, error) {
 	opt := checkpoint.Options{ReadOnly: true}
+	done := func() {}
 	if remote.IsURL(ckpt) {
 		ropt, err := rf.options(nil)
 		if err != nil {
 			return nil, err
 		}
+		ropt.HeaderProgress, done = headerProgress(pf)
 		opt.Remote = ropt
-	} else if err := checkCheckpoint(ckpt); err != nil {
-		return nil, recode(err, code)
+	} else {
+		p, err := readablePath(verb, ckpt)
+		if err != nil {
+			if code == exitTrouble {
+				return nil, recode(err, code) // diff's one code for trouble
+			}
+			return nil, err
+		}
+		ckpt = p
+		if err := checkCheckpoint(ckpt); err != nil {
+			return nil, recode(err, code)
+		}
 	}
 	c, err := checkpoint.Open(ckpt, opt)
+	done()
 	if err != nil {
-		return nil, fail(code, "%v%s", explainOpen(ckpt, err), remoteHint(err))
+		if remote.IsURL(ckpt) {
+			return nil, recode(remoteOpenError(ckpt, err, opt.Remote), code)
+		}
+		return nil, fail(code, "%v", explainOpen(ckpt, err))
 	}
 	s := &source{c: c, shown: ckpt}
 	if r := c.Remote(); r != nil {
@@ -117,80 +129,3 @@ func (s *source) read(id checkpoint.ID, key string, off int64, n int, buf []byte
 }
 
 func nop() {}
-
-// progress is a line on stderr while a command reads a large checkpoint,
-// only when stderr is a terminal.
-type progress struct {
-	verb       string
-	total      int64
-	done       int64
-	tensor, of int
-	start      time.Time
-	last       time.Time
-	w          io.Writer
-}
-
-// progressFrom is the size from which a progress line is worth showing:
-// below it a command takes about a second.
-const progressFrom = 256 << 20
-
-func newProgress(verb string, total int64, tensors int) *progress {
-	if total < progressFrom || !isTerminal(os.Stderr) {
-		return nil
-	}
-	p := &progress{verb: verb, total: total, of: tensors, start: time.Now(), w: os.Stderr}
-	p.show(p.start) // at once: a slow first read (a remote one) shows too
-	return p
-}
-
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
-
-// next starts tensor i (1-based); add counts bytes read. Both are no-ops on
-// a nil progress.
-func (p *progress) next(i int) {
-	if p != nil {
-		p.tensor = i
-	}
-}
-
-func (p *progress) add(n int) {
-	if p == nil {
-		return
-	}
-	p.done += int64(n)
-	if now := time.Now(); now.Sub(p.last) >= 200*time.Millisecond {
-		p.show(now)
-	}
-}
-
-func (p *progress) show(now time.Time) {
-	p.last = now
-	fmt.Fprintf(p.w, "\r\033[K%s: %s of %s (%d%%), tensor %d of %d", p.verb,
-		humanBytes(p.done), humanBytes(p.total), p.done*100/p.total, max(p.tensor, 1), p.of)
-	if d := now.Sub(p.start).Seconds(); d > 0 {
-		fmt.Fprintf(p.w, ", %s/s", humanBytes(int64(float64(p.done)/d)))
-	}
-}
-
-// finish erases the line.
-func (p *progress) finish() {
-	if p != nil {
-		fmt.Fprint(p.w, "\r\033[K")
-	}
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	f, i := float64(n), -1
-	for f >= unit && i < 4 {
-		f /= unit
-		i++
-	}
-	return fmt.Sprintf("%.1f %ciB", f, "KMGTP"[i])
-}

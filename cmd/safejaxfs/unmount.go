@@ -22,6 +22,8 @@ func runUnmount(args []string) error {
 		"Unmount a safejaxfs mount and wait until its daemon has exited (and so has\nfinished writing edits back).")
 	lazy := fl.BoolP("lazy", "z", false, "detach now even if files are open; the daemon exits once they are closed")
 	force := fl.Bool("force", false, "unmount even if writing edits back failed, once the daemon has saved them to a recovery file")
+	var pf progressFlags
+	addProgressFlags(fl, &pf, true)
 	rest, err := parseFlags(fl, args, 1, 1)
 	if err != nil {
 		return err
@@ -53,6 +55,8 @@ func runUnmount(args []string) error {
 	// Ask the daemon who it is before detaching it; a dead mount has no
 	// daemon to wait for.
 	pid := daemonPID(mnt)
+	stop := watchWriteBack(pid, pf)
+	defer stop()
 	reason, dead, err := writeBack(mnt)
 	if err != nil && !*force {
 		return err

@@ -12,19 +12,26 @@ func runVerify(args []string) error {
 		"Check CHECKPOINT strictly against the safetensors format (every rule the reference\nreader enforces, plus duplicate keys); for a sharded checkpoint (an index, or a\ndirectory holding one) every shard, and that every key is in exactly the shard\nthe index names. A URL is checked from its headers alone (no tensor bytes\nare fetched). Exit 0 if valid, 1 with the reason if not.")
 	var rf remoteFlags
 	addRemoteFlags(fl, &rf, false)
+	var pf progressFlags
+	addProgressFlags(fl, &pf, true)
 	rest, err := parseFlags(fl, args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if !remote.IsURL(rest[0]) {
-		if err := checkCheckpoint(rest[0]); err != nil {
+	ckpt := rest[0]
+	if !remote.IsURL(ckpt) {
+		// Mounted read-write: its log is the live mount's, not a crash's.
+		if ckpt, err = readablePath("verify", ckpt); err != nil {
 			return err
 		}
-		if p, ok := checkpoint.Pending(rest[0]); ok {
-			return fail(exitInvalid, "%s: a write-back was interrupted (%s): tensors may be torn until a read-write mount finishes it", rest[0], p)
+		if err := checkCheckpoint(ckpt); err != nil {
+			return err
+		}
+		if p, ok := checkpoint.Pending(ckpt); ok {
+			return fail(exitInvalid, "%s: a write-back was interrupted (%s): tensors may be torn until it is finished; run safejaxfs recover %s (or mount it read-write)", ckpt, p, shellQuote(ckpt))
 		}
 	}
-	shown, _, headers, sharded, closeSet, foreign, err := openHeaders(rest[0], &rf)
+	shown, _, headers, sharded, closeSet, foreign, err := openHeaders("verify", ckpt, &rf, pf)
 	if err != nil {
 		return err
 	}

@@ -6,16 +6,30 @@ import (
 	"strings"
 )
 
-// version describes this build from what the Go toolchain recorded in it:
-// the module version ("(devel)" for a build from a checkout), the VCS
-// revision and time, whether the tree had uncommitted changes, and the Go
-// version.
-func version() string {
+// version is stamped at build time from git:
+//
+//	go build -ldflags "-X main.version=$(git describe --tags --always --dirty)" ./cmd/safejaxfs
+//
+// (scripts/demo and scripts/bench build so). Unstamped, the version is
+// the module's (go install ...@v0.12.0 records it), else "(devel)".
+var version string
+
+// versionString describes this build: the stamped version, else what the
+// Go toolchain recorded (the module version, the VCS revision and time,
+// whether the tree had uncommitted changes), and the Go version. A build
+// with -buildvcs=false records no revision: stamp it.
+func versionString() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
+		if version != "" {
+			return "safejaxfs " + version
+		}
 		return "safejaxfs (no build information)"
 	}
-	v := bi.Main.Version
+	v := version
+	if v == "" {
+		v = bi.Main.Version
+	}
 	if v == "" {
 		v = "(devel)"
 	}
@@ -24,7 +38,7 @@ func version() string {
 	for _, s := range bi.Settings {
 		settings[s.Key] = s.Value
 	}
-	if rev := settings["vcs.revision"]; rev != "" {
+	if rev := settings["vcs.revision"]; rev != "" && version == "" {
 		r := "revision " + rev
 		if t := settings["vcs.time"]; t != "" {
 			r += " (" + t + ")"
@@ -43,6 +57,6 @@ func runVersion(args []string) error {
 	if _, err := parseFlags(fl, args, 0, 0); err != nil {
 		return err
 	}
-	fmt.Println(version())
+	fmt.Println(versionString())
 	return nil
 }

@@ -66,6 +66,11 @@ type Options struct {
 	// versions; Open logs that it does. Its chunks are cached for this
 	// Open only, never shared with a later one.
 	AllowUnversioned bool
+
+	// HeaderProgress, if set, is called by OpenSet each time a shard's
+	// header has been fetched and validated, with how many are done of
+	// how many (concurrently, from the fetching goroutines).
+	HeaderProgress func(done, total int)
 }
 
 // Defaults.

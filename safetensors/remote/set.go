@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
@@ -95,6 +96,7 @@ func OpenSet(ctx context.Context, rawURL string, opt Options) (*Set, error) {
 	s.Headers = make([]*safetensors.Header, len(s.Names))
 	errs := make([]error, len(s.Names))
 	var wg sync.WaitGroup
+	var fetched atomic.Int64
 	for i, name := range s.Names {
 		wg.Go(func() {
 			sh, err := o.Sibling(ctx, name)
@@ -103,6 +105,9 @@ func OpenSet(ctx context.Context, rawURL string, opt Options) (*Set, error) {
 				s.Headers[i], err = validHeader(ctx, sh)
 			}
 			errs[i] = err
+			if err == nil && opt.HeaderProgress != nil {
+				opt.HeaderProgress(int(fetched.Add(1)), len(s.Names))
+			}
 		})
 	}
 	wg.Wait()

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// safejaxfs status: what each daemon publishes, and what status makes of
+// mounts that hang or whose daemon is gone.
+
+// statusOfMount runs status --json and returns the entry for mnt.
+func statusOfMount(t testing.TB, mnt string) (mountReport, bool) {
+	t.Helper()
+	r := cli(t, "status", "--json")
+	if r.code != 0 {
+		t.Fatalf("status --json: exit %d %s", r.code, r.stderr)
+	}
+	var reports []mountReport
+	if err := json.Unmarshal([]byte(r.stdout), &reports); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	real, err := filepath.EvalSymlinks(mnt)
+	if err != nil {
+		real = mnt
+	}
+	for _, rep := range reports {
+		if rep.Mountpoint == real {
+			return rep, true
+		}
+	}
+	return mountReport{}, false
+}
+
+// statusUntil polls status until ok accepts mnt's entry (a daemon
+// publishes changes within a fraction of a second).
+func statusUntil(t testing.TB, mnt, what string, ok func(mountReport) bool) mountReport {
+	t.Helper()
+	var last mountReport
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		rep, found := statusOfMount(t, mnt)
+		if found && ok(rep) {
+			return rep
+		}
+		last = rep
+	}
+	t.Fatalf("status of %s never showed %s; last: %+v", mnt, what, last)
+	return last
+}
+
+func TestStatusOfAMount(t *testing.T) {
+	ckpt := flaxModel(t)
+	logFile := filepath.Join(t.TempDir(), "daemon.log")
+	mnt := mount(t, ckpt, "-o", "allow_other,umask=027", "--log-file", logFile)
+	pid := daemonOf(t, mnt)
+	rep, found := statusOfMount(t, mnt)
+	if !found {
+		t.Fatal("status does not list the mount")
+	}
+	abs, _ := filepath.Abs(ckpt)
+	if rep.PID != pid || rep.Source != abs || rep.ReadOnly || rep.Remote || rep.State != stateMounted || rep.LogFile != logFile ||
+		rep.Answering == nil || !*rep.Answering || rep.Problem != "" || rep.FilesDir != ".files" {
+		t.Errorf("status right after mounting: %+v", rep)
+	}
+	if strings.Join(rep.Options, ",") != "allow_other,umask=027" {
+		t.Errorf("options %q", rep.Options)
+	}
+	if rep.Pending == nil || rep.Pending.Changed != 0 || rep.Pending.Files != 0 {
+		t.Errorf("pending before any edit: %+v", rep.Pending)
+	}
+
+	// An edit, durable in the log: pending until written back.
+	f, err := os.OpenFile(filepath.Join(mnt, "params", "Dense_1", "bias"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(f32("", -1, 4).data)
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	os.Remove(filepath.Join(mnt, "step_scale"))
+	rep = statusUntil(t, mnt, "the edits", func(r mountReport) bool {
+		return r.Pending != nil && r.Pending.Changed == 1 && r.Pending.Removed == 1
+	})
+	if rep.Pending.Files != 1 || rep.Pending.Log == "" || rep.Pending.LogBytes <= 0 {
+		t.Errorf("pending after an edit: %+v", rep.Pending)
+	}
+	if st, err := os.Stat(rep.Pending.Log); err != nil || st.Size() != rep.Pending.LogBytes {
+		t.Errorf("the log status names (%s): %v", rep.Pending.Log, err)
+	}
+	text := cli(t, "status")
+	for _, want := range []string{mnt, "pid " + strconv.Itoa(pid), "1 tensor changed, 1 removed, in 1 file", logFile} {
+		if !strings.Contains(text.stdout, want) {
+			t.Errorf("status does not say %q:\n%s", want, text.stdout)
+		}
+	}
+	if r := cli(t, "sync", mnt); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	statusUntil(t, mnt, "nothing pending after sync", func(r mountReport) bool {
+		return r.Pending != nil && r.Pending.Changed == 0 && r.Pending.Removed == 0 && r.Pending.Files == 0
+	})
+	unmountOK(t, mnt)
+	if _, found := statusOfMount(t, mnt); found {
+		t.Error("status still lists the mount after unmount")
+	}
+}
+
+// A daemon that does not answer (stopped) and one that is gone (killed):
+// status comes back anyway, and says which.
+func TestStatusOfHungAndDeadMounts(t *testing.T) {
+	mnt := mount(t, flaxModel(t), "--read-only")
+	pid := daemonOf(t, mnt)
+	syscall.Kill(pid, syscall.SIGSTOP)
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	rep, found := statusOfMount(t, mnt)
+	if !found || rep.Answering == nil || *rep.Answering || !strings.Contains(rep.Problem, "not answering") || rep.PID != pid {
+		t.Errorf("status of a stopped daemon's mount: %+v", rep)
+	}
+	var text bytes.Buffer
+	printStatus(&text, []mountReport{rep})
+	if !strings.Contains(text.String(), "not answering") {
+		t.Errorf("status text: %s", text.String())
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	waitGone(t, pid)
+	rep, found = statusOfMount(t, mnt)
+	if !found || !strings.Contains(rep.Problem, "dead") || !strings.Contains(rep.Problem, "safejaxfs unmount") {
+		t.Errorf("status of a killed daemon's mount: %+v", rep)
+	}
+}
+
+// A user sees their own mounts only; root sees everyone's.
+func TestStatusIsPerUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run as another user")
+	}
+	mnt := mount(t, flaxModel(t), "--read-only")
+	dir, err := os.MkdirTemp("", "safejaxfs-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "safejaxfs")
+	copyFile(t, os.Args[0], bin, 0o755)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "status")
+	cmd.Env = []string{asCLIEnv + "=1", "GORACE=", "HOME=/nonexistent", "PATH=/usr/bin:/bin"}
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("status as nobody: %v", err)
+	}
+	if strings.Contains(out.String(), mnt) {
+		t.Errorf("nobody's status lists root's mount:\n%s", out.String())
+	}
+	if _, found := statusOfMount(t, mnt); !found {
+		t.Error("root's status does not list root's mount")
+	}
+}

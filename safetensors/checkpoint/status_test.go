@@ -1,0 +1,85 @@
+package checkpoint
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// What a mount's status reads of its checkpoint: the edits not yet written
+// back, and a write-back's temp files as it writes them.
+
+func TestPendingEdits(t *testing.T) {
+	ck := defaultCkpt(t)
+	c, err := Open(ck.path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.PendingEdits(); p != (Unwritten{}) {
+		t.Errorf("right after open: %+v", p)
+	}
+	before := c.Edits()
+	if err := c.WriteAt(ckID(t, c, "step"), []byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ckID(t, c, "embed")); err != nil {
+		t.Fatal(err)
+	}
+	if c.Edits() == before {
+		t.Error("Edits did not move with two edits")
+	}
+	p := c.PendingEdits()
+	if p.Changed != 1 || p.Removed != 1 || p.Files != 1 || p.Log != "" {
+		t.Errorf("two edits, not committed: %+v", p)
+	}
+	if err := c.Sync(); err != nil { // into the log
+		t.Fatal(err)
+	}
+	p = c.PendingEdits()
+	if p.Changed != 1 || p.Removed != 1 || p.Log == "" || p.LogBytes <= 0 {
+		t.Errorf("two edits in the log: %+v", p)
+	}
+	if st, err := os.Stat(p.Log); err != nil || st.Size() != p.LogBytes {
+		t.Errorf("the log %s: %v", p.Log, err)
+	}
+	if err := c.Compact(); err != nil { // into the file
+		t.Fatal(err)
+	}
+	if p := c.PendingEdits(); p.Changed != 0 || p.Removed != 0 || p.Files != 0 || p.Log != "" {
+		t.Errorf("after the write-back: %+v", p)
+	}
+	ro, err := Open(ck.path, Options{ReadOnly: true})
+	if err == nil {
+		if p := ro.PendingEdits(); p != (Unwritten{}) {
+			t.Errorf("read-only: %+v", p)
+		}
+		ro.Close()
+	}
+}
+
+// A temp file of a write-back under way is what WriteBackProgress counts:
+// its bytes against what the rewritten file will hold.
+func TestWriteBackProgress(t *testing.T) {
+	ck := defaultCkpt(t)
+	c, err := Open(ck.path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if w := c.WriteBackProgress(); w.Active {
+		t.Errorf("no write-back under way: %+v", w)
+	}
+	tmp := filepath.Join(filepath.Dir(ck.path), ".model.safetensors"+tmpInfix+"0123456789abcdef")
+	if err := os.WriteFile(tmp, make([]byte, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(tmp)
+	// Not temp files of this checkpoint: another name, a short suffix.
+	os.WriteFile(filepath.Join(filepath.Dir(ck.path), ".other.safetensors"+tmpInfix+"0123456789abcdef"), make([]byte, 7), 0o600)
+	os.WriteFile(filepath.Join(filepath.Dir(ck.path), ".model.safetensors"+tmpInfix+"0123"), make([]byte, 7), 0o600)
+	w := c.WriteBackProgress()
+	if !w.Active || w.Done != 1000 || w.Total != int64(len(ck.content)) {
+		t.Errorf("a 1000-byte temp file of a %d-byte checkpoint: %+v", len(ck.content), w)
+	}
+}
