@@ -106,7 +106,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		},
 	}
 	before, _, _ := FindMount(mountpoint)
-	raw := &listingFS{RawFileSystem: &filesRawFS{fs.NewNodeFS(f.Root(), fsOpts)}}
+	raw := &listingFS{RawFileSystem: &filesRawFS{&viewEntriesFS{fs.NewNodeFS(f.Root(), fsOpts)}}}
 	server, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
 		// go-fuse fails after the kernel attached the mount when the INIT

@@ -53,6 +53,7 @@ func runUnmount(args []string) error {
 	// Ask the daemon who it is before detaching it; a dead mount has no
 	// daemon to wait for.
 	pid := daemonPID(mnt)
+	untyped := rootAttr(mnt, fs.XattrUntyped)
 	reason, dead, err := writeBack(mnt)
 	if err != nil && !*force {
 		return err
@@ -75,6 +76,7 @@ func runUnmount(args []string) error {
 	if pid > 0 {
 		waitExit(pid)
 	}
+	noteUntyped(untyped)
 	return rescued
 }
 
