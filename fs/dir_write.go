@@ -382,8 +382,19 @@ func (d *dirNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 	return d.fsys.sync(ctx)
 }
 
-// Setattr on a directory changes nothing a checkpoint stores.
+// Setattr on a directory takes its mtime (rsync -a, tar), kept beside the
+// checkpoint with the tensors' (times.go); mode and owner are accepted
+// and ignored, as for files.
 func (d *dirNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if mtime, ok := in.GetMTime(); ok {
+		if errno := d.writable(); errno != 0 {
+			return errno
+		}
+		d.fsys.mu.RLock()
+		n := d.node
+		d.fsys.mu.RUnlock()
+		d.fsys.setDirMTime(n, mtime)
+	}
 	return d.Getattr(ctx, fh, out)
 }
 

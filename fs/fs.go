@@ -86,8 +86,10 @@ type FS struct {
 
 	files *filesView // the checkpoint as files; nil when not shown (files.go)
 
-	notify   notifier    // the kernel cache invalidations, in order (notify.go)
-	consumed consumedSet // files renamed into something else (doc_replace.go)
+	notify    notifier              // the kernel cache invalidations, in order (notify.go)
+	consumed  consumedSet           // files renamed into something else (doc_replace.go)
+	times     keptTimes             // modification times set through the mount (times.go)
+	timesFile *checkpoint.TimesFile // where they are kept; nil: nowhere
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a
@@ -131,6 +133,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		f.uid, f.gid = sys.Uid, sys.Gid
 	}
+	f.loadTimes()
 	return f, nil
 }
 

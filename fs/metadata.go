@@ -113,6 +113,13 @@ func (m *metadataNode) Write(ctx context.Context, fh fs.FileHandle, data []byte,
 }
 
 func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if mtime, ok := in.GetMTime(); ok {
+		// touch, cp -p, rsync -a: kept beside the checkpoint (times.go).
+		if m.fsys.ck.ReadOnly() {
+			return syscall.EROFS
+		}
+		m.doc.mtime.Store(&mtime)
+	}
 	if size, ok := in.GetSize(); ok {
 		errno := syscall.Errno(0)
 		if u, ok := fh.(*upload); ok {

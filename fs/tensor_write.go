@@ -74,7 +74,8 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 }
 
 // Setattr takes truncation (ftruncate; O_TRUNC comes with the open) and
-// the mtime (touch, cp -p, rsync -a), which lasts as long as the mount.
+// the mtime (touch, cp -p, rsync -a), kept beside the checkpoint after
+// the mount (times.go).
 // Mode and owner are not stored in a checkpoint: accepted and ignored, so
 // cp -p and tar still work.
 func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -92,8 +93,8 @@ func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 		}
 	}
 	if mtime, ok := in.GetMTime(); ok {
-		// Kept for this mount only: rsync -a and make compare it.
-		if err := t.fsys.ck.SetMTime(t.id, mtime); err != nil {
+		// rsync -a and make compare it.
+		if err := t.fsys.setMTime(t.id, mtime); err != nil {
 			return toErrno(err)
 		}
 	}

@@ -353,7 +353,14 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.
 	closed = true
-	return finish(ck, logger, dirs)
+	if err := finish(ck, logger, dirs); err != nil {
+		return err
+	}
+	// Written back: the times set through the mount are kept beside it.
+	if err := f.SaveTimes(); err != nil {
+		logger.warnf("%v (the next mount shows the checkpoint's time instead)", err)
+	}
+	return nil
 }
 
 // splitOptions accepts both -o a,b and repeated -o a -o b.
