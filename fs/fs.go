@@ -88,8 +88,7 @@ type FS struct {
 
 	notify    notifier              // the kernel cache invalidations, in order (notify.go)
 	consumed  consumedSet           // files renamed into something else (doc_replace.go)
-	times     keptTimes             // modification times set through the mount (times.go)
-	timesFile *checkpoint.TimesFile // where they are kept; nil: nowhere
+	timesFile *checkpoint.TimesFile // where the times shown are kept after the mount (times.go); nil: nowhere
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a

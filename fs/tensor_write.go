@@ -94,7 +94,7 @@ func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 	}
 	if mtime, ok := in.GetMTime(); ok {
 		// rsync -a and make compare it.
-		if err := t.fsys.setMTime(t.id, mtime); err != nil {
+		if err := t.fsys.ck.SetMTime(t.id, mtime); err != nil {
 			return toErrno(err)
 		}
 	}

@@ -1,40 +1,24 @@
 package fs
 
 import (
-	"maps"
-	"sync"
 	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
 
+// The times a mount shows outlive it. safetensors has no place for them,
+// so after the write-back they are kept beside the checkpoint
+// (checkpoint.TimesFile): the time of everything that did not change
+// (the checkpoint file's when this mount began), and each tensor,
+// directory and __metadata__ that shows another (written, created, or
+// given a time by touch, cp -p, tar or rsync -a). The next mount of the
+// same files shows them again, so a second rsync -a after a remount finds
+// everything up to date and copies nothing, and a tensor the write-back
+// did not change does not look changed because the file was rewritten.
+
 // OtherTimes are the times kept that are not a tensor's.
 type OtherTimes = checkpoint.OtherTimes
-
-// Times set through the mount (touch, cp -p, tar, rsync -a) outlive it:
-// they are kept beside the checkpoint after the write-back
-// (checkpoint.SaveTimes) and shown again by the next mount of the same
-// files, so a second rsync -a after a remount finds every tensor up to
-// date and copies nothing. A tensor written after its time was set has
-// the time of that write, which, like every time no one set, is not
-// kept: the next mount shows the checkpoint file's.
-
-// keptTimes are the times set (or loaded) per tensor and directory.
-type keptTimes struct {
-	mu   sync.Mutex
-	t    map[checkpoint.ID]time.Time
-	dirs map[*tree.Node]time.Time
-}
-
-func (s *keptTimes) put(id checkpoint.ID, t time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.t == nil {
-		s.t = map[checkpoint.ID]time.Time{}
-	}
-	s.t[id] = t
-}
 
 // loadTimes shows the times an earlier mount kept, if they were kept for
 // the files as they are, and keeps the times file open for SaveTimes
@@ -52,17 +36,22 @@ func (f *FS) loadTimes() {
 	} else {
 		f.timesFile = tf
 	}
-	tensors, other, err := tf.Load()
+	_, other, err := tf.Load() // the tensors' are applied by Load
 	if err != nil {
 		f.logf("the times kept by an earlier mount are not used: %v", err)
 		return
 	}
-	for id, t := range tensors {
-		f.times.put(id, t)
+	if !other.Default.IsZero() {
+		f.mtime = other.Default
 	}
-	if meta := other.Metadata; !meta.IsZero() {
-		if d := f.doc(MetadataName); d != nil {
+	if d := f.doc(MetadataName); d != nil {
+		if meta := other.Metadata; !meta.IsZero() {
 			d.mtime.Store(&meta)
+		}
+		// Removed by the last mount and not written since (the header
+		// holds an empty one): still gone.
+		if other.MetadataRemoved && len(f.ck.Metadata()) == 0 {
+			d.hidden.Store(true)
 		}
 	}
 	for p, t := range other.Dirs {
@@ -76,63 +65,50 @@ func (f *FS) loadTimes() {
 // the times of the directories they fill, once they are full).
 func (f *FS) setDirMTime(n *tree.Node, t time.Time) {
 	f.dirTimes.mu.Lock()
+	defer f.dirTimes.mu.Unlock()
 	if f.dirTimes.t == nil {
 		f.dirTimes.t = map[*tree.Node]time.Time{}
 	}
 	f.dirTimes.t[n] = t
-	f.dirTimes.mu.Unlock()
-	f.times.mu.Lock()
-	if f.times.dirs == nil {
-		f.times.dirs = map[*tree.Node]time.Time{}
-	}
-	f.times.dirs[n] = t
-	f.times.mu.Unlock()
 }
 
-// setMTime sets tensor id's modification time (utimensat).
-func (f *FS) setMTime(id checkpoint.ID, t time.Time) error {
-	if err := f.ck.SetMTime(id, t); err != nil {
-		return err
-	}
-	f.times.put(id, t)
-	return nil
-}
-
-// SaveTimes keeps the times set through the mount beside the checkpoint:
-// call it once, after the checkpoint is closed (written back).
+// SaveTimes keeps the times the mount shows beside the checkpoint: call it
+// once, after the checkpoint is closed (written back).
 func (f *FS) SaveTimes() error {
 	if f.timesFile == nil {
 		return nil
 	}
 	defer f.timesFile.Close()
-	keep := map[checkpoint.ID]time.Time{}
-	f.times.mu.Lock()
-	for id, t := range f.times.t {
-		// Still the time that was set: no write moved it since.
-		if info, ok := f.ck.Info(id); ok && info.MTime.Equal(t) {
-			keep[id] = t
+	base := f.mtime
+	other := OtherTimes{Default: base}
+	tensors := map[checkpoint.ID]time.Time{}
+	for i := range f.ck.Keys() {
+		if info, ok := f.ck.Info(checkpoint.ID(i)); ok && !info.MTime.Equal(base) {
+			tensors[checkpoint.ID(i)] = info.MTime
 		}
 	}
-	dirs := maps.Clone(f.times.dirs)
-	f.times.mu.Unlock()
-	var other OtherTimes
-	if d := f.doc(MetadataName); d != nil && !d.hidden.Load() {
-		if t := d.mtime.Load(); t != nil {
+	if d := f.doc(MetadataName); d != nil && d.hidden.Load() {
+		other.MetadataRemoved = true
+	} else if d != nil {
+		if t := d.mtime.Load(); t != nil && !t.Equal(base) {
 			other.Metadata = *t
 		}
 	}
 	f.mu.RLock()
-	for n, t := range dirs {
-		// Still in the tree, and still that time (no entry changed since).
-		if attached(f.tree, n) && f.dirTime(n).Equal(t) {
+	f.dirTimes.mu.Lock()
+	for n, t := range f.dirTimes.t {
+		// A directory still in the tree (one removed, or left empty by
+		// the write-back, is not).
+		if !t.Equal(base) && attached(f.tree, n) && (n.Len() > 0 || n.Parent == nil) {
 			if other.Dirs == nil {
 				other.Dirs = map[string]time.Time{}
 			}
 			other.Dirs[n.Path()] = t
 		}
 	}
+	f.dirTimes.mu.Unlock()
 	f.mu.RUnlock()
-	return f.timesFile.Save(keep, other)
+	return f.timesFile.Save(tensors, other)
 }
 
 // attached reports whether n hangs in t (a removed directory does not).

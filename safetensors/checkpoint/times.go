@@ -23,9 +23,10 @@ import (
 // index of a sharded set). Reference readers never see it; the checkpoint
 // files stay byte for byte what the writer makes.
 //
-// It names the tensors by key, with the time each was given, and the
-// header of each checkpoint file as it was when the times were saved (a
-// SHA-256 of its first 8+N bytes). A mount applies it only when every
+// It holds the time of everything that did not change (the checkpoint's
+// when it was mounted), the tensors, directories and __metadata__ that
+// show another, by key or path, and the header of each checkpoint file as
+// it was when the times were saved (a SHA-256 of its first 8+N bytes). A mount applies it only when every
 // file's header is still that one: a checkpoint written since by another
 // program (a new layout, new keys, other dtypes) loses the times, never
 // gets stale ones. (A program that changes tensor bytes in place, header
@@ -52,17 +53,28 @@ const maxTimesFile = 256 << 20
 type timesJSON struct {
 	Version  int               `json:"safejaxfs_times"`
 	Headers  map[string]string `json:"headers"`            // file name -> hex SHA-256 of its header
+	Default  string            `json:"default,omitempty"`  // the time of everything not named below
 	Tensors  map[string]string `json:"tensors"`            // key -> RFC 3339 time, ns
 	Metadata string            `json:"metadata,omitempty"` // __metadata__'s time
 	Dirs     map[string]string `json:"dirs,omitempty"`     // directory path in the mount -> time
+	// MetadataRemoved: __metadata__ was removed (rm, rsync --delete) and
+	// not written since; the header holds an empty one.
+	MetadataRemoved bool `json:"metadata_removed,omitempty"`
 }
 
 // OtherTimes are the times kept beside the checkpoint that are not a
 // tensor's: __metadata__'s (zero if none) and directories', by their
 // slash-separated path in the mount.
 type OtherTimes struct {
+	// Default is the time of everything the times file does not name:
+	// what the mount showed for what did not change.
+	Default  time.Time
 	Metadata time.Time
 	Dirs     map[string]time.Time
+	// MetadataRemoved keeps a removal of __metadata__ (rm, rsync
+	// --delete) for the next mount, which shows none until one is
+	// written: a second rsync --delete finds nothing to delete.
+	MetadataRemoved bool
 }
 
 // TimesFile is the times file of one checkpoint, for the life of a mount:
@@ -101,9 +113,9 @@ func (tf *TimesFile) Close() {
 }
 
 // Load applies the times saved beside the checkpoint, if they were saved
-// for the files as they are: each tensor named gets its time (as SetMTime
-// gives it), and the result says which tensors got one, and the other
-// times kept. Nothing is applied, and no error returned, when there is no
+// for the files as they are: every tensor gets the default time, each one
+// named its own (as SetMTime gives it); the result says which tensors were
+// named, and the other times kept. Nothing is applied, and no error returned, when there is no
 // times file or it is for other files; an error says why a times file
 // could not be used (the caller logs it).
 func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err error) {
@@ -144,6 +156,16 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 	c := tf.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if j.Default != "" {
+		if other.Default, err = time.Parse(time.RFC3339Nano, j.Default); err != nil {
+			return nil, OtherTimes{}, fmt.Errorf("%s: default time %q: %v: ignored", tf.dir.join(tf.name), j.Default, err)
+		}
+		for _, t := range c.tensors {
+			if t != nil {
+				t.mtime = other.Default
+			}
+		}
+	}
 	tensors = make(map[ID]time.Time, len(j.Tensors))
 	for key, v := range j.Tensors {
 		id, ok := c.byKey[key]
@@ -157,6 +179,7 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 	if j.Metadata != "" {
 		other.Metadata, _ = time.Parse(time.RFC3339Nano, j.Metadata)
 	}
+	other.MetadataRemoved = j.MetadataRemoved
 	for p, v := range j.Dirs {
 		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
 			if other.Dirs == nil {
@@ -176,7 +199,7 @@ func (tf *TimesFile) Save(tensors map[ID]time.Time, other OtherTimes) error {
 	if tf == nil || tf.c.readOnly {
 		return nil
 	}
-	if len(tensors) == 0 && other.Metadata.IsZero() && len(other.Dirs) == 0 {
+	if len(tensors) == 0 && other.Default.IsZero() && other.Metadata.IsZero() && len(other.Dirs) == 0 && !other.MetadataRemoved {
 		if err := tf.dir.remove(tf.name); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
@@ -195,9 +218,13 @@ func (tf *TimesFile) Save(tensors map[ID]time.Time, other OtherTimes) error {
 		}
 	}
 	c.mu.RUnlock()
+	if !other.Default.IsZero() {
+		j.Default = other.Default.UTC().Format(time.RFC3339Nano)
+	}
 	if !other.Metadata.IsZero() {
 		j.Metadata = other.Metadata.UTC().Format(time.RFC3339Nano)
 	}
+	j.MetadataRemoved = other.MetadataRemoved
 	for p, t := range other.Dirs {
 		if j.Dirs == nil {
 			j.Dirs = map[string]string{}
