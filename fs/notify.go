@@ -53,6 +53,8 @@ type notifier struct {
 	// queued and delivered count notices: settle waits until delivered
 	// reaches the queued count it saw.
 	queued, delivered uint64
+	// deliver sends one notice to the kernel (tests replace it).
+	deliver func(notice)
 }
 
 type noticeKind uint8
@@ -137,16 +139,12 @@ func (q *notifier) work() {
 		for n.gate != nil && !n.gate.done {
 			q.cond.Wait()
 		}
+		deliver := q.deliver
 		q.mu.Unlock()
-		// ENOENT (the kernel holds nothing of it, so has nothing
-		// cached) is the common answer and fine; there is no other
-		// that could be acted on.
-		switch n.kind {
-		case noticeContent:
-			n.node.NotifyContent(n.off, n.n)
-		case noticeEntry:
-			n.node.NotifyEntry(n.name)
+		if deliver == nil {
+			deliver = toKernel
 		}
+		deliver(n)
 		q.mu.Lock()
 		q.queue[0] = notice{} // no reference kept to the node
 		q.queue = q.queue[1:]
@@ -156,6 +154,18 @@ func (q *notifier) work() {
 	q.queue = nil
 	q.running = false
 	q.mu.Unlock()
+}
+
+// toKernel delivers a notice. ENOENT (the kernel holds nothing of it, so
+// has nothing cached) is the common answer and fine; there is no other
+// that could be acted on.
+func toKernel(n notice) {
+	switch n.kind {
+	case noticeContent:
+		n.node.NotifyContent(n.off, n.n)
+	case noticeEntry:
+		n.node.NotifyEntry(n.name)
+	}
 }
 
 // settle waits until every invalidation queued before it is delivered.
