@@ -74,12 +74,15 @@ func TestCopiesBetweenMountsKeepTypes(t *testing.T) {
 		meta map[string]string // the destination's metadata after the copy
 	}
 	tarball := filepath.Join(t.TempDir(), "x.tar")
-	runCmd(t, "tar", "--xattrs", "--xattrs-include=user.*", "-cf", tarball, "-C", src, "params")
+	runCmd(t, "tar", "--xattrs", "--xattrs-include=user.*", "-cf", tarball, "-C", src, ".")
 	for _, d := range []dest{
 		{"cp -a", func(dst string) { runCmd(t, "cp", "-a", s("params"), dst+"/") }, nil},
+		// The whole mount: __metadata__ too (cp opens it with O_TRUNC;
+		// tar removes it and creates it again).
+		{"cp -a whole", func(dst string) { runCmd(t, "cp", "-a", src+"/.", dst+"/") }, typedMeta},
 		{"tar --xattrs", func(dst string) {
 			runCmd(t, "tar", "--xattrs", "--xattrs-include=user.*", "-xf", tarball, "-C", dst)
-		}, nil},
+		}, typedMeta},
 		// The whole mount, __metadata__ included (a temp file renamed
 		// over it); the files directory is not listed, so not copied.
 		{"rsync -aX", func(dst string) { runCmd(t, "rsync", "-aX", src+"/", dst+"/") }, typedMeta},
