@@ -32,6 +32,7 @@ func (f *FS) unlinkDoc(d *doc) syscall.Errno {
 	now := time.Now()
 	d.mtime.Store(&now)
 	d.hidden.Store(true)
+	f.touchDir(f.tree.Root)
 	f.logf("%s removed: the checkpoint has none now (writing the file again sets it)", d.name)
 	return 0
 }
@@ -48,6 +49,7 @@ func (d *dirNode) createDoc(ctx context.Context, doc *doc, open bool, out *fuse.
 		return nil, nil, syscall.EEXIST
 	}
 	f := d.fsys
+	f.touchDir(d.node)
 	m := &metadataNode{fsys: f, doc: doc}
 	var a fuse.AttrOut
 	m.Getattr(ctx, nil, &a)
