@@ -47,6 +47,7 @@ func tensorFiles(t testing.TB, mnt string) []string {
 }
 
 func TestMetadataReplacedByRename(t *testing.T) {
+	t.Parallel()
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	m := func(p string) string { return filepath.Join(mnt, p) }
@@ -135,6 +136,7 @@ os.replace(tmp, os.path.join(sys.argv[1], '__metadata__'))
 // rm __metadata__ empties it (the header keeps an empty one) and the name
 // is gone until a new one is written; a new mount does not show it again.
 func TestMetadataRemovedAndCreated(t *testing.T) {
+	t.Parallel()
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	m := func(p string) string { return filepath.Join(mnt, p) }
@@ -195,6 +197,7 @@ func mapsEqual(a, b map[string]string) bool {
 // the file before writing through the mapping. The tensor becomes zeros
 // plus what was written, as on any file system.
 func TestMemmapWPlus(t *testing.T) {
+	t.Parallel()
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	dir := t.TempDir() // numpy's truth for the expected bytes
@@ -237,6 +240,7 @@ assert np.fromfile(m + 'Dense_0/bias', '<f4')[0] == 100
 // C-order tensor of the same values: written into a view, as a new
 // tensor, through rsync's temp file, and into a float32 view.
 func TestNPYFortranOrder(t *testing.T) {
+	t.Parallel()
 	_, tensors := typedModel(t)
 	half := make([]byte, 2*6) // F16 zeros [2,3]: its float32 view is written below
 	ckpt := writeCheckpoint(t, "typed.safetensors", nil, append(slices.Clone(tensors), raw("params.half", safetensors.F16, half, 2, 3))...)

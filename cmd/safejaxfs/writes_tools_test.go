@@ -66,6 +66,7 @@ func keysUnder(want []genTensor, prefix string) []string {
 }
 
 func TestCopiesBetweenMountsKeepTypes(t *testing.T) {
+	t.Parallel()
 	src, tensors := typedSource(t)
 	s := func(p string) string { return filepath.Join(src, p) }
 	type dest struct {
@@ -105,6 +106,7 @@ func TestCopiesBetweenMountsKeepTypes(t *testing.T) {
 }
 
 func TestCopiesWithoutAttributesAreReported(t *testing.T) {
+	t.Parallel()
 	src, tensors := typedSource(t)
 	tarball := filepath.Join(t.TempDir(), "plain.tar")
 	runCmd(t, "tar", "-cf", tarball, "-C", src, "params")
@@ -162,6 +164,7 @@ func TestCopiesWithoutAttributesAreReported(t *testing.T) {
 // one mount into another: each keeps its dtype and shape, nothing is
 // reported.
 func TestReplacementsBetweenMountsKeepTypes(t *testing.T) {
+	t.Parallel()
 	src, tensors := typedSource(t)
 	tarball := filepath.Join(t.TempDir(), "plain.tar")
 	runCmd(t, "tar", "-cf", tarball, "-C", src, "params")
@@ -195,6 +198,7 @@ func TestReplacementsBetweenMountsKeepTypes(t *testing.T) {
 // nothing, and neither does a run after a remount: the times rsync set are
 // kept beside the checkpoint.
 func TestRsyncDeleteEveryRunAndAfterRemount(t *testing.T) {
+	t.Parallel()
 	src, tensors := typedSource(t)
 	plain := t.TempDir() // the tensors as plain files, with their attributes
 	runCmd(t, "cp", "-a", filepath.Join(src, "params"), plain+"/")
@@ -260,6 +264,7 @@ func TestRsyncDeleteEveryRunAndAfterRemount(t *testing.T) {
 // canonical writer's bytes (checked above); this checks the times go with
 // those bytes only.
 func TestKeptTimesFollowTheFile(t *testing.T) {
+	t.Parallel()
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	kernel := func() string { return filepath.Join(mnt, "params/Dense_0/kernel") }
