@@ -53,7 +53,7 @@ func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	f := d.fsys
-	if doc := f.doc(name); doc != nil && d.isRoot() {
+	if doc := f.shownDoc(name); doc != nil && d.isRoot() {
 		m := &metadataNode{fsys: f, doc: doc}
 		var a fuse.AttrOut
 		m.Getattr(ctx, nil, &a)
@@ -108,11 +108,14 @@ func (d *dirNode) entries() []fuse.DirEntry {
 	entries := make([]fuse.DirEntry, 0, len(children)+len(f.specials))
 	if d.isRoot() {
 		for _, doc := range f.specials {
-			entries = append(entries, fuse.DirEntry{Name: doc.name, Mode: syscall.S_IFREG, Ino: doc.ino})
+			if !doc.hidden.Load() {
+				entries = append(entries, fuse.DirEntry{Name: doc.name, Mode: syscall.S_IFREG, Ino: doc.ino})
+			}
 		}
-		if f.files != nil {
-			entries = append(entries, fuse.DirEntry{Name: f.files.name, Mode: syscall.S_IFDIR, Ino: inoFilesDir})
-		}
+		// The files directory (files.go) is not listed, as ZFS hides
+		// .zfs: it is there by name (ls /mnt/m/.files, a loader given
+		// the path), but find, du, tar and rsync -a --delete of the
+		// mount neither walk the checkpoint twice nor try to delete it.
 	}
 	for _, c := range children {
 		if c.IsDir() {
@@ -140,14 +143,16 @@ func (d *dirNode) size() (n int, ok bool) {
 	if f.opt.NPY {
 		return 0, false
 	}
+	for _, doc := range f.specials {
+		if doc.hidden.Load() {
+			return 0, false // rare: a special file removed in this mount
+		}
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	n = d.node.Len()
 	if d.isRoot() {
 		n += len(f.specials)
-		if f.files != nil {
-			n++
-		}
 	}
 	return n, true
 }
@@ -187,6 +192,10 @@ func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint3
 		case XattrRecover:
 			if p := d.fsys.rescued.Load(); p != nil {
 				return copyAttr(dest, []byte(*p))
+			}
+		case XattrUntyped:
+			if b := d.fsys.untypedAttr(); b != nil {
+				return copyAttr(dest, b)
 			}
 		}
 	}

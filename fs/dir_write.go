@@ -36,6 +36,10 @@ func (d *dirNode) writable() syscall.Errno {
 // retype.go).
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	f := d.fsys
+	if doc := f.doc(name); doc != nil && d.isRoot() {
+		child, fh, errno := d.createDoc(ctx, doc, true, out)
+		return child, fh, fuse.FOPEN_DIRECT_IO, errno
+	}
 	if child, fh, errno := d.createF32(ctx, name, out); child != nil || errno != 0 {
 		return child, fh, fuse.FOPEN_DIRECT_IO, errno
 	}
@@ -57,6 +61,10 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 func (d *dirNode) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	if mode&syscall.S_IFMT != syscall.S_IFREG {
 		return nil, syscall.EPERM
+	}
+	if doc := d.fsys.doc(name); doc != nil && d.isRoot() {
+		child, _, errno := d.createDoc(ctx, doc, false, out)
+		return child, errno
 	}
 	child, _, errno := d.newFile(ctx, name, out)
 	return child, errno
@@ -151,12 +159,20 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	f := d.fsys
+	if doc := f.doc(name); doc != nil && d.isRoot() {
+		if doc.hidden.Load() {
+			return syscall.ENOENT
+		}
+		return f.unlinkDoc(doc)
+	}
+	// Invalidations of entries of d wait for this request to return: the
+	// kernel holds d locked until then (notify.go).
+	g := f.notify.begin()
+	defer g.end()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := d.node.Lookup(name)
 	switch {
-	case n == nil && d.isRoot() && f.doc(name) != nil:
-		return syscall.EPERM
 	case n == nil:
 		// Views (.npy) are not entries of their own.
 		if base, ok := strings.CutSuffix(name, npyExt); ok && d.node.Lookup(base) != nil {
@@ -177,8 +193,9 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	f.touchDir(d.node)
 	// The kernel may keep name.npy and name.f32.npy, the views of what
-	// was removed.
-	go d.notifyEntries(name+npyExt, name+f32Ext)
+	// was removed (they are looked up again at every use anyway: see
+	// viewEntriesFS).
+	f.notify.entries(g, &d.Inode, name+npyExt, name+f32Ext)
 	return 0
 }
 
@@ -247,12 +264,24 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		return syscall.EXDEV
 	}
 	f := d.fsys
-	if (d.isRoot() && f.doc(name) != nil) || (dst.isRoot() && f.doc(newName) != nil) {
+	if d.isRoot() && f.shownDoc(name) != nil {
+		// A special file stays where it is (a file renamed over it
+		// replaces its document instead).
 		return syscall.EPERM
 	}
+	// Invalidations of entries of both directories wait for this request
+	// to return: the kernel holds them locked until then (notify.go).
+	g := f.notify.begin()
+	defer g.end()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	src := d.node.Lookup(name)
+	if doc := f.doc(newName); doc != nil && dst.isRoot() {
+		if src == nil {
+			return syscall.ENOENT
+		}
+		return f.renameIntoDoc(g, d, src, dst, doc, flags)
+	}
 	viewRename := false
 	if src == nil {
 		// A view renamed to another view renames its tensor: np.save to
@@ -271,7 +300,7 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		return syscall.ENOENT
 	}
 	if !viewRename && !src.IsDir() {
-		if done, errno := f.renameIntoView(src, dst, newName); done {
+		if done, errno := f.renameIntoView(g, src, dst, newName); done {
 			return errno
 		}
 	}
@@ -336,23 +365,15 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	f.touchDir(dst.node)
 	// The kernel keeps entries of names whose meaning changed: the views
 	// of both names (and, when a view was renamed, the raw names, which
-	// the kernel did not see move). After this request returns, since the
-	// kernel holds the directories locked until then.
+	// the kernel did not see move), after this request returns.
 	stale := []string{name + npyExt, name + f32Ext}
 	newStale := []string{newName + npyExt, newName + f32Ext}
 	if viewRename {
 		stale, newStale = append(stale, name), append(newStale, newName)
 	}
-	go d.notifyEntries(stale...)
-	go dst.notifyEntries(newStale...)
+	f.notify.entries(g, &d.Inode, stale...)
+	f.notify.entries(g, &dst.Inode, newStale...)
 	return 0
-}
-
-// notifyEntries drops the kernel's cached entries of names in d.
-func (d *dirNode) notifyEntries(names ...string) {
-	for _, name := range names {
-		d.NotifyEntry(name)
-	}
 }
 
 // Fsync on a directory (or `safejaxfs unmount`, which fsyncs the root)
@@ -361,8 +382,19 @@ func (d *dirNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 	return d.fsys.sync(ctx)
 }
 
-// Setattr on a directory changes nothing a checkpoint stores.
+// Setattr on a directory takes its mtime (rsync -a, tar), kept beside the
+// checkpoint with the tensors' (times.go); mode and owner are accepted
+// and ignored, as for files.
 func (d *dirNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if mtime, ok := in.GetMTime(); ok {
+		if errno := d.writable(); errno != 0 {
+			return errno
+		}
+		d.fsys.mu.RLock()
+		n := d.node
+		d.fsys.mu.RUnlock()
+		d.fsys.setDirMTime(n, mtime)
+	}
 	return d.Getattr(ctx, fh, out)
 }
 

@@ -202,7 +202,7 @@ func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 		return nil, 0, syscall.ESTALE
 	}
 	f := n.fsys
-	f.live.add(n.id, &n.Inode, false)
+	f.live.hold(n.id, &n.Inode, false)
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
@@ -382,7 +382,9 @@ func (n *f32Node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAtt
 
 func (n *f32Node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	if u, ok := fh.(*upload); ok {
-		return n.fsys.flushUpload(ctx, u, n.commit)
+		errno := n.fsys.flushUpload(ctx, u, n.commit)
+		n.fsys.notify.settle() // the tensor's other names show it on return
+		return errno
 	}
 	return 0
 }
@@ -411,7 +413,7 @@ func (n *f32Node) commit(b []byte) error {
 	if !floats.Has(cur.DType) {
 		return fmt.Errorf("tensor %q: %s: the tensor is %s now, which has no float32 view", cur.Key, name, cur.DType)
 	}
-	info, err := npy.Parse(b)
+	info, err := npy.ParseAnyOrder(b)
 	switch {
 	case err != nil:
 		return fmt.Errorf("tensor %q: %s: %w", cur.Key, name, err)
@@ -421,7 +423,10 @@ func (n *f32Node) commit(b []byte) error {
 		return fmt.Errorf("tensor %q: %s has shape %s, the tensor %s: a float32 view replaces values, not the shape (write %s.npy to replace the tensor)",
 			cur.Key, name, shapeJSON(info.Shape), shapeJSON(cur.Shape), strings.TrimSuffix(name, f32Ext))
 	}
-	data := b[info.DataOffset:]
+	data, err := npyData(info, b, safetensors.F32)
+	if err != nil {
+		return fmt.Errorf("tensor %q: %s: %w", cur.Key, name, err)
+	}
 	elems := cur.Size * 8 / int64(cur.DType.Bits())
 	if int64(len(data)) != 4*elems {
 		return fmt.Errorf("tensor %q: %s has %d bytes of data, %d float32 need %d", cur.Key, name, len(data), elems, 4*elems)
@@ -435,8 +440,7 @@ func (n *f32Node) commit(b []byte) error {
 	if err := f.ck.ReplaceSync(n.id, cur.DType, cur.Shape, out); err != nil {
 		return err
 	}
-	f.changed(n.id, n.StableAttr().Ino)
-	go n.NotifyContent(0, 0) // its pages may hold the upload: after this request
+	f.changed(n.id, 0) // its own pages too: they may hold the upload
 	return nil
 }
 
@@ -476,7 +480,7 @@ func (f *FS) changedF32(id checkpoint.ID, except uint64, off, n int64) {
 				vOff, vN = int64(len(h))+4*e0, 4*(e1-e0)
 			}
 		}
-		r.n.NotifyContent(vOff, vN)
+		f.notify.content(r.n, vOff, vN)
 	}
 }
 

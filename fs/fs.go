@@ -88,6 +88,10 @@ type FS struct {
 	writers writerCount // write handles open per tensor
 
 	files *filesView // the checkpoint as files; nil when not shown (files.go)
+
+	notify    notifier              // the kernel cache invalidations, in order (notify.go)
+	consumed  consumedSet           // files renamed into something else (doc_replace.go)
+	timesFile *checkpoint.TimesFile // where the times shown are kept after the mount (times.go); nil: nowhere
 }
 
 // New builds the namespace for an opened checkpoint. It does no I/O beyond a
@@ -135,6 +139,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	if opt.Perm != nil {
 		f.perm = *opt.Perm
 	}
+	f.loadTimes()
 	return f, nil
 }
 
@@ -253,7 +258,8 @@ func (f *FS) logf(format string, args ...any) { f.logger.Warn(fmt.Sprintf(format
 // changed tells the kernel that tensor id's bytes or attributes changed, for
 // its raw file and its views, except the inode the change came through: the
 // kernel already knows, and invalidating an inode from inside its own write
-// would wait on pages that write holds locked.
+// would wait on pages that write holds locked. The invalidations are queued
+// (notify.go): a close or setfattr waits for them before it returns.
 func (f *FS) changed(id checkpoint.ID, except uint64) {
 	f.changedRange(id, except, 0, 0)
 }
@@ -268,7 +274,7 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 			continue
 		}
 		if !r.view {
-			r.n.NotifyContent(off, n)
+			f.notify.content(r.n, off, n)
 			continue
 		}
 		vOff := int64(0)
@@ -282,7 +288,7 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 				vOff = hdr + off
 			}
 		}
-		r.n.NotifyContent(vOff, n)
+		f.notify.content(r.n, vOff, n)
 	}
 	f.changedF32(id, except, off, n)
 }
@@ -312,16 +318,15 @@ func uploadLimit() int64 {
 // up), so the listing, which lives in the directory's page cache, is dropped
 // by a content invalidation of the directory.
 //
-// It waits for the kernel, which locks dir: never call it while serving a
-// request that holds that lock (a create, unlink, rename or lookup in dir).
-func entryChanged(dir *fs.Inode, name string) {
+// The kernel locks dir to drop the entry: a request that holds that lock (a
+// create, unlink, rename or lookup in dir) passes its gate (g), so they are
+// delivered after it returns; nil when the request holds no lock of dir.
+func (f *FS) entryChanged(g *gate, dir *fs.Inode, names ...string) {
 	if dir == nil {
 		return
 	}
-	// ENOENT (the kernel does not know dir or the name, so has nothing
-	// cached) is fine.
-	dir.NotifyEntry(name)
-	dir.NotifyContent(0, 0)
+	f.notify.entries(g, dir, names...)
+	f.notify.push(notice{kind: noticeContent, node: dir, gate: g})
 }
 
 // viewListed announces that tensor file n's views may have appeared in or
@@ -332,7 +337,6 @@ func (f *FS) viewListed(n *fs.Inode) {
 		return
 	}
 	if name, dir := n.Parent(); dir != nil {
-		dir.NotifyEntry(name + f32Ext)
-		entryChanged(dir, name+npyExt)
+		f.entryChanged(nil, dir, name+f32Ext, name+npyExt)
 	}
 }

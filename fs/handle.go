@@ -23,13 +23,39 @@ type writeHandle struct {
 	// value when a refused close last dropped the rewrite from the
 	// kernel's cache (so Release need not do it again).
 	changes, shown uint64
+	// fresh: the rewrite is a truncate to 0 and nothing else yet (see
+	// rewriteForRead, commit).
+	fresh bool
 }
 
 // changedRewrite records a write or truncate of the rewrite.
 func (h *writeHandle) changedRewrite() {
 	h.mu.Lock()
 	h.changes++
+	h.fresh = false
 	h.mu.Unlock()
+}
+
+// rewriteForRead is the rewrite a read through h reads, if any. A fresh
+// one reads as the tensor's size of zeros, and becomes that: a file
+// truncated and grown back to its size (what np.memmap(mode='w+') expects:
+// it opens with O_TRUNC, finds the file already as long as the array,
+// since stat shows the tensor, maps it and closes the file, and its
+// writes through the mapping read each page first). A read of a file just
+// truncated finds nothing otherwise, so nothing else reads one.
+func (h *writeHandle) rewriteForRead(f *FS, id checkpoint.ID) *checkpoint.Staged {
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fresh {
+		if info, ok := f.ck.Info(id); ok && h.staged.Truncate(info.Size) == nil {
+			h.fresh = false
+			h.changes++
+		}
+	}
+	return h.staged
 }
 
 // newWriteHandle opens a write handle on tensor id; its Release must call
@@ -59,6 +85,7 @@ func (f *FS) truncate(h *writeHandle, id checkpoint.ID, size int64) error {
 		defer h.mu.Unlock()
 		if h.staged != nil {
 			h.changes++
+			h.fresh = false
 			return h.staged.Truncate(size)
 		}
 	}
@@ -76,17 +103,21 @@ func (f *FS) truncate(h *writeHandle, id checkpoint.ID, size int64) error {
 	if err != nil {
 		return err
 	}
-	h.staged = s
+	h.staged, h.fresh = s, size == 0
 	return nil
 }
 
 // commit ends h's rewrite if it has the tensor's size: the tensor takes
 // its bytes. Otherwise the rewrite stays open (a later close through a
-// dup may still complete it) and the error says why.
+// dup may still complete it) and the error says why. A fresh rewrite
+// (truncated, nothing written) is no attempt at new bytes yet: it stays
+// open and the close succeeds (np.memmap(mode='w+') closes its file
+// before it writes through the mapping); if nothing follows, the last
+// close drops it and the tensor keeps its bytes.
 func (h *writeHandle) commit() (committed bool, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.staged == nil {
+	if h.staged == nil || h.fresh {
 		return false, nil
 	}
 	if err := h.staged.CommitSync(); err != nil {
@@ -99,17 +130,18 @@ func (h *writeHandle) commit() (committed bool, err error) {
 }
 
 // abandon drops a rewrite that never reached the tensor's size. dropped:
-// there was one; stale: the kernel's cache may still hold some of it (it
-// changed after the last refused close dropped it from the cache).
-func (h *writeHandle) abandon() (dropped, stale bool) {
+// there was one; fresh: nothing was ever written to it; stale: the
+// kernel's cache may still hold some of it (it changed after the last
+// refused close dropped it from the cache).
+func (h *writeHandle) abandon() (dropped, fresh, stale bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.staged == nil {
-		return false, false
+		return false, false, false
 	}
 	h.staged.Close()
 	h.staged = nil
-	return true, h.changes != h.shown
+	return true, h.fresh, h.changes != h.shown
 }
 
 // sync persists everything pending and turns a failure into the errno the

@@ -13,12 +13,15 @@ import (
 // looked up or created under). A change to a tensor must reach every one
 // of them but the one it came through.
 //
-// A node is registered when it is made and again at every Open and
-// Setxattr: go-fuse keeps one node per inode number, and when two lookups
-// race (or a name is looked up again after the entry timeout) the node a
-// Lookup made may be dropped for the one go-fuse already had. Requests
-// only ever reach the kept one, so registering there corrects the record
-// before the kernel can have cached pages to invalidate.
+// go-fuse keeps one node per inode number: when two lookups race (or a
+// name is looked up again, as views are at every use) the node a Lookup
+// made may be dropped for the one go-fuse already has, and go-fuse never
+// tells the loser. So a node made by a lookup or create is recorded only
+// if no node of its inode number is, and a request reaching a node
+// (Open, Setxattr, a close) proves it is the kernel's: it is marked held
+// and replaces any other of its number. OnForget (NodeOnForgetter)
+// removes a node when the kernel lets go of it, with any never-held node
+// of its number (a lookup's loser).
 type liveNodes struct {
 	mu sync.Mutex
 	// byID holds a small value per tensor rather than a set: every tensor
@@ -52,7 +55,27 @@ func setOf(refs []nodeRef) liveSet {
 	return liveSet{first: refs[0], more: refs[1:len(refs):len(refs)]}
 }
 
+type nodeRef struct {
+	n    *fs.Inode
+	view bool
+	// held: a request reached n, so it is the node the kernel has for
+	// its inode number.
+	held bool
+}
+
+// add records node n of tensor id, just made by a lookup or create: it may
+// be a loser, so it is recorded only if no node of its number is.
 func (l *liveNodes) add(id checkpoint.ID, n *fs.Inode, view bool) {
+	l.record(id, n, view, false)
+}
+
+// hold records node n of tensor id, reached by a request: it is the
+// kernel's, and replaces any other node of its number.
+func (l *liveNodes) hold(id checkpoint.ID, n *fs.Inode, view bool) {
+	l.record(id, n, view, true)
+}
+
+func (l *liveNodes) record(id checkpoint.ID, n *fs.Inode, view, held bool) {
 	if id == noTensor {
 		return
 	}
@@ -63,30 +86,43 @@ func (l *liveNodes) add(id checkpoint.ID, n *fs.Inode, view bool) {
 	}
 	set := l.byID[id]
 	if set.first.n == nil {
-		l.byID[id] = liveSet{first: nodeRef{n, view}}
+		l.byID[id] = liveSet{first: nodeRef{n, view, held}}
 		return
 	}
 	if set.first.n == n && set.more == nil {
+		if held && !set.first.held {
+			set.first.held = true
+			l.byID[id] = set
+		}
 		return
 	}
-	refs := set.refs()
-	for _, r := range refs {
-		if r.n == n {
-			return
-		}
-	}
-	// A node of the same inode number that the kernel no longer holds
-	// was a Lookup's loser (or is gone): this one replaces it.
 	ino := n.StableAttr().Ino
+	refs := set.refs()
 	kept := refs[:0]
+	found, other := false, false
 	for _, r := range refs {
-		if !(r.n.StableAttr().Ino == ino && r.n.Forgotten()) {
+		switch {
+		case r.n == n:
+			found = true
+			r.held = r.held || held
+			kept = append(kept, r)
+		case held && r.n.StableAttr().Ino == ino:
+			// Another node of n's number, which requests reach: a
+			// lookup's loser, or one the kernel let go of.
+		default:
+			other = other || r.n.StableAttr().Ino == ino
 			kept = append(kept, r)
 		}
 	}
-	l.byID[id] = setOf(append(kept, nodeRef{n, view}))
+	if !found && !other {
+		kept = append(kept, nodeRef{n, view, held})
+	}
+	l.byID[id] = setOf(kept)
 }
 
+// remove forgets node n of tensor id (OnForget: the kernel let go of it),
+// and any never-held node of its number (a lookup's loser, which go-fuse
+// never forgets since it never knew it).
 func (l *liveNodes) remove(id checkpoint.ID, n *fs.Inode) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -94,10 +130,11 @@ func (l *liveNodes) remove(id checkpoint.ID, n *fs.Inode) {
 	if !ok {
 		return
 	}
+	ino := n.StableAttr().Ino
 	refs := set.refs()
 	kept := refs[:0]
 	for _, r := range refs {
-		if r.n != n {
+		if r.n != n && (r.held || r.n.StableAttr().Ino != ino) {
 			kept = append(kept, r)
 		}
 	}
@@ -108,11 +145,6 @@ func (l *liveNodes) remove(id checkpoint.ID, n *fs.Inode) {
 	l.byID[id] = setOf(kept)
 }
 
-type nodeRef struct {
-	n    *fs.Inode
-	view bool
-}
-
 func (l *liveNodes) of(id checkpoint.ID) []nodeRef {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -120,18 +152,12 @@ func (l *liveNodes) of(id checkpoint.ID) []nodeRef {
 	return set.refs()
 }
 
-// any reports whether the kernel may still hold a node of tensor id. A
-// node it does not hold (a Lookup's loser) does not count.
+// any reports whether the kernel may still hold a node of tensor id.
 func (l *liveNodes) any(id checkpoint.ID) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	set := l.byID[id]
-	for _, r := range set.refs() {
-		if !r.n.Forgotten() {
-			return true
-		}
-	}
-	return false
+	_, ok := l.byID[id]
+	return ok
 }
 
 // dropIfUnused lets the checkpoint forget removed tensor id once the

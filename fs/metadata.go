@@ -113,6 +113,13 @@ func (m *metadataNode) Write(ctx context.Context, fh fs.FileHandle, data []byte,
 }
 
 func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if mtime, ok := in.GetMTime(); ok {
+		// touch, cp -p, rsync -a: kept beside the checkpoint (times.go).
+		if m.fsys.ck.ReadOnly() {
+			return syscall.EROFS
+		}
+		m.doc.mtime.Store(&mtime)
+	}
 	if size, ok := in.GetSize(); ok {
 		errno := syscall.Errno(0)
 		if u, ok := fh.(*upload); ok {
@@ -171,4 +178,37 @@ func truncate(b []byte) []byte {
 		return b[:80]
 	}
 	return b
+}
+
+var (
+	_ = (fs.NodeGetxattrer)((*metadataNode)(nil))
+	_ = (fs.NodeSetxattrer)((*metadataNode)(nil))
+	_ = (fs.NodeListxattrer)((*metadataNode)(nil))
+	_ = (fs.NodeRemovexattrer)((*metadataNode)(nil))
+)
+
+// A special file has no attributes. Saying "not supported" to setting one
+// (cp -a, mv and rsync -X copying ACLs or attributes onto it) lets those
+// tools carry on, as on any file system without them; go-fuse's default
+// (ENODATA) made mv print "preserving permissions: No data available".
+func (m *metadataNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if errno := unsupportedXattr(attr); errno != 0 {
+		return 0, errno
+	}
+	return 0, syscall.ENODATA
+}
+
+func (m *metadataNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.ENOTSUP
+}
+
+func (m *metadataNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return 0, 0
+}
+
+func (m *metadataNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if errno := unsupportedXattr(attr); errno != 0 {
+		return errno
+	}
+	return syscall.ENODATA
 }

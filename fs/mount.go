@@ -119,7 +119,7 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		},
 	}
 	before, _, _ := FindMount(mountpoint)
-	var raw fuse.RawFileSystem = &listingFS{RawFileSystem: &filesRawFS{fs.NewNodeFS(f.Root(), fsOpts)}}
+	var raw fuse.RawFileSystem = &listingFS{RawFileSystem: &filesRawFS{&viewEntriesFS{fs.NewNodeFS(f.Root(), fsOpts)}}}
 	if mo.AllowRoot && !mo.AllowOther {
 		raw = &allowRootFS{RawFileSystem: raw, owner: uint32(os.Geteuid())}
 	}

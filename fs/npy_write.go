@@ -57,7 +57,7 @@ func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 		return nil, 0, syscall.ESTALE
 	}
 	id := n.tensor()
-	n.fsys.live.add(id, &n.Inode, true)
+	n.fsys.live.hold(id, &n.Inode, true)
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
@@ -195,6 +195,9 @@ func (n *npyNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	if !ok {
 		return 0
 	}
+	// What this file changed shows through the tensor's other names (and
+	// a new tensor in its directory) once the close returns.
+	defer n.fsys.notify.settle()
 	if u := h.upload(); u != nil {
 		return n.fsys.flushUpload(ctx, u, n.commit)
 	}
@@ -209,6 +212,7 @@ func (n *npyNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 }
 
 func (n *npyNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	defer n.fsys.notify.settle()
 	return n.fsys.sync(ctx)
 }
 
@@ -219,12 +223,7 @@ func (n *npyNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 // deleted, and a key another path already holds is refused.
 func (n *npyNode) commit(b []byte) error {
 	f := n.fsys
-	info, perr := npy.Parse(b)
-	// Deferred first, so it runs after both locks are released: the
-	// kernel locks the directory to drop its cache, and a lookup in it
-	// holding that lock may be waiting for the tree's.
-	var added *fs.Inode
-	defer func() { entryChanged(added, n.base) }()
+	info, perr := npy.ParseAnyOrder(b)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	f.mu.Lock()
@@ -252,7 +251,10 @@ func (n *npyNode) commit(b []byte) error {
 	if err != nil {
 		return err
 	}
-	data := b[info.DataOffset:]
+	data, err := npyData(info, b, dtype)
+	if err != nil {
+		return fmt.Errorf("tensor %q: %s.npy: %w", key, n.base, err)
+	}
 	if target != noTensor {
 		if err := f.ck.ReplaceSync(target, dtype, info.Shape, data); err != nil {
 			return err
@@ -274,19 +276,18 @@ func (n *npyNode) commit(b []byte) error {
 		f.retype.newFile(id)
 		f.touchDir(n.dir)
 		// The raw file may be cached as absent, and the listing without
-		// it: drop both before the close returns, so the next ls sees
-		// the tensor (once the locks are released, see entryChanged).
-		_, added = n.Parent()
+		// it: both are dropped before the close returns (Flush waits for
+		// the queue once its locks are released).
+		_, parent := n.Parent()
+		f.entryChanged(nil, parent, n.base)
 	}
 	if n.id == noTensor {
 		n.id, n.key = target, key
-		f.live.add(target, &n.Inode, true)
+		f.live.hold(target, &n.Inode, true)
 	}
 	// The view's own pages may hold the uploaded bytes, not the view's:
-	// invalidate after this request has returned.
-	self := n.StableAttr().Ino
-	f.changed(target, self)
-	go n.NotifyContent(0, 0)
+	// they are dropped too.
+	f.changed(target, 0)
 	return nil
 }
 
@@ -307,13 +308,25 @@ func npyDType(info *npy.Info, perr error, old checkpoint.Info, key, base string)
 	return d, nil
 }
 
+// npyData is the tensor bytes of .npy file b as info parsed it: its data,
+// in C order (np.save writes a Fortran-ordered array, k.T or
+// np.asfortranarray(k), in its own order: transposed here, since
+// safetensors stores C order).
+func npyData(info *npy.Info, b []byte, d safetensors.DType) ([]byte, error) {
+	data := b[info.DataOffset:]
+	if !info.NeedsReorder() {
+		return data, nil
+	}
+	return npy.ToCOrder(data, info.Shape, max(d.Bits()/8, 1))
+}
+
 // renameIntoView handles a file created in the mount renamed to name.npy
 // where no real tensor has that name: rsync (and other tools that write a
 // temp file and rename it) uploading a .npy. If the file parses as a .npy
 // it becomes the tensor name (created or replaced) and the temp file is
 // gone; done is false when it does not, and the rename happens as for any
 // file. Caller holds f.mu.
-func (f *FS) renameIntoView(src *tree.Node, dst *dirNode, newName string) (done bool, errno syscall.Errno) {
+func (f *FS) renameIntoView(g *gate, src *tree.Node, dst *dirNode, newName string) (done bool, errno syscall.Errno) {
 	base, ok := strings.CutSuffix(newName, npyExt)
 	id := checkpoint.ID(src.Tensor)
 	if !ok || base == "" || dst.node.Lookup(newName) != nil || !f.retype.isNew(id) || !f.ck.Growable(id) {
@@ -332,7 +345,7 @@ func (f *FS) renameIntoView(src *tree.Node, dst *dirNode, newName string) (done 
 		b = append(b, s...)
 	}
 	release()
-	parsed, perr := npy.Parse(b)
+	parsed, perr := npy.ParseAnyOrder(b)
 	if perr != nil && !errors.Is(perr, npy.ErrAmbiguousVoid) {
 		return false, 0
 	}
@@ -347,11 +360,14 @@ func (f *FS) renameIntoView(src *tree.Node, dst *dirNode, newName string) (done 
 		key = old.Key
 	}
 	dtype, err := npyDType(parsed, perr, old, key, base)
+	if err == nil {
+		b, err = npyData(parsed, b, dtype)
+	}
 	if err != nil {
 		f.fail(err)
 		return true, syscall.EINVAL
 	}
-	data := b[parsed.DataOffset:]
+	data := b
 	if target != nil {
 		err = f.ck.ReplaceSync(checkpoint.ID(target.Tensor), dtype, parsed.Shape, data)
 	} else if err = f.tree.CanAdd(dst.node, base); err == nil {
@@ -379,8 +395,10 @@ func (f *FS) renameIntoView(src *tree.Node, dst *dirNode, newName string) (done 
 	if target != nil {
 		f.changed(checkpoint.ID(target.Tensor), 0)
 	}
-	// The kernel moves the temp file's entry to newName itself: drop it,
-	// and the raw name's, once the rename has returned.
-	go dst.notifyEntries(newName, base)
+	// The kernel moves the temp file's entry to newName itself: the temp
+	// file's node answers ESTALE from now on, and the entry, and the raw
+	// name's, are dropped once the rename has returned.
+	f.consume(g, id, &dst.Inode, newName)
+	f.entryChanged(g, &dst.Inode, base)
 	return true, 0
 }

@@ -51,6 +51,9 @@ func (f *FS) fillTensorAttr(a *fuse.Attr, id checkpoint.ID) syscall.Errno {
 // under way: go-fuse passes the first open handle of the node when the
 // kernel sends none (every stat), so a handle here may be anyone's.
 func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if t.fsys.consumed.has(t.id) {
+		return syscall.ESTALE // see tensorNode.Open
+	}
 	return t.fsys.fillTensorAttr(&out.Attr, t.id)
 }
 
@@ -81,7 +84,7 @@ func (f *FS) readFailed(node *fs.Inode, off int64, err error) syscall.Errno {
 // rewriteOf is the rewrite under way through handle fh, if any.
 func (t *tensorNode) rewriteOf(fh fs.FileHandle) *checkpoint.Staged {
 	h, _ := fh.(*writeHandle)
-	return h.rewrite()
+	return h.rewriteForRead(t.fsys, t.id)
 }
 
 // readFor returns how to read the tensor through handle fh: its rewrite

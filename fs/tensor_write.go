@@ -29,7 +29,12 @@ func isWrite(flags uint32) bool {
 // clients can mmap tensor files (np.memmap, safe_open). O_TRUNC (atomic
 // with the open, see Mount) starts the new handle's rewrite.
 func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	t.fsys.live.add(t.id, &t.Inode, false)
+	if t.fsys.consumed.has(t.id) {
+		// Renamed into something else (doc_replace.go): the kernel
+		// looks the name up again.
+		return nil, 0, syscall.ESTALE
+	}
+	t.fsys.live.hold(t.id, &t.Inode, false)
 	if !isWrite(flags) {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
@@ -69,7 +74,8 @@ func (t *tensorNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 }
 
 // Setattr takes truncation (ftruncate; O_TRUNC comes with the open) and
-// the mtime (touch, cp -p, rsync -a), which lasts as long as the mount.
+// the mtime (touch, cp -p, rsync -a), kept beside the checkpoint after
+// the mount (times.go).
 // Mode and owner are not stored in a checkpoint: accepted and ignored, so
 // cp -p and tar still work.
 func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -87,7 +93,7 @@ func (t *tensorNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 		}
 	}
 	if mtime, ok := in.GetMTime(); ok {
-		// Kept for this mount only: rsync -a and make compare it.
+		// rsync -a and make compare it.
 		if err := t.fsys.ck.SetMTime(t.id, mtime); err != nil {
 			return toErrno(err)
 		}
@@ -106,6 +112,9 @@ func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno 
 	if !ok {
 		return 0
 	}
+	// Whatever was written through this file shows through the tensor's
+	// other names once the close returns (notify.go).
+	defer t.fsys.notify.settle()
 	t.fsys.writers.flushed(t.id)
 	committed, errno := t.fsys.commitRewrite(h, t.id)
 	if errno != 0 {
@@ -147,15 +156,17 @@ func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errn
 		return 0
 	}
 	t.fsys.writers.add(t.id, -1)
-	if dropped, stale := h.abandon(); dropped {
-		if info, ok := t.fsys.ck.Info(t.id); ok {
+	if dropped, fresh, stale := h.abandon(); dropped {
+		if info, ok := t.fsys.ck.Info(t.id); ok && fresh {
+			t.fsys.logf("tensor %q: truncated, then closed with nothing written: the tensor keeps its previous bytes", info.Key)
+		} else if ok {
 			t.fsys.logf("tensor %q: a rewrite closed at the wrong size was dropped; the tensor keeps its previous bytes", info.Key)
 		}
 		// Only if the refused close did not already: an invalidation
 		// while a reader's GETATTR is in flight makes the kernel drop
 		// that reply and keep the size it had.
 		if stale {
-			go t.fsys.changed(t.id, 0)
+			t.fsys.changed(t.id, 0)
 		}
 	}
 	return 0
@@ -165,6 +176,7 @@ func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errn
 // tensor's size is committed first (dd conv=fsync, then close); one at
 // another size cannot be made durable and fails with EINVAL.
 func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	defer t.fsys.notify.settle()
 	if h, ok := fh.(*writeHandle); ok {
 		if _, errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
 			return errno
@@ -176,11 +188,14 @@ func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) 
 // Setxattr on dtype or shape reinterprets the tensor's bytes; the byte size
 // must stay the same.
 func (t *tensorNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	t.fsys.live.add(t.id, &t.Inode, false)
+	t.fsys.live.hold(t.id, &t.Inode, false)
 	errno := t.fsys.setxattr(t.id, attr, data)
 	if errno == 0 && attr == xattrDType {
 		t.fsys.viewListed(&t.Inode)
 	}
+	// The views show the new dtype and shape once setfattr returns (the
+	// kernel holds the file, not its directory, meanwhile).
+	t.fsys.notify.settle()
 	return errno
 }
 
@@ -188,10 +203,18 @@ func (t *tensorNode) Removexattr(ctx context.Context, attr string) syscall.Errno
 	return t.fsys.removexattr(attr)
 }
 
+// removexattr: the user.safetensors.* attributes are the tensor's key,
+// dtype, shape and shard, which a tensor always has: removing one is
+// ignored and succeeds, as removing a read-only attribute can be, so that
+// tools that mirror attributes (rsync -X from files without them, the
+// temp file rsync writes) carry on. The tensor keeps them.
 func (f *FS) removexattr(attr string) syscall.Errno {
+	if errno := unsupportedXattr(attr); errno != 0 {
+		return errno
+	}
 	switch attr {
 	case xattrKey, xattrDType, xattrShape, xattrShard:
-		return syscall.EPERM
+		return 0
 	}
 	return syscall.ENODATA
 }

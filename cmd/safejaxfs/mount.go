@@ -439,7 +439,14 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	status.setState(stateFinishing)
 	sdNotify(foreground, "STOPPING=1\nSTATUS=unmounted: writing edits back")
 	extendStop(foreground)
-	return finish(ck, logger, dirs, status)
+	if err := finish(ck, logger, dirs, status); err != nil {
+		return err
+	}
+	// Written back: the times set through the mount are kept beside it.
+	if err := f.SaveTimes(); err != nil {
+		logger.warnf("%v (the next mount shows the checkpoint's time instead)", err)
+	}
+	return nil
 }
 
 // deadConn reports an error a FUSE mount answers once its daemon is gone:

@@ -57,6 +57,7 @@ func runUnmount(args []string) error {
 	pid := daemonPID(mnt)
 	stop := watchWriteBack(pid, pf)
 	defer stop()
+	untyped := rootAttr(mnt, fs.XattrUntyped)
 	reason, dead, err := writeBack(mnt)
 	if err != nil && !*force {
 		return err
@@ -79,6 +80,7 @@ func runUnmount(args []string) error {
 	if pid > 0 {
 		waitExit(pid)
 	}
+	noteUntyped(untyped)
 	return rescued
 }
 

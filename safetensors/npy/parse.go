@@ -82,6 +82,11 @@ func (e *ShortError) NeedMore() int { return e.Need - e.Have }
 // returns a *ShortError (errors.Is(err, ErrShort)) saying how long the
 // prefix must be.
 func Parse(prefix []byte) (*Info, error) {
+	return parse(prefix, false)
+}
+
+// parse is Parse; anyOrder lets fortran_order arrays through (ParseAnyOrder).
+func parse(prefix []byte, anyOrder bool) (*Info, error) {
 	// Compare the magic as far as it goes, so a file that is not .npy fails
 	// at once instead of asking for more bytes.
 	if n := min(len(prefix), len(magic)); !bytes.Equal(prefix[:n], []byte(magic[:n])) {
@@ -129,7 +134,7 @@ func Parse(prefix []byte) (*Info, error) {
 	if _, ok := byteSize(h.shape, elemSize); !ok {
 		return nil, fmt.Errorf("npy: shape %v of descr %s overflows the addressable size", h.shape, quote(h.descr))
 	}
-	if h.fortran && !layoutsAgree(h.shape) {
+	if h.fortran && !layoutsAgree(h.shape) && !anyOrder {
 		return nil, ErrFortran
 	}
 	info := &Info{

@@ -1,0 +1,306 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
+)
+
+// Issue 17 item 2: copies between mounts and into fresh mounts with the
+// everyday tools. Those that carry attributes (cp -a, tar --xattrs,
+// rsync -X) keep every dtype and shape exactly; those that cannot never
+// change a tensor's type silently: a file replacing a tensor of its size
+// keeps the tensor's type, and a new file without a dtype is saved as 1-D
+// U8 and named by the mount root's user.safejaxfs.untyped and by
+// `safejaxfs unmount`.
+
+// emptyCheckpoint is a checkpoint with no tensors and no metadata: a fresh
+// place to copy into.
+func emptyCheckpoint(t testing.TB) string {
+	return writeCheckpoint(t, "fresh.safetensors", nil)
+}
+
+// typedMeta is the source's metadata: rsync of the whole mount carries it.
+var typedMeta = map[string]string{"format": "pt"}
+
+// typedSource is typedModel with metadata, mounted read-only: the source
+// of the copies.
+func typedSource(t testing.TB) (mnt string, tensors []genTensor) {
+	_, tensors = typedModel(t)
+	ckpt := writeCheckpoint(t, "source.safetensors", typedMeta, tensors...)
+	return mount(t, ckpt, "--read-only"), tensors
+}
+
+// untypedList reads the mount root's list of tensors saved as U8 for want
+// of a dtype (nil when there are none).
+func untypedList(t testing.TB, mnt string) []string {
+	t.Helper()
+	buf := make([]byte, 64<<10)
+	n, err := unix.Getxattr(mnt, "user.safejaxfs.untyped", buf)
+	if errors.Is(err, unix.ENODATA) {
+		return nil
+	}
+	if err != nil {
+		t.Fatalf("getxattr user.safejaxfs.untyped: %v", err)
+	}
+	return strings.Split(strings.TrimSuffix(string(buf[:n]), "\n"), "\n")
+}
+
+// keysUnder is want's keys with "params" replaced by prefix, sorted.
+func keysUnder(want []genTensor, prefix string) []string {
+	var keys []string
+	for _, g := range want {
+		keys = append(keys, prefix+strings.TrimPrefix(g.key, "params"))
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func TestCopiesBetweenMountsKeepTypes(t *testing.T) {
+	t.Parallel()
+	src, tensors := typedSource(t)
+	s := func(p string) string { return filepath.Join(src, p) }
+	type dest struct {
+		what string
+		copy func(dst string)
+		meta map[string]string // the destination's metadata after the copy
+	}
+	tarball := filepath.Join(t.TempDir(), "x.tar")
+	runCmd(t, "tar", "--xattrs", "--xattrs-include=user.*", "-cf", tarball, "-C", src, ".")
+	for _, d := range []dest{
+		{"cp -a", func(dst string) { runCmd(t, "cp", "-a", s("params"), dst+"/") }, nil},
+		// The whole mount: __metadata__ too (cp opens it with O_TRUNC;
+		// tar removes it and creates it again).
+		{"cp -a whole", func(dst string) { runCmd(t, "cp", "-a", src+"/.", dst+"/") }, typedMeta},
+		{"tar --xattrs", func(dst string) {
+			runCmd(t, "tar", "--xattrs", "--xattrs-include=user.*", "-xf", tarball, "-C", dst)
+		}, typedMeta},
+		// The whole mount, __metadata__ included (a temp file renamed
+		// over it); the files directory is not listed, so not copied.
+		{"rsync -aX", func(dst string) { runCmd(t, "rsync", "-aX", src+"/", dst+"/") }, typedMeta},
+	} {
+		t.Run(strings.ReplaceAll(d.what, " ", "_"), func(t *testing.T) {
+			ckpt := emptyCheckpoint(t)
+			mnt := mount(t, ckpt)
+			d.copy(mnt)
+			checkTyped(t, mnt, "params", tensors, d.what)
+			if u := untypedList(t, mnt); u != nil {
+				t.Errorf("%s: reported as saved without a dtype: %v", d.what, u)
+			}
+			r := cli(t, "unmount", mnt)
+			if r.code != 0 || strings.Contains(r.stderr, "U8") {
+				t.Fatalf("unmount: exit %d: %s", r.code, r.stderr)
+			}
+			checkFile(t, ckpt, d.meta, tensors...)
+		})
+	}
+}
+
+func TestCopiesWithoutAttributesAreReported(t *testing.T) {
+	t.Parallel()
+	src, tensors := typedSource(t)
+	tarball := filepath.Join(t.TempDir(), "plain.tar")
+	runCmd(t, "tar", "-cf", tarball, "-C", src, "params")
+	for what, copy := range map[string]func(dst string){
+		"cp -r":    func(dst string) { runCmd(t, "cp", "-r", filepath.Join(src, "params"), dst+"/") },
+		"tar x":    func(dst string) { runCmd(t, "tar", "-xf", tarball, "-C", dst) },
+		"rsync -a": func(dst string) { runCmd(t, "rsync", "-a", filepath.Join(src, "params"), dst+"/") },
+	} {
+		t.Run(strings.ReplaceAll(what, " ", "_"), func(t *testing.T) {
+			ckpt := emptyCheckpoint(t)
+			mnt := mount(t, ckpt)
+			copy(mnt)
+			// Nothing could tell these files' dtypes: each is its bytes
+			// as 1-D U8, and each is named.
+			var u8 []genTensor
+			for _, g := range tensors {
+				u8 = append(u8, raw(g.key, safetensors.U8, g.data, uint64(len(g.data))))
+			}
+			checkTyped(t, mnt, "params", u8, what)
+			want := keysUnder(tensors, "params")
+			if got := untypedList(t, mnt); !slices.Equal(got, want) {
+				t.Errorf("%s: user.safejaxfs.untyped = %q, want %q", what, got, want)
+			}
+			r := cli(t, "unmount", mnt)
+			if r.code != 0 {
+				t.Fatalf("unmount: exit %d: %s", r.code, r.stderr)
+			}
+			for _, k := range want {
+				if !strings.Contains(r.stderr, "\n  "+k+"\n") {
+					t.Errorf("%s: unmount does not name %s as saved as U8:\n%s", what, k, r.stderr)
+				}
+			}
+			checkFile(t, ckpt, nil, u8...)
+
+			// Typed afterwards, in a new mount: no longer reported.
+			mnt = mount(t, ckpt)
+			for _, g := range tensors {
+				p := filepath.Join(mnt, strings.ReplaceAll(g.key, ".", "/"))
+				for name, v := range map[string]string{"user.safetensors.dtype": g.dtype.String(), "user.safetensors.shape": shapeJSONOf(g.shape)} {
+					if err := unix.Setxattr(p, name, []byte(v), 0); err != nil {
+						t.Fatalf("setfattr %s %s: %v", name, p, err)
+					}
+				}
+			}
+			if u := untypedList(t, mnt); u != nil {
+				t.Errorf("tensors of an earlier mount reported: %v", u)
+			}
+			unmountOK(t, mnt)
+			checkFile(t, ckpt, nil, tensors...)
+		})
+	}
+}
+
+// A tool without attributes replacing tensors of the same byte size, from
+// one mount into another: each keeps its dtype and shape, nothing is
+// reported.
+func TestReplacementsBetweenMountsKeepTypes(t *testing.T) {
+	t.Parallel()
+	src, tensors := typedSource(t)
+	tarball := filepath.Join(t.TempDir(), "plain.tar")
+	runCmd(t, "tar", "-cf", tarball, "-C", src, "params")
+	for what, copy := range map[string]func(dst string){
+		"cp -r":    func(dst string) { runCmd(t, "cp", "-r", filepath.Join(src, "params"), dst+"/") },
+		"tar x":    func(dst string) { runCmd(t, "tar", "-xf", tarball, "-C", dst) },
+		"rsync -a": func(dst string) { runCmd(t, "rsync", "-a", "-I", filepath.Join(src, "params"), dst+"/") },
+	} {
+		t.Run(strings.ReplaceAll(what, " ", "_"), func(t *testing.T) {
+			ckpt := writeCheckpoint(t, "dst.safetensors", nil, tensors...)
+			mnt := mount(t, ckpt)
+			var files []string
+			for _, g := range tensors {
+				files = append(files, filepath.Join(mnt, strings.ReplaceAll(g.key, ".", "/")))
+			}
+			scramble(t, files...)
+			copy(mnt)
+			checkTyped(t, mnt, "params", tensors, what)
+			if u := untypedList(t, mnt); u != nil {
+				t.Errorf("%s: reported as saved without a dtype: %v", what, u)
+			}
+			unmountOK(t, mnt)
+			checkFile(t, ckpt, nil, tensors...)
+		})
+	}
+}
+
+// Issue 16 item 10: rsync -a --delete into a mount exits 0 on every run
+// (it removes __metadata__ and the user.safetensors.* attributes of its
+// temp files; the files directory is not listed), a second run changes
+// nothing, and neither does a run after a remount: the times rsync set are
+// kept beside the checkpoint.
+func TestRsyncDeleteEveryRunAndAfterRemount(t *testing.T) {
+	t.Parallel()
+	src, tensors := typedSource(t)
+	plain := t.TempDir() // the tensors as plain files, with their attributes
+	runCmd(t, "cp", "-a", filepath.Join(src, "params"), plain+"/")
+	for _, c := range []struct {
+		what  string
+		from  string
+		flags []string
+		meta  map[string]string // after the copy
+	}{
+		{"plain dir, rsync -a", plain, []string{"-a"}, map[string]string{}},
+		{"plain dir, rsync -aX", plain, []string{"-aX"}, map[string]string{}},
+		{"mount to mount, rsync -aX", src, []string{"-aX"}, typedMeta},
+	} {
+		t.Run(strings.ReplaceAll(strings.ReplaceAll(c.what, " ", "_"), ",", ""), func(t *testing.T) {
+			ckpt := flaxModel(t) // other tensors and metadata: --delete removes them
+			mnt := mount(t, ckpt)
+			rsync := func(run string) string {
+				t.Helper()
+				args := append(append([]string{}, c.flags...), "--delete", "-i", c.from+"/", mnt+"/")
+				out, err := exec.Command("rsync", args...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s: rsync %v: %v\n%s", run, args, err, out)
+				}
+				return strings.Join(changes.FindAllString(string(out), -1), "\n")
+			}
+			rsync("first run")
+			if out := rsync("second run"); out != "" {
+				t.Errorf("second run changed something:\n%s", out)
+			}
+			typed := slices.Contains(c.flags, "-aX")
+			if typed {
+				checkTyped(t, mnt, "params", tensors, c.what)
+			}
+			unmountOK(t, mnt)
+			mnt = mount(t, ckpt)
+			if out := rsync("run after a remount"); out != "" {
+				t.Errorf("a run after a remount changed something:\n%s", out)
+			}
+			unmountOK(t, mnt)
+			want := tensors
+			if !typed {
+				// A file that replaced a tensor of its size kept its
+				// type; the new ones are bytes.
+				flax := map[string]genTensor{}
+				for _, g := range flaxTensors() {
+					flax[g.key] = g
+				}
+				want = nil
+				for _, g := range tensors {
+					if old, ok := flax[g.key]; !ok || len(old.data) != len(g.data) {
+						g = raw(g.key, safetensors.U8, g.data, uint64(len(g.data)))
+					}
+					want = append(want, g)
+				}
+			}
+			checkFile(t, ckpt, c.meta, want...)
+		})
+	}
+}
+
+// The times file is the only file the mount leaves beside the checkpoint,
+// and a reader of the checkpoint never sees it: the checkpoint is the
+// canonical writer's bytes (checked above); this checks the times go with
+// those bytes only.
+func TestKeptTimesFollowTheFile(t *testing.T) {
+	t.Parallel()
+	ckpt := flaxModel(t)
+	mnt := mount(t, ckpt)
+	kernel := func() string { return filepath.Join(mnt, "params/Dense_0/kernel") }
+	runCmd(t, "touch", "-d", "2020-01-02 03:04:05.123456789", kernel())
+	// A write makes the write-back rewrite the file: the times follow.
+	if err := os.WriteFile(filepath.Join(mnt, "notes"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unmountOK(t, mnt)
+	side := filepath.Join(filepath.Dir(ckpt), ".flax.safetensors.safejaxfs-times")
+	if _, err := os.Stat(side); err != nil {
+		t.Fatalf("no times file: %v", err)
+	}
+	mnt = mount(t, ckpt)
+	if got := statT(t, kernel()).Mtim; got.Sec != 1577934245 || got.Nsec != 123456789 {
+		t.Errorf("after a remount the mtime is %v", got)
+	}
+	unmountOK(t, mnt)
+	// Another program rewrites the checkpoint (a new header): the times
+	// kept for the old one are not applied.
+	b, err := os.ReadFile(ckpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := canonical(t, map[string]string{"by": "someone else"}, flaxTensors()...)
+	if err := os.WriteFile(ckpt, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mnt = mount(t, ckpt)
+	if got := statT(t, kernel()).Mtim; got.Sec == 1577934245 {
+		t.Errorf("times kept for another version of the file applied (the file was %d bytes, now %d)", len(b), len(other))
+	}
+	unmountOK(t, mnt)
+}
+
+// changes are the lines of rsync -i output that copy or delete a file
+// (not those that only set a directory's time or a mode, which a
+// checkpoint cannot store).
+var changes = regexp.MustCompile(`(?m)^(>f|cf|\*deleting).*$`)

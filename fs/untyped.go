@@ -1,0 +1,86 @@
+package fs
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
+)
+
+// Files written without a dtype. A plain file created in the mount is a
+// 1-D U8 tensor of its bytes until something gives it a dtype: setfattr,
+// the user.safetensors.* attributes a backup tool restores (cp -a,
+// rsync -X, tar --xattrs), the tensor it replaces at the same size (rsync's
+// rename over it, tar's unlink and create, cp over it), or the tensor it
+// is a copy of inside the mount (retype.go). A tool that cannot carry
+// attributes into a path where no tensor of that size was (cp -r, rsync -a
+// or tar x into a fresh mount) leaves it U8. That is kept, not refused:
+// the bytes are what the user copied, rsync -X sets the attributes only
+// after it closed the file, and a dtype can be given afterwards. But it is
+// never silent: the mount root's user.safejaxfs.untyped names every such
+// tensor, the daemon logs them when it unmounts, and `safejaxfs unmount`
+// prints them.
+
+// XattrUntyped, read on the mount root, lists (one key per line) the
+// tensors created in this mount that nothing gave a dtype: they are saved
+// as 1-D U8.
+const XattrUntyped = "user.safejaxfs.untyped"
+
+// untyped is the keys of the files created in this mount that are still
+// plain bytes, sorted.
+func (f *FS) untyped() []string {
+	r := &f.retype
+	r.mu.Lock()
+	ids := make([]checkpoint.ID, 0, len(r.created))
+	for id := range r.created {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	var keys []string
+	for _, id := range ids {
+		if !f.ck.Growable(id) {
+			continue
+		}
+		if info, ok := f.ck.Info(id); ok {
+			keys = append(keys, info.Key)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// maxUntypedAttr keeps the attribute within what getxattr can return
+// (XATTR_SIZE_MAX, 64 KiB).
+const maxUntypedAttr = 60 << 10
+
+// untypedAttr renders untyped for XattrUntyped (past maxUntypedAttr the
+// last line says how many more); nil when there are none.
+func (f *FS) untypedAttr() []byte {
+	keys := f.untyped()
+	var b []byte
+	for i, k := range keys {
+		if len(b)+len(k)+1 > maxUntypedAttr-64 {
+			return fmt.Appendf(b, "... and %d more\n", len(keys)-i)
+		}
+		b = append(append(b, k...), '\n')
+	}
+	return b
+}
+
+var _ = (fs.NodeOnForgetter)((*dirNode)(nil))
+
+// OnForget of the root runs when the mount ends (go-fuse calls it at
+// unmount): the last chance to say which tensors go to the checkpoint as
+// U8 for want of a dtype. Other directories hold nothing to let go of.
+func (d *dirNode) OnForget() {
+	if !d.isRoot() {
+		return
+	}
+	if keys := d.fsys.untyped(); len(keys) > 0 {
+		d.fsys.logger.Warn("tensors saved as 1-D U8: nothing gave them a dtype (cp, tar and rsync carry it only with cp -a, tar --xattrs, rsync -X; or setfattr -n user.safetensors.dtype while mounted)",
+			"count", len(keys), "keys", strings.Join(keys, ", "))
+	}
+}
