@@ -189,35 +189,28 @@ func umask() os.FileMode {
 	return os.FileMode(m)
 }
 
-// watchProgress shows the output's growth on a terminal (the copy runs
-// kernel-side, so the file's size is the progress), until stop.
+// watchProgress shows the progress line (progress.go) of a conversion
+// writing f, total bytes in all, by f's size as it grows.
 func watchProgress(f *os.File, total int64, quiet bool) (stop func()) {
-	if quiet || total < progressFrom || !isTerminal(os.Stderr) {
+	p := newProgress(progressFlags{quiet: quiet}.show(total >= progressFrom), "convert", unitBytes, total)
+	if p == nil {
 		return func() {}
 	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
-	start := time.Now()
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(200 * time.Millisecond)
+		t := time.NewTicker(progressEvery)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
-				fmt.Fprint(os.Stderr, "\r\033[K")
+				p.finish()
 				return
-			case now := <-t.C:
-				st, err := f.Stat()
-				if err != nil {
-					continue
+			case <-t.C:
+				if st, err := f.Stat(); err == nil {
+					p.set(st.Size(), total, "")
 				}
-				n := st.Size()
-				line := fmt.Sprintf("\r\033[Kconvert: %s of %s (%d%%)", humanBytes(n), humanBytes(total), n*100/max(total, 1))
-				if d := now.Sub(start).Seconds(); d > 0 {
-					line += fmt.Sprintf(", %s/s", humanBytes(int64(float64(n)/d)))
-				}
-				fmt.Fprint(os.Stderr, line)
 			}
 		}
 	}()
