@@ -52,6 +52,10 @@ func (f *FS) untyped() []string {
 	return keys
 }
 
+// Untyped is the keys of the tensors created in this mount that nothing
+// gave a dtype (saved as 1-D U8), sorted: for safejaxfs status.
+func (f *FS) Untyped() []string { return f.untyped() }
+
 // maxUntypedAttr keeps the attribute within what getxattr can return
 // (XATTR_SIZE_MAX, 64 KiB).
 const maxUntypedAttr = 60 << 10

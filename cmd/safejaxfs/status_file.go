@@ -52,6 +52,11 @@ type mountStatus struct {
 	Changed    time.Time `json:"changed"` // when this status last changed
 
 	Pending   *pendingStatus  `json:"pending,omitempty"`
+	// Untyped are the tensors created in the mount that nothing gave a
+	// dtype: they are saved as 1-D U8 (fs/untyped.go). At most
+	// maxStatusUntyped are listed; UntypedCount counts them all.
+	Untyped      []string `json:"untyped,omitempty"`
+	UntypedCount int      `json:"untyped_count,omitempty"`
 	WriteBack *progressStatus `json:"write_back,omitempty"`
 	Cache     *cacheStatus    `json:"cache,omitempty"`
 	LastError string          `json:"last_error,omitempty"`
@@ -206,6 +211,9 @@ func (s *statusFile) refresh() {
 		if !s.st.ReadOnly {
 			p := s.ck.PendingEdits()
 			s.st.Pending = &pendingStatus{p.Changed, p.Removed, p.Files, p.Log, p.LogBytes}
+			u := s.fsys.Untyped()
+			s.st.UntypedCount = len(u)
+			s.st.Untyped = u[:min(len(u), maxStatusUntyped)]
 			s.st.WriteBack = nil
 			if w := s.ck.WriteBackProgress(); w.Active {
 				s.st.WriteBack = &progressStatus{w.Done, w.Total}
@@ -222,6 +230,9 @@ func (s *statusFile) refresh() {
 	}
 	s.writeLocked()
 }
+
+// maxStatusUntyped bounds the untyped tensors a status file lists.
+const maxStatusUntyped = 100
 
 // cacheScanEvery bounds how often a remote mount's status sums its cache
 // directory (a file per 4 MiB chunk: 2,500 files for 10 GiB).

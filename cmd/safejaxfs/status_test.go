@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -102,6 +103,18 @@ func TestStatusOfAMount(t *testing.T) {
 			t.Errorf("status does not say %q:\n%s", want, text.stdout)
 		}
 	}
+	// A new file nothing gave a dtype (cp of raw bytes): named.
+	if err := os.WriteFile(filepath.Join(mnt, "notes"), []byte("raw bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep = statusUntil(t, mnt, "the untyped file", func(r mountReport) bool { return r.UntypedCount == 1 })
+	if !slices.Equal(rep.Untyped, []string{"notes"}) {
+		t.Errorf("untyped %q, want notes", rep.Untyped)
+	}
+	if text := cli(t, "status"); !strings.Contains(text.stdout, "1 tensor created without a dtype, saved as 1-D U8") || !strings.Contains(text.stdout, "notes") {
+		t.Errorf("status does not name the untyped tensor:\n%s", text.stdout)
+	}
+	os.Remove(filepath.Join(mnt, "notes"))
 	if r := cli(t, "sync", mnt); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
