@@ -51,17 +51,17 @@ type mountStatus struct {
 	Since      time.Time `json:"since"`   // when it mounted
 	Changed    time.Time `json:"changed"` // when this status last changed
 
-	Pending   *pendingStatus  `json:"pending,omitempty"`
+	Pending *pendingStatus `json:"pending,omitempty"`
 	// Untyped are the tensors created in the mount that nothing gave a
 	// dtype: they are saved as 1-D U8 (fs/untyped.go). At most
 	// maxStatusUntyped are listed; UntypedCount counts them all.
-	Untyped      []string `json:"untyped,omitempty"`
-	UntypedCount int      `json:"untyped_count,omitempty"`
-	WriteBack *progressStatus `json:"write_back,omitempty"`
-	Cache     *cacheStatus    `json:"cache,omitempty"`
-	LastError string          `json:"last_error,omitempty"`
-	LogFile   string          `json:"log_file,omitempty"` // the daemon's own log
-	FilesDir  string          `json:"files_dir,omitempty"`
+	Untyped      []string        `json:"untyped,omitempty"`
+	UntypedCount int             `json:"untyped_count,omitempty"`
+	WriteBack    *progressStatus `json:"write_back,omitempty"`
+	Cache        *cacheStatus    `json:"cache,omitempty"`
+	LastError    string          `json:"last_error,omitempty"`
+	LogFile      string          `json:"log_file,omitempty"` // the daemon's own log
+	FilesDir     string          `json:"files_dir,omitempty"`
 }
 
 // States a daemon is in.
