@@ -80,6 +80,7 @@ func main() {
 	work := flag.String("work", "", "an empty scratch directory on the disk to benchmark (checkpoints and mountpoints go here)")
 	only := flag.String("only", "", "comma-separated sections to run (1-10); default all")
 	raKB := flag.Int("read-ahead-kb", 0, "set read_ahead_kb of each mount's FUSE bdi to this (root; measures the knob); 0: kernel default")
+	docs := flag.String("docs", "", "after a full run of every section (not --smoke, not --only), write the report to this file as well (docs/performance.md)")
 	flag.Parse()
 	if *cli == "" || *work == "" || flag.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "usage: benchtool [--smoke] [--strict] --cli SAFEJAXFS --work DIR [--repo DIR]")
@@ -113,7 +114,15 @@ func main() {
 		fmt.Fprintf(os.Stderr, "benchtool: %v\n", err)
 		os.Exit(1)
 	}
-	b.printReport(os.Stdout, time.Since(start))
+	took := time.Since(start)
+	b.printReport(os.Stdout, took)
+	if *docs != "" && !cfg.smoke && len(b.only) == 0 && b.raKB == 0 {
+		if err := b.writeDocs(*docs, took); err != nil {
+			fmt.Fprintf(os.Stderr, "benchtool: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Fprintf(os.Stderr, "benchtool: wrote %s\n", *docs)
+	}
 	if *strict && !cfg.smoke && b.misses() > 0 {
 		os.Exit(1)
 	}
