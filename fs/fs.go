@@ -1,6 +1,27 @@
 // Package fs presents a checkpoint as a FUSE file system. It is a thin
 // adapter: names come from package tree, bytes and metadata from package
 // checkpoint; the nodes here only translate FUSE requests into calls on those.
+//
+// Lock order (a lock may be taken while holding only those above it):
+//
+//  1. npyHandle.mu: a .npy view's handle, which a write may turn into an
+//     upload.
+//  2. upload.mu: an upload's content, held across its commit at close.
+//  3. npyNode.mu: which tensor a view stands for, held across the commit
+//     that may create it; writeHandle.mu: a tensor handle's rewrite, held
+//     across its durable commit (the two are never held together).
+//  4. FS.mu: the tree, held across the checkpoint call that decides a
+//     change of names.
+//  5. retyper.mu: dtype and shape hints, held while one is applied.
+//  6. The checkpoint's own locks (see package checkpoint), below all of
+//     the above: the checkpoint never calls back into this package.
+//  7. Leaves, taken for a moment, nothing called under them: uploadPool,
+//     uploadSet, writerCount, liveNodes, viewInos, consumedSet, dirTimes,
+//     the directory handles' and the files view's mutexes, and the
+//     invalidation queue's (notify.go), whose worker talks to the kernel
+//     holding none of them. No request notifies the kernel about an inode
+//     the kernel may be locking for it (that deadlocks): notifications go
+//     through the queue, delivered after the request has returned.
 package fs
 
 import (

@@ -62,4 +62,10 @@
 // eviction, and shareable by several processes (see cache.go). Memory use
 // does not grow with the object: bodies are copied through one 256 KiB
 // buffer per connection into cache files, and readers read those files.
+//
+// Lock order: an Object's read-ahead window (readahead.mu), then the
+// Object's fetches in flight (Object.mu), then the chunk cache's index
+// (cache.mu); the S3 credentials' mutex is a leaf. No lock is held across
+// a network request: fetches run in their own goroutines and readers wait
+// on channels.
 package remote
