@@ -62,7 +62,8 @@ func TestKilledWhileMounting(t *testing.T) {
 			}
 		})
 		var daemon int
-		for deadline := time.Now().Add(10 * time.Second); daemon == 0 && time.Now().Before(deadline); {
+		// Polled every 200 µs: a spin would take the CPU the start needs.
+		for deadline := time.Now().Add(30 * time.Second); daemon == 0 && time.Now().Before(deadline); time.Sleep(200 * time.Microsecond) {
 			daemon = childOf(cmd.Process.Pid)
 		}
 		if daemon != 0 {

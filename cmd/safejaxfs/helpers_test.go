@@ -144,7 +144,8 @@ func isolated(t *testing.T) bool {
 	case string(outcome[1]) == "SKIP":
 		t.Skipf("in a test process of its own:\n%s", out)
 	case testing.Verbose():
-		t.Logf("in a test process of its own:\n%s", out)
+		t.Logf("in a test process of its own (%v of CPU, its children included):\n%s",
+			(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Round(10*time.Millisecond), out)
 	}
 	return false
 }

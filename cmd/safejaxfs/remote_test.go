@@ -335,10 +335,13 @@ func TestRemoteChangedObject(t *testing.T) {
 	}
 	www := t.TempDir()
 	src := filepath.Join(www, "model.safetensors")
-	// Far apart, so reading "a" cannot fetch "z" ahead.
+	// Far apart, so reading "a" cannot fetch "z" ahead: a read-ahead
+	// window opens at 8 MiB and doubles only for a reader that keeps
+	// going, so reading a 1 MiB tensor fetches at most its 4 MiB chunks
+	// and 8 MiB beyond; z starts 24 MiB on.
 	a, z := ctBytes(1, 1<<20), ctBytes(2, 1<<20)
 	gen := func(z []byte) []byte {
-		return canonical(t, nil, raw("a", safetensors.U8, a, 1<<20), raw("m_filler", safetensors.U8, make([]byte, 64<<20), 64<<20), raw("z", safetensors.U8, z, 1<<20))
+		return canonical(t, nil, raw("a", safetensors.U8, a, 1<<20), raw("m_filler", safetensors.U8, make([]byte, 24<<20), 24<<20), raw("z", safetensors.U8, z, 1<<20))
 	}
 	if err := os.WriteFile(src, gen(z), 0o644); err != nil {
 		t.Fatal(err)
