@@ -578,7 +578,7 @@ func killDuringWrites(t *testing.T, d *fgDaemon, p *crashProbe, r *rand.Rand, ma
 				}
 			case err := <-werr:
 				t.Fatalf("writing through the live mount failed: %v\ndaemon said:\n%s", err, d.out)
-			case <-time.After(30 * time.Second):
+			case <-time.After(time.Minute):
 				t.Fatal("the writer does not persist")
 			}
 		}

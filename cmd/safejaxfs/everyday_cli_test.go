@@ -230,7 +230,7 @@ func TestFIFORefused(t *testing.T) {
 			if r.code != exitInvalid || !strings.Contains(r.stderr, "FIFO") {
 				t.Errorf("%s of a FIFO: exit %d %q", args[0], r.code, r.stderr)
 			}
-		case <-time.After(20 * time.Second):
+		case <-time.After(time.Minute):
 			// Unblock it: open the FIFO for writing and close.
 			if f, err := os.OpenFile(p, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
 				f.Close()

@@ -74,7 +74,7 @@ func TestKilledWhileMounting(t *testing.T) {
 		go func() { done <- cmd.Wait() }()
 		select {
 		case <-done:
-		case <-time.After(30 * time.Second):
+		case <-time.After(time.Minute):
 			cmd.Process.Kill()
 			t.Fatalf("run %d: the CLI did not return after its daemon was killed", i)
 		}

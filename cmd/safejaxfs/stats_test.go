@@ -403,7 +403,7 @@ func TestStatsProgressOnTerminal(t *testing.T) {
 	var seen []byte
 	select {
 	case seen = <-got:
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("the terminal did not close")
 	}
 	s := string(seen)
