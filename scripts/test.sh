@@ -61,9 +61,10 @@ export TMPDIR=$run_tmp
 # any process whose command line names it (daemons, nginx, versitygw).
 our_mounts() { awk -v d="$run_tmp/" 'index($2, d) == 1' /proc/mounts; }
 our_procs() {
-  local p
+  local p c
   for p in /proc/[0-9]*; do
-    [ "${p#/proc/}" != "$$" ] && tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$run_tmp/" && echo "${p#/proc/} $(tr '\0' ' ' <"$p/cmdline")"
+    c=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue # gone meanwhile
+    [ "${p#/proc/}" != "$$" ] && [[ $c == *"$run_tmp/"* ]] && echo "${p#/proc/} $c"
   done
   return 0
 }
@@ -92,8 +93,8 @@ go test -race -count=1 -timeout 15m ./...
 # now and then with only "context deadline exceeded" (golang/go#75804, not
 # fixed in go1.26.8). The counts take 10-20 s each on 2 cores.
 echo "== fuzz (short)"
-go test -run='^$' -fuzz='^FuzzReadHeader$' -fuzztime=250000x ./safetensors/
-go test -run='^$' -fuzz='^FuzzParse$' -fuzztime=150000x ./safetensors/npy/
+go test -run='^$' -fuzz='^FuzzReadHeader$' -fuzztime=600000x ./safetensors/
+go test -run='^$' -fuzz='^FuzzParse$' -fuzztime=1000000x ./safetensors/npy/
 
 if [ -x scripts/bench ]; then
   echo "== bench (smoke)"
