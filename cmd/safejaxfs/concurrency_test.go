@@ -43,11 +43,7 @@ func ccWord(tensor, block, writer int, v uint32) uint64 {
 	return ccMagic<<56 | uint64(tensor)<<48 | uint64(block)<<40 | uint64(writer)<<32 | uint64(v)
 }
 
-func ccFill(b []byte, w uint64) {
-	for i := 0; i+8 <= len(b); i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], w)
-	}
-}
+func ccFill(b []byte, w uint64) { fillWords(b, w) }
 
 // ccTensor is a tensor of the test: which writers own which block.
 type ccTensor struct {
@@ -69,6 +65,9 @@ type ccWriter struct {
 }
 
 func TestConcurrentReadersWriters(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	tensors := []*ccTensor{
 		{key: "a.x", idx: 0, blocks: 16, owners: func(int) []int { return []int{0} }},
 		{key: "a.y", idx: 1, blocks: 16, owners: func(int) []int { return []int{1} }},
@@ -128,6 +127,17 @@ func TestConcurrentReadersWriters(t *testing.T) {
 		nWrites  atomic.Int64
 		nLayouts atomic.Int64
 	)
+	// Each worker does at least its quota and goes on until every worker
+	// has done its own (at most twice its quota): the same work on any
+	// machine, overlapping (the quotas took about 3 s here).
+	const writesEach, readsEach, layoutPairs = 120, 250, 30
+	var unfinished atomic.Int64
+	unfinished.Add(1) // this goroutine, until it has started every worker
+	quotaDone := func() {
+		if unfinished.Add(-1) == 0 {
+			stop.Store(true)
+		}
+	}
 	fail := func(format string, args ...any) {
 		errMu.Lock()
 		defer errMu.Unlock()
@@ -140,6 +150,7 @@ func TestConcurrentReadersWriters(t *testing.T) {
 	// Writers: single 64 KiB pwrites, an fsync now and then.
 	for _, w := range writers {
 		wg.Add(1)
+		unfinished.Add(1)
 		go func() {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(w.id), 11))
@@ -150,7 +161,7 @@ func TestConcurrentReadersWriters(t *testing.T) {
 			}
 			defer f.Close()
 			buf := make([]byte, ccBlock)
-			for n := 1; !stop.Load(); n++ {
+			for writes := 1; !stop.Load() && writes <= 2*writesEach; writes++ {
 				b := w.blocks[r.IntN(len(w.blocks))]
 				v := w.issued.Add(1)
 				word := ccWord(w.tensor.idx, b, w.id, v)
@@ -166,7 +177,10 @@ func TestConcurrentReadersWriters(t *testing.T) {
 					w.tensor.written[b].Store(word)
 				}
 				nWrites.Add(1)
-				if n%16 == 0 {
+				if writes == writesEach {
+					quotaDone()
+				}
+				if writes%16 == 0 {
 					if err := f.Sync(); err != nil {
 						fail("writer %d: fsync: %v", w.id, err)
 						return
@@ -237,6 +251,7 @@ func TestConcurrentReadersWriters(t *testing.T) {
 		{"npy view reader", tensors[2], true, 3*ccBlock + 40},
 	} {
 		wg.Add(1)
+		unfinished.Add(1)
 		go func() {
 			defer wg.Done()
 			who := fmt.Sprintf("%s %d (%s)", rd.name, i, rd.ct.key)
@@ -256,7 +271,7 @@ func TestConcurrentReadersWriters(t *testing.T) {
 			size := int64(rd.ct.blocks * ccBlock)
 			buf := make([]byte, rd.length)
 			seen := map[int]uint32{}
-			for !stop.Load() {
+			for reads := 1; !stop.Load() && reads <= 2*readsEach; reads++ {
 				off := r.Int64N(size/ccBlock) * ccBlock
 				if rd.npy {
 					off = r.Int64N(size + hdr - rd.length)
@@ -275,6 +290,9 @@ func TestConcurrentReadersWriters(t *testing.T) {
 					return
 				}
 				nReads.Add(1)
+				if reads == readsEach {
+					quotaDone()
+				}
 			}
 		}()
 	}
@@ -282,13 +300,14 @@ func TestConcurrentReadersWriters(t *testing.T) {
 	// Layout changes under it all: create a file (a rewrite at its close)
 	// and delete it again, so writes and reads also race rewrites.
 	wg.Add(1)
+	unfinished.Add(1)
 	go func() {
 		defer wg.Done()
 		if err := os.Mkdir(filepath.Join(mnt, "tmp"), 0o755); err != nil {
 			fail("layout: %v", err)
 			return
 		}
-		for i := 0; !stop.Load(); i++ {
+		for i := 0; !stop.Load() && i < 2*layoutPairs; i++ {
 			p := filepath.Join(mnt, "tmp", fmt.Sprint(i))
 			if err := os.WriteFile(p, []byte("scratch"), 0o644); err != nil {
 				fail("layout: %v", err)
@@ -299,16 +318,16 @@ func TestConcurrentReadersWriters(t *testing.T) {
 				return
 			}
 			nLayouts.Add(1)
+			if i+1 == layoutPairs {
+				quotaDone()
+			}
+			// Spread out over the writes, not all at their start.
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
 
-	// Run for a while, bounded; stop early on a failure.
-	deadline := time.Now().Add(3 * time.Second)
-	for !stop.Load() && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	stop.Store(true)
+	// Until every quota is done, or a failure stops everything.
+	quotaDone()
 	wg.Wait()
 	t.Logf("%d writes, %d checked reads, %d create+delete pairs", nWrites.Load(), nReads.Load(), nLayouts.Load())
 	for _, e := range errs {

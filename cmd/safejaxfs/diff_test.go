@@ -86,6 +86,7 @@ func edited(ts []genTensor) []genTensor {
 }
 
 func TestDiffMatchesNumpy(t *testing.T) {
+	t.Parallel()
 	ts := everyDType(3)
 	for i := range ts {
 		if ts[i].key == "model.f32.weight" {
@@ -185,6 +186,7 @@ func squeeze(s string) string {
 // The same tensors as a single file, a sharded set and through nginx: no
 // difference, exit 0, nothing printed.
 func TestDiffIdenticalAcrossLayouts(t *testing.T) {
+	t.Parallel()
 	ts := everyDType(4)
 	meta := map[string]string{"format": "pt"}
 	file := writeCheckpoint(t, "model.safetensors", meta, ts...)
@@ -222,6 +224,7 @@ func TestDiffIdenticalAcrossLayouts(t *testing.T) {
 
 // Trouble is 2 (like diff), never 1: 1 means "they differ".
 func TestDiffTrouble(t *testing.T) {
+	t.Parallel()
 	good := flaxModel(t)
 	bad := filepath.Join(t.TempDir(), "bad.safetensors")
 	os.WriteFile(bad, []byte("{nope"), 0o644)

@@ -79,6 +79,9 @@ func smallDisk(t testing.TB, size string) string {
 // keeps the mount; --force detaches, naming the log that holds the edits;
 // once there is room, safejaxfs recover writes them back.
 func TestFullDisk(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	disk := smallDisk(t, "1m")
 	big := raw("big", safetensors.U8, randomBytes(600<<10, 5), 600<<10)
 	ckpt := filepath.Join(disk, "model.safetensors")
@@ -139,6 +142,9 @@ func TestFullDisk(t *testing.T) {
 // write into (no temp file, no journal, no rename) mounts read-only, and
 // says so also when mounting in the background.
 func TestReadOnlyDirectory(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (bind mounts)")
 	}
@@ -176,6 +182,9 @@ func TestReadOnlyDirectory(t *testing.T) {
 // TestDaemonLog: a background daemon's reasons land in a log file named by
 // the root's user.safejaxfs.log attribute.
 func TestDaemonLog(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	run := t.TempDir()
 	ckpt := flaxModel(t)
 	mnt := mountEnv(t, []string{"XDG_RUNTIME_DIR=" + run}, ckpt)
@@ -195,6 +204,9 @@ func TestDaemonLog(t *testing.T) {
 // be saved nowhere; after a plain umount the daemon stays alive with them,
 // retrying, until a recovery file can be written.
 func TestUnsavedEditsKeepDaemon(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	disk := smallDisk(t, "1m")
 	big := raw("big", safetensors.U8, randomBytes(600<<10, 6), 600<<10)
 	ckpt := filepath.Join(disk, "model.safetensors")
@@ -204,11 +216,17 @@ func TestUnsavedEditsKeepDaemon(t *testing.T) {
 	for _, d := range []string{"run", "tmp"} {
 		os.Mkdir(filepath.Join(disk, d), 0o700)
 	}
-	env := []string{"XDG_RUNTIME_DIR=" + filepath.Join(disk, "run"), "TMPDIR=" + filepath.Join(disk, "tmp")}
+	// The daemon retries every 50 ms instead of every 5 s: the test
+	// waits for retries, not for the clock.
+	env := []string{"XDG_RUNTIME_DIR=" + filepath.Join(disk, "run"), "TMPDIR=" + filepath.Join(disk, "tmp"), retryEveryEnv + "=50ms"}
 	mnt := mountEnv(t, env, ckpt)
 	pid := daemonOf(t, mnt)
 	t.Cleanup(func() { unix.Kill(pid, unix.SIGKILL) })
 	logPath := getxattr(t, mnt, "user.safejaxfs.log")
+	logSays := func(s string) int {
+		b, _ := os.ReadFile(logPath)
+		return strings.Count(string(b), s)
+	}
 	// Too big for even the log: the close fails and the edit lives only
 	// in the daemon. (An edit a close commits, like np.save or cp, is
 	// not made when its close fails; bytes written into a tensor through
@@ -226,21 +244,19 @@ func TestUnsavedEditsKeepDaemon(t *testing.T) {
 		t.Fatalf("close of an in-place write the log cannot take: %v, want ENOSPC", err)
 	}
 	unix.Kill(pid, unix.SIGTERM)
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && mounted(t, mnt) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	// The daemon has handled the signal once its log says why the mount
+	// stays.
+	waitUntil(t, "the log to say why the mount stays", func() bool { return logSays("NOT unmounting") > 0 })
 	if got, err := os.ReadFile(filepath.Join(mnt, "big")); !mounted(t, mnt) || err != nil || !bytes.Equal(got, edited.data) {
 		t.Fatalf("after SIGTERM with nowhere to save: mounted %v, %v", mounted(t, mnt), err)
 	}
-	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "NOT unmounting") {
-		t.Errorf("the log does not say why the mount stays:\n%s", b)
-	}
-	// A plain umount: the mount goes, the daemon and the edits stay.
+	// A plain umount: the mount goes, the daemon and the edits stay. It
+	// says so at each retry; after three of them it must still be there.
 	if err := unix.Unmount(mnt, 0); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	const retrying = "keeps the edits and retries every"
+	waitUntil(t, "three retries of the write-back", func() bool { return logSays(retrying) >= 3 || exited(pid) })
 	if exited(pid) {
 		t.Fatal("the daemon exited with edits it could save nowhere")
 	}
@@ -249,13 +265,7 @@ func TestUnsavedEditsKeepDaemon(t *testing.T) {
 	if err := os.Symlink(alt, filepath.Join(disk, "run")); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(3 * retryEvery)
-	for !exited(pid) && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if !exited(pid) {
-		t.Fatal("the daemon did not save the edits once it could")
-	}
+	waitUntil(t, "the daemon to save the edits once it could, and exit", func() bool { return exited(pid) })
 	matches, _ := filepath.Glob(filepath.Join(alt, "safejaxfs", "model.safejaxfs-recovered-*.safetensors"))
 	if len(matches) != 1 {
 		t.Fatalf("recovery files: %v", matches)
@@ -269,6 +279,9 @@ func TestUnsavedEditsKeepDaemon(t *testing.T) {
 // checkpoint in place while it is mounted. Reads and writes of the lost
 // bytes fail with EIO; the daemon (and every edit it holds) lives on.
 func TestCheckpointTruncatedUnderneath(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	big := raw("big", safetensors.U8, randomBytes(256<<10, 8), 256<<10)
 	ckpt := writeCheckpoint(t, "model.safetensors", nil, f32("a", 1, 4), big)
 	mnt := mount(t, ckpt)
@@ -295,7 +308,7 @@ func TestCheckpointTruncatedUnderneath(t *testing.T) {
 			if !errors.Is(err, unix.EIO) {
 				t.Errorf("a %s of bytes the truncate took: %v, want EIO", what, err)
 			}
-		case <-time.After(20 * time.Second):
+		case <-time.After(time.Minute):
 			t.Fatalf("a %s of bytes the truncate took hangs", what)
 		}
 	}

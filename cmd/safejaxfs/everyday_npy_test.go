@@ -36,6 +36,9 @@ func npyFile(t testing.TB, g genTensor) []byte {
 // its tensor replaces that tensor (the last close wins), and never leaves
 // a name that ls lists but nothing else can use.
 func TestNPYCloseNeverDeletesOthers(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	d := filepath.Join(mnt, "d")
@@ -134,6 +137,9 @@ func daemonOf(t testing.TB, mnt string) int {
 // first copy the whole tensor into the daemon, and a huge truncate of an
 // upload is refused instead of allocated.
 func TestNPYRewriteCopiesNothing(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	const big = 64 << 20
 	ckpt := writeCheckpoint(t, "big.safetensors", nil, raw("big", safetensors.F32, make([]byte, big), big/4))
 	mnt := mount(t, ckpt)
@@ -180,6 +186,9 @@ func TestNPYRewriteCopiesNothing(t *testing.T) {
 // every later change made through the raw file, however it was looked up:
 // by many threads at once, or created under its own name by np.save.
 func TestViewsFollowChanges(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	const n = 400
 	var tensors []genTensor
 	for i := range n {
@@ -238,6 +247,9 @@ assert (np.load(m + '/fresh.npy') == 1).all(), np.load(m + '/fresh.npy')
 // TestNPYNamesFollowRenames: np.save after mv and rm of a tensor, and the
 // tmp.npy + os.replace idiom.
 func TestNPYNamesFollowRenames(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	runPython(t, `
@@ -285,6 +297,9 @@ assert (np.load(m + 'bias.npy') == 3).all()
 // TestNPYWritableMmap: np.load(mmap_mode='r+') of a view writes the tensor
 // in place, as a memmap of the raw file does.
 func TestNPYWritableMmap(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	runPython(t, `
@@ -313,6 +328,9 @@ assert np.fromfile(m + 'bias', '<f4')[-1] == -1
 // TestRsyncNPYIntoMount: rsync writes each .npy under a temp name and
 // renames it into place; the .npy still becomes the tensor its name says.
 func TestRsyncNPYIntoMount(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	src := t.TempDir()

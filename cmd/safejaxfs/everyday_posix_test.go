@@ -22,6 +22,9 @@ import (
 // over, keeps reading its bytes (and writing, to nowhere) until closed, as
 // on ext4.
 func TestOpenFileOfRemovedTensor(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	m := func(s string) string { return filepath.Join(mnt, s) }
@@ -81,6 +84,9 @@ func mtimeOf(st unix.Stat_t) time.Time { return time.Unix(st.Mtim.Unix()) }
 func ctimeOf(st unix.Stat_t) time.Time { return time.Unix(st.Ctim.Unix()) }
 
 func TestTimesMoveWithChanges(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	old := time.Now().Add(-time.Hour)
 	os.Chtimes(ckpt, old, old)

@@ -78,6 +78,9 @@ func rekey(g genTensor, key string) genTensor {
 }
 
 func TestRestoreKeepsDTypeAndShape(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt, tensors := typedModel(t)
 	mnt := mount(t, ckpt)
 	m := func(s string) string { return filepath.Join(mnt, s) }
@@ -161,6 +164,9 @@ func shapeJSONOf(shape []uint64) string {
 // the byte size (the last dimension follows); dtype and shape may be set
 // in either order; a refusal says why.
 func TestReinterpretWithSetfattr(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	m := func(s string) string { return filepath.Join(mnt, s) }

@@ -63,6 +63,9 @@ func writeTemp(t testing.TB, name string, b []byte) string {
 }
 
 func TestRewriteWholeWithEverydayTools(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt, tensors := bigModel(t)
 	mnt := mount(t, ckpt)
 	bias := filepath.Join(mnt, "params/Dense_0/bias")
@@ -154,6 +157,9 @@ assert open(p, 'rb').read() == want
 // file description that truncated; another descriptor opened and closed
 // meanwhile neither fails nor decides it.
 func TestRewriteBelongsToItsOpener(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt, tensors := bigModel(t)
 	mnt := mount(t, ckpt)
 	p := filepath.Join(mnt, "params/Dense_0/bias")

@@ -80,6 +80,9 @@ print('ok', len(keys))
 `
 
 func TestF32ViewsRead(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt, ts := viewModel(t)
 	mnt := mount(t, ckpt, "--npy")
 	var keys []string
@@ -231,6 +234,9 @@ print('ok')
 `
 
 func TestF32ViewsWrite(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt, ts := viewModel(t)
 	mnt := mount(t, ckpt)
 	var keys []string
@@ -294,6 +300,9 @@ func firstDiff(a, b []byte) int {
 // What a float32 view refuses, and that it follows the tensor when the
 // tensor changes through another name.
 func TestF32ViewsRefuseAndFollow(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt, _ := viewModel(t)
 	mnt := mount(t, ckpt)
 	view := filepath.Join(mnt, "model", "bf16.f32.npy")
@@ -390,6 +399,9 @@ except OSError as e:
 
 // Through an http mount: converted from the remote chunks.
 func TestF32ViewsRemote(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt, ts := viewModel(t)
 	www := t.TempDir()
 	os.Symlink(ckpt, filepath.Join(www, "views.safetensors"))

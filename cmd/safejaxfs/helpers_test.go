@@ -6,10 +6,14 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,13 +29,37 @@ import (
 // own daemon can deadlock).
 const asCLIEnv = "SAFEJAXFS_TEST_AS_CLI"
 
+// Waits of the command that a test may shorten for its children (a
+// duration, as time.ParseDuration reads it): how often a daemon whose
+// mount is gone retries saving its edits, and how long unmount waits for
+// an answer before it calls a mount hung.
+const (
+	retryEveryEnv  = "SAFEJAXFS_TEST_RETRY_EVERY"
+	hangTimeoutEnv = "SAFEJAXFS_TEST_HANG_TIMEOUT"
+)
+
 func TestMain(m *testing.M) {
 	if os.Getenv(asCLIEnv) == "1" {
+		if d, err := time.ParseDuration(os.Getenv(retryEveryEnv)); err == nil {
+			retryEvery = d
+		}
+		if d, err := time.ParseDuration(os.Getenv(hangTimeoutEnv)); err == nil {
+			hangTimeout = d
+		}
 		os.Exit(run(os.Args[1:]))
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil && os.Getenv("CI") == "" {
 		// Developers without FUSE still get the unit tests; CI must fail.
 		os.Stderr.WriteString("no /dev/fuse: mount tests will fail\n")
+	}
+	// Most tests here spend their time waiting for child processes and
+	// FUSE round trips, not computing: unless -test.parallel says
+	// otherwise, run up to 4 per CPU at once (the default is 1 per CPU).
+	flag.Parse()
+	parallelGiven := false
+	flag.Visit(func(f *flag.Flag) { parallelGiven = parallelGiven || f.Name == "test.parallel" })
+	if !parallelGiven {
+		flag.Set("test.parallel", strconv.Itoa(4*runtime.GOMAXPROCS(0)))
 	}
 	os.Exit(runTests(m))
 }
@@ -48,9 +76,14 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	os.Setenv("GORACE", "atexit_sleep_ms=0 log_path="+filepath.Join(dir, "report"))
-	// Daemons keep their logs (one per mountpoint) in $XDG_RUNTIME_DIR:
-	// the run's own, removed with it.
+	// Daemons keep their logs (one per mountpoint) in $XDG_RUNTIME_DIR,
+	// and remote checkpoints opened without --cache-dir their chunks in
+	// $XDG_CACHE_HOME: the run's own, removed with it, never the user's.
+	// The S3 server scripts/test.sh keeps in the user's cache is found
+	// before that.
 	os.Setenv("XDG_RUNTIME_DIR", dir)
+	testsrv.FindS3Server()
+	os.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "cache"))
 	code := m.Run()
 	testsrv.StopS3() // the S3 server of the remote tests, if one ran
 	reports, _ := filepath.Glob(filepath.Join(dir, "report*"))
@@ -60,6 +93,61 @@ func runTests(m *testing.M) int {
 		code = 1
 	}
 	return code
+}
+
+// isolatedEnv names, in a test process started by isolated, the one test
+// that process runs.
+const isolatedEnv = "SAFEJAXFS_TEST_ISOLATED"
+
+// isolated runs the calling test in a test process of its own, side by
+// side with the other tests: in that process it reports true (run the
+// test), in the one that started it false (the outcome is relayed: return).
+//
+// Why a process each: a process's open files are copied into every child
+// it starts (a daemon, the CLI, python) and closed there at exec, and FUSE
+// turns each such close into a FLUSH of the file, which safejaxfs commits
+// like a close. Tests side by side in one process would commit each
+// other's half-done writes (a crash test then finds a tensor torn) and
+// hold each other's mounts busy for a moment (an unmount fails with
+// EBUSY). A test in its own process meets only its own children, as when
+// the tests ran one after another.
+func isolated(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(isolatedEnv) == t.Name() {
+		return true
+	}
+	t.Parallel()
+	var pattern []string
+	for _, part := range strings.Split(t.Name(), "/") {
+		pattern = append(pattern, "^"+regexp.QuoteMeta(part)+"$")
+	}
+	args := []string{"-test.run=" + strings.Join(pattern, "/"), "-test.count=1", "-test.v"}
+	if testing.Short() {
+		args = append(args, "-test.short")
+	}
+	ctx := context.Background()
+	if d, ok := t.Deadline(); ok {
+		// The child's own timeout comes first, with its goroutine dump;
+		// then it is killed, before this process's timeout.
+		args = append(args, "-test.timeout="+max(time.Until(d)-30*time.Second, time.Second).Round(time.Second).String())
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-10*time.Second))
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
+	cmd.Env = append(os.Environ(), isolatedEnv+"="+t.Name())
+	out, err := cmd.CombinedOutput()
+	outcome := regexp.MustCompile(`(?m)^\s*--- (PASS|FAIL|SKIP): ` + regexp.QuoteMeta(t.Name()) + ` \(`).FindSubmatch(out)
+	switch {
+	case err != nil || outcome == nil || string(outcome[1]) == "FAIL":
+		t.Fatalf("in a test process of its own: %v\n%s", err, out)
+	case string(outcome[1]) == "SKIP":
+		t.Skipf("in a test process of its own:\n%s", out)
+	case testing.Verbose():
+		t.Logf("in a test process of its own (%v of CPU, its children included):\n%s",
+			(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Round(10*time.Millisecond), out)
+	}
+	return false
 }
 
 type result struct {
@@ -218,14 +306,18 @@ func walkFiles(t testing.TB, root string) []string {
 // waitGone waits for a process to exit.
 func waitGone(t testing.TB, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if exited(pid) {
-			return
+	waitUntil(t, fmt.Sprintf("process %d to exit", pid), func() bool { return exited(pid) })
+}
+
+// waitUntil waits for cond to hold. The bound only turns a hang into a
+// failure: on a machine however loaded, cond holds long before it.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited a minute for %s", what)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("process %d still running", pid)
 }
 
 func numpy(t testing.TB) string {

@@ -82,6 +82,9 @@ func checkMountMatches(t *testing.T, ckpt, mnt string) {
 }
 
 func TestMountFixtures(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	for _, name := range validFixtures {
 		t.Run(name, func(t *testing.T) {
 			ckpt := copyFixture(t, name)
@@ -92,6 +95,9 @@ func TestMountFixtures(t *testing.T) {
 }
 
 func TestMountFlaxTree(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt, "--read-only")
 	checkMountMatches(t, ckpt, mnt)
@@ -146,6 +152,9 @@ func TestMountFlaxTree(t *testing.T) {
 
 // TestMountConventions mounts keys as real frameworks write them.
 func TestMountConventions(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	four := []byte{1, 2, 3, 4}
 	ckpt := writeCheckpoint(t, "conv.safetensors", nil,
 		raw("res_net50/~/initial_conv.w", safetensors.U8, four, 4),
@@ -180,6 +189,9 @@ func TestMountConventions(t *testing.T) {
 }
 
 func TestNPYViews(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt, "--read-only")
 	// Not listed without --npy, but reachable by name.
@@ -211,6 +223,9 @@ print("ok")
 }
 
 func TestNPYListed(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt, "--read-only", "--npy")
 	files := walkFiles(t, mnt)
@@ -222,6 +237,9 @@ func TestNPYListed(t *testing.T) {
 // TestNPYHeadersMatchNumpy compares every view's bytes with what np.save
 // writes for the same array, for every fixture.
 func TestNPYHeadersMatchNumpy(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	for _, name := range validFixtures {
 		t.Run(name, func(t *testing.T) {
 			ckpt := copyFixture(t, name)
@@ -259,6 +277,9 @@ print(checked)
 }
 
 func TestProcMountsAndStatfs(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt, "--read-only", "-o", "noatime")
 	b, err := os.ReadFile("/proc/mounts")
@@ -287,6 +308,9 @@ func TestProcMountsAndStatfs(t *testing.T) {
 }
 
 func TestReadOnlyRefusesWrites(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	before, _ := os.ReadFile(ckpt)
 	mnt := mount(t, ckpt, "--read-only")
@@ -308,6 +332,9 @@ func TestReadOnlyRefusesWrites(t *testing.T) {
 }
 
 func TestPosixReadOnly(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt, "--read-only")
 	posixtest.ReadDirConsistency(t, filepath.Join(mnt, "params"))

@@ -57,64 +57,75 @@ var posixExcluded = map[string]string{
 }
 
 func TestPosix(t *testing.T) {
+	t.Parallel()
 	for name := range posixtest.All {
 		_, excluded := posixExcluded[name]
 		if !excluded && !slices.Contains(posixCases, name) {
 			t.Errorf("posixtest.%s is neither run nor excluded with a reason", name)
 		}
 	}
+	// Each case in a test process of its own: FdLeak counts that
+	// process's open descriptors.
 	for _, name := range posixCases {
 		t.Run(name, func(t *testing.T) {
-			fn, ok := posixtest.All[name]
-			if !ok {
-				t.Fatalf("posixtest has no case %s", name)
-			}
-			ckpt := flaxModel(t)
-			entriesBefore, _, dataBefore := rawHeader(t, ckpt)
-			mnt := mount(t, ckpt)
-			dir := filepath.Join(mnt, "posix")
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			fn(t, dir)
-			if t.Failed() {
-				return
-			}
-			// What the case left behind, as the mount shows it, by key.
-			left := filesByKey(t, dir)
-			unmountOK(t, mnt)
-			if r := cli(t, "verify", ckpt); r.code != 0 {
-				t.Fatalf("verify after the case: exit %d: %s", r.code, r.stderr)
-			}
-			entries, _, data := rawHeader(t, ckpt)
-			for key, e := range entriesBefore {
-				got, ok := entries[key]
-				if !ok {
-					t.Errorf("tensor %s is gone", key)
-					continue
-				}
-				if got.DType != e.DType || !slices.Equal(got.Shape, e.Shape) ||
-					!bytes.Equal(data[got.Offsets[0]:got.Offsets[1]], dataBefore[e.Offsets[0]:e.Offsets[1]]) {
-					t.Errorf("tensor %s changed", key)
-				}
-			}
-			// And it survives: the same tensors, the same bytes, after a
-			// remount. (By key: a created name holding the separator, like
-			// posixtest's file.txt, is split on remount, into file/txt.)
-			ro := filepath.Join(mount(t, ckpt, "--read-only"), "posix")
-			got := map[string][]byte{}
-			if _, err := os.Stat(ro); err == nil {
-				got = filesByKey(t, ro)
-			}
-			if len(got) != len(left) {
-				t.Errorf("after a remount %d files, before %d", len(got), len(left))
-			}
-			for k, b := range got {
-				if want, ok := left[k]; !ok || !bytes.Equal(b, want) {
-					t.Errorf("after a remount %q holds %d bytes, before %d (present: %v)", k, len(b), len(want), ok)
-				}
+			if isolated(t) {
+				runPosixCase(t, name)
 			}
 		})
+	}
+}
+
+// runPosixCase runs one posixtest case in a fresh mount, then checks what
+// it left.
+func runPosixCase(t *testing.T, name string) {
+	fn, ok := posixtest.All[name]
+	if !ok {
+		t.Fatalf("posixtest has no case %s", name)
+	}
+	ckpt := flaxModel(t)
+	entriesBefore, _, dataBefore := rawHeader(t, ckpt)
+	mnt := mount(t, ckpt)
+	dir := filepath.Join(mnt, "posix")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fn(t, dir)
+	if t.Failed() {
+		return
+	}
+	// What the case left behind, as the mount shows it, by key.
+	left := filesByKey(t, dir)
+	unmountOK(t, mnt)
+	if r := cli(t, "verify", ckpt); r.code != 0 {
+		t.Fatalf("verify after the case: exit %d: %s", r.code, r.stderr)
+	}
+	entries, _, data := rawHeader(t, ckpt)
+	for key, e := range entriesBefore {
+		got, ok := entries[key]
+		if !ok {
+			t.Errorf("tensor %s is gone", key)
+			continue
+		}
+		if got.DType != e.DType || !slices.Equal(got.Shape, e.Shape) ||
+			!bytes.Equal(data[got.Offsets[0]:got.Offsets[1]], dataBefore[e.Offsets[0]:e.Offsets[1]]) {
+			t.Errorf("tensor %s changed", key)
+		}
+	}
+	// And it survives: the same tensors, the same bytes, after a
+	// remount. (By key: a created name holding the separator, like
+	// posixtest's file.txt, is split on remount, into file/txt.)
+	ro := filepath.Join(mount(t, ckpt, "--read-only"), "posix")
+	got := map[string][]byte{}
+	if _, err := os.Stat(ro); err == nil {
+		got = filesByKey(t, ro)
+	}
+	if len(got) != len(left) {
+		t.Errorf("after a remount %d files, before %d", len(got), len(left))
+	}
+	for k, b := range got {
+		if want, ok := left[k]; !ok || !bytes.Equal(b, want) {
+			t.Errorf("after a remount %q holds %d bytes, before %d (present: %v)", k, len(b), len(want), ok)
+		}
 	}
 }
 

@@ -96,6 +96,9 @@ func onlyProbes(t testing.TB, ng *testsrv.Nginx, k int, what string, want int) {
 // header requests only, and a remount over the same cache with no request
 // beyond the header.
 func TestRemoteHTTPMount(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	www := t.TempDir()
 	src := filepath.Join(www, "m", "model.safetensors")
 	os.MkdirAll(filepath.Dir(src), 0o755)
@@ -256,6 +259,9 @@ func checkSharded(t testing.TB, mnt string, parts [][]genTensor) {
 // byte-exact, headers fetched with one request per file; inconsistent sets
 // refused by mount and verify before anything is mounted.
 func TestRemoteShardedMount(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	dir, parts := remoteSet(t)
 	root := filepath.Dir(dir)
 	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
@@ -324,12 +330,18 @@ func TestRemoteShardedMount(t *testing.T) {
 // fail with EIO (never the new version's bytes), and the daemon's log names
 // the URL, the status and what to do.
 func TestRemoteChangedObject(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	www := t.TempDir()
 	src := filepath.Join(www, "model.safetensors")
-	// Far apart, so reading "a" cannot fetch "z" ahead.
+	// Far apart, so reading "a" cannot fetch "z" ahead: a read-ahead
+	// window opens at 8 MiB and doubles only for a reader that keeps
+	// going, so reading a 1 MiB tensor fetches at most its 4 MiB chunks
+	// and 8 MiB beyond; z starts 24 MiB on.
 	a, z := ctBytes(1, 1<<20), ctBytes(2, 1<<20)
 	gen := func(z []byte) []byte {
-		return canonical(t, nil, raw("a", safetensors.U8, a, 1<<20), raw("m_filler", safetensors.U8, make([]byte, 64<<20), 64<<20), raw("z", safetensors.U8, z, 1<<20))
+		return canonical(t, nil, raw("a", safetensors.U8, a, 1<<20), raw("m_filler", safetensors.U8, make([]byte, 24<<20), 24<<20), raw("z", safetensors.U8, z, 1<<20))
 	}
 	if err := os.WriteFile(src, gen(z), 0o644); err != nil {
 		t.Fatal(err)
@@ -441,6 +453,9 @@ func TestRemoteS3Mount(t *testing.T) {
 
 // The cache flags are checked before anything starts.
 func TestRemoteFlags(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	mnt := newMountpoint(t)
 	for _, c := range []struct{ size, says string }{{"lots", "not a size"}, {"1M", "below the minimum"}} {
 		r := cli(t, "mount", "--cache-size", c.size, "http://127.0.0.1:1/x.safetensors", mnt)

@@ -93,6 +93,9 @@ func defaultSet(t testing.TB) (string, [][]genTensor) {
 }
 
 func TestShardedMountShowsEveryTensor(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	dir, parts := defaultSet(t)
 	for _, src := range []string{dir, filepath.Join(dir, indexName)} {
 		mnt := mount(t, src, "--read-only")
@@ -129,6 +132,7 @@ func TestShardedMountShowsEveryTensor(t *testing.T) {
 }
 
 func TestShardedLsAndVerify(t *testing.T) {
+	t.Parallel()
 	dir, _ := defaultSet(t)
 	r := cli(t, "verify", dir)
 	if r.code != 0 || !strings.Contains(r.stdout, "3 shards, 7 tensors") {
@@ -152,6 +156,9 @@ func TestShardedLsAndVerify(t *testing.T) {
 // Each broken rule is refused by mount (nothing mounted) and verify, with
 // a message naming the file and key.
 func TestShardedRefusals(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	cases := []struct {
 		name   string
 		break_ func(dir string)
@@ -198,6 +205,9 @@ func TestShardedRefusals(t *testing.T) {
 // of both kinds. After unmount every shard and the index agree, checked
 // with encoding/json and numpy, not our parser.
 func TestShardedWrites(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	dir, _ := defaultSet(t)
 	mnt := mount(t, dir)
 	runPython(t, `

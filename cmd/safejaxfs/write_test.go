@@ -59,6 +59,9 @@ func unmountOK(t testing.TB, mnt string) {
 }
 
 func TestWriteInPlaceMemmap(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	runPython(t, `
@@ -79,6 +82,9 @@ assert (v[1] == 0).all() and v[0, 1] == 1 and v[2, 0] == 32, v
 }
 
 func TestWriteFsyncIsDurable(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	f, err := os.OpenFile(filepath.Join(mnt, "params/Dense_1/bias"), os.O_WRONLY, 0)
@@ -124,6 +130,9 @@ func TestWriteFsyncIsDurable(t *testing.T) {
 
 // safejaxfs sync writes the checkpoint file while it stays mounted.
 func TestSyncCommand(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	before, _ := os.ReadFile(ckpt)
@@ -150,6 +159,9 @@ func TestSyncCommand(t *testing.T) {
 }
 
 func TestWriteLayoutChanges(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	p := func(s string) string { return filepath.Join(mnt, s) }
@@ -231,6 +243,9 @@ assert list(b) == [0, 1, 2, 3, 4], b
 }
 
 func TestWriteRefusals(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	before, _ := os.ReadFile(ckpt)
 	mnt := mount(t, ckpt)
@@ -270,6 +285,9 @@ func TestWriteRefusals(t *testing.T) {
 }
 
 func TestSecondWriterRefused(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mount(t, ckpt)
 	mnt2 := filepath.Join(t.TempDir(), "mnt2")
@@ -284,6 +302,9 @@ func TestSecondWriterRefused(t *testing.T) {
 }
 
 func TestChangedBehindOurBack(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	if err := os.WriteFile(filepath.Join(mnt, "notes"), []byte("mine"), 0o644); err != nil {
@@ -325,6 +346,9 @@ func TestChangedBehindOurBack(t *testing.T) {
 // .npy view's cached pages at once (the daemon invalidates the written range
 // of the view).
 func TestViewCoherentAfterRawWrite(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	view := filepath.Join(mnt, "params/Dense_0/kernel.npy")

@@ -10,7 +10,9 @@ package testsrv
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,9 +26,16 @@ import (
 // test with a generated config and stopped by its Cleanup. Every request is
 // logged, one line each: port, method, URI, Range, status, Authorization
 // and If-Match, so tests count requests and check what was sent.
+//
+// nginx writes a request's log line after the last byte of its response
+// went out, so a client may see the response before the line exists. Log
+// therefore first waits until nginx serves no request (its stub_status,
+// on a port of its own that is not logged): every request answered by
+// then has been logged.
 type Nginx struct {
-	dir  string
-	logf string
+	dir        string
+	logf       string
+	statusPort int
 }
 
 // LogLine is one logged request.
@@ -85,12 +94,17 @@ http {
 	for range servers {
 		ports = append(ports, FreePort(t))
 	}
+	n.statusPort = FreePort(t)
 	for i, s := range servers {
 		for j, p := range ports {
 			s = strings.ReplaceAll(s, fmt.Sprintf("{port%d}", j), fmt.Sprint(p))
 		}
 		fmt.Fprintf(&conf, "  server {\n    listen 127.0.0.1:%d;\n%s\n  }\n", ports[i], s)
 	}
+	// The status server: not logged, and one nginx process (master_process
+	// off) serves it and every other server, so its counters and the log
+	// agree.
+	fmt.Fprintf(&conf, "  server {\n    listen 127.0.0.1:%d;\n    access_log off;\n    location / { stub_status; }\n  }\n", n.statusPort)
 	conf.WriteString("}\n")
 	cf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(cf, []byte(conf.String()), 0o644); err != nil {
@@ -115,7 +129,7 @@ http {
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for _, p := range ports {
+	for _, p := range append(ports, n.statusPort) {
 		for {
 			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), time.Second)
 			if err == nil {
@@ -150,9 +164,11 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Log returns the requests logged so far.
+// Log returns the requests logged so far: every request nginx has
+// answered, since it first waits for nginx to be idle.
 func (n *Nginx) Log(t testing.TB) []LogLine {
 	t.Helper()
+	n.waitIdle(t)
 	f, err := os.Open(n.logf)
 	if err != nil {
 		if os.IsNotExist(err) {
@@ -176,6 +192,44 @@ func (n *Nginx) Log(t testing.TB) []LogLine {
 		out = append(out, l)
 	}
 	return out
+}
+
+// waitIdle waits until nginx reads and writes no request but the status
+// request asking: every request before it has been logged then. A request
+// still under way (a read-ahead the client started) is waited for; one a
+// client has not sent yet is not, and no test may count on it.
+func (n *Nginx) waitIdle(t testing.TB) {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", n.statusPort)
+	var last string
+	// Bounded only so that a request that never ends fails the test
+	// instead of hanging it; an idle nginx answers at once.
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatalf("nginx status: %v", err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("nginx status: %v", err)
+		}
+		last = string(b)
+		// "Reading: 0 Writing: 1 Waiting: 3": the one written is this.
+		var reading, writing, waiting int
+		i := strings.Index(last, "Reading:")
+		if i < 0 {
+			t.Fatalf("nginx status %q", last)
+		}
+		if _, err := fmt.Sscanf(last[i:], "Reading: %d Writing: %d Waiting: %d", &reading, &writing, &waiting); err != nil {
+			t.Fatalf("nginx status %q: %v", last, err)
+		}
+		if reading == 0 && writing == 1 {
+			return
+		}
+	}
+	t.Fatalf("nginx still serves requests after a minute: %s", last)
 }
 
 // Since returns the log lines after the first k.

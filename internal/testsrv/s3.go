@@ -20,7 +20,8 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
-// versitygw (v1.8.0, built by scripts/test.sh) is the S3 server: real
+// versitygw (v1.8.0, built by scripts/test.sh into its own cache
+// directory) is the S3 server: real
 // SigV4 checks, ranges, ETags, If-Match, bucket policies. It takes seconds
 // to start, so one instance serves a test binary; its TestMain calls StopS3.
 const (
@@ -55,21 +56,37 @@ func StopS3() {
 	}
 }
 
+// versitygwBinary finds the server: $SAFEJAXFS_VERSITYGW, then PATH, then
+// where scripts/test.sh builds it ($XDG_CACHE_HOME/safejaxfs-test/bin, by
+// default ~/.cache/...), then $GOPATH/bin, where it used to build it.
 func versitygwBinary() string {
+	if p := os.Getenv("SAFEJAXFS_VERSITYGW"); p != "" {
+		return p // a wrong path fails at the start, saying which
+	}
 	if p, err := exec.LookPath("versitygw"); err == nil {
 		return p
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		if p := filepath.Join(d, "safejaxfs-test", "bin", "versitygw"); fileExists(p) {
+			return p
+		}
 	}
 	for _, gp := range filepath.SplitList(build.Default.GOPATH) {
 		if p := filepath.Join(gp, "bin", "versitygw"); fileExists(p) {
 			return p
 		}
 	}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		if p := filepath.Join(strings.TrimSpace(string(out)), "bin", "versitygw"); fileExists(p) {
-			return p
+	return ""
+}
+
+// FindS3Server looks for versitygw now and has later lookups use what it
+// found: for a TestMain about to point XDG_CACHE_HOME elsewhere.
+func FindS3Server() {
+	if os.Getenv("SAFEJAXFS_VERSITYGW") == "" {
+		if p := versitygwBinary(); p != "" {
+			os.Setenv("SAFEJAXFS_VERSITYGW", p)
 		}
 	}
-	return ""
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -81,7 +98,7 @@ func S3Server(t testing.TB) string {
 	vgw.once.Do(startVersitygw)
 	if vgw.missing {
 		if os.Getenv("CI") != "" {
-			t.Fatal("versitygw is not installed: scripts/test.sh builds it (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
+			t.Fatal("versitygw is not installed: scripts/test.sh builds it (GOBIN=~/.cache/safejaxfs-test/bin go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
 		}
 		t.Skip("versitygw is not installed (scripts/test.sh builds it)")
 	}

@@ -1239,7 +1239,7 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			m.tensors["notes"] = ckTensor{safetensors.U8, []uint64{0}, nil}
-			time.Sleep(10 * time.Millisecond) // a distinct mtime even on coarse clocks
+			waitMtimeTick(t, path) // the change gets another mtime, however coarse the clock
 			left := tc.change(t, path)
 			err := c.Compact()
 			if !errors.Is(err, ErrChanged) {
@@ -1389,5 +1389,33 @@ func TestClosePersists(t *testing.T) {
 			ckCheckState(t, c, m, "reopened")
 			c.Close()
 		})
+	}
+}
+
+// waitMtimeTick returns once a file written now gets another mtime than
+// path has: the file system's clock has moved on (by a tick of the kernel's
+// coarse clock, whatever its length).
+func waitMtimeTick(t *testing.T, path string) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := filepath.Join(t.TempDir(), "clock")
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if err := os.WriteFile(probe, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ps, err := os.Stat(probe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ps.ModTime().After(st.ModTime()) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("file times stand still: %v, written before %v", ps.ModTime(), st.ModTime())
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"runtime"
 	"testing"
 	"time"
 )
@@ -11,12 +12,25 @@ func TestReadTrackerWaitsForEarlierReads(t *testing.T) {
 		t.Fatal("wait with no reads did not return at once")
 	}
 	release := rt.enter()
+	rt.mu.Lock()
+	first := rt.cur
+	rt.mu.Unlock()
 	done := make(chan bool, 1)
 	go func() { done <- rt.wait() }()
+	// The wait has begun once it retired the epoch of the first read.
+	for {
+		rt.mu.Lock()
+		begun := first.retired
+		rt.mu.Unlock()
+		if begun {
+			break
+		}
+		runtime.Gosched()
+	}
 	select {
 	case <-done:
 		t.Fatal("wait returned while an earlier read was in flight")
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(50 * time.Millisecond): // it may return wrongly; give it the chance
 	}
 	// A read that starts after the wait began is not waited for.
 	later := rt.enter()
