@@ -50,9 +50,10 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if n != nil {
 		// A created .npy is committed at close even if nothing was
 		// written (and then refused: an empty file is no .npy).
-		return child, &npyHandle{up: n.uploads.add(f.newUpload(name, nil, true, f.maxUpload))}, fuse.FOPEN_DIRECT_IO, 0
+		owner := openerOf(ctx)
+		return child, &npyHandle{up: n.uploads.add(f.newUpload(owner, name, nil, true, f.maxUpload)), owner: owner}, fuse.FOPEN_DIRECT_IO, 0
 	}
-	return child, f.newWriteHandle(child.Operations().(*tensorNode).id), fuse.FOPEN_KEEP_CACHE, 0
+	return child, f.newWriteHandle(ctx, child.Operations().(*tensorNode).id), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // Mknod of a regular file is Create without opening it (tar makes a file

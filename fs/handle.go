@@ -26,6 +26,8 @@ type writeHandle struct {
 	// fresh: the rewrite is a truncate to 0 and nothing else yet (see
 	// rewriteForRead, commit).
 	fresh bool
+	// owner opened the handle: only its closes decide (owner.go).
+	owner opener
 }
 
 // changedRewrite records a write or truncate of the rewrite.
@@ -60,9 +62,9 @@ func (h *writeHandle) rewriteForRead(f *FS, id checkpoint.ID) *checkpoint.Staged
 
 // newWriteHandle opens a write handle on tensor id; its Release must call
 // f.writers.add(id, -1).
-func (f *FS) newWriteHandle(id checkpoint.ID) *writeHandle {
+func (f *FS) newWriteHandle(ctx context.Context, id checkpoint.ID) *writeHandle {
 	f.writers.add(id, 1)
-	return &writeHandle{}
+	return &writeHandle{owner: openerOf(ctx)}
 }
 
 // rewrite returns the handle's rewrite in progress, if any.

@@ -74,7 +74,7 @@ func testPool(t *testing.T, limit, spillAt, budget int64) (*FS, *[]string) {
 
 func TestUploadFlushRepeatsRefusal(t *testing.T) {
 	f, _ := testPool(t, 1<<30, spillAt, memoryBudget)
-	u := f.newUpload("x.npy", nil, false, 1<<20)
+	u := f.newUpload(0, "x.npy", nil, false, 1<<20)
 	u.write([]byte("abc"), 0)
 	calls := 0
 	refuse := func([]byte) syscall.Errno { calls++; return syscall.EINVAL }

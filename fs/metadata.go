@@ -87,7 +87,7 @@ func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, u
 	if flags&syscall.O_TRUNC == 0 {
 		buf = m.doc.render()
 	}
-	return m.uploads.add(m.fsys.newUpload(MetadataName, buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload)), fuse.FOPEN_DIRECT_IO, 0
+	return m.uploads.add(m.fsys.newUpload(openerOf(ctx), MetadataName, buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload)), fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -141,18 +141,22 @@ func (m *metadataNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errn
 	if !ok {
 		return 0
 	}
-	return m.fsys.flushUpload(ctx, u, func(b []byte) error {
-		if err := m.doc.commit(b); err != nil {
-			return err
-		}
-		now := time.Now()
-		m.doc.mtime.Store(&now)
-		return nil
-	})
+	return m.fsys.flushUpload(ctx, u, m.commit)
+}
+
+// commit replaces the document with b, if it parses.
+func (m *metadataNode) commit(b []byte) error {
+	if err := m.doc.commit(b); err != nil {
+		return err
+	}
+	now := time.Now()
+	m.doc.mtime.Store(&now)
+	return nil
 }
 
 func (m *metadataNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	if u, ok := fh.(*upload); ok {
+		m.fsys.releaseUpload(ctx, u, m.commit)
 		m.uploads.release(u)
 	}
 	return 0

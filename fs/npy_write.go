@@ -34,8 +34,9 @@ var (
 // changes the header, goes past the end, or the file is truncated, since
 // only a whole new .npy can change the tensor's dtype or shape.
 type npyHandle struct {
-	mu sync.Mutex
-	up *upload // nil while writing in place
+	mu    sync.Mutex
+	up    *upload // nil while writing in place
+	owner opener  // only its closes decide (owner.go)
 }
 
 func (h *npyHandle) upload() *upload {
@@ -65,14 +66,15 @@ func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 		return nil, 0, syscall.EROFS
 	}
 	if id != noTensor && flags&syscall.O_TRUNC == 0 {
-		return &npyHandle{}, fuse.FOPEN_KEEP_CACHE, 0
+		return &npyHandle{owner: openerOf(ctx)}, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	// O_TRUNC comes with the open (atomic O_TRUNC): nothing of the old
 	// view is copied. Direct I/O: the upload's bytes are not the view's
 	// until close, so they must not land in (or be served from) the
 	// view's page cache.
-	u := n.fsys.newUpload(n.base+npyExt, nil, flags&syscall.O_TRUNC != 0, n.fsys.maxUpload)
-	return &npyHandle{up: n.uploads.add(u)}, fuse.FOPEN_DIRECT_IO, 0
+	owner := openerOf(ctx)
+	u := n.fsys.newUpload(owner, n.base+npyExt, nil, flags&syscall.O_TRUNC != 0, n.fsys.maxUpload)
+	return &npyHandle{up: n.uploads.add(u), owner: owner}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 // toUpload turns an in-place handle into an upload of the view's current
@@ -85,7 +87,7 @@ func (n *npyNode) toUpload(h *npyHandle) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
-	h.up = n.uploads.add(n.fsys.newUpload(n.base+npyExt, b, true, n.fsys.maxUpload))
+	h.up = n.uploads.add(n.fsys.newUpload(h.owner, n.base+npyExt, b, true, n.fsys.maxUpload))
 	return 0
 }
 
@@ -195,6 +197,9 @@ func (n *npyNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	if !ok {
 		return 0
 	}
+	if !h.owner.decides(ctx) {
+		return 0 // an inherited copy of the descriptor (owner.go)
+	}
 	// What this file changed shows through the tensor's other names (and
 	// a new tensor in its directory) once the close returns.
 	defer n.fsys.notify.settle()
@@ -206,6 +211,7 @@ func (n *npyNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 
 func (n *npyNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	if u := fh.(*npyHandle).upload(); u != nil {
+		n.fsys.releaseUpload(ctx, u, n.commit)
 		n.uploads.release(u)
 	}
 	return 0

@@ -41,7 +41,7 @@ func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if t.fsys.ck.ReadOnly() {
 		return nil, 0, syscall.EROFS
 	}
-	h := t.fsys.newWriteHandle(t.id)
+	h := t.fsys.newWriteHandle(ctx, t.id)
 	if flags&syscall.O_TRUNC != 0 {
 		if err := t.fsys.truncate(h, t.id, 0); err != nil {
 			t.fsys.writers.add(t.id, -1)
@@ -112,6 +112,11 @@ func (t *tensorNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno 
 	if !ok {
 		return 0
 	}
+	if !h.owner.decides(ctx) {
+		// A copy of the descriptor that a forked process inherited: its
+		// close decides nothing (owner.go).
+		return 0
+	}
 	// Whatever was written through this file shows through the tensor's
 	// other names once the close returns (notify.go).
 	defer t.fsys.notify.settle()
@@ -149,11 +154,22 @@ func (f *FS) commitRewrite(h *writeHandle, id checkpoint.ID) (committed bool, er
 	return committed, 0
 }
 
-// Release drops a rewrite no close completed: the tensor keeps its bytes.
+// Release, the last close of the open file, commits a rewrite that has
+// the tensor's size and no close committed (its owner closed first, and a
+// process it handed the descriptor to finished writing: owner.go); it
+// drops any other rewrite, and the tensor keeps its bytes. The kernel
+// ignores what Release returns: a failure is logged.
 func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	h, ok := fh.(*writeHandle)
 	if !ok {
 		return 0
+	}
+	if s := h.rewrite(); s != nil {
+		if info, ok := t.fsys.ck.Info(t.id); ok && s.Size() == info.Size {
+			if committed, _ := t.fsys.commitRewrite(h, t.id); committed {
+				t.fsys.syncAfterCommit(ctx)
+			}
+		}
 	}
 	t.fsys.writers.add(t.id, -1)
 	if dropped, fresh, stale := h.abandon(); dropped {

@@ -155,6 +155,24 @@ func (s *uploadSet) truncateAll(size int64) syscall.Errno {
 // the errno of what failed (ENOSPC, EIO...); either way the old state is
 // kept, now and after unmount.
 func (f *FS) flushUpload(ctx context.Context, u *upload, commit func([]byte) error) syscall.Errno {
+	if !u.owner.decides(ctx) {
+		// A copy of the descriptor that a forked process inherited: its
+		// close decides nothing (owner.go).
+		return 0
+	}
+	return f.commitUpload(ctx, u, commit)
+}
+
+// releaseUpload is the last close of an upload: what was written since
+// the last close that decided (a process its owner handed the file to
+// wrote after the owner closed it) is committed now. The kernel ignores
+// Release's errors: a refusal is recorded as at any close.
+func (f *FS) releaseUpload(ctx context.Context, u *upload, commit func([]byte) error) {
+	f.commitUpload(ctx, u, commit)
+}
+
+// commitUpload commits what u collected since its last commit, if anything.
+func (f *FS) commitUpload(ctx context.Context, u *upload, commit func([]byte) error) syscall.Errno {
 	return u.flush(func(b []byte) syscall.Errno {
 		if err := commit(b); err != nil {
 			f.fail(err)
@@ -169,6 +187,8 @@ func (f *FS) flushUpload(ctx context.Context, u *upload, commit func([]byte) err
 // only when the file is closed and its content is accepted; until then
 // nothing in the checkpoint changes.
 type upload struct {
+	// owner opened the file: only its closes decide (owner.go).
+	owner opener
 	pool  *uploadPool
 	name  string // for messages
 	limit int64  // the most this one may hold (EFBIG beyond)
@@ -188,8 +208,8 @@ type upload struct {
 // newUpload starts an upload of the file name holding buf (nil for a new
 // or truncated file). buf exists already: it is accounted whatever the
 // budgets, and spilled at once if it is too large to keep.
-func (f *FS) newUpload(name string, buf []byte, wrote bool, limit int64) *upload {
-	u := &upload{pool: &f.upPool, name: name, limit: limit, wrote: wrote, buf: buf, length: int64(len(buf))}
+func (f *FS) newUpload(owner opener, name string, buf []byte, wrote bool, limit int64) *upload {
+	u := &upload{owner: owner, pool: &f.upPool, name: name, limit: limit, wrote: wrote, buf: buf, length: int64(len(buf))}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.pool.add(u.length, 0)

@@ -13,7 +13,7 @@ import (
 // memory upload would have; nothing is left in the spill directory.
 func TestUploadSpills(t *testing.T) {
 	f, _ := testPool(t, 1<<40, 1<<20, 8<<20)
-	u := f.newUpload("big.npy", nil, true, 1<<40)
+	u := f.newUpload(0, "big.npy", nil, true, 1<<40)
 	if errno := u.write([]byte("head"), 0); errno != 0 || u.spilled() {
 		t.Fatalf("small write: %v, spilled %v", errno, u.spilled())
 	}
@@ -60,8 +60,8 @@ func TestUploadSpills(t *testing.T) {
 // budget spill, whatever their own size.
 func TestUploadMemoryBudget(t *testing.T) {
 	f, _ := testPool(t, 1<<40, 4<<20, 6<<20)
-	a := f.newUpload("a.npy", nil, true, 1<<40)
-	b := f.newUpload("b.npy", nil, true, 1<<40)
+	a := f.newUpload(0, "a.npy", nil, true, 1<<40)
+	b := f.newUpload(0, "b.npy", nil, true, 1<<40)
 	chunk := bytes.Repeat([]byte{7}, 3<<20)
 	a.write(chunk, 0)
 	b.write(chunk, 0)
@@ -83,8 +83,8 @@ func TestUploadMemoryBudget(t *testing.T) {
 // write fails with EFBIG and the reason says so; closing one makes room.
 func TestUploadTotalCap(t *testing.T) {
 	f, refusals := testPool(t, 10<<20, 1<<20, 8<<20)
-	a := f.newUpload("a.npy", nil, true, 1<<40)
-	b := f.newUpload("b.npy", nil, true, 1<<40)
+	a := f.newUpload(0, "a.npy", nil, true, 1<<40)
+	b := f.newUpload(0, "b.npy", nil, true, 1<<40)
 	if errno := a.truncate(6 << 20); errno != 0 {
 		t.Fatal(errno)
 	}
@@ -106,7 +106,7 @@ func TestUploadTotalCap(t *testing.T) {
 func TestUploadSpillFails(t *testing.T) {
 	f, refusals := testPool(t, 1<<40, 1<<20, 8<<20)
 	f.upPool.dir = "/nonexistent-spill-dir"
-	u := f.newUpload("a.npy", nil, true, 1<<40)
+	u := f.newUpload(0, "a.npy", nil, true, 1<<40)
 	if errno := u.truncate(2 << 20); errno == 0 {
 		t.Fatal("a truncate past spillAt with nowhere to spill succeeded")
 	}

@@ -104,11 +104,10 @@ const isolatedEnv = "SAFEJAXFS_TEST_ISOLATED"
 // test), in the one that started it false (the outcome is relayed: return).
 //
 // Why a process each: a process's open files are copied into every child
-// it starts (a daemon, the CLI, python) and closed there at exec, and FUSE
-// turns each such close into a FLUSH of the file, which safejaxfs commits
-// like a close. Tests side by side in one process would commit each
-// other's half-done writes (a crash test then finds a tensor torn) and
-// hold each other's mounts busy for a moment (an unmount fails with
+// it starts (a daemon, the CLI, python) and closed there at exec. Such a
+// close decides nothing any more (fs/owner.go: only the opener's close
+// commits), but until the child execs it holds the other tests' files
+// open, and so their mounts busy for a moment (an unmount fails with
 // EBUSY). A test in its own process meets only its own children, as when
 // the tests ran one after another.
 func isolated(t *testing.T) bool {
