@@ -141,6 +141,11 @@ type mixState struct {
 	// shardOf is the shard each tensor was last found in: a tensor stays
 	// in its shard, renamed or replaced.
 	shardOf map[int]string
+	// canary is a file outside the checkpoint's directory, as it was:
+	// nothing safejaxfs does may change it (issue 15).
+	canary     string
+	canaryWas  []byte
+	canaryTime time.Time
 	// stats
 	rounds, acks, pendingLogs, unackedGone, unackedKept, prefixes int
 	tried, unacked                                                map[string]int
@@ -175,6 +180,14 @@ func newMixState(t *testing.T, shards int) *mixState {
 	}
 	st.nextK = 1000
 	st.acked, st.cur = m, m
+	st.canary = filepath.Join(t.TempDir(), "outside.safetensors")
+	st.canaryWas = canonical(t, nil, raw("outside", safetensors.U8, ctBytes(11, 5000), 5000))
+	if err := os.WriteFile(st.canary, st.canaryWas, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(st.canary); err == nil {
+		st.canaryTime = fi.ModTime()
+	}
 	if shards <= 1 {
 		st.ckpt = writeCheckpoint(t, "model.safetensors", meta, gen...)
 		return st
@@ -600,6 +613,19 @@ func (st *mixState) check(t *testing.T) {
 	} else if r.code != 0 {
 		t.Fatalf("verify after the kill, nothing pending: exit %d: %s", r.code, r.stderr)
 	}
+	// A symlink to the file outside, named like one of our temp files:
+	// recovery removes stale temp files, and must remove this one as a
+	// link, never follow it.
+	main := filepath.Base(st.ckpt)
+	dir0 := filepath.Dir(st.ckpt)
+	if st.sharded() {
+		main, dir0 = indexName, st.ckpt
+	}
+	planted := filepath.Join(dir0, "."+main+".safejaxfs-tmp-0123456789abcdef")
+	os.Remove(planted)
+	if err := os.Symlink(st.canary, planted); err != nil {
+		t.Fatal(err)
+	}
 	// The next read-write open recovers: through a mount now and then, as
 	// a user would, else directly.
 	if st.rounds%4 == 0 {
@@ -628,6 +654,13 @@ func (st *mixState) check(t *testing.T) {
 	}
 	if logs, _ := filepath.Glob(filepath.Join(dir, ".*safejaxfs-log*")); len(logs) > 0 {
 		t.Errorf("logs left after a read-write open: %v", logs)
+	}
+	// Nothing outside the checkpoint's directory changed.
+	if b, err := os.ReadFile(st.canary); err != nil || !bytes.Equal(b, st.canaryWas) {
+		t.Fatalf("the file outside the checkpoint's directory changed: %v", err)
+	}
+	if fi, err := os.Stat(st.canary); err != nil || !fi.ModTime().Equal(st.canaryTime) {
+		t.Fatalf("the file outside the checkpoint's directory was touched: %v", err)
 	}
 
 	found := st.read(t)
