@@ -130,8 +130,8 @@ func TestFitShape(t *testing.T) {
 
 func TestUnescapeOctal(t *testing.T) {
 	for in, want := range map[string]string{`/mnt/a\040b`: "/mnt/a b", `/plain`: "/plain", `a\134b`: `a\b`, `bad\09`: `bad\09`, `end\04`: `end\04`} {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
+		if got := UnescapeMountinfo(in); got != want {
+			t.Errorf("UnescapeMountinfo(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -35,7 +35,7 @@ func FindMount(path string) (m MountEntry, found bool, err error) {
 		// Split at spaces only: the kernel escapes space, tab, newline and
 		// backslash in paths, but not a CR or other whitespace.
 		fields := strings.Split(sc.Text(), " ")
-		if len(fields) < 7 || unescapeOctal(fields[4]) != abs {
+		if len(fields) < 7 || UnescapeMountinfo(fields[4]) != abs {
 			continue
 		}
 		for i := 6; i < len(fields)-1; i++ {
@@ -43,7 +43,7 @@ func FindMount(path string) (m MountEntry, found bool, err error) {
 				// Later lines are mounted on top of earlier ones.
 				m, found = MountEntry{ID: fields[0], Dev: fields[2], FSType: fields[i+1]}, true
 				if i+2 < len(fields) {
-					m.Source = unescapeOctal(fields[i+2])
+					m.Source = UnescapeMountinfo(fields[i+2])
 				}
 				break
 			}
@@ -52,8 +52,8 @@ func FindMount(path string) (m MountEntry, found bool, err error) {
 	return m, found, sc.Err()
 }
 
-// unescapeOctal undoes mountinfo's escapes (\040 for a space, ...).
-func unescapeOctal(s string) string {
+// UnescapeMountinfo undoes mountinfo's escapes (\040 for a space, ...).
+func UnescapeMountinfo(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

@@ -202,37 +202,18 @@ func safejaxfsMounts() (map[string]tableMount, error) {
 				continue
 			}
 			if fields[i+1] == "fuse.safejaxfs" && i+3 < len(fields) {
-				m := tableMount{source: unescapeMountinfo(fields[i+2]), uid: -1}
+				m := tableMount{source: safefs.UnescapeMountinfo(fields[i+2]), uid: -1}
 				for _, o := range strings.Split(fields[i+3], ",") {
 					if v, ok := strings.CutPrefix(o, "user_id="); ok {
 						m.uid, _ = strconv.Atoi(v)
 					}
 				}
-				out[unescapeMountinfo(fields[4])] = m
+				out[safefs.UnescapeMountinfo(fields[4])] = m
 			}
 			break
 		}
 	}
 	return out, nil
-}
-
-// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // statusDirs are the state directories whose status files to read: this

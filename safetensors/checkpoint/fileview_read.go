@@ -147,19 +147,7 @@ func (v *FileView) Read(off int64, n int) (segs [][]byte, release func(), err er
 
 // copyOut reads a remote file's or a sibling's bytes into a pooled buffer.
 func (v *FileView) copyOut(off int64, n int) ([]byte, func(), error) {
-	var bp *[]byte
-	var buf []byte
-	if n <= 1<<20 {
-		bp = readBufs.Get().(*[]byte)
-		buf = (*bp)[:n]
-	} else {
-		buf = make([]byte, n)
-	}
-	put := func() {
-		if bp != nil {
-			readBufs.Put(bp)
-		}
-	}
+	buf, put := readBuf(n)
 	var k int
 	var err error
 	if v.obj != nil {

@@ -94,6 +94,16 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 // request the kernel sends) until go-fuse has written them out.
 var readBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
+// readBuf is a buffer of n bytes, from readBufs when it fits, and the func
+// that gives it back.
+func readBuf(n int) (buf []byte, put func()) {
+	if n > 1<<20 {
+		return make([]byte, n), nop
+	}
+	bp := readBufs.Get().(*[]byte)
+	return (*bp)[:n], func() { readBufs.Put(bp) }
+}
+
 // ReadContext is Read for a reader that may give up. For a remote
 // checkpoint, when ctx ends (a FUSE request interrupted by Ctrl-C) the
 // read returns at once with ctx's cause and the fetches no other reader
@@ -123,19 +133,7 @@ func (r *remoteSet) readContext(ctx context.Context, c *Checkpoint, id ID, off i
 		return nil, nop, nil
 	}
 	n = int(min(int64(n), t.size-off))
-	var bp *[]byte
-	var buf []byte
-	if n <= 1<<20 {
-		bp = readBufs.Get().(*[]byte)
-		buf = (*bp)[:n]
-	} else {
-		buf = make([]byte, n)
-	}
-	put := func() {
-		if bp != nil {
-			readBufs.Put(bp)
-		}
-	}
+	buf, put := readBuf(n)
 	if k, err := t.obj.ReadAtContext(ctx, buf, t.off+off); k < n {
 		put()
 		if err == nil {
