@@ -73,6 +73,9 @@ func main() {
 	if len(os.Args) > 2 && os.Args[1] == parseRSSCmd {
 		os.Exit(parseRSS(os.Args[2]))
 	}
+	if len(os.Args) > 2 && os.Args[1] == spawnCmd {
+		os.Exit(spawn(os.Args[2:]))
+	}
 	smoke := flag.Bool("smoke", false, "tiny sizes, one repetition: check that every row runs")
 	strict := flag.Bool("strict", false, "exit 1 if any row misses its bar (full runs)")
 	cli := flag.String("cli", "", "the safejaxfs binary to benchmark")
