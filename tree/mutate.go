@@ -13,6 +13,7 @@ var (
 	ErrReserved    = errors.New("name is reserved in the root directory")
 	ErrExist       = errors.New("name already exists")
 	ErrNotDir      = errors.New("not a directory")
+	ErrIsDir       = errors.New("is a directory")
 	ErrNotEmpty    = errors.New("directory not empty")
 	ErrIntoSelf    = errors.New("cannot move a directory into itself")
 	ErrRoot        = errors.New("cannot remove or move the root")
@@ -60,13 +61,21 @@ func (t *Tree) AddDir(dir *Node, name string) (*Node, error) {
 	return n, nil
 }
 
-// Remove takes a file or an empty directory out of the tree.
-func (t *Tree) Remove(n *Node) error {
+// CanRemove reports why Remove of n would fail, or nil.
+func (t *Tree) CanRemove(n *Node) error {
 	if err := t.checkNode("remove", n); err != nil {
 		return err
 	}
 	if n.dir && len(n.kids) > 0 {
 		return fmt.Errorf("tree: remove %q: %w", n.Path(), ErrNotEmpty)
+	}
+	return nil
+}
+
+// Remove takes a file or an empty directory out of the tree.
+func (t *Tree) Remove(n *Node) error {
+	if err := t.CanRemove(n); err != nil {
+		return err
 	}
 	n.Parent.unlink(n)
 	delete(t.odd, n)
@@ -78,14 +87,55 @@ func (t *Tree) Remove(n *Node) error {
 // are rewritten: the part that was n.Key becomes the new key. It returns, in
 // path order, the files whose Key changed, so the caller can rename their
 // tensors. The target name must be free (the caller removes a file it
-// replaces first); moving n onto itself changes nothing.
+// replaces first, or uses PlanMove); moving n onto itself changes nothing.
 func (t *Tree) Move(n *Node, newDir *Node, newName string) (renamed []*Node, err error) {
+	p, err := t.PlanMove(n, newDir, newName, nil)
+	if err != nil {
+		return nil, err
+	}
+	return t.Apply(p), nil
+}
+
+// MovePlan is a move decided but not yet made: every check is done and
+// every new key computed, so a caller can make the same change elsewhere
+// first (rename the tensors in the checkpoint) and then Apply it, which
+// cannot fail. Nothing else may change the tree in between.
+type MovePlan struct {
+	n, dir, replace *Node
+	name            string
+	noop            bool
+	// Files are the files whose key changes, in path order, and Keys
+	// their new keys.
+	Files []*Node
+	Keys  []string
+	dirs  []*Node  // directories below n, whose keys change too
+	dkeys []string // their new keys
+	odd   []oddChange
+}
+
+// oddChange is what a move does to an odd file's record.
+type oddChange struct {
+	n     *Node
+	clear bool // the keys agree again: not odd any more
+	cuts  []int32
+}
+
+// Replaced is the node the move takes the place of (nil: none).
+func (p *MovePlan) Replaced() *Node { return p.replace }
+
+// PlanMove checks a move of n to newName in newDir and computes its new
+// keys, changing nothing (see Move). replace, if not nil, is the node at
+// newName the move takes the place of, as rename(2) does: a file replaces
+// a file, an empty directory an empty directory.
+func (t *Tree) PlanMove(n *Node, newDir *Node, newName string, replace *Node) (*MovePlan, error) {
 	if err := t.checkNode("move", n); err != nil {
 		return nil, err
 	}
 	op := "move " + n.Path()
+	p := &MovePlan{n: n, dir: newDir, name: newName}
 	if newDir == n.Parent && newName == n.Name {
-		return nil, nil
+		p.noop = true
+		return p, nil
 	}
 	// As rename(2) does, refuse this before looking at the target name.
 	for d := newDir; d != nil; d = d.Parent {
@@ -93,33 +143,42 @@ func (t *Tree) Move(n *Node, newDir *Node, newName string) (renamed []*Node, err
 			return nil, fmt.Errorf("tree: %s to %q: %w", op, t.join(newDir, newName), ErrIntoSelf)
 		}
 	}
-	if err := t.checkNew(op, newDir, newName); err != nil {
+	if replace == nil {
+		if err := t.checkNew(op, newDir, newName); err != nil {
+			return nil, err
+		}
+	} else if err := t.checkReplace(op, n, replace, newDir, newName); err != nil {
 		return nil, err
 	}
+	p.replace = replace
 
-	oldDepth := n.depth()
 	oldKey := n.Key
-	n.Parent.unlink(n)
-	n.Name = newName
-	newDir.insert(n)
-	n.Key = t.ChildKey(newDir, newName)
+	newKey := t.ChildKey(newDir, newName)
 	if !n.dir {
-		delete(t.odd, n)
-		if n.Key != oldKey {
-			renamed = append(renamed, n)
+		if _, isOdd := t.odd[n]; isOdd {
+			p.odd = append(p.odd, oddChange{n: n, clear: true})
 		}
-		return renamed, nil
+		if newKey != oldKey {
+			p.Files, p.Keys = append(p.Files, n), append(p.Keys, newKey)
+		}
+		return p, nil
 	}
+	p.dirs, p.dkeys = append(p.dirs, n), append(p.dkeys, newKey)
+	oldDepth := n.depth()
 
 	// The new Key lengths of n and its ancestors, by depth-1: where an odd
 	// file's ancestors' parts of its new key end.
 	chain := make([]int32, newDir.depth()+1)
-	i := len(chain) - 1
-	for d := n; d.Parent != nil; d = d.Parent {
+	chain[len(chain)-1] = int32(len(newKey))
+	i := len(chain) - 2
+	for d := newDir; d.Parent != nil; d = d.Parent {
 		chain[i] = int32(len(d.Key))
 		i--
 	}
-	// Children are pushed in reverse so that renamed comes out in path order.
+	// A key below n: its old text with n's part replaced. Directories
+	// always start with their parent's Key, so this gives theirs too.
+	moved := func(key string) string { return newKey + key[len(oldKey):] }
+	// Children are pushed in reverse so that Files comes out in path order.
 	var stack []*Node
 	push := func(kids []*Node) {
 		for i := len(kids) - 1; i >= 0; i-- {
@@ -131,46 +190,98 @@ func (t *Tree) Move(n *Node, newDir *Node, newName string) (renamed []*Node, err
 		d := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		if d.dir {
-			// Directories always start with their parent's Key.
-			d.Key = n.Key + d.Key[len(oldKey):]
+			p.dirs, p.dkeys = append(p.dirs, d), append(p.dkeys, moved(d.Key))
 			push(d.kids)
 			continue
 		}
-		before := d.Key
+		key := d.Key
 		odd, isOdd := t.odd[d]
 		switch {
 		case !isOdd:
-			d.Key = n.Key + d.Key[len(oldKey):]
+			key = moved(d.Key)
 		case odd.cuts == nil:
 			continue // a key unrelated to its directories stays as it is
 		default:
-			t.moveOdd(d, n, odd.cuts, oldDepth, chain)
+			var ch oddChange
+			key, ch = t.moveOdd(d, newKey, moved(d.Parent.Key), odd.cuts, oldDepth, chain)
+			p.odd = append(p.odd, ch)
 		}
-		if d.Key != before {
-			renamed = append(renamed, d)
+		if key != d.Key {
+			p.Files, p.Keys = append(p.Files, d), append(p.Keys, key)
 		}
 	}
-	return renamed, nil
+	return p, nil
 }
 
-// moveOdd rewrites the key of odd file d after its ancestor moved, which
-// was at depth oldDepth and has the new key lengths chain (for it and its
-// ancestors, by depth-1).
-func (t *Tree) moveOdd(d, moved *Node, cuts []int32, oldDepth int, chain []int32) {
+// checkReplace checks that n may take the place of old, the node at
+// newName in newDir.
+func (t *Tree) checkReplace(op string, n, old, newDir *Node, newName string) error {
+	target := t.join(newDir, newName)
+	switch {
+	case old.Parent != newDir || old.Name != newName || !t.attached(old):
+		return fmt.Errorf("tree: %s to %q: the node to replace is not there: %w", op, target, ErrNotInTree)
+	case old.dir && !n.dir:
+		return fmt.Errorf("tree: %s to %q: %w", op, target, ErrIsDir)
+	case !old.dir && n.dir:
+		return fmt.Errorf("tree: %s to %q: %w", op, target, ErrNotDir)
+	case old.dir && len(old.kids) > 0:
+		return fmt.Errorf("tree: %s to %q: %w", op, target, ErrNotEmpty)
+	}
+	return nil
+}
+
+// Apply makes a planned move and returns the files whose Key changed, in
+// path order (p.Files). It cannot fail: PlanMove checked everything, and
+// the tree has not changed since (the caller's lock).
+func (t *Tree) Apply(p *MovePlan) []*Node {
+	if p.noop {
+		return nil
+	}
+	if r := p.replace; r != nil {
+		r.Parent.unlink(r)
+		delete(t.odd, r)
+	}
+	n := p.n
+	n.Parent.unlink(n)
+	n.Name = p.name
+	p.dir.insert(n)
+	if !n.dir {
+		n.Key = t.ChildKey(p.dir, p.name)
+	}
+	for i, d := range p.dirs {
+		d.Key = p.dkeys[i]
+	}
+	for i, f := range p.Files {
+		f.Key = p.Keys[i]
+	}
+	for _, c := range p.odd {
+		if c.clear {
+			delete(t.odd, c.n)
+		} else {
+			t.odd[c.n] = oddKey{cuts: c.cuts}
+		}
+	}
+	return p.Files
+}
+
+// moveOdd computes the key of odd file d after its ancestor moved, which
+// was at depth oldDepth and gets key movedKey and the new key lengths
+// chain (for it and its ancestors, by depth-1); parentKey is d's parent's
+// new key.
+func (t *Tree) moveOdd(d *Node, movedKey, parentKey string, cuts []int32, oldDepth int, chain []int32) (string, oddChange) {
 	b := int(cuts[oldDepth-1])
 	newLen := int(chain[len(chain)-1])
-	d.Key = moved.Key + d.Key[b:]
+	key := movedKey + d.Key[b:]
 	below := cuts[oldDepth:]
 	nc := make([]int32, 0, len(chain)+len(below))
 	nc = append(nc, chain...)
 	for _, c := range below {
 		nc = append(nc, c-int32(b)+int32(newLen))
 	}
-	if pk := d.Parent.Key; int(nc[len(nc)-1]) == len(pk) && strings.HasPrefix(d.Key, pk) {
-		delete(t.odd, d) // the keys agree again
-		return
+	if int(nc[len(nc)-1]) == len(parentKey) && strings.HasPrefix(key, parentKey) {
+		return key, oddChange{n: d, clear: true} // the keys agree again
 	}
-	t.odd[d] = oddKey{cuts: nc}
+	return key, oddChange{n: d, cuts: nc}
 }
 
 // under reports whether key lies below a directory with Key dir: dir's text

@@ -327,3 +327,73 @@ func TestMoveLooseKey(t *testing.T) {
 	}
 	checkInvariants(t, tr)
 }
+
+// PlanMove decides without changing anything, its keys are the ones Apply
+// makes, and replace follows rename(2): a file over a file, an empty
+// directory over an empty directory, nothing else.
+func TestPlanMove(t *testing.T) {
+	tr := mustBuild(t, []string{"a.b.c", "a/b/d", "a.x", "e.f", "g.h"}, Options{})
+	before := shape(tr)
+	p, err := tr.PlanMove(find(t, tr, "a"), tr.Root, "z", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shape(tr) != before {
+		t.Fatalf("PlanMove changed the tree:\n%s", layout(tr))
+	}
+	planned := slices.Clone(p.Keys)
+	got := tr.Apply(p)
+	if !slices.Equal(keysOf(got), planned) || !slices.Equal(planned, []string{"z.b.c", "z/b/d", "z.x"}) {
+		t.Errorf("planned %q, applied %q", planned, keysOf(got))
+	}
+	checkInvariants(t, tr)
+
+	// A file over a file.
+	f, h := find(t, tr, "e/f"), find(t, tr, "g/h")
+	p, err = tr.PlanMove(f, find(t, tr, "g"), "h", h)
+	if err != nil || p.Replaced() != h {
+		t.Fatalf("%v %v", err, p)
+	}
+	tr.Apply(p)
+	if tr.Find("g/h") != f || f.Key != "g.h" || tr.Find("e/f") != nil || h.Parent != nil {
+		t.Errorf("file over file:\n%s", layout(tr))
+	}
+	checkInvariants(t, tr)
+
+	// The refusals change nothing.
+	empty, err := tr.AddDir(tr.Root, "empty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = shape(tr)
+	z, x := find(t, tr, "z"), find(t, tr, "z/x")
+	for _, tc := range []struct {
+		name       string
+		n, dir, to *Node
+		newName    string
+		want       error
+	}{
+		{"file over a dir", x, tr.Root, empty, "empty", ErrIsDir},
+		{"dir over a file", find(t, tr, "z/b"), find(t, tr, "g"), f, "h", ErrNotDir},
+		{"dir over a full dir", empty, tr.Root, z, "z", ErrNotEmpty},
+		{"replace is not at the name", x, tr.Root, f, "other", ErrNotInTree},
+	} {
+		if _, err := tr.PlanMove(tc.n, tc.dir, tc.newName, tc.to); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if shape(tr) != before {
+		t.Errorf("refused plans changed the tree:\n%s", layout(tr))
+	}
+	// An empty dir over an empty dir.
+	other, _ := tr.AddDir(tr.Root, "other")
+	p, err = tr.PlanMove(other, tr.Root, "empty", empty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Apply(p)
+	if tr.Find("empty") != other || tr.Find("other") != nil {
+		t.Errorf("dir over dir:\n%s", layout(tr))
+	}
+	checkInvariants(t, tr)
+}
