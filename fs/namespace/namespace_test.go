@@ -31,12 +31,12 @@ var flaxKeys = []string{
 // fixture is a namespace over a fresh checkpoint with keys (4 bytes of U8
 // each), and what its Types were told.
 type fixture struct {
-	t     *testing.T
-	path  string
-	ck    *checkpoint.Checkpoint
-	ns    *Namespace
-	store *faultyStore
-	types *recorder
+	t      *testing.T
+	path   string
+	ck     *checkpoint.Checkpoint
+	ns     *Namespace
+	store  *faultyStore
+	types  *recorder
 	closed bool
 }
 
