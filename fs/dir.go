@@ -34,9 +34,7 @@ const npyExt = ".npy"
 func (d *dirNode) isRoot() bool { return d.node.Parent == nil }
 
 func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	d.fsys.mu.RLock()
-	defer d.fsys.mu.RUnlock()
-	d.fsys.fillDirAttr(&out.Attr, d.node)
+	d.fsys.ns.View(func(*tree.Tree) { d.fsys.fillDirAttr(&out.Attr, d.node) })
 	return 0
 }
 
@@ -63,8 +61,15 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if f.files != nil && d.isRoot() && name == f.files.name {
 		return f.files.rootNode(ctx, &d.Inode, out), 0
 	}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
+	var child *fs.Inode
+	errno := syscall.ENOENT
+	f.ns.View(func(*tree.Tree) { child, errno = d.lookup(ctx, name, out) })
+	return child, errno
+}
+
+// lookup is Lookup of a name of the tree or a view. Caller is in a View.
+func (d *dirNode) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	f := d.fsys
 	if child := d.node.Lookup(name); child != nil {
 		return f.newChild(ctx, &d.Inode, child, &out.Attr)
 	}
@@ -82,7 +87,8 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	return nil, syscall.ENOENT
 }
 
-// newChild makes (or finds) the inode for a tree node. Caller holds f.mu.
+// newChild makes (or finds) the inode for a tree node. Caller is in a
+// View or an Update of f.ns.
 func (f *FS) newChild(ctx context.Context, parent *fs.Inode, n *tree.Node, a *fuse.Attr) (*fs.Inode, syscall.Errno) {
 	if n.IsDir() {
 		f.fillDirAttr(a, n)
@@ -100,10 +106,13 @@ func (f *FS) newChild(ctx context.Context, parent *fs.Inode, n *tree.Node, a *fu
 // entries lists the directory: the root's special files, then every child
 // in name order, each tensor followed by its view when views are listed.
 // An entry's offset is its position in this list.
-func (d *dirNode) entries() []fuse.DirEntry {
+func (d *dirNode) entries() (entries []fuse.DirEntry) {
+	d.fsys.ns.View(func(*tree.Tree) { entries = d.entriesLocked() })
+	return entries
+}
+
+func (d *dirNode) entriesLocked() []fuse.DirEntry {
 	f := d.fsys
-	f.mu.RLock()
-	defer f.mu.RUnlock()
 	children := d.node.Children()
 	entries := make([]fuse.DirEntry, 0, len(children)+len(f.specials))
 	if d.isRoot() {
@@ -148,9 +157,7 @@ func (d *dirNode) size() (n int, ok bool) {
 			return 0, false // rare: a special file removed in this mount
 		}
 	}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	n = d.node.Len()
+	f.ns.View(func(*tree.Tree) { n = d.node.Len() })
 	if d.isRoot() {
 		n += len(f.specials)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -81,16 +82,13 @@ func (d *dirNode) newFile(ctx context.Context, name string, out *fuse.EntryOut) 
 	if d.isRoot() && f.doc(name) != nil {
 		return nil, nil, syscall.EEXIST
 	}
-	f.mu.RLock()
-	_, isView := f.f32Target(d.node, name)
-	f.mu.RUnlock()
+	var isView bool
+	f.ns.View(func(*tree.Tree) { _, isView = f.f32Target(d.node, name) })
 	if isView {
 		return nil, nil, syscall.EEXIST // a float32 view: only Create writes one
 	}
 	if base, ok := strings.CutSuffix(name, npyExt); ok && base != "" {
-		f.mu.RLock()
-		existing := d.node.Lookup(base)
-		f.mu.RUnlock()
+		existing := f.ns.Lookup(d.node, base)
 		if existing != nil && existing.IsDir() {
 			return nil, nil, syscall.EISDIR
 		}
@@ -111,32 +109,25 @@ func (d *dirNode) newFile(ctx context.Context, name string, out *fuse.EntryOut) 
 		f.live.add(n.id, child, true)
 		return child, n, 0
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	key := f.tree.ChildKey(d.node, name)
-	if !tree.ValidName(name) {
-		return nil, nil, syscall.EINVAL
-	}
-	id, err := f.ck.Create(key)
+	err := f.ns.Update(func(tx *namespace.Tx) error {
+		node, err := tx.Create(d.node, name, f.ck.Create)
+		if err != nil {
+			return err
+		}
+		f.touchDir(d.node)
+		child, errno = f.newChild(ctx, &d.Inode, node, &out.Attr)
+		return nil
+	})
 	if err != nil {
 		f.logf("create %s: %v", name, err)
-		return nil, nil, editErrno(err)
+		return nil, nil, nsErrno(err)
 	}
-	node, err := f.tree.AddFile(d.node, name, key, int(id))
-	if err != nil {
-		f.ck.Delete(id)
-		f.logf("create %s: %v", name, err)
-		return nil, nil, syscall.EEXIST
-	}
-	f.retype.newFile(id)
-	f.touchDir(d.node)
-	child, errno = f.newChild(ctx, &d.Inode, node, &out.Attr)
 	return child, nil, errno
 }
 
 // Mkdir makes a key prefix. It exists only in the mount until a tensor is
 // put in it: safetensors has no empty directories.
-func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (child *fs.Inode, errno syscall.Errno) {
 	if errno := d.writable(); errno != 0 {
 		return nil, errno
 	}
@@ -144,15 +135,20 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if d.isRoot() && f.doc(name) != nil {
 		return nil, syscall.EEXIST
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	node, err := f.tree.AddDir(d.node, name)
+	err := f.ns.Update(func(tx *namespace.Tx) error {
+		node, err := tx.Mkdir(d.node, name)
+		if err != nil {
+			return err
+		}
+		f.touchDir(d.node)
+		child, errno = f.newChild(ctx, &d.Inode, node, &out.Attr)
+		return nil
+	})
 	if err != nil {
 		f.logf("mkdir %s: %v", name, err)
-		return nil, syscall.EEXIST
+		return nil, nsErrno(err)
 	}
-	f.touchDir(d.node)
-	return f.newChild(ctx, &d.Inode, node, &out.Attr)
+	return child, errno
 }
 
 func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
@@ -170,29 +166,29 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	// kernel holds d locked until then (notify.go).
 	g := f.notify.begin()
 	defer g.end()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := d.node.Lookup(name)
-	switch {
-	case n == nil:
-		// Views (.npy) are not entries of their own.
-		if base, ok := strings.CutSuffix(name, npyExt); ok && d.node.Lookup(base) != nil {
-			return syscall.EPERM
+	var id checkpoint.ID
+	err := f.ns.Update(func(tx *namespace.Tx) error {
+		if n := tx.Lookup(d.node, name); n == nil {
+			// Views (.npy) are not entries of their own.
+			if base, ok := strings.CutSuffix(name, npyExt); ok && tx.Lookup(d.node, base) != nil {
+				return syscall.EPERM
+			}
+			if _, ok := f.f32Target(d.node, name); ok {
+				return syscall.EPERM
+			}
+		} else if !n.IsDir() {
+			id = checkpoint.ID(n.Tensor)
 		}
-		if _, ok := f.f32Target(d.node, name); ok {
-			return syscall.EPERM
+		if _, err := tx.Unlink(d.node, name); err != nil {
+			return err
 		}
-		return syscall.ENOENT
-	case n.IsDir():
-		return syscall.EISDIR
+		f.touchDir(d.node)
+		return nil
+	})
+	if err != nil {
+		return nsErrno(err)
 	}
-	if errno := f.removeTensor(checkpoint.ID(n.Tensor)); errno != 0 {
-		return errno
-	}
-	if err := f.tree.Remove(n); err != nil {
-		return syscall.EIO
-	}
-	f.touchDir(d.node)
+	f.dropIfUnused(id)
 	// The kernel may keep name.npy and name.f32.npy, the views of what
 	// was removed (they are looked up again at every use anyway: see
 	// viewEntriesFS).
@@ -200,28 +196,12 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	return 0
 }
 
-// removeTensor deletes tensor id (unlinked, or renamed over), remembering
-// its dtype and shape for a file created again at its key.
-// restoreReplaced puts back the node a failed rename had taken out of dir
-// to make room (nil: there was none). Caller holds f.mu.
-func (f *FS) restoreReplaced(dir *tree.Node, name string, old *tree.Node) {
-	if old == nil {
-		return
-	}
-	if old.IsDir() {
-		f.tree.AddDir(dir, name)
-		return
-	}
-	f.tree.AddFile(dir, name, old.Key, old.Tensor)
-}
-
-func (f *FS) removeTensor(id checkpoint.ID) syscall.Errno {
-	info, ok := f.ck.Info(id)
-	if err := f.ck.Delete(id); err != nil {
-		return editErrno(err)
-	}
-	if ok {
-		f.forgetTensor(id, info)
+// removeFile removes file n and its tensor through tx (the temp file a
+// rename turned into something else).
+func (f *FS) removeFile(tx *namespace.Tx, n *tree.Node) syscall.Errno {
+	id := checkpoint.ID(n.Tensor)
+	if _, err := tx.RemoveFile(n); err != nil {
+		return nsErrno(err)
 	}
 	f.dropIfUnused(id)
 	return 0
@@ -232,22 +212,14 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	f := d.fsys
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := d.node.Lookup(name)
-	switch {
-	case n == nil:
-		return syscall.ENOENT
-	case !n.IsDir():
-		return syscall.ENOTDIR
-	case n.Len() > 0:
-		return syscall.ENOTEMPTY
-	}
-	if err := f.tree.Remove(n); err != nil {
-		return syscall.EIO
-	}
-	f.touchDir(d.node)
-	return 0
+	err := f.ns.Update(func(tx *namespace.Tx) error {
+		if err := tx.Rmdir(d.node, name); err != nil {
+			return err
+		}
+		f.touchDir(d.node)
+		return nil
+	})
+	return nsErrno(err)
 }
 
 // Rename moves a tensor or a whole prefix: every key under it is renamed.
@@ -274,21 +246,31 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	// to return: the kernel holds them locked until then (notify.go).
 	g := f.notify.begin()
 	defer g.end()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	src := d.node.Lookup(name)
+	var errno syscall.Errno
+	f.ns.Update(func(tx *namespace.Tx) error {
+		errno = d.rename(tx, g, name, dst, newName, flags)
+		return nil
+	})
+	return errno
+}
+
+// rename is Rename inside the namespace's Update.
+func (d *dirNode) rename(tx *namespace.Tx, g *gate, name string, dst *dirNode, newName string, flags uint32) syscall.Errno {
+	const noReplace = 1 // RENAME_NOREPLACE
+	f := d.fsys
+	src := tx.Lookup(d.node, name)
 	if doc := f.doc(newName); doc != nil && dst.isRoot() {
 		if src == nil {
 			return syscall.ENOENT
 		}
-		return f.renameIntoDoc(g, d, src, dst, doc, flags)
+		return f.renameIntoDoc(tx, g, d, src, dst, doc, flags)
 	}
 	viewRename := false
 	if src == nil {
 		// A view renamed to another view renames its tensor: np.save to
 		// tmp.npy, then os.replace to final.npy.
 		base, isView := strings.CutSuffix(name, npyExt)
-		if t := d.node.Lookup(base); isView && t != nil && !t.IsDir() {
+		if t := tx.Lookup(d.node, base); isView && t != nil && !t.IsDir() {
 			newBase, toView := strings.CutSuffix(newName, npyExt)
 			if !toView || newBase == "" {
 				f.logf("rename %s to %s: a .npy view renames its tensor, so the new name must end in .npy too", name, newName)
@@ -301,66 +283,20 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		return syscall.ENOENT
 	}
 	if !viewRename && !src.IsDir() {
-		if done, errno := f.renameIntoView(g, src, dst, newName); done {
+		if done, errno := f.renameIntoView(tx, g, src, dst, newName); done {
 			return errno
 		}
 	}
-	var replaced checkpoint.Info // the tensor renamed over, if any
-	var gone []checkpoint.ID
-	old := dst.node.Lookup(newName)
-	if old != nil {
-		if old == src {
-			return 0
-		}
-		const noReplace = 1 // RENAME_NOREPLACE
-		switch {
-		case flags&noReplace != 0:
-			return syscall.EEXIST
-		case old.IsDir() && !src.IsDir():
-			return syscall.EISDIR
-		case !old.IsDir() && src.IsDir():
-			return syscall.ENOTDIR
-		case old.IsDir() && old.Len() > 0:
-			return syscall.ENOTEMPTY
-		}
-		if !old.IsDir() {
-			if info, ok := f.ck.Info(checkpoint.ID(old.Tensor)); ok {
-				replaced, gone = info, []checkpoint.ID{checkpoint.ID(old.Tensor)}
-			}
-		}
-		if err := f.tree.Remove(old); err != nil {
-			return syscall.EIO
-		}
-	}
-	oldDir, oldName := src.Parent, src.Name
-	renamed, err := f.tree.Move(src, dst.node, newName)
+	r, err := tx.Rename(src, dst.node, newName, flags&noReplace != 0)
 	if err != nil {
 		f.logf("rename %s to %s: %v", name, newName, err)
-		f.restoreReplaced(dst.node, newName, old)
-		return syscall.EINVAL
+		return nsErrno(err)
 	}
-	keys := make(map[checkpoint.ID]string, len(renamed))
-	for _, n := range renamed {
-		keys[checkpoint.ID(n.Tensor)] = n.Key
+	if r.HasReplace {
+		f.dropIfUnused(r.ReplacedID)
 	}
-	var adopt *checkpoint.Retype
-	if len(gone) > 0 && !src.IsDir() {
-		adopt = f.adoption(checkpoint.ID(src.Tensor), replaced)
-	}
-	// One step in the checkpoint: the replaced tensor removed, the keys
-	// renamed, a plain file given the replaced tensor's dtype and shape.
-	if err := f.ck.Move(keys, gone, adopt); err != nil {
-		f.logf("rename %s to %s: %v", name, newName, err)
-		f.tree.Move(src, oldDir, oldName)
-		f.restoreReplaced(dst.node, newName, old)
-		return editErrno(err)
-	}
-	if len(gone) > 0 {
-		f.forgetTensor(gone[0], replaced)
-		f.dropIfUnused(gone[0])
-	}
-	if adopt != nil {
-		f.changed(adopt.ID, 0)
+	if r.Adopted != nil {
+		f.changed(r.Adopted.ID, 0)
 	}
 	f.touchDir(d.node)
 	f.touchDir(dst.node)
@@ -391,10 +327,7 @@ func (d *dirNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAtt
 		if errno := d.writable(); errno != 0 {
 			return errno
 		}
-		d.fsys.mu.RLock()
-		n := d.node
-		d.fsys.mu.RUnlock()
-		d.fsys.setDirMTime(n, mtime)
+		d.fsys.setDirMTime(d.node, mtime)
 	}
 	return d.Getattr(ctx, fh, out)
 }

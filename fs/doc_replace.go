@@ -10,6 +10,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -32,7 +33,7 @@ func (f *FS) unlinkDoc(d *doc) syscall.Errno {
 	now := time.Now()
 	d.mtime.Store(&now)
 	d.hidden.Store(true)
-	f.touchDir(f.tree.Root)
+	f.touchDir(f.ns.Root())
 	f.logf("%s removed: the checkpoint has none now (writing the file again sets it)", d.name)
 	return 0
 }
@@ -66,8 +67,8 @@ func (d *dirNode) createDoc(ctx context.Context, doc *doc, open bool, out *fuse.
 
 // renameIntoDoc renames file src (in directory srcDir) over the special
 // file doc: its bytes become the document, if they are one, and the file is
-// gone. Caller holds f.mu; g is the rename's gate.
-func (f *FS) renameIntoDoc(g *gate, srcDir *dirNode, src *tree.Node, root *dirNode, doc *doc, flags uint32) syscall.Errno {
+// gone. Called inside the rename's Update (tx); g is its gate.
+func (f *FS) renameIntoDoc(tx *namespace.Tx, g *gate, srcDir *dirNode, src *tree.Node, root *dirNode, doc *doc, flags uint32) syscall.Errno {
 	const noReplace = 1 // RENAME_NOREPLACE
 	switch {
 	case src.IsDir():
@@ -94,11 +95,8 @@ func (f *FS) renameIntoDoc(g *gate, srcDir *dirNode, src *tree.Node, root *dirNo
 	// The file goes first, so the document's durable commit, which logs
 	// every change so far in one batch, takes its removal with it: no
 	// crash can leave the temp file as a tensor beside the new document.
-	if errno := f.removeTensor(id); errno != 0 {
+	if errno := f.removeFile(tx, src); errno != 0 {
 		return errno
-	}
-	if err := f.tree.Remove(src); err != nil {
-		return syscall.EIO
 	}
 	f.touchDir(srcDir.node)
 	if err := apply(); err != nil {

@@ -95,7 +95,7 @@ func isF32(n *fs.Inode) bool {
 // f32Target is the tensor whose float32 view name is, under dir: the
 // tensor <base> for <base>.f32.npy, when its dtype converts. Nothing when
 // name is taken otherwise: a real entry, or the .npy view of a tensor
-// literally named <base>.f32, wins. Caller holds f.mu.
+// literally named <base>.f32, wins. Caller is in a View or Update of f.ns.
 func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
 	base, ok := strings.CutSuffix(name, f32Ext)
 	if !ok || base == "" || dir.Lookup(name) != nil {
@@ -116,8 +116,8 @@ func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
 	return id, ok && floats.Has(info.DType)
 }
 
-// lookupF32 is dirNode.Lookup's last resort: a float32 view. Caller holds
-// f.mu (read).
+// lookupF32 is dirNode.Lookup's last resort: a float32 view. Caller is in
+// a View of f.ns.
 func (f *FS) lookupF32(ctx context.Context, d *dirNode, name string, a *fuse.Attr) *fs.Inode {
 	id, ok := f.f32Target(d.node, name)
 	if !ok {
@@ -143,7 +143,7 @@ func (f *FS) f32Node(ctx context.Context, parent *fs.Inode, id checkpoint.ID, a 
 }
 
 // f32Entry is the listing entry of child c's float32 view (with --npy),
-// if it has one. Caller holds f.mu (read).
+// if it has one. Caller is in a View of f.ns.
 func (f *FS) f32Entry(dir, c *tree.Node) (fuse.DirEntry, bool) {
 	id, ok := f.f32Target(dir, c.Name+f32Ext)
 	if !ok || id != checkpoint.ID(c.Tensor) {
@@ -490,9 +490,9 @@ func (f *FS) changedF32(id checkpoint.ID, except uint64, off, n int64) {
 // tensor named <base>.f32. nil when name is no such view.
 func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, syscall.Errno) {
 	f := d.fsys
-	f.mu.RLock()
-	id, ok := f.f32Target(d.node, name)
-	f.mu.RUnlock()
+	var id checkpoint.ID
+	var ok bool
+	f.ns.View(func(*tree.Tree) { id, ok = f.f32Target(d.node, name) })
 	if !ok {
 		return nil, nil, 0
 	}

@@ -10,8 +10,8 @@
 //  3. npyNode.mu: which tensor a view stands for, held across the commit
 //     that may create it; writeHandle.mu: a tensor handle's rewrite, held
 //     across its durable commit (the two are never held together).
-//  4. FS.mu: the tree, held across the checkpoint call that decides a
-//     change of names.
+//  4. namespace.Namespace.mu: the tree, held across the checkpoint call
+//     that decides a change of names (package namespace decides them).
 //  5. retyper.mu: dtype and shape hints, held while one is applied.
 //  6. The checkpoint's own locks (see package checkpoint), below all of
 //     the above: the checkpoint never calls back into this package.
@@ -36,6 +36,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -75,9 +76,9 @@ type FS struct {
 	ck  *checkpoint.Checkpoint
 	opt Options
 
-	// mu guards tree: lookups read it, namespace changes write it.
-	mu   sync.RWMutex
-	tree *tree.Tree
+	// ns is the tree of names and the rules that change it: nodes and
+	// their fields are read inside ns.View or ns.Update only.
+	ns *namespace.Namespace
 
 	// Attributes every node inherits from the checkpoint file, so the mount
 	// looks like it belongs to whoever owns the checkpoint (perm.go).
@@ -126,7 +127,8 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &FS{ck: ck, opt: opt, tree: t, logger: opt.Logger}
+	f := &FS{ck: ck, opt: opt, logger: opt.Logger}
+	f.ns = namespace.New(t, ck, typeRules{f})
 	if f.logger == nil {
 		f.logger = slog.New(slog.DiscardHandler)
 	}
@@ -166,7 +168,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 
 // Root returns the root directory node to mount.
 func (f *FS) Root() *dirNode {
-	return &dirNode{fsys: f, node: f.tree.Root}
+	return &dirNode{fsys: f, node: f.ns.Root()}
 }
 
 // Inode numbers: fixed ones for the root and the metadata file, then three

@@ -11,6 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
@@ -232,13 +233,17 @@ func (n *npyNode) commit(b []byte) error {
 	info, perr := npy.ParseAnyOrder(b)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	return f.ns.Update(func(tx *namespace.Tx) error { return n.commitLocked(tx, info, perr, b) })
+}
+
+// commitLocked is commit inside the namespace's Update.
+func (n *npyNode) commitLocked(tx *namespace.Tx, info *npy.Info, perr error, b []byte) error {
+	f := n.fsys
 	target, key := n.id, ""
 	if target == noTensor {
-		switch existing := n.dir.Lookup(n.base); {
+		switch existing := tx.Lookup(n.dir, n.base); {
 		case existing == nil:
-			key = f.tree.ChildKey(n.dir, n.base)
+			key = tx.Tree().ChildKey(n.dir, n.base)
 		case existing.IsDir():
 			return fmt.Errorf("%s.npy: %s is a directory now", n.base, n.base)
 		default:
@@ -268,18 +273,13 @@ func (n *npyNode) commit(b []byte) error {
 	} else {
 		// The name is checked before the tensor is made durable: a
 		// close that fails leaves nothing behind.
-		if err := f.tree.CanAdd(n.dir, n.base); err != nil {
+		node, err := tx.Create(n.dir, n.base, func(key string) (checkpoint.ID, error) {
+			return f.ck.PutNewSync(key, dtype, info.Shape, data)
+		})
+		if err != nil {
 			return fmt.Errorf("tensor %q: %w", key, err)
 		}
-		id, err := f.ck.PutNewSync(key, dtype, info.Shape, data)
-		if err != nil {
-			return err
-		}
-		if _, err := f.tree.AddFile(n.dir, n.base, key, int(id)); err != nil {
-			return fmt.Errorf("tensor %q: %w (after CanAdd said it could)", key, err)
-		}
-		target = id
-		f.retype.newFile(id)
+		target = checkpoint.ID(node.Tensor)
 		f.touchDir(n.dir)
 		// The raw file may be cached as absent, and the listing without
 		// it: both are dropped before the close returns (Flush waits for
@@ -331,11 +331,11 @@ func npyData(info *npy.Info, b []byte, d safetensors.DType) ([]byte, error) {
 // temp file and rename it) uploading a .npy. If the file parses as a .npy
 // it becomes the tensor name (created or replaced) and the temp file is
 // gone; done is false when it does not, and the rename happens as for any
-// file. Caller holds f.mu.
-func (f *FS) renameIntoView(g *gate, src *tree.Node, dst *dirNode, newName string) (done bool, errno syscall.Errno) {
+// file. Called inside the rename's Update (tx).
+func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirNode, newName string) (done bool, errno syscall.Errno) {
 	base, ok := strings.CutSuffix(newName, npyExt)
 	id := checkpoint.ID(src.Tensor)
-	if !ok || base == "" || dst.node.Lookup(newName) != nil || !f.retype.isNew(id) || !f.ck.Growable(id) {
+	if !ok || base == "" || tx.Lookup(dst.node, newName) != nil || !f.retype.isNew(id) || !f.ck.Growable(id) {
 		return false, 0
 	}
 	info, ok := f.ck.Info(id)
@@ -355,9 +355,9 @@ func (f *FS) renameIntoView(g *gate, src *tree.Node, dst *dirNode, newName strin
 	if perr != nil && !errors.Is(perr, npy.ErrAmbiguousVoid) {
 		return false, 0
 	}
-	target := dst.node.Lookup(base)
+	target := tx.Lookup(dst.node, base)
 	var old checkpoint.Info
-	key := f.tree.ChildKey(dst.node, base)
+	key := tx.Tree().ChildKey(dst.node, base)
 	if target != nil {
 		if target.IsDir() {
 			return true, syscall.EISDIR
@@ -376,25 +376,19 @@ func (f *FS) renameIntoView(g *gate, src *tree.Node, dst *dirNode, newName strin
 	data := b
 	if target != nil {
 		err = f.ck.ReplaceSync(checkpoint.ID(target.Tensor), dtype, parsed.Shape, data)
-	} else if err = f.tree.CanAdd(dst.node, base); err == nil {
+	} else {
 		// The name is checked before the tensor is made durable.
-		var nid checkpoint.ID
-		if nid, err = f.ck.PutNewSync(key, dtype, parsed.Shape, data); err == nil {
-			if _, err = f.tree.AddFile(dst.node, base, key, int(nid)); err == nil {
-				f.retype.newFile(nid)
-			}
-		}
+		_, err = tx.Create(dst.node, base, func(key string) (checkpoint.ID, error) {
+			return f.ck.PutNewSync(key, dtype, parsed.Shape, data)
+		})
 	}
 	if err != nil {
 		f.fail(err)
-		return true, editErrno(err)
-	}
-	if errno := f.removeTensor(id); errno != 0 {
-		return true, errno
+		return true, nsErrno(err)
 	}
 	oldDir := src.Parent
-	if err := f.tree.Remove(src); err != nil {
-		return true, syscall.EIO
+	if errno := f.removeFile(tx, src); errno != 0 {
+		return true, errno
 	}
 	f.touchDir(dst.node)
 	f.touchDir(oldDir)

@@ -38,6 +38,18 @@ type retyper struct {
 	created map[checkpoint.ID]bool
 }
 
+// typeRules is what the namespace tells of names changing (see
+// namespace.Types): the hints follow the tensors.
+type typeRules struct{ f *FS }
+
+func (r typeRules) Created(id checkpoint.ID) { r.f.retype.newFile(id) }
+
+func (r typeRules) Removed(id checkpoint.ID, info checkpoint.Info) { r.f.forgetTensor(id, info) }
+
+func (r typeRules) Adopt(src checkpoint.ID, old checkpoint.Info) *checkpoint.Retype {
+	return r.f.adoption(src, old)
+}
+
 // isNew reports whether id is a file created in this mount.
 func (r *retyper) isNew(id checkpoint.ID) bool {
 	r.mu.Lock()

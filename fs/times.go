@@ -54,11 +54,13 @@ func (f *FS) loadTimes() {
 			d.hidden.Store(true)
 		}
 	}
-	for p, t := range other.Dirs {
-		if n := f.tree.Find(p); n != nil && n.IsDir() {
-			f.setDirMTime(n, t)
+	f.ns.View(func(tr *tree.Tree) {
+		for p, t := range other.Dirs {
+			if n := tr.Find(p); n != nil && n.IsDir() {
+				f.setDirMTime(n, t)
+			}
 		}
-	}
+	})
 }
 
 // setDirMTime sets directory n's modification time (rsync -a and tar set
@@ -94,20 +96,20 @@ func (f *FS) SaveTimes() error {
 			other.Metadata = *t
 		}
 	}
-	f.mu.RLock()
-	f.dirTimes.mu.Lock()
-	for n, t := range f.dirTimes.t {
-		// A directory still in the tree (one removed, or left empty by
-		// the write-back, is not).
-		if !t.Equal(base) && attached(f.tree, n) && (n.Len() > 0 || n.Parent == nil) {
-			if other.Dirs == nil {
-				other.Dirs = map[string]time.Time{}
+	f.ns.View(func(tr *tree.Tree) {
+		f.dirTimes.mu.Lock()
+		defer f.dirTimes.mu.Unlock()
+		for n, t := range f.dirTimes.t {
+			// A directory still in the tree (one removed, or left
+			// empty by the write-back, is not).
+			if !t.Equal(base) && attached(tr, n) && (n.Len() > 0 || n.Parent == nil) {
+				if other.Dirs == nil {
+					other.Dirs = map[string]time.Time{}
+				}
+				other.Dirs[n.Path()] = t
 			}
-			other.Dirs[n.Path()] = t
 		}
-	}
-	f.dirTimes.mu.Unlock()
-	f.mu.RUnlock()
+	})
 	return f.timesFile.Save(tensors, other)
 }
 
