@@ -34,7 +34,7 @@ func (d *dirNode) writable() syscall.Errno {
 // Create makes a new tensor. name.npy uploads a .npy (dtype and shape from
 // its header) when the file is closed; any other name is a 1-D U8 tensor
 // holding the bytes written (until something gives it a dtype: see
-// retype.go).
+// namespace/types.go).
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	f := d.fsys
 	if doc := f.doc(name); doc != nil && d.isRoot() {

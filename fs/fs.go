@@ -12,10 +12,10 @@
 //     across its durable commit (the two are never held together).
 //  4. namespace.Namespace.mu: the tree, held across the checkpoint call
 //     that decides a change of names (package namespace decides them).
-//  5. retyper.mu: dtype and shape hints, held while one is applied.
-//  6. The checkpoint's own locks (see package checkpoint), below all of
+//     Below it, its type hints' lock (see package namespace).
+//  5. The checkpoint's own locks (see package checkpoint), below all of
 //     the above: the checkpoint never calls back into this package.
-//  7. Leaves, taken for a moment, nothing called under them: uploadPool,
+//  6. Leaves, taken for a moment, nothing called under them: uploadPool,
 //     uploadSet, writerCount, liveNodes, viewInos, consumedSet, dirTimes,
 //     the directory handles' and the files view's mutexes, and the
 //     invalidation queue's (notify.go), whose worker talks to the kernel
@@ -106,7 +106,6 @@ type FS struct {
 
 	dirTimes dirTimes
 
-	retype  retyper     // dtypes and shapes waiting for bytes that fit
 	writers writerCount // write handles open per tensor
 
 	files *filesView // the checkpoint as files; nil when not shown (files.go)
@@ -128,7 +127,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		return nil, err
 	}
 	f := &FS{ck: ck, opt: opt, logger: opt.Logger}
-	f.ns = namespace.New(t, ck, typeRules{f})
+	f.ns = namespace.New(t, ck)
 	if f.logger == nil {
 		f.logger = slog.New(slog.DiscardHandler)
 	}

@@ -2,12 +2,9 @@ package fs
 
 import (
 	"reflect"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 func TestParseMetadata(t *testing.T) {
@@ -102,29 +99,6 @@ func TestUploadFlushRepeatsRefusal(t *testing.T) {
 	}
 	if errno := u.write([]byte("x"), 1<<20); errno != syscall.EFBIG {
 		t.Errorf("write past the limit: %v", errno)
-	}
-}
-
-func TestFitShape(t *testing.T) {
-	for _, c := range []struct {
-		shape []uint64
-		size  int64
-		d     safetensors.DType
-		want  []uint64 // nil: no fit
-	}{
-		{[]uint64{64}, 64, safetensors.F32, []uint64{16}},
-		{[]uint64{3, 16}, 192, safetensors.F16, []uint64{3, 32}},
-		{[]uint64{3, 16}, 192, safetensors.F64, []uint64{3, 8}},
-		{[]uint64{}, 4, safetensors.U8, []uint64{4}},
-		{[]uint64{10}, 10, safetensors.F32, nil},
-		{[]uint64{3, 2}, 6, safetensors.F32, nil},
-		{[]uint64{8}, 8, safetensors.F4, []uint64{16}},
-		{[]uint64{0, 4}, 0, safetensors.F32, nil},
-	} {
-		got, ok := fitShape(c.shape, c.size, c.d)
-		if ok != (c.want != nil) || !slices.Equal(got, c.want) {
-			t.Errorf("fitShape(%v, %d, %s) = %v %v, want %v", c.shape, c.size, c.d, got, ok, c.want)
-		}
 	}
 }
 

@@ -335,7 +335,7 @@ func npyData(info *npy.Info, b []byte, d safetensors.DType) ([]byte, error) {
 func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirNode, newName string) (done bool, errno syscall.Errno) {
 	base, ok := strings.CutSuffix(newName, npyExt)
 	id := checkpoint.ID(src.Tensor)
-	if !ok || base == "" || tx.Lookup(dst.node, newName) != nil || !f.retype.isNew(id) || !f.ck.Growable(id) {
+	if !ok || base == "" || tx.Lookup(dst.node, newName) != nil || !f.ns.IsNew(id) || !f.ck.Growable(id) {
 		return false, 0
 	}
 	info, ok := f.ck.Info(id)

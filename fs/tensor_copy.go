@@ -31,7 +31,7 @@ func (t *tensorNode) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offI
 	n = min(n, math.MaxUint32&^(1<<20-1)) // the reply holds 32 bits
 	if offIn == 0 && offOut == 0 && n >= uint64(src.Size) && hOut.rewrite() == nil && t.rewriteOf(fhIn) == nil {
 		if err := f.ck.CopyInto(dst.id, t.id); err == nil {
-			f.hintCopy(dst.id, src)
+			f.ns.HintCopy(dst.id, src)
 			f.changed(dst.id, tensorIno(dst.id))
 			return uint32(src.Size), 0
 		}

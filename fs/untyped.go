@@ -2,12 +2,9 @@ package fs
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/hanwen/go-fuse/v2/fs"
-
-	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
 // Files written without a dtype. A plain file created in the mount is a
@@ -15,7 +12,7 @@ import (
 // the user.safetensors.* attributes a backup tool restores (cp -a,
 // rsync -X, tar --xattrs), the tensor it replaces at the same size (rsync's
 // rename over it, tar's unlink and create, cp over it), or the tensor it
-// is a copy of inside the mount (retype.go). A tool that cannot carry
+// is a copy of inside the mount (namespace/types.go). A tool that cannot carry
 // attributes into a path where no tensor of that size was (cp -r, rsync -a
 // or tar x into a fresh mount) leaves it U8. That is kept, not refused:
 // the bytes are what the user copied, rsync -X sets the attributes only
@@ -31,26 +28,7 @@ const XattrUntyped = "user.safejaxfs.untyped"
 
 // untyped is the keys of the files created in this mount that are still
 // plain bytes, sorted.
-func (f *FS) untyped() []string {
-	r := &f.retype
-	r.mu.Lock()
-	ids := make([]checkpoint.ID, 0, len(r.created))
-	for id := range r.created {
-		ids = append(ids, id)
-	}
-	r.mu.Unlock()
-	var keys []string
-	for _, id := range ids {
-		if !f.ck.Growable(id) {
-			continue
-		}
-		if info, ok := f.ck.Info(id); ok {
-			keys = append(keys, info.Key)
-		}
-	}
-	slices.Sort(keys)
-	return keys
-}
+func (f *FS) untyped() []string { return f.ns.Untyped() }
 
 // Untyped is the keys of the tensors created in this mount that nothing
 // gave a dtype (saved as 1-D U8), sorted: for safejaxfs status.

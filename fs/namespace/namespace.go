@@ -8,10 +8,13 @@
 // into calls here, as gocryptfs keeps its name rules in nametransform
 // below its FUSE frontend.
 //
-// Lock order: Namespace.mu, then whatever Types takes (package fs's type
-// hints), then the checkpoint's own locks. Nothing here calls back into a
-// caller while holding mu except Types and the make function of Create,
-// which must not call the Namespace.
+// It decides types too: the dtypes and shapes that follow a name (a file
+// created again at a removed tensor's key, rsync's temp file renamed over
+// a tensor, cp -a restoring user.safetensors.* attributes): types.go.
+//
+// Lock order: Namespace.mu, then typeHints.mu, then the checkpoint's own
+// locks. Nothing here calls back into a caller while holding them except
+// the make function of Create, which must not call the Namespace.
 package namespace
 
 import (
@@ -19,6 +22,7 @@ import (
 	iofs "io/fs"
 	"sync"
 
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -32,24 +36,12 @@ type Store interface {
 	Info(id checkpoint.ID) (checkpoint.Info, bool)
 	Delete(id checkpoint.ID) error
 	Move(renames map[checkpoint.ID]string, replaced []checkpoint.ID, adopt *checkpoint.Retype) error
+	Reshape(id checkpoint.ID, dtype safetensors.DType, shape []uint64) error
+	Growable(id checkpoint.ID) bool
+	ReadOnly() bool
 	// Keys are the live tensors' keys indexed by ID ("" for a removed
 	// one): what Check compares the tree with.
 	Keys() []string
-}
-
-// Types is told what becomes of tensors' names, for the dtype and shape
-// rules that follow them (a file created again at a removed tensor's key
-// takes its type; a plain file renamed over a tensor of its size adopts
-// its type). Called with the namespace locked: it must not call back.
-type Types interface {
-	// Created: a file made in this mount.
-	Created(id checkpoint.ID)
-	// Removed: tensor id, as info describes it, was unlinked or renamed
-	// over.
-	Removed(id checkpoint.ID, info checkpoint.Info)
-	// Adopt is the dtype and shape src takes when it is renamed over the
-	// tensor old, in the same step (nil: none).
-	Adopt(src checkpoint.ID, old checkpoint.Info) *checkpoint.Retype
 }
 
 // Namespace is the tree of one mount and the rules that change it.
@@ -57,16 +49,12 @@ type Namespace struct {
 	mu    sync.RWMutex
 	t     *tree.Tree
 	st    Store
-	types Types
+	types typeHints // the dtypes and shapes that follow names (types.go)
 }
 
 // New returns the namespace of t, whose files' Tensor fields are IDs in st.
-// types may be nil.
-func New(t *tree.Tree, st Store, types Types) *Namespace {
-	if types == nil {
-		types = noTypes{}
-	}
-	return &Namespace{t: t, st: st, types: types}
+func New(t *tree.Tree, st Store) *Namespace {
+	return &Namespace{t: t, st: st}
 }
 
 // Root is the root directory (it never changes).
@@ -125,9 +113,3 @@ func (ns *Namespace) Check() error {
 	}
 	return nil
 }
-
-type noTypes struct{}
-
-func (noTypes) Created(checkpoint.ID)                                   {}
-func (noTypes) Removed(checkpoint.ID, checkpoint.Info)                  {}
-func (noTypes) Adopt(checkpoint.ID, checkpoint.Info) *checkpoint.Retype { return nil }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
@@ -29,14 +28,13 @@ var flaxKeys = []string{
 }
 
 // fixture is a namespace over a fresh checkpoint with keys (4 bytes of U8
-// each), and what its Types were told.
+// each).
 type fixture struct {
 	t      *testing.T
 	path   string
 	ck     *checkpoint.Checkpoint
 	ns     *Namespace
 	store  *faultyStore
-	types  *recorder
 	closed bool
 }
 
@@ -58,7 +56,7 @@ func newFixture(t *testing.T, keys []string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, path: path, ck: ck, store: &faultyStore{Checkpoint: ck}, types: &recorder{}}
+	f := &fixture{t: t, path: path, ck: ck, store: &faultyStore{Checkpoint: ck}}
 	t.Cleanup(func() {
 		if !f.closed {
 			ck.Close()
@@ -68,7 +66,7 @@ func newFixture(t *testing.T, keys []string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.ns = New(tr, f.store, f.types)
+	f.ns = New(tr, f.store)
 	return f
 }
 
@@ -97,33 +95,6 @@ func (s *faultyStore) take() error {
 	err := s.failNext
 	s.failNext = nil
 	return err
-}
-
-// recorder is a Types that records its calls.
-type recorder struct {
-	mu      sync.Mutex
-	created []checkpoint.ID
-	removed []string // keys
-	adopt   bool     // whether Adopt gives the replaced tensor's type
-}
-
-func (r *recorder) Created(id checkpoint.ID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.created = append(r.created, id)
-}
-
-func (r *recorder) Removed(id checkpoint.ID, info checkpoint.Info) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.removed = append(r.removed, info.Key)
-}
-
-func (r *recorder) Adopt(src checkpoint.ID, old checkpoint.Info) *checkpoint.Retype {
-	if !r.adopt {
-		return nil
-	}
-	return &checkpoint.Retype{ID: src, DType: old.DType, Shape: old.Shape}
 }
 
 // layout is the files as sorted "path=key" lines, directories as "path/".

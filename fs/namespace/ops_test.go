@@ -143,8 +143,8 @@ func TestRefusedByTheCheckpoint(t *testing.T) {
 			if f.layout() != before || !slices.Equal(f.checkpointKeys(), keys) {
 				t.Fatalf("changed:\n%s\nto\n%s", before, f.layout())
 			}
-			if len(f.types.removed)+len(f.types.created) != 0 {
-				t.Errorf("Types told of a change that did not happen: %+v", f.types)
+			if len(f.ns.types.removed)+len(f.ns.types.created) != 0 {
+				t.Errorf("the type rules were told of a change that did not happen: %+v", &f.ns.types)
 			}
 		})
 	}
@@ -154,7 +154,6 @@ func TestRefusedByTheCheckpoint(t *testing.T) {
 // takes the tensor's type in the same step, and Types hears of the removal.
 func TestRenameAdopts(t *testing.T) {
 	f := newFixture(t, flaxKeys)
-	f.types.adopt = true
 	kernel := f.node("params/Dense_0/kernel")
 	old, _ := f.ck.Info(checkpoint.ID(kernel.Tensor))
 	var tmp checkpoint.ID
@@ -185,8 +184,8 @@ func TestRenameAdopts(t *testing.T) {
 	if info.Key != old.Key || info.DType != old.DType || !slices.Equal(info.Shape, old.Shape) {
 		t.Errorf("after: %+v, want the type of %+v", info, old)
 	}
-	if !slices.Equal(f.types.created, []checkpoint.ID{tmp}) || !slices.Equal(f.types.removed, []string{"params.Dense_0.kernel"}) {
-		t.Errorf("types told %+v", f.types)
+	if _, ok := f.ns.types.removed["params.Dense_0.kernel"]; !ok || !f.ns.IsNew(tmp) {
+		t.Errorf("type rules after: %+v", &f.ns.types)
 	}
 	if err := f.ns.Check(); err != nil {
 		t.Fatal(err)

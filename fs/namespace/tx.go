@@ -39,7 +39,7 @@ func (tx *Tx) Create(dir *tree.Node, name string, make func(key string) (checkpo
 		// stays up (it holds the user's edits); Check names it.
 		return nil, fmt.Errorf("namespace: add %q after CanAdd said it could (a bug): %w", name, err)
 	}
-	tx.ns.types.Created(id)
+	tx.ns.types.newFile(id)
 	return n, nil
 }
 
@@ -80,7 +80,7 @@ func (tx *Tx) RemoveFile(n *tree.Node) (checkpoint.Info, error) {
 		return checkpoint.Info{}, fmt.Errorf("namespace: remove %q after CanRemove said it could (a bug): %w", n.Path(), err)
 	}
 	if ok {
-		tx.ns.types.Removed(id, info)
+		tx.ns.types.forget(id, info)
 	}
 	return info, nil
 }
@@ -141,7 +141,7 @@ func (tx *Tx) Rename(src, dstDir *tree.Node, newName string, noReplace bool) (Re
 		if info, ok := tx.ns.st.Info(id); ok {
 			r.Replaced, r.ReplacedID, r.HasReplace = info, id, true
 			gone = []checkpoint.ID{id}
-			r.Adopted = tx.ns.types.Adopt(checkpoint.ID(src.Tensor), info)
+			r.Adopted = tx.ns.adoption(checkpoint.ID(src.Tensor), info)
 		}
 	}
 	if len(r.Keys) > 0 || len(gone) > 0 || r.Adopted != nil {
@@ -151,7 +151,7 @@ func (tx *Tx) Rename(src, dstDir *tree.Node, newName string, noReplace bool) (Re
 	}
 	t.Apply(plan)
 	if r.HasReplace {
-		tx.ns.types.Removed(r.ReplacedID, r.Replaced)
+		tx.ns.types.forget(r.ReplacedID, r.Replaced)
 	}
 	return r, nil
 }
