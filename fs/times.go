@@ -83,9 +83,28 @@ func (f *FS) SaveTimes() error {
 	defer f.timesFile.Close()
 	base := f.mtime
 	other := OtherTimes{Default: base}
+	// A tensor nothing changed shows its file's time: kept once per file
+	// (a sharded set's files have their own), not once per tensor.
+	untouched := f.ck.UntouchedTimes()
+	for name, t := range untouched {
+		if !t.IsZero() && !t.Equal(base) {
+			if other.Shards == nil {
+				other.Shards = map[string]time.Time{}
+			}
+			other.Shards[name] = t
+		}
+	}
 	tensors := map[checkpoint.ID]time.Time{}
 	for i := range f.ck.Keys() {
-		if info, ok := f.ck.Info(checkpoint.ID(i)); ok && !info.MTime.Equal(base) {
+		info, ok := f.ck.Info(checkpoint.ID(i))
+		if !ok {
+			continue
+		}
+		def := base
+		if t, ok := other.Shards[info.Shard]; ok {
+			def = t
+		}
+		if !info.MTime.Equal(def) {
 			tensors[checkpoint.ID(i)] = info.MTime
 		}
 	}

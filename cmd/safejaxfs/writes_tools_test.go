@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
+	iofs "io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -304,3 +307,62 @@ func TestKeptTimesFollowTheFile(t *testing.T) {
 // (not those that only set a directory's time or a mode, which a
 // checkpoint cannot store).
 var changes = regexp.MustCompile(`(?m)^(>f|cf|\*deleting).*$`)
+
+// In a sharded set every file has its own mtime, so every tensor shows its
+// file's. The times file keeps that once per file, not once per tensor (a
+// DeepSeek-sized set would otherwise leave an 8 MB file parsed at every
+// mount), and a remount after a write-back (which rewrites the shards)
+// still shows each untouched tensor its file's old time.
+func TestKeptTimesOfShards(t *testing.T) {
+	t.Parallel()
+	dir, _ := defaultSet(t)
+	when := []time.Time{time.Unix(1500000000, 0), time.Unix(1600000000, 5), time.Unix(1700000000, 999)}
+	for i, w := range when {
+		if err := os.Chtimes(filepath.Join(dir, shardName(i, len(when))), w, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mnt := mount(t, filepath.Join(dir, indexName))
+	shown := map[string]time.Time{}
+	var paths []string
+	filepath.WalkDir(mnt, func(p string, d iofs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() && !strings.HasPrefix(d.Name(), "__") {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	for _, p := range paths {
+		st := statT(t, p)
+		shown[strings.TrimPrefix(p, mnt)] = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	if len(shown) < 2 {
+		t.Fatalf("tensors: %v", shown)
+	}
+	// A new tensor makes the write-back rewrite the shard it lands in.
+	if err := os.WriteFile(filepath.Join(mnt, "notes"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unmountOK(t, mnt)
+	b, err := os.ReadFile(filepath.Join(dir, "."+indexName+".safejaxfs-times"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept struct {
+		Tensors map[string]string `json:"tensors"`
+		Shards  map[string]string `json:"shards"`
+	}
+	if err := json.Unmarshal(b, &kept); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := kept.Tensors["notes"]; len(kept.Tensors) != 1 || !ok || len(kept.Shards) != len(when) {
+		t.Errorf("times file names tensors %v and shards %v; want only the new tensor, and every shard", kept.Tensors, kept.Shards)
+	}
+	mnt = mount(t, filepath.Join(dir, indexName))
+	for p, want := range shown {
+		st := statT(t, filepath.Join(mnt, p))
+		if got := time.Unix(st.Mtim.Sec, st.Mtim.Nsec); !got.Equal(want) {
+			t.Errorf("%s: after a remount %v, before %v", p, got, want)
+		}
+	}
+	unmountOK(t, mnt)
+}

@@ -42,8 +42,10 @@ import (
 // The FUSE layer opens it (Times) after Open, loads it, and saves it after
 // Close.
 
-// timesVersion is the format of the times file.
-const timesVersion = 1
+// timesVersion is the format of the times file. Version 2 added the
+// shards' times (a set whose files have different mtimes no longer names
+// every tensor); version 1 files are still read.
+const timesVersion = 2
 
 // maxTimesFile bounds what LoadTimes reads: far above a 100k-tensor set's
 // (about 10 MB), far below what could hurt.
@@ -51,9 +53,12 @@ const maxTimesFile = 64 << 20
 
 // timesJSON is the times file's content.
 type timesJSON struct {
-	Version  int               `json:"safejaxfs_times"`
-	Headers  map[string]string `json:"headers"`            // file name -> hex SHA-256 of its header
-	Default  string            `json:"default,omitempty"`  // the time of everything not named below
+	Version int               `json:"safejaxfs_times"`
+	Headers map[string]string `json:"headers"`           // file name -> hex SHA-256 of its header
+	Default string            `json:"default,omitempty"` // the time of everything not named below
+	// Shards: the time of the tensors of each file not named below, where
+	// it is not Default (a sharded set's files have their own mtimes).
+	Shards   map[string]string `json:"shards,omitempty"`
 	Tensors  map[string]string `json:"tensors"`            // key -> RFC 3339 time, ns
 	Metadata string            `json:"metadata,omitempty"` // __metadata__'s time
 	Dirs     map[string]string `json:"dirs,omitempty"`     // directory path in the mount -> time
@@ -68,7 +73,10 @@ type timesJSON struct {
 type OtherTimes struct {
 	// Default is the time of everything the times file does not name:
 	// what the mount showed for what did not change.
-	Default  time.Time
+	Default time.Time
+	// Shards are the times of each file's tensors that did not change,
+	// by file name, where not Default.
+	Shards   map[string]time.Time
 	Metadata time.Time
 	Dirs     map[string]time.Time
 	// MetadataRemoved keeps a removal of __metadata__ (rm, rsync
@@ -105,6 +113,19 @@ func (c *Checkpoint) Times() (*TimesFile, error) {
 	return tf, nil
 }
 
+// UntouchedTimes is, by file name, the time each file's tensors show
+// until something changes them (its mtime when opened, or the times file's):
+// what SaveTimes need not name tensor by tensor.
+func (c *Checkpoint) UntouchedTimes() map[string]time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]time.Time, len(c.shards))
+	for _, sh := range c.shards {
+		out[sh.name] = sh.untouched
+	}
+	return out
+}
+
 // Close releases the directory.
 func (tf *TimesFile) Close() {
 	if tf != nil {
@@ -138,7 +159,7 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 		return nil, other, fmt.Errorf("%s: larger than %d bytes: ignored", tf.dir.join(tf.name), maxTimesFile)
 	}
 	var j timesJSON
-	if err := json.Unmarshal(b, &j); err != nil || j.Version != timesVersion {
+	if err := json.Unmarshal(b, &j); err != nil || (j.Version != timesVersion && j.Version != 1) {
 		return nil, other, fmt.Errorf("%s: not a times file of this version (%v): ignored", tf.dir.join(tf.name), err)
 	}
 	headers, err := tf.headerHashes()
@@ -160,9 +181,29 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 		if other.Default, err = time.Parse(time.RFC3339Nano, j.Default); err != nil {
 			return nil, OtherTimes{}, fmt.Errorf("%s: default time %q: %v: ignored", tf.dir.join(tf.name), j.Default, err)
 		}
+		for _, sh := range c.shards {
+			sh.untouched = other.Default
+		}
+	}
+	for name, v := range j.Shards {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return nil, OtherTimes{}, fmt.Errorf("%s: time %q of %s: %v: ignored", tf.dir.join(tf.name), v, name, err)
+		}
+		if other.Shards == nil {
+			other.Shards = map[string]time.Time{}
+		}
+		other.Shards[name] = t
+		for _, sh := range c.shards {
+			if sh.name == name {
+				sh.untouched = t
+			}
+		}
+	}
+	if j.Default != "" || len(j.Shards) > 0 {
 		for _, t := range c.tensors {
 			if t != nil {
-				t.mtime = other.Default
+				t.mtime = c.shards[t.shard].untouched
 			}
 		}
 	}
@@ -225,6 +266,12 @@ func (tf *TimesFile) Save(tensors map[ID]time.Time, other OtherTimes) error {
 		j.Metadata = other.Metadata.UTC().Format(time.RFC3339Nano)
 	}
 	j.MetadataRemoved = other.MetadataRemoved
+	for name, t := range other.Shards {
+		if j.Shards == nil {
+			j.Shards = map[string]string{}
+		}
+		j.Shards[name] = t.UTC().Format(time.RFC3339Nano)
+	}
 	for p, t := range other.Dirs {
 		if j.Dirs == nil {
 			j.Dirs = map[string]string{}
