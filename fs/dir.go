@@ -31,7 +31,10 @@ var (
 
 const npyExt = ".npy"
 
-func (d *dirNode) isRoot() bool { return d.node.Parent == nil }
+// isRoot reports whether d is the mount's root. By ID (the root's is 0,
+// and IDs never change), not by Parent: a directory removed while open has
+// no parent either, and Parent changes under the namespace's lock.
+func (d *dirNode) isRoot() bool { return d.node.ID == 0 }
 
 func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fsys.ns.View(func(*tree.Tree) { d.fsys.fillDirAttr(&out.Attr, d.node) })

@@ -191,7 +191,7 @@ const (
 func ino(kind int, id uint64) uint64 { return inoBase + kinds*id + uint64(kind) }
 
 func dirIno(n *tree.Node) uint64 {
-	if n.Parent == nil {
+	if n.ID == 0 { // the root (a removed directory has no parent either)
 		return inoRoot
 	}
 	return ino(kindDir, n.ID)

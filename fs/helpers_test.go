@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"github.com/safejaxfs/safejaxfs/tree"
 	"reflect"
 	"strings"
 	"syscall"
@@ -114,5 +115,32 @@ func TestFindMountRoot(t *testing.T) {
 	m, found, err := FindMount("/")
 	if err != nil || !found || m.FSType == "" || !strings.Contains(m.Dev, ":") {
 		t.Errorf("FindMount(/) = %+v, %v, %v", m, found, err)
+	}
+}
+
+// A directory removed while open has no parent, like the root: its inode
+// number must stay its own (fstat of a shell's removed working directory),
+// and so must isRoot's answer.
+func TestRemovedDirectoryIsNotRoot(t *testing.T) {
+	tr, err := tree.Build([]string{"a.b"}, tree.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := tr.Find("a"), tr.Find("a/b")
+	ino := dirIno(a)
+	if err := tr.Remove(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if got := dirIno(a); got != ino || got == inoRoot {
+		t.Errorf("removed directory: inode %d, was %d (root %d)", got, ino, inoRoot)
+	}
+	if d := (&dirNode{node: a}); d.isRoot() {
+		t.Error("a removed directory is taken for the root")
+	}
+	if dirIno(tr.Root) != inoRoot || !(&dirNode{node: tr.Root}).isRoot() {
+		t.Error("the root is not the root")
 	}
 }
