@@ -1,11 +1,12 @@
 package fs
 
 import (
-	"github.com/safejaxfs/safejaxfs/tree"
 	"reflect"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/safejaxfs/safejaxfs/tree"
 )
 
 func TestParseMetadata(t *testing.T) {
