@@ -220,7 +220,7 @@ func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 			return nil, 0, f.readFailed(&n.Inode, 0, err)
 		}
 	}
-	u := n.uploads.add(f.newUpload(openerOf(ctx), n.key+f32Ext, buf, flags&syscall.O_TRUNC != 0, f.maxUpload))
+	u := n.uploads.add(f.newNPYUpload(openerOf(ctx), n.key+f32Ext, buf, flags&syscall.O_TRUNC != 0))
 	return u, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -508,5 +508,5 @@ func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut
 	// close even if nothing was written (and then refused: an empty file
 	// is no .npy).
 	n := child.Operations().(*f32Node)
-	return child, n.uploads.add(f.newUpload(openerOf(ctx), name, nil, true, f.maxUpload)), 0
+	return child, n.uploads.add(f.newNPYUpload(openerOf(ctx), name, nil, true)), 0
 }

@@ -77,12 +77,12 @@ func TestUploadFlushRepeatsRefusal(t *testing.T) {
 	u.write([]byte("abc"), 0)
 	calls := 0
 	refuse := func([]byte) syscall.Errno { calls++; return syscall.EINVAL }
-	if errno := u.flush(refuse); errno != syscall.EINVAL {
+	if errno := u.flush(refuse, nil); errno != syscall.EINVAL {
 		t.Fatalf("first flush: %v", errno)
 	}
 	// A later close of another descriptor of the same open file reports
 	// the refusal again without committing again.
-	if errno := u.flush(refuse); errno != syscall.EINVAL || calls != 1 {
+	if errno := u.flush(refuse, nil); errno != syscall.EINVAL || calls != 1 {
 		t.Fatalf("second flush: %v after %d commits", errno, calls)
 	}
 	u.write([]byte("d"), 3)
@@ -92,7 +92,7 @@ func TestUploadFlushRepeatsRefusal(t *testing.T) {
 		}
 		return 0
 	}
-	if errno := u.flush(ok); errno != 0 {
+	if errno := u.flush(ok, nil); errno != 0 {
 		t.Fatalf("flush after a new write: %v", errno)
 	}
 	// Past the limit: refused, nothing allocated.

@@ -74,7 +74,7 @@ func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	// until close, so they must not land in (or be served from) the
 	// view's page cache.
 	owner := openerOf(ctx)
-	u := n.fsys.newUpload(owner, n.base+npyExt, nil, flags&syscall.O_TRUNC != 0, n.fsys.maxUpload)
+	u := n.fsys.newNPYUpload(owner, n.base+npyExt, nil, flags&syscall.O_TRUNC != 0)
 	return &npyHandle{up: n.uploads.add(u), owner: owner}, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -88,7 +88,7 @@ func (n *npyNode) toUpload(h *npyHandle) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
-	h.up = n.uploads.add(n.fsys.newUpload(h.owner, n.base+npyExt, b, true, n.fsys.maxUpload))
+	h.up = n.uploads.add(n.fsys.newNPYUpload(h.owner, n.base+npyExt, b, true))
 	return 0
 }
 
@@ -401,4 +401,32 @@ func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirN
 	f.consume(g, id, &dst.Inode, newName)
 	f.entryChanged(g, &dst.Inode, base)
 	return true, 0
+}
+
+// npyPrecheck refuses, from its first bytes, an upload of size bytes that
+// cannot be a .npy: no .npy header, or one whose array does not take the
+// rest of the file. The commit checks everything again; this only spares
+// reading a large file whole to find that out.
+func npyPrecheck(prefix []byte, size int64) error {
+	info, err := npy.ParseAnyOrder(prefix)
+	switch {
+	case errors.Is(err, npy.ErrShort):
+		return nil // a header longer than the prefix: the commit decides
+	case errors.Is(err, npy.ErrAmbiguousVoid):
+		info.DType = "U8" // one byte per element, as the commit takes it
+	case err != nil:
+		return fmt.Errorf("%d bytes that are no .npy: %w", size, err)
+	}
+	d, ok := safetensors.ParseDType(info.DType)
+	if !ok {
+		return nil // the commit explains
+	}
+	n, err := safetensors.ByteSize(d, info.Shape)
+	if err != nil {
+		return nil
+	}
+	if want := int64(info.DataOffset) + int64(n); want != size {
+		return fmt.Errorf("a .npy of %s %v holds %d bytes, the file %d", info.DType, info.Shape, want, size)
+	}
+	return nil
 }

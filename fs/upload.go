@@ -173,14 +173,17 @@ func (f *FS) releaseUpload(ctx context.Context, u *upload, commit func([]byte) e
 
 // commitUpload commits what u collected since its last commit, if anything.
 func (f *FS) commitUpload(ctx context.Context, u *upload, commit func([]byte) error) syscall.Errno {
+	refuse := func(err error) syscall.Errno {
+		f.fail(err)
+		return closeErrno(err)
+	}
 	return u.flush(func(b []byte) syscall.Errno {
 		if err := commit(b); err != nil {
-			f.fail(err)
-			return closeErrno(err)
+			return refuse(err)
 		}
 		f.syncAfterCommit(ctx)
 		return 0
-	})
+	}, refuse)
 }
 
 // upload collects a file written whole. It becomes a tensor (or metadata)
@@ -203,7 +206,16 @@ type upload struct {
 	// shared: a commit kept buf as the tensor's bytes, so the next write
 	// must copy it first (a spilled upload's commit gets a copy).
 	shared bool
+	// check, if set, refuses from its first bytes a spilled upload that
+	// can never be accepted, before the whole of it is read into memory
+	// for its commit (a 1 GiB file of anything but a .npy: see
+	// npyPrecheck).
+	check func(prefix []byte, size int64) error
 }
+
+// checkPrefix is the size of the prefix check sees: any .npy header numpy
+// writes, far below what reading a large upload whole costs.
+const checkPrefix = 64 << 10
 
 // newUpload starts an upload of the file name holding buf (nil for a new
 // or truncated file). buf exists already: it is accounted whatever the
@@ -217,6 +229,15 @@ func (f *FS) newUpload(owner opener, name string, buf []byte, wrote bool, limit 
 		u.held = int64(cap(buf))
 		u.pool.add(0, u.held)
 	}
+	return u
+}
+
+// newNPYUpload is newUpload of a .npy file (a view, or one that makes a
+// tensor): one that cannot be a .npy of its size is refused from its
+// header.
+func (f *FS) newNPYUpload(owner opener, name string, buf []byte, wrote bool) *upload {
+	u := f.newUpload(owner, name, buf, wrote, f.maxUpload)
+	u.check = npyPrecheck
 	return u
 }
 
@@ -294,7 +315,7 @@ func (u *upload) grow(n int64) {
 // for every close of a duplicated descriptor. A refusal is repeated at each
 // later flush until the next write, so the final close reports it even when
 // an earlier close of a dup went unchecked (numpy's tofile).
-func (u *upload) flush(commit func([]byte) syscall.Errno) syscall.Errno {
+func (u *upload) flush(commit func([]byte) syscall.Errno, refuse func(error) syscall.Errno) syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if !u.wrote {
@@ -307,6 +328,17 @@ func (u *upload) flush(commit func([]byte) syscall.Errno) syscall.Errno {
 		// file holds, for a later write and close.
 		u.shared = true
 		return u.errno
+	}
+	if u.check != nil {
+		prefix := make([]byte, min(u.length, checkPrefix))
+		if _, err := u.file.ReadAt(prefix, 0); err != nil && err != io.EOF {
+			u.errno = u.refused(syscall.EIO, fmt.Errorf("%s: reading the upload back from its temp file: %w", u.name, err))
+			return u.errno
+		}
+		if err := u.check(prefix, u.length); err != nil {
+			u.errno = refuse(fmt.Errorf("%s: %w", u.name, err))
+			return u.errno
+		}
 	}
 	b, err := u.contents()
 	if err != nil {

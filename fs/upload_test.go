@@ -3,9 +3,12 @@ package fs
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/npy"
 )
 
 // TestUploadSpills: past spillAt an upload moves to an unnamed temp file;
@@ -38,7 +41,7 @@ func TestUploadSpills(t *testing.T) {
 		t.Errorf("read back %q", b)
 	}
 	var committed []byte
-	if errno := u.flush(func(b []byte) syscall.Errno { committed = b; return 0 }); errno != 0 {
+	if errno := u.flush(func(b []byte) syscall.Errno { committed = b; return 0 }, nil); errno != 0 {
 		t.Fatal(errno)
 	}
 	want := make([]byte, 40<<20)
@@ -114,4 +117,56 @@ func TestUploadSpillFails(t *testing.T) {
 		t.Errorf("refusal %q, size %d, pool %d", *refusals, u.size(), f.upPool.total)
 	}
 	u.close()
+}
+
+// TestSpilledUploadCheckedFromItsHeader: a spilled .npy upload that cannot
+// be a .npy of its size is refused from its first bytes, without reading
+// the whole file into memory (a sparse 1 GiB file of garbage once took
+// 1 GiB of the daemon's memory when the runtime zeroed the buffer); one
+// whose header fits its size is committed whole.
+func TestSpilledUploadCheckedFromItsHeader(t *testing.T) {
+	f, _ := testPool(t, 1<<40, 1<<20, 8<<20)
+	f.maxUpload = 1 << 40
+	hdr, err := npy.Header("F32", []uint64{1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		head   []byte
+		size   int64
+		refuse bool
+	}{
+		{"garbage", []byte("not a numpy header"), 1 << 30, true},
+		{"a header for another size", hdr, 1 << 30, true},
+		{"a header that fits", hdr, int64(len(hdr)) + 4<<20, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			u := f.newNPYUpload(0, "x.npy", nil, true)
+			defer u.close()
+			if errno := u.truncate(c.size); errno != 0 || !u.spilled() {
+				t.Fatalf("truncate: %v, spilled %v", errno, u.spilled())
+			}
+			if errno := u.write(c.head, 0); errno != 0 {
+				t.Fatal(errno)
+			}
+			var stats runtime.MemStats
+			runtime.ReadMemStats(&stats)
+			before := stats.TotalAlloc
+			committed, refused := false, error(nil)
+			errno := u.flush(func(b []byte) syscall.Errno { committed = true; return 0 },
+				func(err error) syscall.Errno { refused = err; return syscall.EINVAL })
+			runtime.ReadMemStats(&stats)
+			if c.refuse {
+				if errno != syscall.EINVAL || refused == nil || committed {
+					t.Errorf("flush: %v, refused %v, committed %v", errno, refused, committed)
+				}
+				if grew := stats.TotalAlloc - before; grew > 1<<20 {
+					t.Errorf("a refused %d-byte upload allocated %d bytes", c.size, grew)
+				}
+			} else if errno != 0 || !committed {
+				t.Errorf("flush: %v, refused %v, committed %v", errno, refused, committed)
+			}
+		})
+	}
 }
