@@ -72,8 +72,15 @@ type content struct {
 
 // fileContent is a tensor's bytes as they are in the mapped file.
 func fileContent(m *mapping, i int) *content {
+	c := new(content)
+	setFileContent(c, m, i)
+	return c
+}
+
+// setFileContent makes c the content of tensor i of m's file.
+func setFileContent(c *content, m *mapping, i int) {
 	b := m.file.Bytes(i)
-	return &content{size: int64(len(b)), base: b, ref: m, src: i}
+	*c = content{size: int64(len(b)), base: b, ref: m, src: i}
 }
 
 func memoryContent(b []byte) *content {
