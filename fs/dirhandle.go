@@ -11,7 +11,8 @@ import (
 // dirHandle reads a directory for one listing: opened by listingFS for the
 // requests of one listing, or by the kernel for one open directory (kernels
 // without zero-message opendir). It lists the directory once, at the first
-// entry read, so one listing sees one state of it.
+// entry read, so one listing sees one state of it. The tree's directories
+// and the files view's (files.go) are read through it alike.
 //
 // READDIRPLUS answers with full attributes only for subdirectories; files
 // come as plain entries. The kernel then holds, and the daemon keeps, an
@@ -20,11 +21,22 @@ import (
 // an inode per entry took 211 MB and spent most of its time collecting
 // garbage. find needs no file's attributes (the entry's type says it is a
 // file); ls -l and du look files up one by one, as before READDIRPLUS, and
-// hold every inode either way.
+// hold every inode either way. (In the files view a file sent without a
+// node is also looked up anew, so it is always the current version.)
 type dirHandle struct {
-	d       *dirNode
+	d       listed
 	entries []fuse.DirEntry // built at the first entry read
 	pos     int             // the next entry's index: offsets are positions
+}
+
+// listed is a directory a dirHandle lists.
+type listed interface {
+	// entries lists the directory; an entry's offset is its position.
+	entries() []fuse.DirEntry
+	// size is len(entries()) when that is known without building the
+	// list; ok false otherwise.
+	size() (n int, ok bool)
+	Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno)
 }
 
 var (

@@ -249,7 +249,7 @@ func (d *filesDirNode) entries() []fuse.DirEntry {
 }
 
 func (d *filesDirNode) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	return &filesDirHandle{d: d}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return &dirHandle{d: d}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // The files directory is read-only: its names are the checkpoint's.
@@ -277,49 +277,8 @@ func (d *filesDirNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse
 	return syscall.EPERM
 }
 
-// filesDirHandle lists a files directory once per listing (see dirHandle).
-type filesDirHandle struct {
-	d       *filesDirNode
-	entries []fuse.DirEntry
-	pos     int
-}
-
-var (
-	_ = (gofs.FileReaddirenter)((*filesDirHandle)(nil))
-	_ = (gofs.FileSeekdirer)((*filesDirHandle)(nil))
-	_ = (gofs.FileLookuper)((*filesDirHandle)(nil))
-	_ = (gofs.FileReleasedirer)((*filesDirHandle)(nil))
-)
-
-func (h *filesDirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	if h.entries == nil {
-		h.entries = h.d.entries()
-	}
-	if h.pos >= len(h.entries) {
-		return nil, 0
-	}
-	e := &h.entries[h.pos]
-	h.pos++
-	e.Off = uint64(h.pos)
-	return e, 0
-}
-
-func (h *filesDirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	h.pos = int(min(off, 1<<31))
-	return 0
-}
-
-// Lookup (READDIRPLUS) gives subdirectories only: a file is sent without
-// a node, so the kernel holds no name for it and looks it up (the current
-// version) when it is used.
-func (h *filesDirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if h.pos == 0 || h.pos > len(h.entries) || h.entries[h.pos-1].Name != name || h.entries[h.pos-1].Mode != syscall.S_IFDIR {
-		return nil, syscall.ENOENT
-	}
-	return h.d.Lookup(ctx, name, out)
-}
-
-func (h *filesDirHandle) Releasedir(ctx context.Context, releaseFlags uint32) {}
+// size: a files directory is listed whole (it is small).
+func (d *filesDirNode) size() (int, bool) { return 0, false }
 
 // fileNode is one version of one file.
 type fileNode struct {
