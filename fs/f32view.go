@@ -353,14 +353,7 @@ func (f *FS) packed(ctx context.Context, id checkpoint.ID, off int64, n int) ([]
 func nop() {}
 
 func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0, syscall.EBADF
-	}
-	if errno := u.write(data, off); errno != 0 {
-		return 0, errno // the upload logged why
-	}
-	return uint32(len(data)), 0
+	return writeUpload(fh, data, off)
 }
 
 // Setattr truncates an upload (through its handle, or every open one for

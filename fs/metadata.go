@@ -102,14 +102,7 @@ func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, 
 }
 
 func (m *metadataNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	u, ok := fh.(*upload)
-	if !ok {
-		return 0, syscall.EBADF
-	}
-	if errno := u.write(data, off); errno != 0 {
-		return 0, errno // the upload logged why
-	}
-	return uint32(len(data)), 0
+	return writeUpload(fh, data, off)
 }
 
 func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -239,6 +240,19 @@ func (f *FS) newNPYUpload(owner opener, name string, buf []byte, wrote bool) *up
 	u := f.newUpload(owner, name, buf, wrote, f.maxUpload)
 	u.check = npyPrecheck
 	return u
+}
+
+// writeUpload is Write for a node whose open files are uploads (the
+// special files, the float32 views).
+func writeUpload(fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	u, ok := fh.(*upload)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	if errno := u.write(data, off); errno != 0 {
+		return 0, errno // the upload logged why
+	}
+	return uint32(len(data)), 0
 }
 
 // refused reports why a write or truncate was refused (the errno is all
