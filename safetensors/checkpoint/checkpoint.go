@@ -410,9 +410,9 @@ func (c *Checkpoint) ReadOnly() bool { return c.readOnly }
 // Sharded reports whether the checkpoint is an index over shards.
 func (c *Checkpoint) Sharded() bool { return c.index != nil }
 
-// Keys returns the tensors' keys indexed by ID, so a caller can build its
-// namespace with tensor index == ID. Deleted IDs hold "": call it before
-// any edit (at mount), when every ID is live.
+// Keys returns the tensors' keys indexed by ID; removed IDs hold "". At
+// mount, before any edit, every ID is live, so a caller can build its
+// namespace with tensor index == ID.
 func (c *Checkpoint) Keys() []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
