@@ -83,11 +83,20 @@ func (f *FS) SaveTimes() error {
 	defer f.timesFile.Close()
 	base := f.mtime
 	other := OtherTimes{Default: base}
-	// A tensor nothing changed shows its file's time: kept once per file
-	// (a sharded set's files have their own), not once per tensor.
-	untouched := f.ck.UntouchedTimes()
-	for name, t := range untouched {
-		if !t.IsZero() && !t.Equal(base) {
+	// Each file's tensors mostly show one time (the file's, for those
+	// nothing changed: a sharded set's files each have their own): it is
+	// kept once per file, and only the tensors that show another are
+	// named. Lossless whatever the times, and a times file written
+	// tensor by tensor (format 1) shrinks at the next save.
+	var infos []checkpoint.Info
+	var ids []checkpoint.ID
+	for i := range f.ck.Keys() {
+		if info, ok := f.ck.Info(checkpoint.ID(i)); ok {
+			infos, ids = append(infos, info), append(ids, checkpoint.ID(i))
+		}
+	}
+	for name, t := range commonTimes(infos) {
+		if !t.Equal(base) {
 			if other.Shards == nil {
 				other.Shards = map[string]time.Time{}
 			}
@@ -95,17 +104,13 @@ func (f *FS) SaveTimes() error {
 		}
 	}
 	tensors := map[checkpoint.ID]time.Time{}
-	for i := range f.ck.Keys() {
-		info, ok := f.ck.Info(checkpoint.ID(i))
-		if !ok {
-			continue
-		}
+	for i, info := range infos {
 		def := base
 		if t, ok := other.Shards[info.Shard]; ok {
 			def = t
 		}
 		if !info.MTime.Equal(def) {
-			tensors[checkpoint.ID(i)] = info.MTime
+			tensors[ids[i]] = info.MTime
 		}
 	}
 	if d := f.doc(MetadataName); d != nil && d.hidden.Load() {
@@ -138,4 +143,38 @@ func attached(t *tree.Tree, n *tree.Node) bool {
 		n = n.Parent
 	}
 	return n == t.Root
+}
+
+// commonTimes is, by file, the time most of its tensors show (ties: the
+// earliest, so the choice does not depend on map order).
+func commonTimes(infos []checkpoint.Info) map[string]time.Time {
+	type count struct {
+		t time.Time
+		n int
+	}
+	counts := map[string]map[int64]*count{}
+	for _, info := range infos {
+		byTime := counts[info.Shard]
+		if byTime == nil {
+			byTime = map[int64]*count{}
+			counts[info.Shard] = byTime
+		}
+		k := info.MTime.UnixNano()
+		if c := byTime[k]; c != nil {
+			c.n++
+		} else {
+			byTime[k] = &count{info.MTime, 1}
+		}
+	}
+	out := make(map[string]time.Time, len(counts))
+	for shard, byTime := range counts {
+		var best *count
+		for _, c := range byTime {
+			if best == nil || c.n > best.n || c.n == best.n && c.t.Before(best.t) {
+				best = c
+			}
+		}
+		out[shard] = best.t
+	}
+	return out
 }

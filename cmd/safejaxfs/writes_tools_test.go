@@ -357,12 +357,54 @@ func TestKeptTimesOfShards(t *testing.T) {
 	if _, ok := kept.Tensors["notes"]; len(kept.Tensors) != 1 || !ok || len(kept.Shards) != len(when) {
 		t.Errorf("times file names tensors %v and shards %v; want only the new tensor, and every shard", kept.Tensors, kept.Shards)
 	}
-	mnt = mount(t, filepath.Join(dir, indexName))
-	for p, want := range shown {
-		st := statT(t, filepath.Join(mnt, p))
-		if got := time.Unix(st.Mtim.Sec, st.Mtim.Nsec); !got.Equal(want) {
-			t.Errorf("%s: after a remount %v, before %v", p, got, want)
+	checkShown := func(when string) {
+		t.Helper()
+		mnt = mount(t, filepath.Join(dir, indexName))
+		for p, want := range shown {
+			st := statT(t, filepath.Join(mnt, p))
+			if got := time.Unix(st.Mtim.Sec, st.Mtim.Nsec); !got.Equal(want) {
+				t.Errorf("%s: %s %v, before %v", p, when, got, want)
+			}
 		}
+		unmountOK(t, mnt)
 	}
-	unmountOK(t, mnt)
+	checkShown("after a remount")
+
+	// A times file an earlier version wrote names every tensor (format 1,
+	// no shards): it is read, and the next save keeps the times once per
+	// file again.
+	var v1 map[string]any
+	if err := json.Unmarshal(b, &v1); err != nil {
+		t.Fatal(err)
+	}
+	all := map[string]any{}
+	for p, at := range shown {
+		key := strings.ReplaceAll(strings.TrimPrefix(p, "/"), "/", ".")
+		all[key] = at.UTC().Format(time.RFC3339Nano)
+	}
+	for k, v := range kept.Tensors {
+		all[k] = v
+	}
+	v1["safejaxfs_times"], v1["tensors"] = 1, all
+	delete(v1, "shards")
+	old, err := json.Marshal(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	side := filepath.Join(dir, "."+indexName+".safejaxfs-times")
+	if err := os.WriteFile(side, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	checkShown("from a format 1 times file")
+	b, err = os.ReadFile(side)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept.Tensors, kept.Shards = nil, nil
+	if err := json.Unmarshal(b, &kept); err != nil {
+		t.Fatal(err)
+	}
+	if len(kept.Tensors) != 1 || len(kept.Shards) != len(when) {
+		t.Errorf("after a format 1 file, the times file names tensors %v and shards %v", kept.Tensors, kept.Shards)
+	}
 }

@@ -244,7 +244,6 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 		if st, err := os.Stat(sh.path); err == nil {
 			mtime = st.ModTime()
 		}
-		sh.untouched = mtime
 		for i := range f.Tensors {
 			t := &f.Tensors[i]
 			id := len(c.tensors)

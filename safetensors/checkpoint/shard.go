@@ -1,8 +1,6 @@
 package checkpoint
 
 import (
-	"time"
-
 	"fmt"
 	"os"
 
@@ -18,9 +16,6 @@ type shard struct {
 	rw     *os.File     // open for in-place writes (read-write mounts)
 	unlock func() error // drops the advisory lock
 	ident  identity     // the file as we last left it
-	// untouched is the time its tensors show until something changes
-	// them: the file's mtime at open, or what the times file kept.
-	untouched time.Time
 	// meta is the header's __metadata__ (nil: the header has none).
 	meta map[string]string
 	// layoutGen counts changes to this file's header (keys, dtypes, shapes,

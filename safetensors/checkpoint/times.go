@@ -113,19 +113,6 @@ func (c *Checkpoint) Times() (*TimesFile, error) {
 	return tf, nil
 }
 
-// UntouchedTimes is, by file name, the time each file's tensors show
-// until something changes them (its mtime when opened, or the times file's):
-// what SaveTimes need not name tensor by tensor.
-func (c *Checkpoint) UntouchedTimes() map[string]time.Time {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make(map[string]time.Time, len(c.shards))
-	for _, sh := range c.shards {
-		out[sh.name] = sh.untouched
-	}
-	return out
-}
-
 // Close releases the directory.
 func (tf *TimesFile) Close() {
 	if tf != nil {
@@ -181,9 +168,6 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 		if other.Default, err = time.Parse(time.RFC3339Nano, j.Default); err != nil {
 			return nil, OtherTimes{}, fmt.Errorf("%s: default time %q: %v: ignored", tf.dir.join(tf.name), j.Default, err)
 		}
-		for _, sh := range c.shards {
-			sh.untouched = other.Default
-		}
 	}
 	for name, v := range j.Shards {
 		t, err := time.Parse(time.RFC3339Nano, v)
@@ -194,16 +178,18 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 			other.Shards = map[string]time.Time{}
 		}
 		other.Shards[name] = t
-		for _, sh := range c.shards {
-			if sh.name == name {
-				sh.untouched = t
-			}
-		}
 	}
+	// Every tensor shows its file's time, else the default; those named
+	// below their own.
 	if j.Default != "" || len(j.Shards) > 0 {
 		for _, t := range c.tensors {
-			if t != nil {
-				t.mtime = c.shards[t.shard].untouched
+			if t == nil {
+				continue
+			}
+			if st, ok := other.Shards[c.shards[t.shard].name]; ok {
+				t.mtime = st
+			} else if j.Default != "" {
+				t.mtime = other.Default
 			}
 		}
 	}
