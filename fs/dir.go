@@ -4,12 +4,12 @@ import (
 	"context"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -29,7 +29,7 @@ var (
 	_ = (fs.NodeStatfser)((*dirNode)(nil))
 )
 
-const npyExt = ".npy"
+const npyExt = namespace.NPYExt
 
 // isRoot reports whether d is the mount's root. By ID (the root's is 0,
 // and IDs never change), not by Parent: a directory removed while open has
@@ -76,18 +76,17 @@ func (d *dirNode) lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if child := d.node.Lookup(name); child != nil {
 		return f.newChild(ctx, &d.Inode, child, &out.Attr)
 	}
-	// A real entry always wins over a view: only an absent name can be a view.
-	if base, ok := strings.CutSuffix(name, npyExt); ok {
-		if t := d.node.Lookup(base); t != nil && !t.IsDir() {
-			if n := f.viewNode(ctx, &d.Inode, checkpoint.ID(t.Tensor), &out.Attr); n != nil {
-				return n, 0
-			}
-		}
+	var n *fs.Inode
+	switch t, kind := f.ns.ViewOf(d.node, name); kind {
+	case namespace.NPYView:
+		n = f.viewNode(ctx, &d.Inode, checkpoint.ID(t.Tensor), &out.Attr)
+	case namespace.F32View:
+		n = f.f32Node(ctx, &d.Inode, checkpoint.ID(t.Tensor), &out.Attr)
 	}
-	if n := f.lookupF32(ctx, d, name, &out.Attr); n != nil {
-		return n, 0
+	if n == nil {
+		return nil, syscall.ENOENT
 	}
-	return nil, syscall.ENOENT
+	return n, 0
 }
 
 // newChild makes (or finds) the inode for a tree node. Caller is in a
@@ -136,13 +135,14 @@ func (d *dirNode) entriesLocked() []fuse.DirEntry {
 		}
 		id := checkpoint.ID(c.Tensor)
 		entries = append(entries, fuse.DirEntry{Name: c.Name, Mode: syscall.S_IFREG, Ino: tensorIno(id)})
-		if f.opt.NPY && d.node.Lookup(c.Name+npyExt) == nil && f.npyView(id) != nil {
+		if !f.opt.NPY {
+			continue
+		}
+		if _, kind := f.ns.ViewOf(d.node, c.Name+npyExt); kind == namespace.NPYView {
 			entries = append(entries, fuse.DirEntry{Name: c.Name + npyExt, Mode: syscall.S_IFREG, Ino: npyIno(id)})
 		}
-		if f.opt.NPY {
-			if e, ok := f.f32Entry(d.node, c); ok {
-				entries = append(entries, e)
-			}
+		if e, ok := f.f32Entry(d.node, c); ok {
+			entries = append(entries, e)
 		}
 	}
 	return entries

@@ -169,11 +169,8 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	var id checkpoint.ID
 	err := f.ns.Update(func(tx *namespace.Tx) error {
 		if n := tx.Lookup(d.node, name); n == nil {
-			// Views (.npy) are not entries of their own.
-			if base, ok := strings.CutSuffix(name, npyExt); ok && tx.Lookup(d.node, base) != nil {
-				return syscall.EPERM
-			}
-			if _, ok := f.f32Target(d.node, name); ok {
+			// Views are not entries of their own.
+			if _, kind := f.ns.ViewOf(d.node, name); kind != namespace.NoView {
 				return syscall.EPERM
 			}
 		} else if !n.IsDir() {
@@ -269,8 +266,8 @@ func (d *dirNode) rename(tx *namespace.Tx, g *gate, name string, dst *dirNode, n
 	if src == nil {
 		// A view renamed to another view renames its tensor: np.save to
 		// tmp.npy, then os.replace to final.npy.
-		base, isView := strings.CutSuffix(name, npyExt)
-		if t := tx.Lookup(d.node, base); isView && t != nil && !t.IsDir() {
+		if t, kind := f.ns.ViewOf(d.node, name); kind == namespace.NPYView {
+			base := strings.TrimSuffix(name, npyExt)
 			newBase, toView := strings.CutSuffix(newName, npyExt)
 			if !toView || newBase == "" {
 				f.logf("rename %s to %s: a .npy view renames its tensor, so the new name must end in .npy too", name, newName)

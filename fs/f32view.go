@@ -11,6 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/floats"
@@ -37,7 +38,7 @@ type f32Node struct {
 	uploads uploadSet
 }
 
-const f32Ext = ".f32.npy"
+const f32Ext = namespace.F32Ext
 
 var (
 	_ = (fs.NodeGetattrer)((*f32Node)(nil))
@@ -92,38 +93,24 @@ func isF32(n *fs.Inode) bool {
 	return ok
 }
 
-// f32Target is the tensor whose float32 view name is, under dir: the
-// tensor <base> for <base>.f32.npy, when its dtype converts. Nothing when
-// name is taken otherwise: a real entry, or the .npy view of a tensor
-// literally named <base>.f32, wins. Caller is in a View or Update of f.ns.
+// f32Target is the tensor whose float32 view name is, under dir (see
+// namespace.ViewOf). Caller is in a View or Update of f.ns.
 func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
-	base, ok := strings.CutSuffix(name, f32Ext)
-	if !ok || base == "" || dir.Lookup(name) != nil {
+	t, kind := f.ns.ViewOf(dir, name)
+	if kind != namespace.F32View {
 		return 0, false
 	}
-	if t := dir.Lookup(base + ".f32"); t != nil && !t.IsDir() && f.npyView(checkpoint.ID(t.Tensor)) != nil {
-		return 0, false
-	}
-	t := dir.Lookup(base)
-	if t == nil || t.IsDir() {
-		return 0, false
-	}
-	id := checkpoint.ID(t.Tensor)
-	info, ok := f.ck.Info(id)
-	if d, _ := f.quantView(id); d != nil { // a GGUF quantized type: f32quant.go
-		return id, ok
-	}
-	return id, ok && floats.Has(info.DType)
+	return checkpoint.ID(t.Tensor), true
 }
 
-// lookupF32 is dirNode.Lookup's last resort: a float32 view. Caller is in
-// a View of f.ns.
-func (f *FS) lookupF32(ctx context.Context, d *dirNode, name string, a *fuse.Attr) *fs.Inode {
-	id, ok := f.f32Target(d.node, name)
-	if !ok {
-		return nil
+// hasF32 reports whether tensor id has a float32 view: its dtype
+// converts (a float type, or a GGUF quantized type: f32quant.go).
+func (f *FS) hasF32(id checkpoint.ID) bool {
+	info, ok := f.ck.Info(id)
+	if d, _ := f.quantView(id); d != nil {
+		return ok
 	}
-	return f.f32Node(ctx, &d.Inode, id, a)
+	return ok && floats.Has(info.DType)
 }
 
 // f32Node makes (or finds) the node of tensor id's float32 view under
@@ -145,10 +132,10 @@ func (f *FS) f32Node(ctx context.Context, parent *fs.Inode, id checkpoint.ID, a 
 // f32Entry is the listing entry of child c's float32 view (with --npy),
 // if it has one. Caller is in a View of f.ns.
 func (f *FS) f32Entry(dir, c *tree.Node) (fuse.DirEntry, bool) {
-	id, ok := f.f32Target(dir, c.Name+f32Ext)
-	if !ok || id != checkpoint.ID(c.Tensor) {
+	if t, kind := f.ns.ViewOf(dir, c.Name+f32Ext); kind != namespace.F32View || t != c {
 		return fuse.DirEntry{}, false
 	}
+	id := checkpoint.ID(c.Tensor)
 	return fuse.DirEntry{Name: c.Name + f32Ext, Mode: syscall.S_IFREG, Ino: f.f32Ino(id, c.Key)}, true
 }
 

@@ -127,7 +127,10 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		return nil, err
 	}
 	f := &FS{ck: ck, opt: opt, logger: opt.Logger}
-	f.ns = namespace.New(t, ck)
+	f.ns = namespace.New(t, ck, namespace.ViewRules{
+		HasNPY: func(id checkpoint.ID) bool { return f.npyView(id) != nil },
+		HasF32: f.hasF32,
+	})
 	if f.logger == nil {
 		f.logger = slog.New(slog.DiscardHandler)
 	}

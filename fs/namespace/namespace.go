@@ -50,11 +50,13 @@ type Namespace struct {
 	t     *tree.Tree
 	st    Store
 	types typeHints // the dtypes and shapes that follow names (types.go)
+	views ViewRules // which tensors have which view (views.go)
 }
 
-// New returns the namespace of t, whose files' Tensor fields are IDs in st.
-func New(t *tree.Tree, st Store) *Namespace {
-	return &Namespace{t: t, st: st}
+// New returns the namespace of t, whose files' Tensor fields are IDs in st,
+// showing the views rules allow.
+func New(t *tree.Tree, st Store, rules ViewRules) *Namespace {
+	return &Namespace{t: t, st: st, views: rules}
 }
 
 // Root is the root directory (it never changes).

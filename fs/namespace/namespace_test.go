@@ -38,7 +38,10 @@ type fixture struct {
 	closed bool
 }
 
-func newFixture(t *testing.T, keys []string) *fixture {
+func newFixture(t *testing.T, keys []string) *fixture { return newFixtureSep(t, keys, "") }
+
+// newFixtureSep is newFixture with keys split at sep ("" = ".").
+func newFixtureSep(t *testing.T, keys []string, sep string) *fixture {
 	t.Helper()
 	var src []safetensors.Source
 	for i, k := range keys {
@@ -62,11 +65,11 @@ func newFixture(t *testing.T, keys []string) *fixture {
 			ck.Close()
 		}
 	})
-	tr, err := tree.Build(ck.Keys(), tree.Options{Reserved: []string{"__metadata__"}})
+	tr, err := tree.Build(ck.Keys(), tree.Options{Sep: sep, Reserved: []string{"__metadata__"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.ns = New(tr, f.store)
+	f.ns = New(tr, f.store, ViewRules{})
 	return f
 }
 

@@ -225,3 +225,46 @@ func TestConcurrentOperations(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// What a name that is no entry stands for, and what wins when names
+// collide: a real entry over any view, the .npy view of <base>.f32 over
+// the float32 view of <base>, no view of a directory or of a tensor whose
+// dtype has none.
+func TestViewOf(t *testing.T) {
+	f := newFixtureSep(t, []string{"w", "w.f32", "q", "q.f32.npy", "d/x", "nonpy", "x.f32"}, "/")
+	noNPY := checkpoint.ID(f.node("nonpy").Tensor)
+	f.ns.views = ViewRules{
+		HasNPY: func(id checkpoint.ID) bool { return id != noNPY },
+		HasF32: func(id checkpoint.ID) bool { return true },
+	}
+	for _, c := range []struct {
+		name string
+		of   string // the view's tensor path ("": none)
+		kind ViewKind
+	}{
+		{"w.npy", "w", NPYView},
+		{"w.f32.npy", "w.f32", NPYView}, // the .npy view of the tensor named w.f32
+		{"q.f32.npy", "", NoView},       // a real entry
+		{"q.npy", "q", NPYView},
+		{"d.npy", "", NoView},     // a directory has no view
+		{"d.f32.npy", "", NoView}, // nor a float32 one
+		{"nonpy.npy", "", NoView}, // a dtype numpy has no form for
+		{"nonpy.f32.npy", "nonpy", F32View},
+		{"x.f32.npy", "x.f32", NPYView}, // x.f32 is a tensor, x is nothing
+		{"absent.npy", "", NoView},
+		{".npy", "", NoView},
+		{".f32.npy", "", NoView},
+		{"w", "", NoView},
+	} {
+		var got *tree.Node
+		var kind ViewKind
+		f.ns.View(func(tr *tree.Tree) { got, kind = f.ns.ViewOf(tr.Root, c.name) })
+		path := ""
+		if got != nil {
+			path = got.Path()
+		}
+		if path != c.of || kind != c.kind {
+			t.Errorf("%s: %q %v, want %q %v", c.name, path, kind, c.of, c.kind)
+		}
+	}
+}
