@@ -239,24 +239,9 @@ func (n *npyNode) commit(b []byte) error {
 // commitLocked is commit inside the namespace's Update.
 func (n *npyNode) commitLocked(tx *namespace.Tx, info *npy.Info, perr error, b []byte) error {
 	f := n.fsys
-	target, key := n.id, ""
-	if target == noTensor {
-		switch existing := tx.Lookup(n.dir, n.base); {
-		case existing == nil:
-			key = tx.Tree().ChildKey(n.dir, n.base)
-		case existing.IsDir():
-			return fmt.Errorf("%s.npy: %s is a directory now", n.base, n.base)
-		default:
-			target = checkpoint.ID(existing.Tensor)
-		}
-	}
-	var old checkpoint.Info
-	if target != noTensor {
-		var ok bool
-		if old, ok = f.ck.Info(target); !ok {
-			return fmt.Errorf("%s.npy: the tensor was deleted meanwhile", n.base)
-		}
-		key = old.Key
+	target, old, key, replace, err := tx.Target(n.dir, n.base, n.id, n.id != noTensor)
+	if err != nil {
+		return fmt.Errorf("%s.npy: %w", n.base, err)
 	}
 	dtype, err := npyDType(info, perr, old, key, n.base)
 	if err != nil {
@@ -266,7 +251,7 @@ func (n *npyNode) commitLocked(tx *namespace.Tx, info *npy.Info, perr error, b [
 	if err != nil {
 		return fmt.Errorf("tensor %q: %s.npy: %w", key, n.base, err)
 	}
-	if target != noTensor {
+	if replace {
 		if err := f.ck.ReplaceSync(target, dtype, info.Shape, data); err != nil {
 			return err
 		}
@@ -355,15 +340,9 @@ func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirN
 	if perr != nil && !errors.Is(perr, npy.ErrAmbiguousVoid) {
 		return false, 0
 	}
-	target := tx.Lookup(dst.node, base)
-	var old checkpoint.Info
-	key := tx.Tree().ChildKey(dst.node, base)
-	if target != nil {
-		if target.IsDir() {
-			return true, syscall.EISDIR
-		}
-		old, _ = f.ck.Info(checkpoint.ID(target.Tensor))
-		key = old.Key
+	target, old, key, replace, err := tx.Target(dst.node, base, 0, false)
+	if err != nil {
+		return true, nsErrno(err)
 	}
 	dtype, err := npyDType(parsed, perr, old, key, base)
 	if err == nil {
@@ -374,8 +353,8 @@ func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirN
 		return true, syscall.EINVAL
 	}
 	data := b
-	if target != nil {
-		err = f.ck.ReplaceSync(checkpoint.ID(target.Tensor), dtype, parsed.Shape, data)
+	if replace {
+		err = f.ck.ReplaceSync(target, dtype, parsed.Shape, data)
 	} else {
 		// The name is checked before the tensor is made durable.
 		_, err = tx.Create(dst.node, base, func(key string) (checkpoint.ID, error) {
@@ -392,8 +371,8 @@ func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirN
 	}
 	f.touchDir(dst.node)
 	f.touchDir(oldDir)
-	if target != nil {
-		f.changed(checkpoint.ID(target.Tensor), 0)
+	if replace {
+		f.changed(target, 0)
 	}
 	// The kernel moves the temp file's entry to newName itself: the temp
 	// file's node answers ESTALE from now on, and the entry, and the raw

@@ -268,3 +268,46 @@ func TestViewOf(t *testing.T) {
 		}
 	}
 }
+
+// Where a closed upload lands: the tensor at the name now (the last close
+// wins), the tensor it was opened on wherever a rename took it, a new
+// tensor at the name's key; never a directory or a removed tensor.
+func TestTarget(t *testing.T) {
+	f := newFixture(t, flaxKeys)
+	dense0 := f.node("params/Dense_0")
+	kernel := checkpoint.ID(f.node("params/Dense_0/kernel").Tensor)
+	type result struct {
+		id      checkpoint.ID
+		key     string
+		replace bool
+		err     error
+	}
+	target := func(dir *tree.Node, name string, opened checkpoint.ID, exists bool) (r result) {
+		f.ns.Update(func(tx *Tx) error {
+			r.id, _, r.key, r.replace, r.err = tx.Target(dir, name, opened, exists)
+			return nil
+		})
+		return r
+	}
+	if r := target(dense0, "new", 0, false); r.err != nil || r.replace || r.key != "params.Dense_0.new" {
+		t.Errorf("a new name: %+v", r)
+	}
+	if r := target(dense0, "kernel", 0, false); r.err != nil || !r.replace || r.id != kernel || r.key != "params.Dense_0.kernel" {
+		t.Errorf("the tensor at the name: %+v", r)
+	}
+	if r := target(f.node("params"), "Dense_0", 0, false); !errors.Is(r.err, tree.ErrIsDir) {
+		t.Errorf("a directory at the name: %+v", r)
+	}
+	if err := f.do("mv params/Dense_0/kernel params/w"); err != nil {
+		t.Fatal(err)
+	}
+	if r := target(dense0, "kernel", kernel, true); r.err != nil || !r.replace || r.id != kernel || r.key != "params.w" {
+		t.Errorf("the tensor opened, renamed since: %+v", r)
+	}
+	if err := f.do("unlink params/w"); err != nil {
+		t.Fatal(err)
+	}
+	if r := target(dense0, "kernel", kernel, true); !errors.Is(r.err, ErrNotExist) {
+		t.Errorf("the tensor opened, removed since: %+v", r)
+	}
+}

@@ -155,3 +155,28 @@ func (tx *Tx) Rename(src, dstDir *tree.Node, newName string, noReplace bool) (Re
 	}
 	return r, nil
 }
+
+// Target is where bytes written to name in dir land when the file is
+// closed (an uploaded .npy): the tensor at that name now, which they
+// replace (the last close wins, as for any file); or a new tensor at key,
+// which the caller makes with Create in the same Update. opened, when
+// exists is given, is the tensor the upload was opened on: it is replaced
+// wherever it went since (a rename of the file being written moves it),
+// and refused if it was removed. A directory at the name refuses it.
+func (tx *Tx) Target(dir *tree.Node, name string, opened checkpoint.ID, exists bool) (id checkpoint.ID, old checkpoint.Info, key string, replace bool, err error) {
+	if !exists {
+		switch n := dir.Lookup(name); {
+		case n == nil:
+			return 0, checkpoint.Info{}, tx.ns.t.ChildKey(dir, name), false, nil
+		case n.IsDir():
+			return 0, checkpoint.Info{}, "", false, fmt.Errorf("%q is a directory now: %w", n.Path(), tree.ErrIsDir)
+		default:
+			opened = checkpoint.ID(n.Tensor)
+		}
+	}
+	info, ok := tx.ns.st.Info(opened)
+	if !ok {
+		return 0, checkpoint.Info{}, "", false, fmt.Errorf("the tensor was removed meanwhile: %w", ErrNotExist)
+	}
+	return opened, info, info.Key, true, nil
+}
