@@ -34,37 +34,37 @@ func machineLine(dir string) string {
 	if unix.Sysinfo(&si) == nil {
 		mem = fmt.Sprintf("%.1f GiB RAM", float64(si.Totalram)*float64(si.Unit)/(1<<30))
 	}
-	fstype, dev := mountOf(dir)
+	fstype, dev, _ := mountOf(dir)
 	return fmt.Sprintf("nproc %d, %s, kernel %s, %s, bench dir %s on %s (%s), %s",
 		runtime.NumCPU(), model, kernel, mem, dir, fstype, dev, runtime.Version())
 }
 
 // mountOf finds the file system holding dir: the longest mountpoint in
-// /proc/self/mounts that is a prefix of it.
-func mountOf(dir string) (fstype, dev string) {
+// /proc/self/mounts that is a prefix of it; opts are its mount options.
+func mountOf(dir string) (fstype, dev, opts string) {
 	real, err := filepath.EvalSymlinks(dir)
 	if err != nil {
 		real = dir
 	}
 	f, err := os.Open("/proc/self/mounts")
 	if err != nil {
-		return "?", "?"
+		return "?", "?", ""
 	}
 	defer f.Close()
 	best := -1
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 3 {
+		if len(fields) < 4 {
 			continue
 		}
 		mp := fields[1]
 		if (real == mp || strings.HasPrefix(real, strings.TrimSuffix(mp, "/")+"/")) && len(mp) >= best {
 			best = len(mp)
-			dev, fstype = fields[0], fields[2]
+			dev, fstype, opts = fields[0], fields[2], fields[3]
 		}
 	}
-	return fstype, dev
+	return fstype, dev, opts
 }
 
 // checkSpace refuses to start a full run that would fill the disk.
