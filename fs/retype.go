@@ -40,8 +40,8 @@ func (f *FS) setxattr(id checkpoint.ID, attr string, data []byte) syscall.Errno 
 		return f.refuse(syscall.ENOTSUP, "%s: %v", attr, err)
 	case err != nil:
 		return f.refuse(syscall.EINVAL, "%s: %v", attr, err)
-	case res.Applied:
-		f.changed(id, 0)
+	case res.Applied && (a == namespace.AttrDType || a == namespace.AttrShape):
+		f.changed(id, 0) // (a key or shard restored as it is changes nothing)
 	case res.Waiting != "":
 		f.logf("%s", res.Waiting)
 	}
