@@ -39,6 +39,7 @@ const MaxMetadata = 1 << 17
 type flaxReader struct {
 	f    *File
 	meta map[string]string
+	keys keyBudget
 }
 
 func (f *File) parseMsgpack() error {
@@ -69,6 +70,22 @@ func join(prefix, k string) string {
 	return prefix + "." + k
 }
 
+// maxKeyBytes bounds the bytes of all the keys one walk of a file makes:
+// they must fit in one safetensors header anyway, and a wide tree under a
+// huge key would otherwise copy that key into every child.
+const maxKeyBytes = safetensors.MaxHeaderSize
+
+// keyBudget counts the key bytes a walk made (maxKeyBytes).
+type keyBudget int64
+
+// join is join, counted.
+func (b *keyBudget) join(prefix, k string) (string, error) {
+	if *b += keyBudget(len(prefix) + 1 + len(k)); *b > maxKeyBytes {
+		return "", fmt.Errorf("the keys take more than %d bytes in all", maxKeyBytes)
+	}
+	return join(prefix, k), nil
+}
+
 // str reads a string (its length was bounded by the decoder).
 func (r *flaxReader) str(v *msgpack.Value) string {
 	b, err := r.f.read(v.Off, v.Len)
@@ -94,7 +111,11 @@ func (r *flaxReader) key(v *msgpack.Value, prefix string) (string, error) {
 func (r *flaxReader) node(v *msgpack.Value, prefix string) error {
 	if v.Kind == msgpack.Array {
 		for i := range v.Items {
-			if err := r.leaf(&v.Items[i], join(prefix, strconv.Itoa(i))); err != nil {
+			key, err := r.keys.join(prefix, strconv.Itoa(i))
+			if err != nil {
+				return err
+			}
+			if err := r.leaf(&v.Items[i], key); err != nil {
 				return err
 			}
 		}
@@ -110,7 +131,11 @@ func (r *flaxReader) node(v *msgpack.Value, prefix string) error {
 			return fmt.Errorf("key %q appears twice in one map", join(prefix, k))
 		}
 		seen[k] = struct{}{}
-		if err := r.leaf(&v.Items[i+1], join(prefix, k)); err != nil {
+		key, err := r.keys.join(prefix, k)
+		if err != nil {
+			return err
+		}
+		if err := r.leaf(&v.Items[i+1], key); err != nil {
 			return err
 		}
 	}

@@ -148,6 +148,7 @@ func TestHostilePickle(t *testing.T) {
 		"deep marks":                  {append([]byte{0x80, 2}, bytes.Repeat([]byte{'('}, 100000)...), "MARKs open"},
 		"no STOP":                     {[]byte("\x80\x02}"), "before STOP"},
 		"self-containing list":        {[]byte("\x80\x02}X\x01\x00\x00\x00a]q\x00h\x00as."), "contains itself"},
+		"deep tuples":                 {append(append([]byte{0x80, 2, ')'}, bytes.Repeat([]byte{0x85}, 100000)...), '.'), "levels deep"},
 	}
 	for name, c := range cases {
 		_, err := Open(writeFile(t, "x.pt", torchZip(t, c.pkl, nil)))
@@ -165,6 +166,16 @@ func TestHostilePickle(t *testing.T) {
 	_, err := Open(writeFile(t, "x.pt", torchZip(t, lists, nil)))
 	if err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Errorf("shared containers: %v, want the walk's bound", err)
+	}
+}
+
+// The memo counts with the values: a run of MEMOIZE (one byte each) cannot
+// grow it past the limit.
+func TestPickleMemoBounded(t *testing.T) {
+	pkl := append(append([]byte{0x80, 4, 'N'}, bytes.Repeat([]byte{0x94}, 5000)...), '.')
+	_, _, err := pickle.Load(pkl, &torchHooks{storages: map[string]*storage{}}, pickle.Limits{MaxItems: 1000, MaxMarks: 16})
+	if err == nil || !strings.Contains(err.Error(), "more than 1000 values") {
+		t.Fatalf("err = %v", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package formats
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
@@ -218,22 +219,25 @@ func (h *torchHooks) Build(obj, state pickle.Value) (pickle.Value, error) {
 		// versions), not tensors.
 		return o, nil
 	case *torchTensor:
-		if isEmpty(state) {
+		if isEmpty(state, 0) {
 			return o, nil
 		}
 	}
 	return nil, fmt.Errorf("%w: BUILD (setting the state) of a %s", ErrRefusedGlobal, pickle.TypeName(obj))
 }
 
-func isEmpty(v pickle.Value) bool {
+func isEmpty(v pickle.Value, depth int) bool {
 	switch s := v.(type) {
 	case nil:
 		return true
 	case *pickle.Dict:
 		return len(s.Keys) == 0
 	case pickle.Tuple:
+		if depth > maxDepth {
+			return false // (and so refused)
+		}
 		for _, x := range s {
-			if !isEmpty(x) {
+			if !isEmpty(x, depth+1) {
 				return false
 			}
 		}
@@ -283,6 +287,11 @@ func (h *torchHooks) storageID(t pickle.Tuple) (*storage, error) {
 	numel, ok := t[4].(int64)
 	if !ok || numel < 0 {
 		return nil, fmt.Errorf("storage %q: its size is not a non-negative int", key)
+	}
+	if numel > math.MaxInt64/int64(et.size) {
+		// Its byte size would overflow: every offset computed from it
+		// (views, the end-of-file check) would wrap.
+		return nil, fmt.Errorf("storage %q: %d elements of %d bytes overflow any file size", key, numel, et.size)
 	}
 	if st, ok := h.storages[key]; ok {
 		if st.et != et || st.numel != numel {

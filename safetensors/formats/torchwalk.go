@@ -19,8 +19,14 @@ type torchWalker struct {
 	tensors []pendingTensor
 	meta    map[string]string
 	visits  int
+	depth   int // of the walk now (maxDepth)
+	keys    keyBudget
 	onPath  map[any]bool
 }
+
+// maxDepth bounds how deeply the object may nest, as msgpack's MaxDepth
+// does for Flax: one byte of pickle (TUPLE1) nests a level.
+const maxDepth = 256
 
 type pendingTensor struct {
 	key string
@@ -34,6 +40,10 @@ func (w *torchWalker) walk(v pickle.Value, key string, f *File) error {
 	if w.visits++; w.visits > maxVisits {
 		return fmt.Errorf("the object graph has more than %d nodes", maxVisits)
 	}
+	if w.depth++; w.depth > maxDepth {
+		return fmt.Errorf("key %q: the object nests more than %d levels deep", key, maxDepth)
+	}
+	defer func() { w.depth-- }()
 	if len(w.tensors)+len(f.Tensors) >= MaxTensors {
 		return fmt.Errorf("more than %d tensors", MaxTensors)
 	}
@@ -69,7 +79,11 @@ func (w *torchWalker) walk(v pickle.Value, key string, f *File) error {
 			default:
 				return fmt.Errorf("key %q: a dict key of type %s", key, pickle.TypeName(k))
 			}
-			if err := w.walk(x.Vals[i], join(key, ks), f); err != nil {
+			child, err := w.keys.join(key, ks)
+			if err != nil {
+				return err
+			}
+			if err := w.walk(x.Vals[i], child, f); err != nil {
 				return err
 			}
 		}
@@ -124,7 +138,11 @@ func (w *torchWalker) seq(id any, items []pickle.Value, key string, f *File) err
 		defer delete(w.onPath, l)
 	}
 	for i, it := range items {
-		if err := w.walk(it, join(key, strconv.Itoa(i)), f); err != nil {
+		child, err := w.keys.join(key, strconv.Itoa(i))
+		if err != nil {
+			return err
+		}
+		if err := w.walk(it, child, f); err != nil {
 			return err
 		}
 	}
@@ -163,7 +181,10 @@ func torchTensorOf(p pendingTensor, bigEndian bool) (Tensor, error) {
 	if err != nil {
 		return Tensor{}, fmt.Errorf("key %q: %v", p.key, err)
 	}
-	size, _ := byteSize(p.t.shape, et.size)
+	size, ok := byteSize(p.t.shape, et.size)
+	if !ok {
+		return Tensor{}, fmt.Errorf("key %q: shape %v overflows any file size", p.key, p.t.shape)
+	}
 	l := layout{base: root.base, start: viewOff*int64(et.size) + start, elem: et.size, shape: p.t.shape, swap: bigEndian && et.size > 1}
 	if !isCContiguous(p.t.shape, p.t.strides) {
 		l.strides = p.t.strides

@@ -204,6 +204,9 @@ func (m *machine) step(op byte) (done bool, err error) {
 		}
 		var v Value
 		if v, err = m.top(); err == nil {
+			if _, had := m.memo[idx]; !had {
+				err = m.addItems(1) // the memo is bounded with the values
+			}
 			m.memo[idx] = v
 		}
 	case 'h', 'j':
