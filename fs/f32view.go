@@ -402,7 +402,7 @@ func (n *f32Node) commit(b []byte) error {
 		return fmt.Errorf("tensor %q: %s holds %s, not float32: a float32 view takes float32 (np.save(path, a.astype(np.float32)))", cur.Key, name, npyDTypeName(info.DType))
 	case !slices.Equal(info.Shape, cur.Shape):
 		return fmt.Errorf("tensor %q: %s has shape %s, the tensor %s: a float32 view replaces values, not the shape (write %s.npy to replace the tensor)",
-			cur.Key, name, shapeJSON(info.Shape), shapeJSON(cur.Shape), strings.TrimSuffix(name, f32Ext))
+			cur.Key, name, safetensors.AppendShape(nil, info.Shape), safetensors.AppendShape(nil, cur.Shape), strings.TrimSuffix(name, f32Ext))
 	}
 	data, err := npyData(info, b, safetensors.F32)
 	if err != nil {

@@ -28,17 +28,6 @@ func TestParseMetadata(t *testing.T) {
 	}
 }
 
-func TestShapeJSON(t *testing.T) {
-	for _, c := range []struct {
-		shape []uint64
-		want  string
-	}{{nil, "[]"}, {[]uint64{}, "[]"}, {[]uint64{5}, "[5]"}, {[]uint64{3, 16}, "[3,16]"}, {[]uint64{1 << 40, 0}, "[1099511627776,0]"}} {
-		if got := string(shapeJSON(c.shape)); got != c.want {
-			t.Errorf("shapeJSON(%v) = %s, want %s", c.shape, got, c.want)
-		}
-	}
-}
-
 func TestCopyAttr(t *testing.T) {
 	if n, errno := copyAttr(nil, []byte("F32")); n != 3 || errno != syscall.ERANGE {
 		t.Errorf("size probe: %d %v", n, errno)

@@ -1,10 +1,10 @@
 package fs
 
 import (
-	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
@@ -37,18 +37,6 @@ func unsupportedXattr(attr string) syscall.Errno {
 	return syscall.EOPNOTSUPP
 }
 
-// shapeJSON renders a shape the way the header does: [3,16], [] for scalars.
-func shapeJSON(shape []uint64) []byte {
-	b := []byte{'['}
-	for i, d := range shape {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, d, 10)
-	}
-	return append(b, ']')
-}
-
 func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, syscall.Errno) {
 	if errno := unsupportedXattr(attr); errno != 0 {
 		return 0, errno
@@ -64,7 +52,7 @@ func (f *FS) getxattr(id checkpoint.ID, attr string, dest []byte) (uint32, sysca
 	case xattrDType:
 		v = []byte(f.foreignType(id, info.DType.String()))
 	case xattrShape:
-		v = shapeJSON(f.foreignShape(id, info.Shape))
+		v = safetensors.AppendShape(nil, f.foreignShape(id, info.Shape))
 	case xattrShard:
 		if !f.ck.Sharded() {
 			return 0, syscall.ENODATA

@@ -153,3 +153,19 @@ func ByteSize(d DType, shape []uint64) (uint64, error) {
 	}
 	return nbits / 8, nil
 }
+
+// AppendShape appends shape as the header writes it: [3,16], [] for a
+// scalar.
+func AppendShape(b []byte, shape []uint64) []byte {
+	b = append(b, '[')
+	for i, d := range shape {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, d, 10)
+	}
+	return append(b, ']')
+}
+
+// ShapeString is shape as the header writes it (AppendShape), for messages.
+func ShapeString(shape []uint64) string { return string(AppendShape(nil, shape)) }

@@ -75,3 +75,14 @@ func TestByteSize(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendShape(t *testing.T) {
+	for _, c := range []struct {
+		shape []uint64
+		want  string
+	}{{nil, "[]"}, {[]uint64{}, "[]"}, {[]uint64{5}, "[5]"}, {[]uint64{3, 16}, "[3,16]"}, {[]uint64{1 << 40, 0}, "[1099511627776,0]"}} {
+		if got := string(AppendShape(nil, c.shape)); got != c.want || ShapeString(c.shape) != c.want {
+			t.Errorf("AppendShape(%v) = %s, want %s", c.shape, got, c.want)
+		}
+	}
+}

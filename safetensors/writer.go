@@ -178,14 +178,9 @@ func Plan(sources []Source, metadata map[string]string) (*Layout, error) {
 		b = appendJSONString(b, t.Key)
 		b = append(b, `:{"dtype":"`...)
 		b = append(b, t.DType.String()...)
-		b = append(b, `","shape":[`...)
-		for k, d := range t.Shape {
-			if k > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendUint(b, d, 10)
-		}
-		b = append(b, `],"data_offsets":[`...)
+		b = append(b, `","shape":`...)
+		b = AppendShape(b, t.Shape)
+		b = append(b, `,"data_offsets":[`...)
 		b = strconv.AppendUint(b, t.Begin, 10)
 		b = append(b, ',')
 		b = strconv.AppendUint(b, t.End, 10)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/floats"
 )
 
@@ -263,19 +264,19 @@ func compareMetadata(a, b map[string]string) *diffMetadata {
 func diffText(out io.Writer, rep *diffReport) error {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	for _, t := range rep.OnlyInA {
-		fmt.Fprintf(w, "only in A\t%s\t%s %s\n", t.Key, t.DType, shapeString(t.Shape))
+		fmt.Fprintf(w, "only in A\t%s\t%s %s\n", t.Key, t.DType, safetensors.ShapeString(t.Shape))
 	}
 	for _, t := range rep.OnlyInB {
-		fmt.Fprintf(w, "only in B\t%s\t%s %s\n", t.Key, t.DType, shapeString(t.Shape))
+		fmt.Fprintf(w, "only in B\t%s\t%s %s\n", t.Key, t.DType, safetensors.ShapeString(t.Shape))
 	}
 	for _, c := range rep.Changed {
-		fmt.Fprintf(w, "changed\t%s\t%s %s -> %s %s\n", c.Key, c.A.DType, shapeString(c.A.Shape), c.B.DType, shapeString(c.B.Shape))
+		fmt.Fprintf(w, "changed\t%s\t%s %s -> %s %s\n", c.Key, c.A.DType, safetensors.ShapeString(c.A.Shape), c.B.DType, safetensors.ShapeString(c.B.Shape))
 	}
 	for _, t := range rep.Tensors {
 		if t.BytesEqual {
 			continue
 		}
-		what := fmt.Sprintf("%s %s", t.DType, shapeString(t.Shape))
+		what := fmt.Sprintf("%s %s", t.DType, safetensors.ShapeString(t.Shape))
 		if t.Differ == 0 {
 			fmt.Fprintf(w, "differs\t%s\t%s: bytes only, values equal (+0 against -0, or NaN payloads)\n", t.Key, what)
 			continue

@@ -143,7 +143,7 @@ func listTree(w io.Writer, ts []lsTensor, n *tree.Node, depth int, sharded bool)
 	indent := strings.Repeat("  ", depth)
 	if !n.IsDir() {
 		t := ts[n.Tensor]
-		fmt.Fprintf(w, "%s%s\t%s\t%s\t%d", indent, n.Name, t.dtypeName(), shapeString(t.shape()), t.Size())
+		fmt.Fprintf(w, "%s%s\t%s\t%s\t%d", indent, n.Name, t.dtypeName(), safetensors.ShapeString(t.shape()), t.Size())
 		if sharded {
 			fmt.Fprintf(w, "\t%s", t.shard)
 		}
@@ -160,14 +160,6 @@ func listTree(w io.Writer, ts []lsTensor, n *tree.Node, depth int, sharded bool)
 	for _, c := range sortedChildren(n) {
 		listTree(w, ts, c, depth, sharded)
 	}
-}
-
-func shapeString(shape []uint64) string {
-	parts := make([]string, len(shape))
-	for i, d := range shape {
-		parts[i] = fmt.Sprint(d)
-	}
-	return "[" + strings.Join(parts, ",") + "]"
 }
 
 type jsonTensor struct {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"text/tabwriter"
 
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/floats"
 )
 
@@ -81,7 +82,7 @@ func runStats(args []string) error {
 	fmt.Fprintln(w, "key\tdtype\tshape\tmin\tmax\tmean\tstd\tnan\tinf\tzeros")
 	for i, t := range sel {
 		s := results[i]
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", t.info.Key, t.info.DType, shapeString(t.info.Shape),
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", t.info.Key, t.info.DType, safetensors.ShapeString(t.info.Shape),
 			s.Min(), s.Max(), s.Mean(), s.Std(), s.NaN, s.Inf, s.Zeros)
 	}
 	return w.Flush()

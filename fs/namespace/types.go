@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
@@ -214,7 +212,7 @@ func (ns *Namespace) SetType(id checkpoint.ID, attr TypeAttr, value []byte, writ
 			info.Key, value, info.Size, h.dtypeOr(info.DType), ErrType)
 	default:
 		return TypeResult{}, fmt.Errorf("tensor %q: its %d bytes cannot be %s: not a whole number of %d-bit elements along the last dimension of %s: %w",
-			info.Key, info.Size, h.dtype, h.dtype.Bits(), shapeString(info.Shape), ErrType)
+			info.Key, info.Size, h.dtype, h.dtype.Bits(), safetensors.ShapeString(info.Shape), ErrType)
 	}
 	r.set(id, h)
 	return res, nil
@@ -353,12 +351,4 @@ func (h typeHint) dtypeOr(d safetensors.DType) safetensors.DType {
 		return h.dtype
 	}
 	return d
-}
-
-func shapeString(shape []uint64) string {
-	parts := make([]string, len(shape))
-	for i, n := range shape {
-		parts[i] = strconv.FormatUint(n, 10)
-	}
-	return "[" + strings.Join(parts, ",") + "]"
 }

@@ -79,7 +79,7 @@ func (c *Checkpoint) Truncate(id ID, size int64) error {
 		return nil
 	default:
 		return fmt.Errorf("tensor %q: truncating to %d bytes, but %s %s holds %d: %w",
-			t.key, size, t.dtype, shapeString(t.shape), t.want(), ErrSize)
+			t.key, size, t.dtype, safetensors.ShapeString(t.shape), t.want(), ErrSize)
 	}
 	t.touch()
 	c.mark(t)
@@ -133,7 +133,7 @@ func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, da
 	}
 	if uint64(len(data)) != n {
 		return 0, fmt.Errorf("tensor %q: %d bytes of data, but %s %s needs %d: %w",
-			key, len(data), dtype, shapeString(shape), n, ErrSize)
+			key, len(data), dtype, safetensors.ShapeString(shape), n, ErrSize)
 	}
 	if id, ok := c.byKey[key]; ok {
 		t := c.tensors[id]
@@ -376,7 +376,7 @@ func (c *Checkpoint) Reshape(id ID, dtype safetensors.DType, shape []uint64) err
 	}
 	if int64(n) != t.cur.size {
 		return fmt.Errorf("tensor %q: %s %s needs %d bytes, the tensor has %d: %w",
-			t.key, dtype, shapeString(shape), n, t.cur.size, ErrSize)
+			t.key, dtype, safetensors.ShapeString(shape), n, t.cur.size, ErrSize)
 	}
 	d := headerDelta{t.shard: safetensors.EntryBound(t.key, dtype, shape, false) - t.entryBound()}
 	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", t.key)); err != nil {
@@ -503,15 +503,4 @@ func commonPrefix(a, b string) int {
 		}
 	}
 	return n
-}
-
-func shapeString(shape []uint64) string {
-	b := []byte{'['}
-	for i, d := range shape {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = fmt.Appendf(b, "%d", d)
-	}
-	return string(append(b, ']'))
 }

@@ -517,7 +517,7 @@ func (s *snapshot) check() error {
 			n, err := safetensors.ByteSize(st.dtype, st.shape)
 			if err != nil || int64(n) != st.data.size {
 				return fmt.Errorf("tensor %q: %d bytes for %s %s (internal error, nothing written): %w",
-					st.key, st.data.size, st.dtype, shapeString(st.shape), ErrSize)
+					st.key, st.data.size, st.dtype, safetensors.ShapeString(st.shape), ErrSize)
 			}
 		}
 	}

@@ -36,7 +36,7 @@ func (c *Checkpoint) replay(s *walScan) error {
 		case recPut:
 			n, err := safetensors.ByteSize(r.dtype, r.shape)
 			if err != nil || int64(n) != r.n || r.shard < 0 || r.shard >= len(c.shards) {
-				return bad(r, "put of %q: %d bytes for %s %s in shard %d", r.key, r.n, r.dtype, shapeString(r.shape), r.shard)
+				return bad(r, "put of %q: %d bytes for %s %s in shard %d", r.key, r.n, r.dtype, safetensors.ShapeString(r.shape), r.shard)
 			}
 			content := logContent(w.bytesAt(r.at, r.n))
 			if t := c.byKeyT(r.key); t != nil {
@@ -85,7 +85,7 @@ func (c *Checkpoint) replay(s *walScan) error {
 				return bad(r, "reshape of %q, which does not exist", r.key)
 			}
 			if n, err := safetensors.ByteSize(r.dtype, r.shape); err != nil || int64(n) != t.cur.size {
-				return bad(r, "reshape of %q to %s %s", r.key, r.dtype, shapeString(r.shape))
+				return bad(r, "reshape of %q to %s %s", r.key, r.dtype, safetensors.ShapeString(r.shape))
 			}
 			t.dtype, t.shape = r.dtype, r.shape
 			c.replayed(t)

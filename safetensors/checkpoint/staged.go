@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // Staged is a rewrite of one tensor that began with a truncate (O_TRUNC,
@@ -52,7 +54,7 @@ func (c *Checkpoint) Stage(id ID, size int64) (*Staged, error) {
 
 func sizeError(t *tensor, end int64) error {
 	return fmt.Errorf("tensor %q: writing up to byte %d, but %s %s holds %d bytes: %w",
-		t.key, end, t.dtype, shapeString(t.shape), t.want(), ErrSize)
+		t.key, end, t.dtype, safetensors.ShapeString(t.shape), t.want(), ErrSize)
 }
 
 // want is the size the tensor needs now (its dtype or shape may change
@@ -149,7 +151,7 @@ func (s *Staged) commitLocked() (func(), error) {
 	}
 	if s.data.size != t.want() {
 		return nil, fmt.Errorf("tensor %q: rewritten with %d bytes, but %s %s needs %d; kept the previous bytes: %w",
-			t.key, s.data.size, t.dtype, shapeString(t.shape), t.want(), ErrSize)
+			t.key, s.data.size, t.dtype, safetensors.ShapeString(t.shape), t.want(), ErrSize)
 	}
 	d := s.data.clone()
 	cur := c.shards[t.shard].cur
