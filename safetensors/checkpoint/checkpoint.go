@@ -360,10 +360,8 @@ func (c *Checkpoint) settle(loc *safetensors.Location, idx *safetensors.Index) (
 		// A finished compaction may have replaced the index: read the
 		// one there is now, and move the set's lock to it if it is a new
 		// file (taken before the old one is let go).
+		// (Below c.root already: Locate gives the paths rootOf would.)
 		if loc, idx, err = safetensors.Locate(c.root.join(main)); err != nil {
-			return fail(err)
-		}
-		if _, _, loc, err = rootOf(c.root.join(main), loc); err != nil {
 			return fail(err)
 		}
 		held := c.index

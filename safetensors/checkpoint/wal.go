@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -211,15 +212,13 @@ func (w *wal) relog() (*walMap, error) {
 	if err := syncFile(f, tmp, w.hooks); err != nil {
 		return fail(err)
 	}
-	if w.d.exists(w.name) {
-		// Whatever is there now is not ours: leave it.
-		if st, err := w.d.lstat(w.name); err == nil {
-			if ours, err := fstat(w.f); err != nil || keyOf(&st) != keyOf(&ours) {
-				return fail(fmt.Errorf("%s is another file now; move it away", w.path))
-			}
+	// Whatever is at the name now is not ours (the log was removed or
+	// replaced): it is never overwritten, not even one put there while
+	// this was being written.
+	if err := w.d.renameNoReplace(tmp, w.name); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			err = fmt.Errorf("%s is another file now; move it away", w.path)
 		}
-	}
-	if err := w.d.rename(tmp, w.name); err != nil {
 		return fail(err)
 	}
 	if err := syncDirOf(w.d, w.name, w.hooks); err != nil {
