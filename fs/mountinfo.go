@@ -13,7 +13,8 @@ type MountEntry struct {
 	ID     string // the mount's ID (unique while it exists; /proc/self/fdinfo's mnt_id)
 	Dev    string // "major:minor", the mount's device (its FUSE bdi)
 	FSType string // e.g. fuse.safejaxfs
-	Source string // the checkpoint, for safejaxfs mounts
+	Source string // the checkpoint, for safejaxfs mounts (or what fsname= said)
+	Owner  int    // the FUSE mount's user_id: who mounted it; -1 if not shown
 }
 
 // FindMount returns the mount on top at path, without touching the mount
@@ -41,9 +42,18 @@ func FindMount(path string) (m MountEntry, found bool, err error) {
 		for i := 6; i < len(fields)-1; i++ {
 			if fields[i] == "-" {
 				// Later lines are mounted on top of earlier ones.
-				m, found = MountEntry{ID: fields[0], Dev: fields[2], FSType: fields[i+1]}, true
+				m, found = MountEntry{ID: fields[0], Dev: fields[2], FSType: fields[i+1], Owner: -1}, true
 				if i+2 < len(fields) {
 					m.Source = UnescapeMountinfo(fields[i+2])
+				}
+				if i+3 < len(fields) {
+					for _, o := range strings.Split(fields[i+3], ",") {
+						if v, ok := strings.CutPrefix(o, "user_id="); ok {
+							if n, err := strconv.Atoi(v); err == nil {
+								m.Owner = n
+							}
+						}
+					}
 				}
 				break
 			}

@@ -73,7 +73,7 @@ func runConvert(args []string) error {
 	defer src.close()
 	if len(src.tied) > 0 {
 		for _, g := range src.tied {
-			fmt.Fprintf(os.Stderr, "safejaxfs convert: %s share storage (tied weights, or views of one tensor): each is stored under its own key\n", strings.Join(g, ", "))
+			fmt.Fprintf(os.Stderr, "safejaxfs convert: %s share storage (tied weights, or views of one tensor): each is stored under its own key\n", escapeControl(strings.Join(g, ", ")))
 		}
 	}
 	if toFlax {

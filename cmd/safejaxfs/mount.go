@@ -363,7 +363,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		return fail(exitInvalid, "%v", explainOpen(ckpt, err))
 	}
 	noticeForeign(ck, readOnly, logger)
-	status.update(func(st *mountStatus) { st.ReadOnly = readOnly })
+	status.update(func(st *mountStatus) { st.ReadOnly = ck.ReadOnly() }) // (a foreign format is always read-only)
 	closed := false
 	defer func() {
 		if !closed {

@@ -50,7 +50,7 @@ func runUnmount(args []string) error {
 		if err := abortMount(mnt); err != nil {
 			return fail(exitMount, "aborting %s: %v", mnt, err)
 		}
-		return settleDead(mnt, m.Source)
+		return settleDead(mnt, m)
 	}
 	// Ask the daemon who it is before detaching it; a dead mount has no
 	// daemon to wait for.
@@ -75,7 +75,7 @@ func runUnmount(args []string) error {
 		return err
 	}
 	if dead {
-		return settleDead(mnt, m.Source)
+		return settleDead(mnt, m)
 	}
 	if pid > 0 {
 		waitExit(pid)
@@ -89,9 +89,18 @@ func runUnmount(args []string) error {
 // are written back now, as safejaxfs recover would, and unmount says so;
 // if that fails, exit 4 with the command to run once the cause is fixed
 // (nothing is lost: the log stays).
-func settleDead(mnt, src string) error {
+//
+// The checkpoint is the mount's source only as its owner set it (fsname=
+// can say anything): the write-back runs for the caller's own mounts of a
+// checkpoint named by an absolute path; otherwise unmount says what to run.
+func settleDead(mnt string, m fs.MountEntry) error {
+	src := m.Source
 	if src == "" || remote.IsURL(src) {
 		return nil // a remote mount has no edits
+	}
+	if !filepath.IsAbs(src) || m.Owner != os.Geteuid() {
+		fmt.Fprintf(os.Stderr, "safejaxfs: the daemon of %s died; if it left edits in its checkpoint's log, write them back with: safejaxfs recover CHECKPOINT\n", escapeControl(mnt))
+		return nil
 	}
 	logPath, pending := checkpoint.Pending(src)
 	if !pending {
