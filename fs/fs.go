@@ -356,12 +356,15 @@ func (f *FS) entryChanged(g *gate, dir *fs.Inode, names ...string) {
 
 // viewListed announces that tensor file n's views may have appeared in or
 // left its directory's listing (--npy lists a view only for a dtype it
-// suits).
+// suits). Only the listing: the kernel never keeps a view name's entry
+// (viewEntriesFS), and an entry invalidation needs the directory's lock,
+// which an rm or mv of the file may hold while it waits for the file
+// that a setxattr, waiting on this queue, holds.
 func (f *FS) viewListed(n *fs.Inode) {
 	if !f.opt.NPY {
 		return
 	}
-	if name, dir := n.Parent(); dir != nil {
-		f.entryChanged(nil, dir, name+f32Ext, name+npyExt)
+	if _, dir := n.Parent(); dir != nil {
+		f.notify.push(notice{kind: noticeContent, node: dir})
 	}
 }
