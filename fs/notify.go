@@ -6,9 +6,9 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 )
 
-// Kernel cache invalidations go through one ordered queue per mount
-// (notifier), delivered by one worker goroutine, never a goroutine per
-// event.
+// Kernel cache invalidations go through one notifier per mount: two
+// ordered queues (lanes, see laneFiles), each delivered by one worker
+// goroutine, never a goroutine per event.
 //
 // Why a queue: an invalidation is a write to /dev/fuse that the kernel
 // serves under its own locks. An entry invalidation locks the directory,
@@ -17,12 +17,12 @@ import (
 // unlink holds its directories, a write holds the pages it writes). A
 // request that invalidated such an inode itself would wait for a lock
 // that waits for its own reply. So requests only queue their
-// invalidations; the worker delivers them in the order they were queued.
+// invalidations; the workers deliver them in the order they were queued.
 //
 // When: an invalidation that needs a lock the causing request holds (the
 // directory of a rename or unlink) carries that request's gate and is
 // delivered after the request has returned (gate.end). Others are
-// delivered as soon as the worker reaches them.
+// delivered as soon as their lane's worker reaches them.
 //
 // Where a request must not return before its invalidations are delivered
 // (close: a tensor written through one name and closed must read back
@@ -31,8 +31,10 @@ import (
 // lock of the daemon: a queued invalidation may wait for a kernel lock
 // whose holder's request waits for a daemon lock, and nothing the worker
 // waits for may wait for a request that waits for the worker. The kernel
-// holds no lock of the closed file while it waits for FLUSH, nor of the
-// file's directory while it waits for SETXATTR. Writes never wait: the
+// holds no lock of the closed file while it waits for FLUSH; it holds the
+// file's inode (not its directory) while it waits for FSYNC or SETXATTR,
+// which therefore wait for page and attribute invalidations only
+// (settleFiles), never for a directory's. Writes never wait: the
 // kernel holds the written pages meanwhile, and the worker may be about
 // to invalidate them.
 //
@@ -46,15 +48,44 @@ import (
 // look the name up again (see staleNode).
 type notifier struct {
 	mu sync.Mutex
-	// cond is signalled when delivered advances or a gate ends.
-	cond    sync.Cond
-	queue   []notice
-	running bool
-	// queued and delivered count notices: settle waits until delivered
-	// reaches the queued count it saw.
-	queued, delivered uint64
+	// cond is signalled when a lane's delivered count advances or a gate
+	// ends.
+	cond  sync.Cond
+	lanes [2]lane // laneFiles, laneDirs
 	// deliver sends one notice to the kernel (tests replace it).
 	deliver func(notice)
+}
+
+// Two lanes, each delivered in order by its own worker. A notice that may
+// wait for a directory's lock (an entry invalidation) or for a request to
+// end (a gated one) goes to laneDirs; the others invalidate pages and
+// attributes only, and go to laneFiles, so they never wait behind one
+// that is stuck on a directory. fsync and setxattr wait for laneFiles
+// only (settleFiles): the kernel holds the file's inode lock while it
+// waits for them, and an unlink or rename of that file holds its
+// directory while it waits for the same lock, so a wait on laneDirs
+// could close a cycle through three requests: the fsync waits for the
+// worker, the worker for the directory, the unlink for the fsync.
+const (
+	laneFiles = iota
+	laneDirs
+)
+
+// lane is one ordered queue of notices.
+type lane struct {
+	queue   []notice
+	running bool
+	// queued and delivered count notices: a settle waits until
+	// delivered reaches the queued count it saw.
+	queued, delivered uint64
+}
+
+// laneOf is the lane notice n goes to.
+func laneOf(n notice) int {
+	if n.kind == noticeEntry || n.gate != nil {
+		return laneDirs
+	}
+	return laneFiles
 }
 
 type noticeKind uint8
@@ -93,7 +124,8 @@ func (g *gate) end() {
 	q.cond.Broadcast()
 }
 
-// push queues invalidations, in order, after every one queued before.
+// push queues invalidations, each after every one queued before it in
+// its lane.
 func (q *notifier) push(ns ...notice) {
 	if len(ns) == 0 {
 		return
@@ -103,13 +135,17 @@ func (q *notifier) push(ns ...notice) {
 	if q.cond.L == nil {
 		q.cond.L = &q.mu
 	}
-	q.queue = append(q.queue, ns...)
-	q.queued += uint64(len(ns))
-	if !q.running {
-		// One worker at a time; it exits when the queue is empty, so an
-		// idle mount (or an FS that is never mounted) holds no goroutine.
-		q.running = true
-		go q.work()
+	for _, n := range ns {
+		l := &q.lanes[laneOf(n)]
+		l.queue = append(l.queue, n)
+		l.queued++
+		if !l.running {
+			// One worker per lane at a time; it exits when the lane is
+			// empty, so an idle mount (or an FS that is never mounted)
+			// holds no goroutine.
+			l.running = true
+			go q.work(l)
+		}
 	}
 }
 
@@ -132,10 +168,10 @@ func (q *notifier) entries(g *gate, dir *fs.Inode, names ...string) {
 	q.push(ns...)
 }
 
-func (q *notifier) work() {
+func (q *notifier) work(l *lane) {
 	q.mu.Lock()
-	for len(q.queue) > 0 {
-		n := q.queue[0]
+	for len(l.queue) > 0 {
+		n := l.queue[0]
 		for n.gate != nil && !n.gate.done {
 			q.cond.Wait()
 		}
@@ -146,13 +182,13 @@ func (q *notifier) work() {
 		}
 		deliver(n)
 		q.mu.Lock()
-		q.queue[0] = notice{} // no reference kept to the node
-		q.queue = q.queue[1:]
-		q.delivered++
+		l.queue[0] = notice{} // no reference kept to the node
+		l.queue = l.queue[1:]
+		l.delivered++
 		q.cond.Broadcast()
 	}
-	q.queue = nil
-	q.running = false
+	l.queue = nil
+	l.running = false
 	q.mu.Unlock()
 }
 
@@ -170,15 +206,27 @@ func toKernel(n notice) {
 
 // settle waits until every invalidation queued before it is delivered.
 // Never call it holding a lock of the daemon, nor from a request the
-// kernel serves holding a lock a queued invalidation needs (see above).
-func (q *notifier) settle() {
+// kernel serves holding a lock a queued invalidation needs (see above):
+// a close holds none.
+func (q *notifier) settle() { q.wait(laneFiles, laneDirs) }
+
+// settleFiles waits until every invalidation of pages and attributes
+// queued before it is delivered, not for those of directory entries: for
+// requests the kernel serves holding the file's inode lock (fsync,
+// setxattr; see laneFiles).
+func (q *notifier) settleFiles() { q.wait(laneFiles) }
+
+func (q *notifier) wait(lanes ...int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.cond.L == nil {
 		q.cond.L = &q.mu
 	}
-	for want := q.queued; q.delivered < want; {
-		q.cond.Wait()
+	for _, i := range lanes {
+		l := &q.lanes[i]
+		for want := l.queued; l.delivered < want; {
+			q.cond.Wait()
+		}
 	}
 }
 
@@ -186,5 +234,9 @@ func (q *notifier) settle() {
 func (q *notifier) pending() uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.queued - q.delivered
+	var n uint64
+	for _, l := range q.lanes {
+		n += l.queued - l.delivered
+	}
+	return n
 }

@@ -81,3 +81,35 @@ func TestNotifierGate(t *testing.T) {
 		t.Fatalf("after the gate: %v", g)
 	}
 }
+
+// TestNotifierLanes: a page or attribute invalidation never waits behind
+// one that waits for a directory (here, a gate that has not ended), and
+// settleFiles (fsync, setxattr) returns without waiting for the
+// directory's; settle (close) still waits for both.
+func TestNotifierLanes(t *testing.T) {
+	q, got := recorder()
+	dir, file := &fs.Inode{}, &fs.Inode{}
+	g := q.begin()
+	q.entries(g, dir, "gated")
+	q.push(notice{kind: noticeContent, node: dir, name: "listing", gate: g})
+	q.push(notice{kind: noticeContent, node: file, name: "pages"})
+	q.settleFiles()
+	if g := got(); !slices.Equal(g, []string{"pages"}) {
+		t.Fatalf("settleFiles returned with %v delivered, want the pages only", g)
+	}
+	done := make(chan struct{})
+	go func() { q.settle(); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("settle returned while a gated notice waits")
+	default:
+	}
+	g.end()
+	<-done
+	if g := got(); !slices.Equal(g, []string{"pages", "gated", "listing"}) {
+		t.Fatalf("after the gate: %v", g)
+	}
+	if q.pending() != 0 {
+		t.Errorf("%d pending after settle", q.pending())
+	}
+}

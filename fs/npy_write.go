@@ -219,7 +219,7 @@ func (n *npyNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 }
 
 func (n *npyNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
-	defer n.fsys.notify.settle()
+	defer n.fsys.notify.settleFiles()
 	return n.fsys.sync(ctx)
 }
 

@@ -192,7 +192,7 @@ func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errn
 // tensor's size is committed first (dd conv=fsync, then close); one at
 // another size cannot be made durable and fails with EINVAL.
 func (t *tensorNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
-	defer t.fsys.notify.settle()
+	defer t.fsys.notify.settleFiles()
 	if h, ok := fh.(*writeHandle); ok {
 		if _, errno := t.fsys.commitRewrite(h, t.id); errno != 0 {
 			return errno
@@ -210,8 +210,8 @@ func (t *tensorNode) Setxattr(ctx context.Context, attr string, data []byte, fla
 		t.fsys.viewListed(&t.Inode)
 	}
 	// The views show the new dtype and shape once setfattr returns (the
-	// kernel holds the file, not its directory, meanwhile).
-	t.fsys.notify.settle()
+	// kernel holds the file meanwhile: notify.go).
+	t.fsys.notify.settleFiles()
 	return errno
 }
 

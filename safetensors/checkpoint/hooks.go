@@ -18,7 +18,9 @@ import "fmt"
 // "copied" (after each file installed by copying in place, before its
 // sync), "patch-written" (after each shard patched in place, before its
 // sync), "patched" (every shard patched and synced), "compacted" (before
-// the log is removed).
+// the log is removed). Recovery (recover.go): "log-checked" (a crash's
+// log found ours and scanned, before it is opened again to replay or
+// finish it).
 //
 // Faults: before each system call that persistence makes, fail(op, name)
 // may return an error to return instead of making the call, so tests

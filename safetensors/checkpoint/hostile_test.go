@@ -653,3 +653,63 @@ func TestRootMakesFilesForTheOwner(t *testing.T) {
 	}
 	c.Close()
 }
+
+// A log swapped for another file after recovery checked it (its owner,
+// mode and records) and before it is opened again to replay or finish:
+// the file found then is refused, not replayed unchecked. Here the swap
+// is an identical copy, so the next open (nothing swapped) shows that
+// every edit the log held is still applied.
+func TestLogReplacedAfterCheck(t *testing.T) {
+	// An in-place write-back reads its patches from the log again.
+	for phase, sc := range map[string]crashScenario{"replay": crashScenarios[1], "finish a write-back": crashScenarios[0]} {
+		t.Run(phase, func(t *testing.T) {
+			m := ckDefault()
+			path := ckFile(t, m)
+			old := m.clone()
+			c := ckOpen(t, path, Options{})
+			sc.edit(t, c, m)
+			if phase == "replay" {
+				if err := c.Sync(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				c.hooks = ckCrashAt("log-synced", 2) // the compact record is durable
+				if err := c.Compact(); !errors.Is(err, errCkCrash) {
+					t.Fatalf("compaction: %v, want the crash", err)
+				}
+			}
+			ckAbandon(c)
+			lp := walPathOf(path)
+			swapped := 0
+			swap := &crashHooks{at: func(p string) error {
+				if p != "log-checked" {
+					return nil
+				}
+				b, err := os.ReadFile(lp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(lp+".x", b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(lp+".x", lp); err != nil {
+					t.Fatal(err)
+				}
+				swapped++
+				return nil
+			}}
+			_, err := Open(path, Options{hooks: swap})
+			if swapped != 1 || !errors.Is(err, ErrLogMismatch) || !strings.Contains(err.Error(), "replaced after it was checked") {
+				t.Fatalf("open with the log swapped after its check (%d swaps): %v, want ErrLogMismatch", swapped, err)
+			}
+			if phase == "replay" {
+				ckCheckFile(t, path, old, "the checkpoint after the refusal")
+			}
+			c = ckOpen(t, path, Options{})
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			ckCheckFile(t, path, m, "the checkpoint recovered from the log")
+		})
+	}
+}

@@ -86,6 +86,12 @@ func settleLog(d *cdir, loc *safetensors.Location, path, main string, owner *uni
 		return nil, loc, false, refuse(why, nil)
 	}
 	s, err := scanWAL(f)
+	if err == nil {
+		var st unix.Stat_t
+		if st, err = fstat(f); err == nil {
+			s.id = keyOf(&st)
+		}
+	}
 	f.Close()
 	switch {
 	case errors.Is(err, errWALVersion), errors.Is(err, errWALInvalid):
@@ -108,6 +114,9 @@ func settleLog(d *cdir, loc *safetensors.Location, path, main string, owner *uni
 		if why != "" {
 			return nil, loc, false, refuse(why, nil)
 		}
+		if err := hooks.hit("log-checked"); err != nil {
+			return nil, loc, false, err
+		}
 		if err := plan.finish(d, lname, s, owner, hooks); err != nil {
 			return nil, loc, false, fmt.Errorf("%s: finishing an interrupted write-back from the log %s: %w", path, d.join(lname), err)
 		}
@@ -127,6 +136,9 @@ func settleLog(d *cdir, loc *safetensors.Location, path, main string, owner *uni
 	}
 	if s.seq <= 1 {
 		return nil, loc, false, removeSynced(d, lname, hooks)
+	}
+	if err := hooks.hit("log-checked"); err != nil {
+		return nil, loc, false, err
 	}
 	return s, at, false, nil
 }
@@ -492,7 +504,7 @@ func (p *compactPlan) finish(d *cdir, lname string, s *walScan, owner *unix.Stat
 	if len(p.patches) == 0 {
 		return nil
 	}
-	lf, err := d.open(lname, os.O_RDONLY, 0)
+	lf, err := reopenLog(d, lname, os.O_RDONLY, s)
 	if err != nil {
 		return err
 	}

@@ -144,7 +144,7 @@ func walTarget(name string) string {
 // openWAL opens an existing log to append to, after scan found its
 // committed part: what follows is cut off.
 func openWAL(d *cdir, name string, s *walScan, base []walFile, owner *unix.Stat_t, hooks *crashHooks) (*wal, error) {
-	f, err := d.open(name, os.O_RDWR, 0)
+	f, err := reopenLog(d, name, os.O_RDWR, s)
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +158,27 @@ func openWAL(d *cdir, name string, s *walScan, base []walFile, owner *unix.Stat_
 		return nil, err
 	}
 	return w, nil
+}
+
+// reopenLog opens the log s scanned again by name, and refuses any other
+// file found there. The scan checked that file's owner, mode and every
+// record; someone who may write the directory could since have put
+// another file at its name (our own logs are never replaced while the
+// write lock is held), and its records would be replayed unchecked.
+func reopenLog(d *cdir, name string, flag int, s *walScan) (*os.File, error) {
+	f, err := d.open(name, flag, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := fstat(f)
+	if err == nil && keyOf(&st) != s.id {
+		err = fmt.Errorf("%w: %s was replaced after it was checked", ErrLogMismatch, d.join(name))
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 func (w *wal) mapIt() error {

@@ -550,6 +550,9 @@ type walScan struct {
 	end  int64 // the log's valid length: just past the last commit record
 	crc  uint32
 	seq  uint64
+	// id is the scanned file's identity: the log is opened again by name
+	// to replay or finish it, and only this file was checked (reopenLog).
+	id fileKey
 }
 
 // errWALVersion: a log this code cannot read.
