@@ -244,6 +244,9 @@ print("bad:", bad)
 			if got != "bad: []" {
 				t.Errorf("the mount of %s differs from np.load: %s", name, got)
 			}
+			// The files view is the file itself, byte for byte: what
+			// np.load (or torch.load) of /.files/NAME reads.
+			mustEqualFiles(t, filepath.Join(mnt, defaultFilesDir, name), in)
 		})
 	}
 }

@@ -24,6 +24,7 @@
 package checkpoint
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -133,12 +134,9 @@ type Checkpoint struct {
 	staged map[*Staged]struct{}
 	// closed: the files are released (Close, or a test's simulated crash).
 	closed bool
-	// remote is set (once, by Open) for a checkpoint read from a URL; nil
-	// for a local one. See remote.go.
-	remote *remoteSet
-	// foreign is set (once, by Open) for a checkpoint in another format
-	// than safetensors; nil otherwise. See foreign.go.
-	foreign *foreignSet
+	// src is where the bytes and files come from, set once by Open:
+	// localSource, or a remote or foreign checkpoint's (source.go).
+	src source
 	// rescued is the last file SaveRecovery wrote, holding the state at
 	// edits == rescuedEdits.
 	rescued      string
@@ -206,7 +204,7 @@ func Open(path string, opt Options) (*Checkpoint, error) {
 	if c, handled, err := openForeign(path, opt); handled {
 		return c, err
 	}
-	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks, log: loggerOr(opt.Logger), staged: map[*Staged]struct{}{}}
+	c := &Checkpoint{path: path, readOnly: opt.ReadOnly, hooks: opt.hooks, log: loggerOr(opt.Logger), staged: map[*Staged]struct{}{}, src: localSource{}}
 	loc, idx, scan, err := c.settle(opt.Located, opt.Index)
 	if err != nil {
 		c.root.close()
@@ -474,12 +472,11 @@ func (c *Checkpoint) commonMeta() map[string]string {
 // unchanged until release is called (once), even if the checkpoint is
 // rewritten or written in place meanwhile.
 func (c *Checkpoint) Read(id ID, off int64, n int) (segs [][]byte, release func(), err error) {
-	if c.remote != nil {
-		return c.remote.read(c, id, off, n) // immutable: no lock held across requests
-	}
-	if c.foreign != nil {
-		return c.foreign.read(c, id, off, n) // immutable too
-	}
+	return c.src.read(context.Background(), c, id, off, n)
+}
+
+// readLocal serves Read from the checkpoint's own files and edits.
+func (c *Checkpoint) readLocal(id ID, off int64, n int) (segs [][]byte, release func(), err error) {
 	done := c.reads.enter()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -599,7 +596,9 @@ func (c *Checkpoint) releaseAll() {
 	if c.files != nil {
 		c.files.close()
 	}
-	c.remote.close()
+	if c.src != nil {
+		c.src.close()
+	}
 	if c.pending != nil {
 		for _, r := range c.pending.reps {
 			if r.tmp != nil {
@@ -611,7 +610,6 @@ func (c *Checkpoint) releaseAll() {
 		c.pending = nil
 	}
 	c.root.close()
-	c.foreign.close()
 }
 
 // Pending reports what a crash left for the checkpoint at path (a file, an

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -149,7 +148,7 @@ func (c *Checkpoint) Files(opt FilesOptions) *FileSet {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.index != nil {
-		s.own = append(s.own, fileEntry{name: c.indexName(), kind: kindIndex})
+		s.own = append(s.own, fileEntry{name: c.src.indexName(c), kind: kindIndex})
 	}
 	for i, sh := range c.shards {
 		s.own = append(s.own, fileEntry{name: sh.name, kind: kindShard, shard: i})
@@ -157,14 +156,6 @@ func (c *Checkpoint) Files(opt FilesOptions) *FileSet {
 	s.byShard = make([][]ID, len(c.shards))
 	c.files = s
 	return s
-}
-
-// indexName is the index's file name. Caller holds mu.
-func (c *Checkpoint) indexName() string {
-	if c.remote != nil {
-		return c.remote.set.IndexName
-	}
-	return filepath.Base(c.index.path)
 }
 
 // Names are the checkpoint's own files: the index first, then the shards
@@ -205,10 +196,11 @@ func (s *FileSet) Stat(name string) (FileInfo, error) {
 		}
 		return FileInfo{Stamp: f.stamp, Size: f.size, MTime: f.mtime}, nil
 	}
-	if s.c.remote != nil {
-		o := s.c.remote.set.Objects[e.shard]
-		return FileInfo{Stamp: FileStamp{mode: stampRemote}, Size: o.Size(), MTime: s.remoteTime()}, nil
-	}
+	return s.c.src.statFile(s, e)
+}
+
+// statShard is Stat of a local checkpoint's shard e.
+func (s *FileSet) statShard(e fileEntry) (FileInfo, error) {
 	c := s.c
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -234,14 +226,8 @@ func (s *FileSet) Open(name string, want FileStamp) (*FileView, error) {
 		v, err = s.openSibling(name, want)
 	case e.kind == kindIndex:
 		v, err = s.openIndex(want)
-	case s.c.remote != nil:
-		if want.mode != stampRemote {
-			return nil, fmt.Errorf("%s: %w", name, ErrStale)
-		}
-		o := s.c.remote.set.Objects[e.shard]
-		v = &FileView{name: name, size: o.Size(), obj: o}
 	default:
-		v, err = s.openShard(e, want)
+		v, err = s.c.src.openFile(s, e, want)
 	}
 	if err != nil {
 		return nil, err
@@ -250,9 +236,10 @@ func (s *FileSet) Open(name string, want FileStamp) (*FileView, error) {
 	return v, nil
 }
 
+// remoteTime is a remote file's time: the server's, else the set's.
 func (s *FileSet) remoteTime() time.Time {
-	if t := s.c.remote.set.ModTime; !t.IsZero() {
-		return t
+	if r := s.c.Remote(); r != nil && !r.ModTime.IsZero() {
+		return r.ModTime
 	}
 	return s.made
 }
@@ -458,13 +445,12 @@ func (s *FileSet) layRewrite(v *FileView, i int, ids []ID) error {
 // The index on disk is what the next write-back leaves unless its
 // weight_map, total_size or metadata changed since it was written; then
 // it is rendered as compaction renders it.
-func (s *FileSet) indexFacts() (fileFacts, error) {
+func (s *FileSet) indexFacts() (fileFacts, error) { return s.c.src.indexFacts(s) }
+
+// localIndexFacts is indexFacts for a local checkpoint.
+func (s *FileSet) localIndexFacts() (fileFacts, error) {
 	c := s.c
 	name := s.own[0].name
-	if c.remote != nil {
-		b := c.remote.set.IndexBytes
-		return fileFacts{stamp: FileStamp{mode: stampRemote}, size: int64(len(b)), mtime: s.remoteTime(), index: b}, nil
-	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	x := c.index

@@ -90,11 +90,12 @@ func (s *FileSet) findSiblings() {
 	if !s.opt.Siblings {
 		return
 	}
-	own := s.ownTopNames()
-	if s.c.remote != nil {
-		s.findRemoteSiblings(own)
-		return
-	}
+	s.c.src.findSiblings(s, s.ownTopNames())
+}
+
+// findLocalSiblings lists the files next to a local checkpoint (own are
+// its own files there).
+func (s *FileSet) findLocalSiblings(own []string) {
 	c := s.c
 	dir := filepath.Dir(c.shards[0].path)
 	if c.index != nil {
@@ -118,8 +119,10 @@ func (s *FileSet) findSiblings() {
 	}
 }
 
-func (s *FileSet) findRemoteSiblings(own []string) {
-	set := s.c.remote.set
+// findSiblings lists the files next to a remote checkpoint (own are its
+// own files there).
+func (r *remoteSet) findSiblings(s *FileSet, own []string) {
+	set := r.set
 	// Listed next to a file that sits in the checkpoint's directory
 	// (the index is closed once read; a shard in it has the same
 	// directory).
@@ -158,12 +161,19 @@ func (s *FileSet) statSibling(name string) (FileInfo, error) {
 	if sb.rf != nil {
 		return FileInfo{Stamp: FileStamp{mode: stampRemote}, Size: sb.rf.Size, MTime: s.remoteTime()}, nil
 	}
+	return statLocalFile(sb.path)
+}
+
+// statLocalFile is the version of a local file served as it is (a
+// sibling, a foreign checkpoint's file), shown with its own owner and
+// read bits: the mount gives nobody more access to it than the file does.
+func statLocalFile(p string) (FileInfo, error) {
 	var st unix.Stat_t
-	if err := unix.Stat(sb.path, &st); err != nil {
-		return FileInfo{}, &os.PathError{Op: "stat", Path: sb.path, Err: err}
+	if err := unix.Stat(p, &st); err != nil {
+		return FileInfo{}, &os.PathError{Op: "stat", Path: p, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return FileInfo{}, fmt.Errorf("%s: no longer a regular file: %w", sb.path, os.ErrNotExist)
+		return FileInfo{}, fmt.Errorf("%s: no longer a regular file: %w", p, os.ErrNotExist)
 	}
 	return FileInfo{Stamp: localStamp(&st), Size: st.Size, MTime: time.Unix(st.Mtim.Unix()), Direct: true,
 		Own: true, Mode: st.Mode & 0o444, Uid: st.Uid, Gid: st.Gid}, nil
@@ -192,8 +202,14 @@ func (s *FileSet) openSibling(name string, want FileStamp) (*FileView, error) {
 		}
 		return &FileView{name: name, size: sb.obj.Size(), obj: sb.obj}, nil
 	}
+	return openLocalFile(name, sb.path, want)
+}
+
+// openLocalFile opens local file p, shown as name, at the version
+// statLocalFile reported as want; ErrStale if it is another file now.
+func openLocalFile(name, p string, want FileStamp) (*FileView, error) {
 	// O_NONBLOCK: a FIFO put in its place must not hang the open.
-	f, err := os.OpenFile(sb.path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 // foreignSet is the foreign half of a Checkpoint.
 type foreignSet struct {
 	file *formats.File
+	path string // the file, as given to Open
 	// refs: the Checkpoint's own reference plus one per Read not yet
 	// released; the last release closes the file, so Close never unmaps
 	// bytes a reply is still being written from.
@@ -49,9 +51,9 @@ func openForeign(path string, opt Options) (c *Checkpoint, handled bool, err err
 	if err != nil {
 		return nil, true, err
 	}
-	fs := &foreignSet{file: file}
+	fs := &foreignSet{file: file, path: path}
 	fs.refs.Store(1)
-	c = &Checkpoint{path: path, readOnly: true, foreign: fs, byKey: make(map[string]ID, len(file.Tensors)), log: loggerOr(opt.Logger)}
+	c = &Checkpoint{path: path, readOnly: true, src: fs, byKey: make(map[string]ID, len(file.Tensors)), log: loggerOr(opt.Logger)}
 	c.shards = []*shard{{name: filepath.Base(path), path: path, meta: file.Metadata}}
 	mtime := st.ModTime()
 	if mtime.IsZero() {
@@ -70,10 +72,10 @@ func openForeign(path string, opt Options) (c *Checkpoint, handled bool, err err
 // Format names a foreign checkpoint's format ("Flax msgpack", "GGUF",
 // ...); "" for a safetensors checkpoint.
 func (c *Checkpoint) Format() string {
-	if c.foreign == nil {
-		return ""
+	if f := c.foreignFile(); f != nil {
+		return f.Format.String()
 	}
-	return c.foreign.file.Format.String()
+	return ""
 }
 
 // Foreign returns what a foreign checkpoint knows of tensor id beyond
@@ -81,24 +83,27 @@ func (c *Checkpoint) Format() string {
 // its raw bytes as U8), and the storage it shares with other tensors.
 // false for a safetensors checkpoint.
 func (c *Checkpoint) Foreign(id ID) (*formats.Tensor, bool) {
-	if c.foreign == nil || id < 0 || int(id) >= len(c.foreign.file.Tensors) {
+	f := c.foreignFile()
+	if f == nil || id < 0 || int(id) >= len(f.Tensors) {
 		return nil, false
 	}
-	return &c.foreign.file.Tensors[id], true
+	return &f.Tensors[id], true
 }
 
 // ForeignFile is the opened foreign file (nil for safetensors), for
 // convert, which streams from it.
-func (c *Checkpoint) ForeignFile() *formats.File {
-	if c.foreign == nil {
-		return nil
+func (c *Checkpoint) ForeignFile() *formats.File { return c.foreignFile() }
+
+func (c *Checkpoint) foreignFile() *formats.File {
+	if s, ok := c.src.(*foreignSet); ok {
+		return s.file
 	}
-	return c.foreign.file
+	return nil
 }
 
 // read serves Read for a foreign checkpoint: a slice of the file's mapping
 // (or of the materialized copy), valid until release.
-func (s *foreignSet) read(c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
+func (s *foreignSet) read(_ context.Context, c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
 	if id < 0 || int(id) >= len(s.file.Tensors) {
 		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 	}
@@ -125,10 +130,25 @@ func (s *foreignSet) release() {
 	}
 }
 
-// close drops the Checkpoint's reference (nil-safe: other checkpoints have
-// no foreign set).
-func (s *foreignSet) close() {
-	if s != nil {
-		s.release()
-	}
+// close drops the Checkpoint's reference.
+func (s *foreignSet) close() { s.release() }
+
+// The files view of a foreign checkpoint: the file itself, as it is (what
+// a loader of its format reads: torch.load of /.files/pytorch_model.bin),
+// and the files beside it. It is never sharded: it has no index.
+
+func (s *foreignSet) indexName(*Checkpoint) string { return "" }
+
+func (s *foreignSet) indexFacts(*FileSet) (fileFacts, error) {
+	return fileFacts{}, fmt.Errorf("%s: %w", s.path, os.ErrNotExist)
 }
+
+func (s *foreignSet) statFile(_ *FileSet, e fileEntry) (FileInfo, error) {
+	return statLocalFile(s.path)
+}
+
+func (s *foreignSet) openFile(_ *FileSet, e fileEntry, want FileStamp) (*FileView, error) {
+	return openLocalFile(e.name, s.path, want)
+}
+
+func (s *foreignSet) findSiblings(fs *FileSet, own []string) { fs.findLocalSiblings(own) }

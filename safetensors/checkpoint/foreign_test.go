@@ -85,3 +85,46 @@ func TestForeignNotCheckpoint(t *testing.T) {
 		t.Fatalf("Open of an LFS pointer: %v", err)
 	}
 }
+
+// The files view of a foreign checkpoint is the file itself, byte for
+// byte (what a loader of its format reads), served as the local file it
+// is: no index, and never a safetensors rendering under the file's name.
+func TestForeignFiles(t *testing.T) {
+	p := npyFile(t)
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(p, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	set := c.Files(FilesOptions{})
+	if names := set.Names(); len(names) != 1 || names[0] != "weights.npy" {
+		t.Fatalf("files %q, want weights.npy", names)
+	}
+	fi, err := set.Stat("weights.npy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size != int64(len(want)) || !fi.Direct || !fi.Own {
+		t.Fatalf("stat %+v: want the file's own size %d, served directly", fi, len(want))
+	}
+	v, err := set.Open("weights.npy", fi.Stamp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	segs, release, err := v.Read(0, len(want)+10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if got := bytes.Join(segs, nil); !bytes.Equal(got, want) {
+		t.Fatalf("read % x, want the file % x", got, want)
+	}
+	if v.Backing() == nil {
+		t.Error("no backing file: a passthrough could not serve it")
+	}
+}

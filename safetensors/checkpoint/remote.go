@@ -50,10 +50,11 @@ type Remote struct {
 // Remote returns what the checkpoint is stored as remotely; nil for a
 // local checkpoint.
 func (c *Checkpoint) Remote() *Remote {
-	if c.remote == nil {
+	r, ok := c.src.(*remoteSet)
+	if !ok {
 		return nil
 	}
-	s := c.remote.set
+	s := r.set
 	return &Remote{URL: s.URL, Size: s.Size(), ModTime: s.ModTime}
 }
 
@@ -64,7 +65,8 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Checkpoint{path: set.URL, readOnly: true, remote: &remoteSet{set: set}, byKey: map[string]ID{}, log: loggerOr(opt.Logger)}
+	r := &remoteSet{set: set}
+	c := &Checkpoint{path: set.URL, readOnly: true, src: r, byKey: map[string]ID{}, log: loggerOr(opt.Logger)}
 	if set.Sharded() {
 		c.index = newIndexState(nil, set.URL, set.Index)
 	}
@@ -84,7 +86,7 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 			// The content is only a size: Info reads it, and nothing
 			// else looks at a read-only tensor's content.
 			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}, mtime: mtime, ctime: mtime})
-			c.remote.at = append(c.remote.at, remoteTensor{obj: obj, off: h.DataOffset() + int64(t.Begin), size: size})
+			r.at = append(r.at, remoteTensor{obj: obj, off: h.DataOffset() + int64(t.Begin), size: size})
 		}
 	}
 	return c, nil
@@ -110,21 +112,13 @@ func readBuf(n int) (buf []byte, put func()) {
 // waits for are cancelled; a local read waits on nothing ctx could end
 // and is Read.
 func (c *Checkpoint) ReadContext(ctx context.Context, id ID, off int64, n int) (segs [][]byte, release func(), err error) {
-	if c.remote != nil {
-		return c.remote.readContext(ctx, c, id, off, n)
-	}
-	return c.Read(id, off, n)
+	return c.src.read(ctx, c, id, off, n)
 }
 
-// read serves Read for a remote checkpoint.
-func (r *remoteSet) read(c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
-	return r.readContext(context.Background(), c, id, off, n)
-}
-
-// readContext serves ReadContext for a remote checkpoint: the bytes are
-// copied out of the chunk cache (fetched first if missing) into a pooled
-// buffer, released with the reply.
-func (r *remoteSet) readContext(ctx context.Context, c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
+// read serves ReadContext for a remote checkpoint: the bytes are copied
+// out of the chunk cache (fetched first if missing) into a pooled buffer,
+// released with the reply.
+func (r *remoteSet) read(ctx context.Context, c *Checkpoint, id ID, off int64, n int) ([][]byte, func(), error) {
 	if id < 0 || int(id) >= len(r.at) {
 		return nil, nop, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 	}
@@ -144,9 +138,28 @@ func (r *remoteSet) readContext(ctx context.Context, c *Checkpoint, id ID, off i
 	return [][]byte{buf}, put, nil
 }
 
-// close closes the remote files (nil-safe: local checkpoints have none).
-func (r *remoteSet) close() {
-	if r != nil {
-		r.set.Close()
-	}
+// The files view of a remote checkpoint: its objects as the server has
+// them, never changing (the mount is pinned to one version of each).
+
+func (r *remoteSet) indexName(*Checkpoint) string { return r.set.IndexName }
+
+func (r *remoteSet) indexFacts(s *FileSet) (fileFacts, error) {
+	b := r.set.IndexBytes
+	return fileFacts{stamp: FileStamp{mode: stampRemote}, size: int64(len(b)), mtime: s.remoteTime(), index: b}, nil
 }
+
+func (r *remoteSet) statFile(s *FileSet, e fileEntry) (FileInfo, error) {
+	o := r.set.Objects[e.shard]
+	return FileInfo{Stamp: FileStamp{mode: stampRemote}, Size: o.Size(), MTime: s.remoteTime()}, nil
+}
+
+func (r *remoteSet) openFile(s *FileSet, e fileEntry, want FileStamp) (*FileView, error) {
+	if want.mode != stampRemote {
+		return nil, fmt.Errorf("%s: %w", e.name, ErrStale)
+	}
+	o := r.set.Objects[e.shard]
+	return &FileView{name: e.name, size: o.Size(), obj: o}, nil
+}
+
+// close closes the remote files.
+func (r *remoteSet) close() { r.set.Close() }

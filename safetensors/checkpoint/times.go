@@ -95,10 +95,11 @@ type TimesFile struct {
 	shards []string // the checkpoint's files
 }
 
-// Times opens the checkpoint's times file (nil, nil for a remote
-// checkpoint, which has no directory). Close it when done.
+// Times opens the checkpoint's times file (nil, nil for a remote or
+// foreign checkpoint: read-only, it keeps no times of its own). Close it
+// when done.
 func (c *Checkpoint) Times() (*TimesFile, error) {
-	if c.root == nil || c.remote != nil {
+	if c.root == nil {
 		return nil, nil
 	}
 	fd, err := unix.Dup(c.root.fd())
