@@ -4,47 +4,14 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/formats"
 )
 
 // Checkpoints in other formats (Flax msgpack, PyTorch, numpy, GGUF) are
 // read through the formats package: ls and verify see them as one
-// safetensors header would describe them, plus what only their format
-// knows (a GGUF type, storages shared between tensors).
-
-// openForeignHeaders opens ckpt when it is a foreign checkpoint (ok true)
-// and describes it as one safetensors header: tensors in key order, with
-// the offsets a canonical write would give them.
-func openForeignHeaders(ckpt string) (names []string, headers []*safetensors.Header, file *formats.File, ok bool, err error) {
-	format, derr := formats.Detect(ckpt)
-	if derr != nil || format == formats.Safetensors || format == formats.Unknown || strings.HasSuffix(ckpt, ".json") {
-		return nil, nil, nil, false, nil
-	}
-	if !format.Mountable() {
-		return nil, nil, nil, true, fail(exitInvalid, "%v", formats.NotCheckpoint(ckpt, format))
-	}
-	file, err = formats.Open(ckpt)
-	if err != nil {
-		return nil, nil, nil, true, fail(exitInvalid, "%v", err)
-	}
-	h := &safetensors.Header{Metadata: file.Metadata}
-	var off uint64
-	for i := range file.Tensors {
-		t := &file.Tensors[i]
-		h.Tensors = append(h.Tensors, safetensors.Tensor{Key: t.Key, DType: t.DType, Shape: t.Shape, Begin: off, End: off + uint64(t.Size)})
-		off += uint64(t.Size)
-	}
-	return []string{baseName(ckpt)}, []*safetensors.Header{h}, file, true, nil
-}
-
-func baseName(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i >= 0 {
-		return p[i+1:]
-	}
-	return p
-}
+// safetensors header would describe them (checkpoint.Headers), plus what
+// only their format knows (a GGUF type, storages shared between tensors).
 
 // foreignNote is what ls shows of a foreign tensor beyond its header entry.
 type foreignNote struct {

@@ -10,8 +10,6 @@ import (
 
 	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
-	"github.com/safejaxfs/safejaxfs/safetensors/formats"
-	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
 
@@ -31,12 +29,13 @@ func runLs(args []string) error {
 	if *sep == "" {
 		return fail(exitUsage, "--sep must not be empty")
 	}
-	shown, names, headers, sharded, closeSet, foreign, err := openHeaders("ls", rest[0], &rf, pf)
+	src, err := openSource("ls", rest[0], &rf, pf, exitInvalid)
 	if err != nil {
 		return err
 	}
-	defer closeSet()
-	ts := tensorsOf(names, headers)
+	defer src.Close()
+	shown, sharded, foreign := src.shown, src.c.Sharded(), src.c.ForeignFile()
+	ts := tensorsOf(src.c.Headers())
 	attachForeign(ts, foreign)
 	keys := make([]string, len(ts))
 	for i := range ts {
@@ -58,45 +57,6 @@ func runLs(args []string) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	listTree(w, ts, top, 0, sharded)
 	return w.Flush()
-}
-
-// openHeaders opens and validates a checkpoint, local or remote, and
-// returns its files' names and headers; shown is how to name it in
-// messages (a URL without credentials). A remote one costs its headers'
-// requests, no tensor bytes.
-// A foreign checkpoint (foreign.go) comes with its file, for what its
-// tensors are beyond the headers (GGUF types, shared storages).
-//
-// A local checkpoint mounted read-write is read through its mount
-// (mounted.go).
-func openHeaders(verb, ckpt string, rf *remoteFlags, pf progressFlags) (shown string, names []string, headers []*safetensors.Header, sharded bool, closeSet func(), foreign *formats.File, err error) {
-	if remote.IsURL(ckpt) {
-		set, err := openRemoteSet(ckpt, rf, pf)
-		if err != nil {
-			return "", nil, nil, false, nil, nil, err
-		}
-		return set.URL, set.Names, set.Headers, set.Sharded(), func() { set.Close() }, nil, nil
-	}
-	if ckpt, err = readablePath(verb, ckpt); err != nil {
-		return "", nil, nil, false, nil, nil, err
-	}
-	if err := checkCheckpoint(ckpt); err != nil {
-		return "", nil, nil, false, nil, nil, err
-	}
-	if names, headers, foreign, ok, err := openForeignHeaders(ckpt); ok {
-		if err != nil {
-			return "", nil, nil, false, nil, nil, err
-		}
-		return ckpt, names, headers, false, func() { foreign.Close() }, foreign, nil
-	}
-	set, err := safetensors.OpenSet(ckpt)
-	if err != nil {
-		return "", nil, nil, false, nil, nil, fail(exitInvalid, "%v", explainOpen(ckpt, err))
-	}
-	for _, f := range set.Files {
-		headers = append(headers, &f.Header)
-	}
-	return ckpt, set.Names, headers, set.Sharded(), func() { set.Close() }, nil, nil
 }
 
 // lsTensor is a tensor of any shard, with the shard's name (and, for a

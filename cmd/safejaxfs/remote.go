@@ -86,24 +86,6 @@ func parseByteSize(s string) (int64, error) {
 	return int64(f * mult), nil
 }
 
-// openRemoteSet opens and validates a remote checkpoint from its headers
-// (no tensor bytes), for ls and verify, with a progress line while the
-// headers of a sharded one arrive.
-func openRemoteSet(url string, rf *remoteFlags, pf progressFlags) (*remote.Set, error) {
-	opt, err := rf.options(nil)
-	if err != nil {
-		return nil, err
-	}
-	cb, done := headerProgress(pf)
-	opt.HeaderProgress = cb
-	set, err := remote.OpenSet(context.Background(), url, opt)
-	done()
-	if err != nil {
-		return nil, remoteOpenError(url, err, opt)
-	}
-	return set, nil
-}
-
 // headerProgress shows the headers of a remote sharded checkpoint
 // arriving (a hundred shards take a while): the callback for
 // remote.Options.HeaderProgress, and the func that erases the line.

@@ -54,6 +54,14 @@ func killWithEdits(t *testing.T, ckpt string) (mnt string, want []genTensor) {
 func TestUnmountDeadDaemonRecovers(t *testing.T) {
 	ckpt := flaxModel(t)
 	mnt, want := killWithEdits(t, ckpt)
+	// Meanwhile every command that reads the checkpoint opens it as a
+	// read-only mount does: it refuses the checkpoint, naming the way out,
+	// rather than show files a write-back may have left torn.
+	for _, verb := range []string{"ls", "verify", "stats"} {
+		if r := cli(t, verb, ckpt); r.code != exitInvalid || !strings.Contains(r.stderr, "safejaxfs recover") {
+			t.Errorf("%s with the dead daemon's log pending: exit %d %q", verb, r.code, r.stderr)
+		}
+	}
 	r := cli(t, "unmount", mnt)
 	if r.code != 0 || !strings.Contains(r.stderr, "died with edits in its log") || !strings.Contains(r.stderr, "wrote them back") {
 		t.Fatalf("unmount of a dead daemon's mount: exit %d %q", r.code, r.stderr)

@@ -31,14 +31,16 @@ func runVerify(args []string) error {
 			return fail(exitInvalid, "%s: a write-back was interrupted (%s): tensors may be torn until it is finished; run safejaxfs recover %s (or mount it read-write)", ckpt, p, shellQuote(ckpt))
 		}
 	}
-	shown, _, headers, sharded, closeSet, foreign, err := openHeaders("verify", ckpt, &rf, pf)
+	src, err := openSource("verify", ckpt, &rf, pf, exitInvalid)
 	if err != nil {
 		return err
 	}
-	defer closeSet()
-	if foreign != nil {
+	defer src.Close()
+	shown, sharded := src.shown, src.c.Sharded()
+	if foreign := src.c.ForeignFile(); foreign != nil {
 		return verifyForeign(shown, foreign)
 	}
+	_, headers := src.c.Headers()
 	var tensors, meta int
 	var data uint64
 	for _, h := range headers {

@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/formats"
 )
 
@@ -24,6 +26,9 @@ import (
 type foreignSet struct {
 	file *formats.File
 	path string // the file, as given to Open
+	// hdr describes it as a safetensors header (header), made once.
+	headerOnce sync.Once
+	hdr        *safetensors.Header
 	// refs: the Checkpoint's own reference plus one per Read not yet
 	// released; the last release closes the file, so Close never unmaps
 	// bytes a reply is still being written from.
@@ -152,3 +157,20 @@ func (s *foreignSet) openFile(_ *FileSet, e fileEntry, want FileStamp) (*FileVie
 }
 
 func (s *foreignSet) findSiblings(fs *FileSet, own []string) { fs.findLocalSiblings(own) }
+
+// header describes the file as one safetensors header would: its tensors
+// in its order, at the offsets a canonical write would give them, and its
+// metadata. Made once: the file never changes.
+func (s *foreignSet) header(*Checkpoint, int) *safetensors.Header {
+	s.headerOnce.Do(func() {
+		h := &safetensors.Header{Metadata: s.file.Metadata}
+		var off uint64
+		for i := range s.file.Tensors {
+			t := &s.file.Tensors[i]
+			h.Tensors = append(h.Tensors, safetensors.Tensor{Key: t.Key, DType: t.DType, Shape: t.Shape, Begin: off, End: off + uint64(t.Size)})
+			off += uint64(t.Size)
+		}
+		s.hdr = h
+	})
+	return s.hdr
+}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
 
@@ -160,6 +161,8 @@ func (r *remoteSet) openFile(s *FileSet, e fileEntry, want FileStamp) (*FileView
 	o := r.set.Objects[e.shard]
 	return &FileView{name: e.name, size: o.Size(), obj: o}, nil
 }
+
+func (r *remoteSet) header(_ *Checkpoint, i int) *safetensors.Header { return r.set.Headers[i] }
 
 // close closes the remote files.
 func (r *remoteSet) close() { r.set.Close() }

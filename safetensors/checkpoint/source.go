@@ -3,6 +3,8 @@ package checkpoint
 import (
 	"context"
 	"path/filepath"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // A checkpoint's bytes and files come from one of three sources, chosen
@@ -34,8 +36,27 @@ type source interface {
 	openFile(s *FileSet, e fileEntry, want FileStamp) (*FileView, error)
 	findSiblings(s *FileSet, own []string)
 
+	// header is the header of the checkpoint's file i as it is stored
+	// (Headers).
+	header(c *Checkpoint, i int) *safetensors.Header
+
 	// close releases what the source holds, once the checkpoint is done.
 	close()
+}
+
+// Headers returns the checkpoint's files (the shards, in order; one for a
+// plain checkpoint) and their headers as stored: on disk as last written
+// back, on the server, or as a foreign file's format describes it (each
+// tensor at the offset a canonical write would give it). ls and verify
+// show these; edits not written back are not in them.
+func (c *Checkpoint) Headers() (names []string, headers []*safetensors.Header) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for i, sh := range c.shards {
+		names = append(names, sh.name)
+		headers = append(headers, c.src.header(c, i))
+	}
+	return names, headers
 }
 
 // localSource is a checkpoint's own safetensors files: everything it
@@ -53,4 +74,7 @@ func (localSource) openFile(s *FileSet, e fileEntry, want FileStamp) (*FileView,
 	return s.openShard(e, want)
 }
 func (localSource) findSiblings(s *FileSet, own []string) { s.findLocalSiblings(own) }
-func (localSource) close()                                {}
+func (localSource) header(c *Checkpoint, i int) *safetensors.Header {
+	return &c.shards[i].cur.file.Header
+}
+func (localSource) close() {}
