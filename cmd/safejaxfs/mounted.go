@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
 // ls, verify, stats and diff of a checkpoint that is mounted read-write.
@@ -29,34 +25,6 @@ type rwMount struct {
 	pid      int
 	mnt      string // "" when its status cannot be found
 	filesDir string
-}
-
-// lockHolderOf returns the pid holding an exclusive flock on the file at
-// p (/proc/locks names it by device and inode), 0 if none.
-func lockHolderOf(p string) int {
-	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil {
-		return 0
-	}
-	f, err := os.Open("/proc/locks")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter
-		// has "->" after the number and holds nothing.
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 6 || fields[1] != "FLOCK" || fields[3] != "WRITE" || fields[5] != want {
-			continue
-		}
-		if pid, err := strconv.Atoi(fields[4]); err == nil && pid > 0 {
-			return pid
-		}
-	}
-	return 0
 }
 
 // mainFile is the file of a local checkpoint a read-write mount locks: its
@@ -80,7 +48,7 @@ func mountedRW(ckpt string) (*rwMount, string) {
 	if main == "" {
 		return nil, ""
 	}
-	pid := lockHolderOf(main)
+	pid := checkpoint.LockHolder(main)
 	if pid == 0 {
 		return nil, main
 	}
