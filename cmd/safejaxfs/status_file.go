@@ -314,24 +314,13 @@ func dirUsage(dir string) int64 {
 }
 
 // remoteCacheStatus is where a remote mount caches, as safetensors/remote
-// decides it (Options.CacheDir, CacheSize).
+// decides it; nil when it cannot tell (then Open fails too).
 func remoteCacheStatus(o remote.Options) *cacheStatus {
-	c := &cacheStatus{Dir: o.CacheDir, Limit: o.CacheSize}
-	if c.Dir == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return nil
-			}
-			base = filepath.Join(home, ".cache")
-		}
-		c.Dir = filepath.Join(base, "safejaxfs")
+	dir, limit, err := o.Cache()
+	if err != nil {
+		return nil
 	}
-	if c.Limit == 0 {
-		c.Limit = remote.DefaultCacheSize
-	}
-	return c
+	return &cacheStatus{Dir: dir, Limit: limit}
 }
 
 // mountOptionsShown are the options a status lists.
