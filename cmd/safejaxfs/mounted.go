@@ -28,23 +28,21 @@ type rwMount struct {
 }
 
 // mainFile is the file of a local checkpoint a read-write mount locks: its
-// index, else its one file; "" if ckpt is not a checkpoint (the command
-// then says why).
-func mainFile(ckpt string) (string, *safetensors.Location) {
-	loc, _, err := safetensors.Locate(ckpt)
+// index, else its one file; "" if ckpt names neither (the command then
+// says why). Only the path is needed: Resolve finds it without reading
+// the index, as Locate would.
+func mainFile(ckpt string) string {
+	main, err := safetensors.Resolve(ckpt)
 	if err != nil {
-		return "", nil
+		return ""
 	}
-	if loc.Sharded() {
-		return loc.Index, loc
-	}
-	return loc.Paths[0], loc
+	return main
 }
 
 // mountedRW reports the daemon that has ckpt mounted read-write, if one
 // does.
 func mountedRW(ckpt string) (*rwMount, string) {
-	main, _ := mainFile(ckpt)
+	main := mainFile(ckpt)
 	if main == "" {
 		return nil, ""
 	}
