@@ -37,6 +37,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -67,7 +68,7 @@ type Options struct {
 	FilesSiblings bool
 	FilesInclude  []string
 	// Perm is the owner and modes of every file and directory; nil:
-	// the checkpoint file's (perm.go).
+	// DefaultPerm's (perm.go).
 	Perm *Perm
 }
 
@@ -145,9 +146,8 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		// A remote file has no local owner: the mount belongs to whoever
 		// mounted it (as sshfs -o idmap=user shows it), dated by the
 		// server's Last-Modified, else by the mount.
-		f.perm = f.defaultPerm(nil)
-		if opt.Perm != nil {
-			f.perm = *opt.Perm
+		if f.perm, err = permOf(ck, opt.Perm); err != nil {
+			return nil, err
 		}
 		f.mtime = r.ModTime
 		if f.mtime.IsZero() {
@@ -160,12 +160,28 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 		return nil, err
 	}
 	f.mtime = st.ModTime()
-	f.perm = f.defaultPerm(st)
-	if opt.Perm != nil {
-		f.perm = *opt.Perm
+	if f.perm, err = permOf(ck, opt.Perm); err != nil {
+		return nil, err
 	}
 	f.loadTimes()
 	return f, nil
+}
+
+// permOf is the mount's Perm: the caller's, else DefaultPerm of ck. The
+// caller (safejaxfs mount) usually passes one, having located the
+// checkpoint already; without it the checkpoint is located again here.
+func permOf(ck *checkpoint.Checkpoint, perm *Perm) (Perm, error) {
+	if perm != nil {
+		return *perm, nil
+	}
+	var loc *safetensors.Location
+	if ck.Remote() == nil {
+		var err error
+		if loc, _, err = safetensors.Locate(ck.Path()); err != nil {
+			return Perm{}, err
+		}
+	}
+	return DefaultPerm(loc)
 }
 
 // Root returns the root directory node to mount.

@@ -1,8 +1,14 @@
 package fs
 
 import (
+	"bufio"
+	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // Who owns the mount's files and what their modes are. The kernel checks
@@ -37,19 +43,57 @@ func ModesOfUmask(umask uint32) (file, dir uint32) {
 	return 0o666 &^ umask, 0o777 &^ umask
 }
 
-// defaultPerm is the mount's Perm when the caller chose none: the
-// checkpoint file's owner and modes; for a remote checkpoint (st nil: no
-// local file) the mounting user and 0444/0555.
-func (f *FS) defaultPerm(st os.FileInfo) Perm {
-	if st == nil {
-		return Perm{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), File: 0o444, Dir: 0o555}
+// DefaultPerm is the mount's Perm when its options override nothing, for
+// the checkpoint at loc (nil: a remote checkpoint). A local checkpoint's
+// are its main file's owner (the index of a sharded one) and the modes its
+// files all allow (the most private one wins: a mount must not open what
+// one shard keeps closed). A remote one belongs to the user who mounts it,
+// less the process umask (as rclone shows remote files); it is read-only,
+// so fileMode and dirMode drop the write bits.
+func DefaultPerm(loc *safetensors.Location) (Perm, error) {
+	if loc == nil {
+		p := Perm{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid())}
+		p.File, p.Dir = ModesOfUmask(processUmask())
+		return p, nil
 	}
-	p := Perm{}
-	p.File, p.Dir = ModesOf(uint32(st.Mode().Perm()))
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		p.Uid, p.Gid = sys.Uid, sys.Gid
+	var p Perm
+	main := loc.Index
+	if main == "" {
+		main = loc.Paths[0]
 	}
-	return p
+	mode := uint32(0o7777)
+	for i, f := range append([]string{main}, loc.Paths...) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(f, &st); err != nil {
+			return Perm{}, fmt.Errorf("%s: %v", f, err)
+		}
+		if i == 0 {
+			p.Uid, p.Gid = st.Uid, st.Gid
+		}
+		mode &= st.Mode & 0o7777
+	}
+	p.File, p.Dir = ModesOf(mode)
+	return p, nil
+}
+
+// processUmask reads this process's umask without changing it (umask(2)
+// can only be read by setting it, which would race with files being
+// created).
+func processUmask() uint32 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0o022
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Umask:"); ok {
+			if n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return uint32(n)
+			}
+		}
+	}
+	return 0o022
 }
 
 // fileMode is the permission of tensor files, views and the root's

@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/safejaxfs/safejaxfs/safetensors"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
 // ls, verify, stats and diff of a checkpoint that is mounted read-write.
@@ -31,56 +27,26 @@ type rwMount struct {
 	filesDir string
 }
 
-// lockHolderOf returns the pid holding an exclusive flock on the file at
-// p (/proc/locks names it by device and inode), 0 if none.
-func lockHolderOf(p string) int {
-	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil {
-		return 0
-	}
-	f, err := os.Open("/proc/locks")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter
-		// has "->" after the number and holds nothing.
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 6 || fields[1] != "FLOCK" || fields[3] != "WRITE" || fields[5] != want {
-			continue
-		}
-		if pid, err := strconv.Atoi(fields[4]); err == nil && pid > 0 {
-			return pid
-		}
-	}
-	return 0
-}
-
 // mainFile is the file of a local checkpoint a read-write mount locks: its
-// index, else its one file; "" if ckpt is not a checkpoint (the command
-// then says why).
-func mainFile(ckpt string) (string, *safetensors.Location) {
-	loc, _, err := safetensors.Locate(ckpt)
+// index, else its one file; "" if ckpt names neither (the command then
+// says why). Only the path is needed: Resolve finds it without reading
+// the index, as Locate would.
+func mainFile(ckpt string) string {
+	main, err := safetensors.Resolve(ckpt)
 	if err != nil {
-		return "", nil
+		return ""
 	}
-	if loc.Sharded() {
-		return loc.Index, loc
-	}
-	return loc.Paths[0], loc
+	return main
 }
 
 // mountedRW reports the daemon that has ckpt mounted read-write, if one
 // does.
 func mountedRW(ckpt string) (*rwMount, string) {
-	main, _ := mainFile(ckpt)
+	main := mainFile(ckpt)
 	if main == "" {
 		return nil, ""
 	}
-	pid := lockHolderOf(main)
+	pid := checkpoint.LockHolder(main)
 	if pid == 0 {
 		return nil, main
 	}

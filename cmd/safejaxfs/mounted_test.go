@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/safejaxfs/safejaxfs/internal/testsrv"
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // ls, verify, stats and diff of a checkpoint mounted read-write read the
@@ -72,6 +73,29 @@ func TestCommandsOnMountedCheckpoint(t *testing.T) {
 	mount(t, ckpt, "--read-only")
 	if r := cli(t, "stats", ckpt, "step_scale"); r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "  9  ") {
 		t.Errorf("stats of a read-only mounted checkpoint: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// mainFile, without reading the index, names the file Locate makes the
+// main one: the index of a sharded checkpoint (given as its directory or
+// itself), the one file of a plain one; "" for what is neither.
+func TestMainFileMatchesLocate(t *testing.T) {
+	sharded := writeShardedSet(t, nil, flaxTensors()[:3], flaxTensors()[3:])
+	for _, ckpt := range []string{flaxModel(t), sharded, filepath.Join(sharded, indexName)} {
+		loc, _, err := safetensors.Locate(ckpt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := loc.Index
+		if want == "" {
+			want = loc.Paths[0]
+		}
+		if got := mainFile(ckpt); got != want {
+			t.Errorf("mainFile(%s) = %q, want %q", ckpt, got, want)
+		}
+	}
+	if got := mainFile(t.TempDir()); got != "" {
+		t.Errorf("mainFile of an empty directory = %q, want \"\"", got)
 	}
 }
 

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"os/user"
 	"strconv"
-	"strings"
-	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -80,37 +76,15 @@ func lookupID(s, what string, byName func(string) (string, error)) (int64, error
 }
 
 // mountPerm is the owner and modes of a mount of loc (nil: a remote
-// checkpoint). A local checkpoint's are its main file's owner (the index
-// of a sharded one) and the modes its files all allow (the most private
-// one wins: a mount must not open what one shard keeps closed). A remote
-// one belongs to the user who mounts it, read-only, less the process
-// umask (as rclone shows remote files).
+// checkpoint): fs.DefaultPerm's, less what uid=, gid= and umask= override.
 func mountPerm(pf *permFlags, loc *safetensors.Location) (*fs.Perm, error) {
 	uid, gid, umask, err := pf.parsed()
 	if err != nil {
 		return nil, err
 	}
-	var p fs.Perm
-	if loc == nil {
-		p = fs.Perm{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid())}
-		p.File, p.Dir = fs.ModesOfUmask(processUmask())
-	} else {
-		main := loc.Index
-		if main == "" {
-			main = loc.Paths[0]
-		}
-		mode := uint32(0o7777)
-		for i, f := range append([]string{main}, loc.Paths...) {
-			var st syscall.Stat_t
-			if err := syscall.Stat(f, &st); err != nil {
-				return nil, fail(exitInvalid, "%s: %v", f, err)
-			}
-			if i == 0 {
-				p.Uid, p.Gid = st.Uid, st.Gid
-			}
-			mode &= st.Mode & 0o7777
-		}
-		p.File, p.Dir = fs.ModesOf(mode)
+	p, err := fs.DefaultPerm(loc)
+	if err != nil {
+		return nil, fail(exitInvalid, "%v", err)
 	}
 	if uid >= 0 {
 		p.Uid = uint32(uid)
@@ -122,26 +96,6 @@ func mountPerm(pf *permFlags, loc *safetensors.Location) (*fs.Perm, error) {
 		p.File, p.Dir = fs.ModesOfUmask(uint32(umask))
 	}
 	return &p, nil
-}
-
-// processUmask reads this process's umask without changing it (umask(2)
-// can only be read by setting it, which would race with files being
-// created).
-func processUmask() uint32 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0o022
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "Umask:"); ok {
-			if n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
-				return uint32(n)
-			}
-		}
-	}
-	return 0o022
 }
 
 // permSummary describes the modes for the log.

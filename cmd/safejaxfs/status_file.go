@@ -103,8 +103,14 @@ type statusFile struct {
 	base    string // the state the daemon set; a write-back under way shows over "mounted"
 	written []byte
 	cacheAt time.Time
-	stop    chan struct{}
-	done    chan struct{}
+	// pending is the last PendingEdits, taken when the checkpoint's
+	// Edits and Persists were pendingAt: it walks every tensor, and an
+	// idle mount need not pay that every tick.
+	pending   checkpoint.Unwritten
+	pendingAt [2]uint64
+	havePend  bool
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 // newStatusFile starts publishing the status of a daemon mounting ckpt at
@@ -209,7 +215,7 @@ func (s *statusFile) refresh() {
 	s.st.State = s.base
 	if s.ck != nil {
 		if !s.st.ReadOnly {
-			p := s.ck.PendingEdits()
+			p := s.pendingEdits()
 			s.st.Pending = &pendingStatus{p.Changed, p.Removed, p.Files, p.Log, p.LogBytes}
 			u := s.fsys.Untyped()
 			s.st.UntypedCount = len(u)
@@ -229,6 +235,19 @@ func (s *statusFile) refresh() {
 		}
 	}
 	s.writeLocked()
+}
+
+// pendingEdits is the checkpoint's PendingEdits, walked again only when
+// an edit or a persistence step (commit, write-back) has happened since
+// the last walk. The counters are read first, so a change made during the
+// walk moves them past what is cached, and the next tick walks again.
+// Caller holds s.mu.
+func (s *statusFile) pendingEdits() checkpoint.Unwritten {
+	at := [2]uint64{s.ck.Edits(), s.ck.Persists()}
+	if !s.havePend || at != s.pendingAt {
+		s.pending, s.pendingAt, s.havePend = s.ck.PendingEdits(), at, true
+	}
+	return s.pending
 }
 
 // maxStatusUntyped bounds the untyped tensors a status file lists.
@@ -314,24 +333,13 @@ func dirUsage(dir string) int64 {
 }
 
 // remoteCacheStatus is where a remote mount caches, as safetensors/remote
-// decides it (Options.CacheDir, CacheSize).
+// decides it; nil when it cannot tell (then Open fails too).
 func remoteCacheStatus(o remote.Options) *cacheStatus {
-	c := &cacheStatus{Dir: o.CacheDir, Limit: o.CacheSize}
-	if c.Dir == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return nil
-			}
-			base = filepath.Join(home, ".cache")
-		}
-		c.Dir = filepath.Join(base, "safejaxfs")
+	dir, limit, err := o.Cache()
+	if err != nil {
+		return nil
 	}
-	if c.Limit == 0 {
-		c.Limit = remote.DefaultCacheSize
-	}
-	return c
+	return &cacheStatus{Dir: dir, Limit: limit}
 }
 
 // mountOptionsShown are the options a status lists.

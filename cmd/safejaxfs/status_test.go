@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
 // safejaxfs status: what each daemon publishes, and what status makes of
@@ -177,5 +179,39 @@ func TestStatusIsPerUser(t *testing.T) {
 	}
 	if _, found := statusOfMount(t, mnt); !found {
 		t.Error("root's status does not list root's mount")
+	}
+}
+
+// The status keeps the last PendingEdits while nothing happens, and takes
+// it again after an edit, a commit to the log or a write-back: none of
+// them may leave it showing what is no longer so.
+func TestStatusPendingFollowsPersistence(t *testing.T) {
+	ck, err := checkpoint.Open(flaxModel(t), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	s := &statusFile{ck: ck}
+	if p := s.pendingEdits(); p != (checkpoint.Unwritten{}) {
+		t.Errorf("right after open: %+v", p)
+	}
+	id := slices.Index(ck.Keys(), "step_scale")
+	if err := ck.WriteAt(checkpoint.ID(id), []byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if p := s.pendingEdits(); p.Changed != 1 || p.Log != "" {
+		t.Errorf("after an edit: %+v", p)
+	}
+	if err := ck.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if p := s.pendingEdits(); p.Changed != 1 || p.Log == "" || p.LogBytes <= 0 {
+		t.Errorf("after a commit to the log: %+v", p)
+	}
+	if err := ck.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	if p := s.pendingEdits(); p != (checkpoint.Unwritten{}) {
+		t.Errorf("after a write-back: %+v", p)
 	}
 }

@@ -122,7 +122,7 @@ func waitFile(p string, deadline <-chan time.Time, prog *waitProgress) (current 
 		}()
 		tick := time.NewTicker(statusEvery)
 		defer tick.Stop()
-		pid := lockHolderOf(p)
+		pid := checkpoint.LockHolder(p)
 		prog.show(pid)
 		for done := false; !done; {
 			select {
@@ -152,7 +152,7 @@ func waitFile(p string, deadline <-chan time.Time, prog *waitProgress) (current 
 // anyHeld returns a file some daemon holds right now, "" if none.
 func anyHeld(files []string) string {
 	for _, f := range files {
-		if lockHolderOf(f) != 0 {
+		if checkpoint.LockHolder(f) != 0 {
 			return f
 		}
 	}

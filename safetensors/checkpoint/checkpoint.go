@@ -32,6 +32,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
@@ -90,6 +91,8 @@ type Checkpoint struct {
 	// persistMu serializes persists; mu guards everything below and is not
 	// held during persistence I/O, so reads go on while a rewrite runs.
 	persistMu sync.Mutex
+	// persists counts the persistence steps ended (Persists).
+	persists atomic.Uint64
 	// reads tracks Reads until their release, for in-place persists to
 	// wait on (see readTracker).
 	reads readTracker
@@ -285,7 +288,7 @@ func (c *Checkpoint) recoverLog(scan *walScan) error {
 		return err
 	}
 	c.persistMu.Lock()
-	defer c.persistMu.Unlock()
+	defer c.unlockPersist()
 	if err := c.compact(); err != nil {
 		return fmt.Errorf("%s: writing back the edits a crash left in %s: %w", c.path, w.path, err)
 	}
@@ -537,7 +540,7 @@ func (c *Checkpoint) Close() error {
 	if !c.readOnly {
 		c.persistMu.Lock()
 		err = c.compact()
-		c.persistMu.Unlock()
+		c.unlockPersist()
 		switch {
 		case err == nil, errors.Is(err, ErrChanged), c.stuck != nil:
 		case c.pending != nil && !c.hasUnlogged():

@@ -72,7 +72,7 @@ func (c *Checkpoint) Compact() error {
 		return nil
 	}
 	c.persistMu.Lock()
-	defer c.persistMu.Unlock()
+	defer c.unlockPersist()
 	return c.compact()
 }
 

@@ -35,7 +35,7 @@ func (c *Checkpoint) durablyUnder(outer *sync.Mutex, edit func() (undo func(), e
 		return ErrReadOnly
 	}
 	c.persistMu.Lock()
-	defer c.persistMu.Unlock()
+	defer c.unlockPersist()
 	if err := c.resume(); err != nil {
 		return fmt.Errorf("%w: %w", ErrNotDurable, err)
 	}

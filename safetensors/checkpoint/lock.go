@@ -230,11 +230,33 @@ func dupFile(f *os.File) (*os.File, error) {
 }
 
 // lockHolder names the process holding an flock on key, from /proc/locks,
-// for the error message; "" when it cannot tell.
+// for the error message; "" when it cannot tell. Any holder is named, a
+// shared one too (safejaxfs wait takes one): it is what refused the lock.
 func lockHolder(key fileKey) string {
+	if pid := flockHolder(key, false); pid > 0 {
+		return fmt.Sprintf(" (held by pid %d)", pid)
+	}
+	return ""
+}
+
+// LockHolder returns the pid of the process holding an exclusive flock on
+// the file at path (a read-write mount's lock, see lockFile), 0 if none or
+// if it cannot tell. Shared locks (a safejaxfs wait) are not counted: they
+// mean no daemon is writing.
+func LockHolder(path string) int {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0
+	}
+	return flockHolder(keyOf(&st), true)
+}
+
+// flockHolder is the one reader of /proc/locks: the pid holding an flock
+// on key (only an exclusive one if exclusive), 0 if none or unreadable.
+func flockHolder(key fileKey, exclusive bool) int {
 	f, err := os.Open("/proc/locks")
 	if err != nil {
-		return ""
+		return 0
 	}
 	defer f.Close()
 	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(key.dev), unix.Minor(key.dev), key.ino)
@@ -246,9 +268,12 @@ func lockHolder(key fileKey) string {
 		if len(fields) < 6 || fields[1] != "FLOCK" || fields[5] != want {
 			continue
 		}
+		if exclusive && fields[3] != "WRITE" {
+			continue
+		}
 		if pid, err := strconv.Atoi(fields[4]); err == nil && pid > 0 {
-			return fmt.Sprintf(" (held by pid %d)", pid)
+			return pid
 		}
 	}
-	return ""
+	return 0
 }

@@ -181,9 +181,15 @@ func TestLockFileCrossProcess(t *testing.T) {
 	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(cmd.Process.Pid)) {
 		t.Errorf("lock held by pid %d: %v", cmd.Process.Pid, err)
 	}
+	if got := LockHolder(c.path); got != cmd.Process.Pid {
+		t.Errorf("LockHolder = %d, want the helper's pid %d", got, cmd.Process.Pid)
+	}
 	stdin.Close()
 	if err := cmd.Wait(); err != nil {
 		t.Fatal(err)
+	}
+	if got := LockHolder(c.path); got != 0 {
+		t.Errorf("LockHolder after the helper exited = %d, want 0", got)
 	}
 	// Free again once it lets go.
 	unlock, err := lockPath(mustOpen(t, c.path))
@@ -355,4 +361,32 @@ func TestLockRelockAfterRewriteRefusesReplacedFile(t *testing.T) {
 	if !rawLockable(t, c.path) {
 		t.Error("their file was locked")
 	}
+}
+
+// LockHolder names only exclusive holders (a read-write mount), not a
+// shared one (safejaxfs wait); the refusal message names either, since
+// either is what refused the lock.
+func TestLockHolderExclusiveOnly(t *testing.T) {
+	c := defaultCkpt(t)
+	f := mustOpen(t, c.path)
+	st, err := fstat(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := flock(f, unix.LOCK_SH); err != nil {
+		t.Fatal(err)
+	}
+	if got := LockHolder(c.path); got != 0 {
+		t.Errorf("LockHolder under a shared lock = %d, want 0", got)
+	}
+	if got, want := lockHolder(keyOf(&st)), fmt.Sprintf(" (held by pid %d)", os.Getpid()); got != want {
+		t.Errorf("lockHolder under a shared lock = %q, want %q", got, want)
+	}
+	if err := flock(f, unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if got := LockHolder(c.path); got != os.Getpid() {
+		t.Errorf("LockHolder under an exclusive lock = %d, want %d", got, os.Getpid())
+	}
+	flock(f, unix.LOCK_UN)
 }

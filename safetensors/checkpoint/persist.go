@@ -42,7 +42,7 @@ func (c *Checkpoint) Sync() error {
 		return nil
 	}
 	c.persistMu.Lock()
-	defer c.persistMu.Unlock()
+	defer c.unlockPersist()
 	if err := c.commit(); err != nil {
 		return err
 	}

@@ -33,6 +33,20 @@ func (c *Checkpoint) Edits() uint64 {
 	return c.edits
 }
 
+// Persists counts the persistence steps (commits to the log, write-backs,
+// failed ones too) ended since the open. They change what PendingEdits
+// reports without an edit (the log grows, the files catch up): with Edits,
+// a cheap way to tell whether PendingEdits may have changed since it was
+// last called. Read both before calling it.
+func (c *Checkpoint) Persists() uint64 { return c.persists.Load() }
+
+// unlockPersist ends a persistence step: counted (Persists) after every
+// change it made, then persistMu released.
+func (c *Checkpoint) unlockPersist() {
+	c.persists.Add(1)
+	c.persistMu.Unlock()
+}
+
 // PendingEdits reports what the next write-back has to write. It walks
 // every tensor (about a millisecond for 100k).
 func (c *Checkpoint) PendingEdits() Unwritten {

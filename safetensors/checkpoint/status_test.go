@@ -33,9 +33,14 @@ func TestPendingEdits(t *testing.T) {
 	if p.Changed != 1 || p.Removed != 1 || p.Files != 1 || p.Log != "" {
 		t.Errorf("two edits, not committed: %+v", p)
 	}
+	persists := c.Persists()
 	if err := c.Sync(); err != nil { // into the log
 		t.Fatal(err)
 	}
+	if c.Persists() == persists {
+		t.Error("Persists did not move with a commit to the log")
+	}
+	persists = c.Persists()
 	p = c.PendingEdits()
 	if p.Changed != 1 || p.Removed != 1 || p.Log == "" || p.LogBytes <= 0 {
 		t.Errorf("two edits in the log: %+v", p)
@@ -45,6 +50,9 @@ func TestPendingEdits(t *testing.T) {
 	}
 	if err := c.Compact(); err != nil { // into the file
 		t.Fatal(err)
+	}
+	if c.Persists() == persists {
+		t.Error("Persists did not move with a write-back")
 	}
 	if p := c.PendingEdits(); p.Changed != 0 || p.Removed != 0 || p.Files != 0 || p.Log != "" {
 		t.Errorf("after the write-back: %+v", p)

@@ -234,6 +234,9 @@ func TestHostileNPY(t *testing.T) {
 		"overflow":    npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904, 4), }", nil),
 		"code":        npy("{'descr': __import__('os').system('x'), 'fortran_order': False, 'shape': (1,), }", nil),
 		"missing key": npy("{'descr': '<f4', 'shape': (1,), }", make([]byte, 4)),
+		"huge dim":    npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 18446744073709551615), }", nil),
+		"65 dims":     npy("{'descr': '<f4', 'fortran_order': False, 'shape': ("+strings.Repeat("1, ", 65)+"), }", make([]byte, 4)),
+		"header len":  []byte("\x93NUMPY\x02\x00\xff\xff\xff\x7f{"),
 	}
 	for name, b := range cases {
 		if _, err := Open(writeFile(t, "x.npy", b)); err == nil {

@@ -1,13 +1,15 @@
 package formats
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/npy"
 )
 
 // numpy .npy: "\x93NUMPY", version, header length, a Python dict literal
@@ -16,9 +18,9 @@ import (
 // Fortran-ordered arrays and big-endian ones are shown as their logical
 // C-order little-endian values (converted once, like any strided view).
 
-// maxNPYHeader bounds the dict literal (numpy itself refuses more than
-// 10000 characters unless told otherwise).
-const maxNPYHeader = 1 << 20
+// maxNPYDims bounds an array's dimensions (numpy's own limit is 64):
+// strides and index arithmetic are sized by it.
+const maxNPYDims = 64
 
 type npyHeader struct {
 	et      elemType
@@ -29,45 +31,36 @@ type npyHeader struct {
 }
 
 // parseNPYHeader reads a .npy prefix from b, which must hold all of it;
-// short reports how many bytes it needs when b is too short.
+// short reports how many bytes it needs when b is too short. The prefix
+// and its dict literal are package npy's to read (ParseFields, bounded by
+// npy.MaxHeaderLen); the descr is judged here, since a foreign file may
+// hold what safetensors does not (big-endian, raw void types).
 func parseNPYHeader(b []byte) (h npyHeader, short int, err error) {
-	if len(b) < 10 {
-		return h, 10, nil
+	fl, err := npy.ParseFields(b)
+	var se *npy.ShortError
+	if errors.As(err, &se) {
+		return h, se.Need, nil
 	}
-	if string(b[:6]) != "\x93NUMPY" {
-		return h, 0, errors.New("not a .npy (bad magic)")
-	}
-	var hlen, start int
-	switch b[6] {
-	case 1:
-		hlen, start = int(binary.LittleEndian.Uint16(b[8:])), 10
-	case 2, 3:
-		if len(b) < 12 {
-			return h, 12, nil
-		}
-		u := binary.LittleEndian.Uint32(b[8:])
-		if u > maxNPYHeader {
-			return h, 0, fmt.Errorf("header length %d above the limit of %d", u, maxNPYHeader)
-		}
-		hlen, start = int(u), 12
-	default:
-		return h, 0, fmt.Errorf("format version %d.%d is not one numpy writes", b[6], b[7])
-	}
-	if len(b) < start+hlen {
-		return h, start + hlen, nil
-	}
-	d := &dictLit{s: b[start : start+hlen]}
-	descr, fortran, shape, err := d.parse()
 	if err != nil {
 		return h, 0, fmt.Errorf("header: %w", err)
 	}
-	h.et, h.swap, err = npyDescr(descr)
+	if len(fl.Shape) > maxNPYDims {
+		return h, 0, fmt.Errorf("shape has %d dimensions, more than %d", len(fl.Shape), maxNPYDims)
+	}
+	for _, d := range fl.Shape {
+		// Dimensions become int64 strides: one above that is refused even
+		// when another dimension is 0 and the array is empty.
+		if d > math.MaxInt64 {
+			return h, 0, fmt.Errorf("shape %v: dimension %d is too large", fl.Shape, d)
+		}
+	}
+	h.et, h.swap, err = npyDescr(fl.Descr)
 	if err != nil {
 		return h, 0, err
 	}
-	h.fortran, h.shape, h.dataOff = fortran, shape, int64(start+hlen)
-	if _, ok := byteSize(shape, h.et.size); !ok {
-		return h, 0, fmt.Errorf("shape %v overflows", shape)
+	h.fortran, h.shape, h.dataOff = fl.Fortran, fl.Shape, int64(fl.DataOffset)
+	if _, ok := byteSize(h.shape, h.et.size); !ok {
+		return h, 0, fmt.Errorf("shape %v overflows", h.shape)
 	}
 	return h, 0, nil
 }
@@ -229,7 +222,7 @@ func (f *File) memberNPYHeader(b *base) (npyHeader, error) {
 	need := 10
 	for {
 		if need > len(buf) {
-			if int64(need) > b.size || need > maxNPYHeader+12 {
+			if int64(need) > b.size || need > npy.MaxHeaderLen+12 {
 				return npyHeader{}, errors.New("the member ends inside the .npy header")
 			}
 			old := len(buf)

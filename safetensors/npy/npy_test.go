@@ -353,3 +353,39 @@ func TestParseAmbiguousVoid(t *testing.T) {
 		t.Errorf("fortran |V1: %+v, %v", info, err)
 	}
 }
+
+// ParseFields reads the header Parse would, leaving the descr and
+// fortran_order to the caller: what Parse refuses for safetensors (a
+// big-endian descr, a Fortran layout) comes back as written, while what
+// breaks the format is refused the same way.
+func TestParseFields(t *testing.T) {
+	npy := func(dict string) []byte {
+		b := []byte("\x93NUMPY\x01\x00")
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(dict)))
+		return append(b, dict...)
+	}
+	b := npy("{'descr': '>c16', 'fortran_order': True, 'shape': (2, 3), }")
+	if _, err := Parse(b); err == nil {
+		t.Fatal("Parse accepted a big-endian complex128 array")
+	}
+	f, err := ParseFields(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Descr != ">c16" || !f.Fortran || !slices.Equal(f.Shape, []uint64{2, 3}) || f.DataOffset != len(b) || f.Version != [2]byte{1, 0} {
+		t.Errorf("ParseFields = %+v", f)
+	}
+	for _, bad := range [][]byte{
+		npy("{'descr': '<f4', 'fortran_order': False, 'shape': (5), }"),
+		npy("{'descr': '<f4', 'shape': (1,), }"),
+		[]byte("\x93NUMPY\x01\x01\x00\x00"),
+	} {
+		if _, err := ParseFields(bad); err == nil {
+			t.Errorf("ParseFields(%q) accepted", bad)
+		}
+	}
+	var se *ShortError
+	if _, err := ParseFields(b[:len(b)-1]); !errors.As(err, &se) || se.Need != len(b) {
+		t.Errorf("ParseFields of a cut header: %v, want a ShortError needing %d", err, len(b))
+	}
+}

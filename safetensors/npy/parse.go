@@ -85,8 +85,28 @@ func Parse(prefix []byte) (*Info, error) {
 	return parse(prefix, false)
 }
 
-// parse is Parse; anyOrder lets fortran_order arrays through (ParseAnyOrder).
-func parse(prefix []byte, anyOrder bool) (*Info, error) {
+// Fields is a .npy header as written: its dict literal's values, the
+// descr not mapped to a dtype. It is for readers of any numpy file
+// (package formats shows big-endian, complex and raw void arrays too);
+// Parse and ParseAnyOrder are for arrays bound for safetensors.
+type Fields struct {
+	Descr   string
+	Fortran bool
+	// Shape is never nil; a scalar has an empty shape. Its product is not
+	// checked: that needs the element size, which the descr gives.
+	Shape []uint64
+	// DataOffset is where the array data starts: the length of the prefix.
+	DataOffset int
+	// Version is the format version, {1, 0}, {2, 0} or {3, 0}.
+	Version [2]byte
+}
+
+// ParseFields reads the .npy prefix at the start of prefix as Parse does
+// (the magic, a version numpy writes, a header length of at most
+// MaxHeaderLen, the one dict literal numpy writes, never evaluated; a
+// *ShortError when prefix ends early) but leaves the descr and
+// fortran_order for the caller to judge.
+func ParseFields(prefix []byte) (*Fields, error) {
 	// Compare the magic as far as it goes, so a file that is not .npy fails
 	// at once instead of asking for more bytes.
 	if n := min(len(prefix), len(magic)); !bytes.Equal(prefix[:n], []byte(magic[:n])) {
@@ -122,27 +142,35 @@ func parse(prefix []byte, anyOrder bool) (*Info, error) {
 	if len(prefix) < end {
 		return nil, &ShortError{Have: len(prefix), Need: end}
 	}
-
 	h, err := parseDict(prefix[start:end], version)
 	if err != nil {
 		return nil, err
 	}
-	dtype, elemSize, err := parseDescr(h.descr)
+	return &Fields{Descr: h.descr, Fortran: h.fortran, Shape: h.shape, DataOffset: end, Version: version}, nil
+}
+
+// parse is Parse; anyOrder lets fortran_order arrays through (ParseAnyOrder).
+func parse(prefix []byte, anyOrder bool) (*Info, error) {
+	h, err := ParseFields(prefix)
+	if err != nil {
+		return nil, err
+	}
+	dtype, elemSize, err := parseDescr(h.Descr)
 	if err != nil && err != ErrAmbiguousVoid {
 		return nil, err
 	}
-	if _, ok := byteSize(h.shape, elemSize); !ok {
-		return nil, fmt.Errorf("npy: shape %v of descr %s overflows the addressable size", h.shape, quote(h.descr))
+	if _, ok := byteSize(h.Shape, elemSize); !ok {
+		return nil, fmt.Errorf("npy: shape %v of descr %s overflows the addressable size", h.Shape, quote(h.Descr))
 	}
-	if h.fortran && !layoutsAgree(h.shape) && !anyOrder {
+	if h.Fortran && !layoutsAgree(h.Shape) && !anyOrder {
 		return nil, ErrFortran
 	}
 	info := &Info{
 		DType:      dtype,
-		Shape:      h.shape,
-		Fortran:    h.fortran,
-		DataOffset: end,
-		Version:    version,
+		Shape:      h.Shape,
+		Fortran:    h.Fortran,
+		DataOffset: h.DataOffset,
+		Version:    h.Version,
 	}
 	return info, err // nil or ErrAmbiguousVoid
 }

@@ -86,22 +86,34 @@ const (
 	MaxReadAllSize = 64 << 20
 )
 
-func (o Options) withDefaults() (Options, error) {
-	if o.CacheDir == "" {
+// Cache returns the chunk cache directory and size limit Open uses for o,
+// defaults applied (see CacheDir and CacheSize), so that a caller showing
+// them (safejaxfs status) shows what Open does without repeating its rules.
+func (o Options) Cache() (dir string, limit int64, err error) {
+	dir = o.CacheDir
+	if dir == "" {
 		base := os.Getenv("XDG_CACHE_HOME")
 		if base == "" {
 			home, err := os.UserHomeDir()
 			if err != nil {
-				return o, errors.New("remote: no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")
+				return "", 0, errors.New("remote: no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")
 			}
 			base = filepath.Join(home, ".cache")
 		}
-		o.CacheDir = filepath.Join(base, "safejaxfs")
+		dir = filepath.Join(base, "safejaxfs")
 	}
-	if o.CacheSize == 0 {
-		o.CacheSize = DefaultCacheSize
+	limit = o.CacheSize
+	if limit == 0 {
+		limit = DefaultCacheSize
 	}
-	o.CacheSize = max(o.CacheSize, MinCacheSize)
+	return dir, max(limit, MinCacheSize), nil
+}
+
+func (o Options) withDefaults() (Options, error) {
+	var err error
+	if o.CacheDir, o.CacheSize, err = o.Cache(); err != nil {
+		return o, err
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
