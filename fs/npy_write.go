@@ -353,22 +353,24 @@ func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirN
 		return true, syscall.EINVAL
 	}
 	data := b
+	// The tensor and the temp file's removal are one commit: after a
+	// crash there is never both, nor neither. Both names are checked
+	// before anything is made durable.
+	oldDir := src.Parent
 	if replace {
-		err = f.ck.ReplaceSync(target, dtype, parsed.Shape, data)
+		_, err = tx.Consume(src, nil, "", func(string) (checkpoint.ID, error) {
+			return target, f.ck.ReplaceSyncDeleting(target, dtype, parsed.Shape, data, id)
+		})
 	} else {
-		// The name is checked before the tensor is made durable.
-		_, err = tx.Create(dst.node, base, func(key string) (checkpoint.ID, error) {
-			return f.ck.PutNewSync(key, dtype, parsed.Shape, data)
+		_, err = tx.Consume(src, dst.node, base, func(key string) (checkpoint.ID, error) {
+			return f.ck.PutNewSyncDeleting(key, dtype, parsed.Shape, data, id)
 		})
 	}
 	if err != nil {
 		f.fail(err)
 		return true, nsErrno(err)
 	}
-	oldDir := src.Parent
-	if errno := f.removeFile(tx, src); errno != 0 {
-		return true, errno
-	}
+	f.dropIfUnused(id)
 	f.touchDir(dst.node)
 	f.touchDir(oldDir)
 	if replace {

@@ -160,6 +160,27 @@ func (f *fixture) do(op string) error {
 			return err
 		case "rmdir":
 			return tx.Rmdir(dir, name)
+		case "npy":
+			// An editor's temp file renamed to a .npy name: it becomes
+			// the tensor there (new, or replacing one), its own goes.
+			src := tx.Lookup(dir, name)
+			if src == nil {
+				return ErrNotExist
+			}
+			gone := checkpoint.ID(src.Tensor)
+			dst, newName := f.splitTx(tx, w[2])
+			data := []byte{1, 2, 3, 4}
+			if old := tx.Lookup(dst, newName); old != nil && !old.IsDir() {
+				target := checkpoint.ID(old.Tensor)
+				_, err := tx.Consume(src, nil, "", func(string) (checkpoint.ID, error) {
+					return target, f.ck.ReplaceSyncDeleting(target, safetensors.F32, []uint64{1}, data, gone)
+				})
+				return err
+			}
+			_, err := tx.Consume(src, dst, newName, func(key string) (checkpoint.ID, error) {
+				return f.ck.PutNewSyncDeleting(key, safetensors.F32, []uint64{1}, data, gone)
+			})
+			return err
 		case "mv", "mv!":
 			src := tx.Lookup(dir, name)
 			if src == nil {

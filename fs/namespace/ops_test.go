@@ -61,6 +61,15 @@ func TestOperations(t *testing.T) {
 		{"swap by three renames", []step{
 			{"mv params/Dense_0 params/tmp", nil}, {"mv params/Dense_1 params/Dense_0", nil}, {"mv params/tmp params/Dense_1", nil},
 		}, flax},
+		{"an editor's temp file saved as a new tensor", []step{
+			{"create params/Dense_0/.w.tmp", nil}, {"npy params/Dense_0/.w.tmp params/Dense_0/w", nil},
+		}, strings.Replace(flax, "params/Dense_0/kernel=params.Dense_0.kernel", "params/Dense_0/kernel=params.Dense_0.kernel params/Dense_0/w=params.Dense_0.w", 1)},
+		{"an editor's temp file saved over a tensor", []step{
+			{"create params/Dense_0/.k.tmp", nil}, {"npy params/Dense_0/.k.tmp params/Dense_0/kernel", nil},
+		}, ""},
+		{"an editor's temp file saved over a directory", []step{
+			{"create params/.d.tmp", nil}, {"npy params/.d.tmp params/Dense_1", tree.ErrExist},
+		}, "params/.d.tmp=params..d.tmp " + flax},
 		{"tar x after rm: same keys again", []step{
 			{"unlink params/Dense_0/kernel", nil}, {"create params/Dense_0/kernel", nil},
 		}, ""},
@@ -309,5 +318,30 @@ func TestTarget(t *testing.T) {
 	}
 	if r := target(dense0, "kernel", kernel, true); !errors.Is(r.err, ErrNotExist) {
 		t.Errorf("the tensor opened, removed since: %+v", r)
+	}
+}
+
+// A temp file whose tensor cannot be made (the commit failed) stays as it
+// was, and so does everything else: the make step is the only one that
+// can fail, and the tree changes only after it.
+func TestConsumeRefused(t *testing.T) {
+	f := newFixture(t, flaxKeys)
+	if err := f.do("create params/.w.tmp"); err != nil {
+		t.Fatal(err)
+	}
+	before, keys := f.layout(), f.checkpointKeys()
+	err := f.ns.Update(func(tx *Tx) error {
+		dir := f.ns.Root().Lookup("params")
+		_, err := tx.Consume(dir.Lookup(".w.tmp"), dir, "w", func(string) (checkpoint.ID, error) { return 0, syscall.EIO })
+		return err
+	})
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("%v, want EIO", err)
+	}
+	if err := f.ns.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if f.layout() != before || !slices.Equal(f.checkpointKeys(), keys) {
+		t.Fatalf("changed:\n%s\nto\n%s", before, f.layout())
 	}
 }

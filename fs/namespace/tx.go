@@ -85,6 +85,51 @@ func (tx *Tx) RemoveFile(n *tree.Node) (checkpoint.Info, error) {
 	return info, nil
 }
 
+// Consume turns file src into the tensor its bytes describe (an editor's
+// temp file renamed to a .npy name): make puts that tensor in the
+// checkpoint and deletes src's in the same durable commit (checkpoint's
+// *SyncDeleting), then the tree follows: src goes and, with name given,
+// the made tensor appears as file name in dir (else make replaced a
+// tensor already in the tree). Both names are checked before make is
+// called; if make fails, nothing changed.
+func (tx *Tx) Consume(src, dir *tree.Node, name string, make func(key string) (checkpoint.ID, error)) (*tree.Node, error) {
+	t := tx.ns.t
+	if err := t.CanRemove(src); err != nil {
+		return nil, err
+	}
+	if src.IsDir() {
+		return nil, fmt.Errorf("consume %q: %w", src.Path(), tree.ErrIsDir)
+	}
+	key := ""
+	if name != "" {
+		if err := t.CanAdd(dir, name); err != nil {
+			return nil, err
+		}
+		key = t.ChildKey(dir, name)
+	}
+	gone := checkpoint.ID(src.Tensor)
+	info, known := tx.ns.st.Info(gone)
+	id, err := make(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.Remove(src); err != nil {
+		return nil, fmt.Errorf("namespace: remove %q after CanRemove said it could (a bug): %w", src.Path(), err)
+	}
+	if known {
+		tx.ns.types.forget(gone, info)
+	}
+	if name == "" {
+		return nil, nil
+	}
+	n, err := t.AddFile(dir, name, key, int(id))
+	if err != nil {
+		return nil, fmt.Errorf("namespace: add %q after CanAdd said it could (a bug): %w", name, err)
+	}
+	tx.ns.types.newFile(id)
+	return n, nil
+}
+
 // Rmdir removes empty directory name from dir.
 func (tx *Tx) Rmdir(dir *tree.Node, name string) error {
 	n := dir.Lookup(name)

@@ -120,53 +120,125 @@ func (c *Checkpoint) undoNew(id ID) func() {
 
 // PutSync is Put, durable before it returns or not made at all.
 func (c *Checkpoint) PutSync(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
-	return c.putSync(key, dtype, shape, data, false)
+	return c.putSync(key, dtype, shape, data, false, NoID)
 }
 
 // PutNewSync is PutNew, durable before it returns or not made at all.
 func (c *Checkpoint) PutNewSync(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
-	return c.putSync(key, dtype, shape, data, true)
+	return c.putSync(key, dtype, shape, data, true, NoID)
 }
 
-func (c *Checkpoint) putSync(key string, dtype safetensors.DType, shape []uint64, data []byte, mustBeNew bool) (ID, error) {
+// NoID is no tensor: the *Deleting calls delete nothing with it.
+const NoID ID = -1
+
+// PutNewSyncDeleting is PutNewSync that also deletes tensor gone in the
+// same commit: the new tensor and the deletion are durable together, or
+// neither is made. A file renamed into place as another (an editor's temp
+// file saved as a .npy) becomes the tensor it holds without a moment, or
+// a crash, where both exist or neither does.
+func (c *Checkpoint) PutNewSyncDeleting(key string, dtype safetensors.DType, shape []uint64, data []byte, gone ID) (ID, error) {
+	return c.putSync(key, dtype, shape, data, true, gone)
+}
+
+func (c *Checkpoint) putSync(key string, dtype safetensors.DType, shape []uint64, data []byte, mustBeNew bool, gone ID) (ID, error) {
 	var id ID
 	err := c.durably(func() (func(), error) {
 		old, exists := c.byKey[key]
 		if exists && mustBeNew {
 			return nil, fmt.Errorf("tensor %q: %w", key, ErrExists)
 		}
+		if exists && old == gone {
+			return nil, fmt.Errorf("tensor %q: put over the tensor it deletes: %w", key, ErrExists)
+		}
+		undoGone, err := c.deleteUndoable(gone)
+		if err != nil {
+			return nil, err
+		}
 		var undo func()
 		if exists {
 			undo = c.undoTensor(c.tensors[old])
 		}
-		var err error
 		if id, err = c.put(key, dtype, shape, data); err != nil {
 			if undo != nil {
 				undo()
 			}
+			undoGone()
 			return nil, err
 		}
 		if undo == nil {
 			undo = c.undoNew(id)
 		}
-		return undo, nil
+		return func() { undo(); undoGone() }, nil
 	})
 	return id, err
 }
 
+// deleteUndoable deletes tensor id (none for NoID) as Delete does, and
+// returns the func that puts it back exactly as it was: for an edit that
+// is all or nothing with its commit (durably). Caller holds mu, and still
+// does when the func runs.
+func (c *Checkpoint) deleteUndoable(id ID) (func(), error) {
+	if id == NoID {
+		return nop, nil
+	}
+	t, err := c.writable(id)
+	if err != nil {
+		return nil, err
+	}
+	saved := *t
+	_, dirty := c.dirty[t]
+	sh := c.shards[t.shard]
+	bound, layout, edits := sh.hdrBound, sh.layoutGen, c.edits
+	var index uint64
+	var indexBound int64
+	if c.index != nil {
+		index, indexBound = c.index.layoutGen, c.index.hdrBound
+	}
+	gone := len(c.gone)
+	c.deleteLocked(id, t)
+	return func() {
+		c.drop(id) // what deleteLocked took to keep it for open files
+		*t = saved
+		c.tensors[id] = t
+		c.byKey[t.key] = id
+		if dirty {
+			c.dirty[t] = struct{}{}
+		}
+		c.gone = c.gone[:gone]
+		sh.hdrBound, sh.layoutGen, c.edits = bound, layout, edits
+		if c.index != nil {
+			c.index.layoutGen, c.index.hdrBound = index, indexBound
+		}
+	}, nil
+}
+
 // ReplaceSync is Replace, durable before it returns or not made at all.
 func (c *Checkpoint) ReplaceSync(id ID, dtype safetensors.DType, shape []uint64, data []byte) error {
+	return c.ReplaceSyncDeleting(id, dtype, shape, data, NoID)
+}
+
+// ReplaceSyncDeleting is ReplaceSync that also deletes tensor gone in the
+// same commit (see PutNewSyncDeleting).
+func (c *Checkpoint) ReplaceSyncDeleting(id ID, dtype safetensors.DType, shape []uint64, data []byte, gone ID) error {
 	return c.durably(func() (func(), error) {
 		t := c.get(id)
 		if t == nil {
 			return nil, fmt.Errorf("tensor %d: %w", id, ErrNotFound)
 		}
+		if id == gone {
+			return nil, fmt.Errorf("tensor %q: replaced and deleted at once: %w", t.key, ErrExists)
+		}
+		undoGone, err := c.deleteUndoable(gone)
+		if err != nil {
+			return nil, err
+		}
 		undo := c.undoTensor(t)
 		if _, err := c.put(t.key, dtype, shape, data); err != nil {
 			undo()
+			undoGone()
 			return nil, err
 		}
-		return undo, nil
+		return func() { undo(); undoGone() }, nil
 	})
 }
 
