@@ -53,7 +53,7 @@ func ModesOfUmask(umask uint32) (file, dir uint32) {
 func DefaultPerm(loc *safetensors.Location) (Perm, error) {
 	if loc == nil {
 		p := Perm{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid())}
-		p.File, p.Dir = ModesOfUmask(processUmask())
+		p.File, p.Dir = ModesOfUmask(ProcessUmask())
 		return p, nil
 	}
 	var p Perm
@@ -76,10 +76,10 @@ func DefaultPerm(loc *safetensors.Location) (Perm, error) {
 	return p, nil
 }
 
-// processUmask reads this process's umask without changing it (umask(2)
+// ProcessUmask reads this process's umask without changing it (umask(2)
 // can only be read by setting it, which would race with files being
 // created).
-func processUmask() uint32 {
+func ProcessUmask() uint32 {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
 		return 0o022

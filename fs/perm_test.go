@@ -40,7 +40,7 @@ func TestDefaultPerm(t *testing.T) {
 		t.Errorf("DefaultPerm with a missing shard: %v, want an error naming it", err)
 	}
 
-	file, dirMode := ModesOfUmask(processUmask())
+	file, dirMode := ModesOfUmask(ProcessUmask())
 	if p, err := DefaultPerm(nil); err != nil || p != (Perm{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid()), File: file, Dir: dirMode}) {
 		t.Errorf("DefaultPerm(remote) = %+v, %v", p, err)
 	}

@@ -9,8 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/safejaxfs/safejaxfs/fs"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/formats"
 )
@@ -150,7 +149,10 @@ func writeOutput(out string, cf convertFlags, total int64, write func(*os.File) 
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644&^umask())
+		// The mode a new file gets (CreateTemp made it 0600), read without
+		// setting the umask: a set-and-restore races with files created
+		// meanwhile by other goroutines.
+		err = os.Chmod(tmp.Name(), 0o644&^os.FileMode(fs.ProcessUmask()))
 	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), out)
@@ -181,12 +183,6 @@ func syncDir(dir string) error {
 	defer d.Close()
 	d.Sync()
 	return nil
-}
-
-func umask() os.FileMode {
-	m := unix.Umask(0)
-	unix.Umask(m)
-	return os.FileMode(m)
 }
 
 // watchProgress shows the progress line (progress.go) of a conversion

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -138,4 +139,23 @@ func TestConvertShardedAndSubtree(t *testing.T) {
 	whole := filepath.Join(dir, "whole.safetensors")
 	cliOK(t, "convert", mnt, whole)
 	mustEqualFiles(t, whole, in)
+}
+
+// convert's output gets the mode a new file would (0644 less the umask),
+// read without changing the umask.
+func TestConvertOutputMode(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "o.safetensors")
+	in := filepath.Join(refDir, "..", "flax_mlp.safetensors")
+	cmd := exec.Command("sh", "-c", `umask 027; exec "$0" "$@"`, os.Args[0], "convert", in, out)
+	cmd.Env = append(os.Environ(), asCLIEnv+"=1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("convert: %v\n%s", err, b)
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %#o under umask 027, want 0640", st.Mode().Perm())
+	}
 }
