@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -181,15 +182,20 @@ func diffCheckpoints(args []string) error {
 		identical = identical && rep.Metadata.empty()
 	}
 	rep.Identical = identical
+	// Buffered: tabwriter writes every cell on its own.
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
 	switch {
 	case *asJSON:
-		if err := diffJSON(os.Stdout, rep); err != nil {
+		if err := diffJSON(out, rep); err != nil {
 			return err
 		}
 	case !*quiet:
-		if err := diffText(os.Stdout, rep); err != nil {
+		if err := diffText(out, rep); err != nil {
 			return err
 		}
+	}
+	if err := out.Flush(); err != nil {
+		return err
 	}
 	if !identical {
 		return &exitError{code: exitDiffer}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -75,17 +76,26 @@ func runStats(args []string) error {
 		results[i] = s
 	}
 	prog.finish()
+	// Buffered: tabwriter writes every cell of a row on its own (20
+	// write(2)s a row unbuffered: 1.9M for a 94k-tensor checkpoint).
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
 	if *asJSON {
-		return statsJSON(os.Stdout, sel, results)
+		if err := statsJSON(out, sel, results); err != nil {
+			return err
+		}
+		return out.Flush()
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "key\tdtype\tshape\tmin\tmax\tmean\tstd\tnan\tinf\tzeros")
 	for i, t := range sel {
 		s := results[i]
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", t.info.Key, t.info.DType, safetensors.ShapeString(t.info.Shape),
 			s.Min(), s.Max(), s.Mean(), s.Std(), s.NaN, s.Inf, s.Zeros)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return out.Flush()
 }
 
 type jsonStats struct {
