@@ -43,21 +43,34 @@ type Stats struct {
 
 // NewStats starts a summary of a tensor of dtype d.
 func NewStats(d safetensors.DType) *Stats {
-	s := &Stats{DType: d, cls: classOf(d), minF: math.Inf(1), maxF: math.Inf(-1),
+	return &Stats{DType: d, cls: classOf(d), minF: math.Inf(1), maxF: math.Inf(-1),
 		minI: math.MaxInt64, maxI: math.MinInt64, minU: math.MaxUint64}
-	s.f64 = make([]float64, block)
-	s.fin = make([]float64, block)
+}
+
+// buffers makes the scratch buffers hold k elements (k <= block): as many
+// as the first piece needs, a whole block once a later one needs more. A
+// checkpoint of many small tensors (94k in DeepSeek-V3's) would otherwise
+// allocate and fault in 20 KiB for each.
+func (s *Stats) buffers(k int) {
+	if len(s.f64) >= k {
+		return
+	}
+	n := block
+	if s.f64 == nil {
+		n = k
+	}
+	s.f64 = make([]float64, n)
+	s.fin = make([]float64, n)
 	switch s.cls {
 	case classFloat:
-		s.f32 = make([]float32, block)
+		s.f32 = make([]float32, n)
 	case classSigned:
-		s.i64 = make([]int64, block)
+		s.i64 = make([]int64, n)
 	case classUnsigned:
-		s.u64 = make([]uint64, block)
+		s.u64 = make([]uint64, n)
 	case classComplex:
-		s.c128 = make([]complex128, block)
+		s.c128 = make([]complex128, n)
 	}
-	return s
 }
 
 // Add summarizes the next bytes of the tensor. Pieces may split an
@@ -88,6 +101,7 @@ func (s *Stats) add(b []byte) {
 		src := b[:k*per/8]
 		b = b[k*per/8:]
 		s.Count += uint64(k)
+		s.buffers(k)
 		switch s.cls {
 		case classFloat:
 			toFloats(d, s.f64[:k], src, s.f32)
