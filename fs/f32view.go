@@ -3,8 +3,6 @@ package fs
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -12,7 +10,6 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
-	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/floats"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
@@ -391,45 +388,15 @@ func (n *f32Node) commit(b []byte) error {
 	if !ok {
 		return fmt.Errorf("%s: the tensor was deleted meanwhile", name)
 	}
-	if !floats.Has(cur.DType) {
-		return fmt.Errorf("tensor %q: %s: the tensor is %s now, which has no float32 view", cur.Key, name, cur.DType)
-	}
-	info, err := npy.ParseAnyOrder(b)
-	switch {
-	case err != nil:
-		return fmt.Errorf("tensor %q: %s: %w", cur.Key, name, err)
-	case info.DType != "F32":
-		return fmt.Errorf("tensor %q: %s holds %s, not float32: a float32 view takes float32 (np.save(path, a.astype(np.float32)))", cur.Key, name, npyDTypeName(info.DType))
-	case !slices.Equal(info.Shape, cur.Shape):
-		return fmt.Errorf("tensor %q: %s has shape %s, the tensor %s: a float32 view replaces values, not the shape (write %s.npy to replace the tensor)",
-			cur.Key, name, safetensors.AppendShape(nil, info.Shape), safetensors.AppendShape(nil, cur.Shape), strings.TrimSuffix(name, f32Ext))
-	}
-	data, err := npyData(info, b, safetensors.F32)
-	if err != nil {
-		return fmt.Errorf("tensor %q: %s: %w", cur.Key, name, err)
-	}
-	elems := cur.Size * 8 / int64(cur.DType.Bits())
-	if int64(len(data)) != 4*elems {
-		return fmt.Errorf("tensor %q: %s has %d bytes of data, %d float32 need %d", cur.Key, name, len(data), elems, 4*elems)
-	}
-	size, err := safetensors.ByteSize(cur.DType, cur.Shape)
+	out, err := namespace.ParseNPY(b).F32Values(cur, name)
 	if err != nil {
 		return err
 	}
-	out := make([]byte, size)
-	floats.EncodeLE(cur.DType, out, data)
 	if err := f.ck.ReplaceSync(n.id, cur.DType, cur.Shape, out); err != nil {
 		return err
 	}
 	f.changed(n.id, 0) // its own pages too: they may hold the upload
 	return nil
-}
-
-func npyDTypeName(d string) string {
-	if d == "" {
-		return "a 1-byte void dtype"
-	}
-	return d
 }
 
 func (n *f32Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,9 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
-	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
-	"github.com/safejaxfs/safejaxfs/safetensors/npy"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
 
@@ -230,36 +227,32 @@ func (n *npyNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 // deleted, and a key another path already holds is refused.
 func (n *npyNode) commit(b []byte) error {
 	f := n.fsys
-	info, perr := npy.ParseAnyOrder(b)
+	p := namespace.ParseNPY(b)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return f.ns.Update(func(tx *namespace.Tx) error { return n.commitLocked(tx, info, perr, b) })
+	return f.ns.Update(func(tx *namespace.Tx) error { return n.commitLocked(tx, p) })
 }
 
 // commitLocked is commit inside the namespace's Update.
-func (n *npyNode) commitLocked(tx *namespace.Tx, info *npy.Info, perr error, b []byte) error {
+func (n *npyNode) commitLocked(tx *namespace.Tx, p *namespace.NPYFile) error {
 	f := n.fsys
 	target, old, key, replace, err := tx.Target(n.dir, n.base, n.id, n.id != noTensor)
 	if err != nil {
 		return fmt.Errorf("%s.npy: %w", n.base, err)
 	}
-	dtype, err := npyDType(info, perr, old, key, n.base)
+	dtype, shape, data, err := p.Tensor(old, key, n.base+npyExt)
 	if err != nil {
 		return err
 	}
-	data, err := npyData(info, b, dtype)
-	if err != nil {
-		return fmt.Errorf("tensor %q: %s.npy: %w", key, n.base, err)
-	}
 	if replace {
-		if err := f.ck.ReplaceSync(target, dtype, info.Shape, data); err != nil {
+		if err := f.ck.ReplaceSync(target, dtype, shape, data); err != nil {
 			return err
 		}
 	} else {
 		// The name is checked before the tensor is made durable: a
 		// close that fails leaves nothing behind.
 		node, err := tx.Create(n.dir, n.base, func(key string) (checkpoint.ID, error) {
-			return f.ck.PutNewSync(key, dtype, info.Shape, data)
+			return f.ck.PutNewSync(key, dtype, shape, data)
 		})
 		if err != nil {
 			return fmt.Errorf("tensor %q: %w", key, err)
@@ -280,35 +273,6 @@ func (n *npyNode) commitLocked(tx *namespace.Tx, info *npy.Info, perr error, b [
 	// they are dropped too.
 	f.changed(target, 0)
 	return nil
-}
-
-// npyDType is the safetensors dtype of a parsed .npy (perr: the parse's
-// error) that replaces tensor old (zero Info for a new one).
-func npyDType(info *npy.Info, perr error, old checkpoint.Info, key, base string) (safetensors.DType, error) {
-	switch {
-	case errors.Is(perr, npy.ErrAmbiguousVoid) && old.DType.Bits() == 8 && old.DType != safetensors.U8 && old.DType != safetensors.I8 && old.DType != safetensors.BOOL:
-		// |V1 is any of the float8 types: keep the one the tensor had.
-		return old.DType, nil
-	case perr != nil:
-		return 0, fmt.Errorf("tensor %q: %s.npy: %w", key, base, perr)
-	}
-	d, ok := safetensors.ParseDType(info.DType)
-	if !ok {
-		return 0, fmt.Errorf("tensor %q: %s.npy: dtype %s has no safetensors form", key, base, info.DType)
-	}
-	return d, nil
-}
-
-// npyData is the tensor bytes of .npy file b as info parsed it: its data,
-// in C order (np.save writes a Fortran-ordered array, k.T or
-// np.asfortranarray(k), in its own order: transposed here, since
-// safetensors stores C order).
-func npyData(info *npy.Info, b []byte, d safetensors.DType) ([]byte, error) {
-	data := b[info.DataOffset:]
-	if !info.NeedsReorder() {
-		return data, nil
-	}
-	return npy.ToCOrder(data, info.Shape, max(d.Bits()/8, 1))
 }
 
 // renameIntoView handles a file created in the mount renamed to name.npy
@@ -336,34 +300,30 @@ func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirN
 		b = append(b, s...)
 	}
 	release()
-	parsed, perr := npy.ParseAnyOrder(b)
-	if perr != nil && !errors.Is(perr, npy.ErrAmbiguousVoid) {
+	p := namespace.ParseNPY(b)
+	if !p.IsNPY() {
 		return false, 0
 	}
 	target, old, key, replace, err := tx.Target(dst.node, base, 0, false)
 	if err != nil {
 		return true, nsErrno(err)
 	}
-	dtype, err := npyDType(parsed, perr, old, key, base)
-	if err == nil {
-		b, err = npyData(parsed, b, dtype)
-	}
+	dtype, shape, data, err := p.Tensor(old, key, newName)
 	if err != nil {
 		f.fail(err)
 		return true, syscall.EINVAL
 	}
-	data := b
 	// The tensor and the temp file's removal are one commit: after a
 	// crash there is never both, nor neither. Both names are checked
 	// before anything is made durable.
 	oldDir := src.Parent
 	if replace {
 		_, err = tx.Consume(src, nil, "", func(string) (checkpoint.ID, error) {
-			return target, f.ck.ReplaceSyncDeleting(target, dtype, parsed.Shape, data, id)
+			return target, f.ck.ReplaceSyncDeleting(target, dtype, shape, data, id)
 		})
 	} else {
 		_, err = tx.Consume(src, dst.node, base, func(key string) (checkpoint.ID, error) {
-			return f.ck.PutNewSyncDeleting(key, dtype, parsed.Shape, data, id)
+			return f.ck.PutNewSyncDeleting(key, dtype, shape, data, id)
 		})
 	}
 	if err != nil {
@@ -382,32 +342,4 @@ func (f *FS) renameIntoView(tx *namespace.Tx, g *gate, src *tree.Node, dst *dirN
 	f.consume(g, id, &dst.Inode, newName)
 	f.entryChanged(g, &dst.Inode, base)
 	return true, 0
-}
-
-// npyPrecheck refuses, from its first bytes, an upload of size bytes that
-// cannot be a .npy: no .npy header, or one whose array does not take the
-// rest of the file. The commit checks everything again; this only spares
-// reading a large file whole to find that out.
-func npyPrecheck(prefix []byte, size int64) error {
-	info, err := npy.ParseAnyOrder(prefix)
-	switch {
-	case errors.Is(err, npy.ErrShort):
-		return nil // a header longer than the prefix: the commit decides
-	case errors.Is(err, npy.ErrAmbiguousVoid):
-		info.DType = "U8" // one byte per element, as the commit takes it
-	case err != nil:
-		return fmt.Errorf("%d bytes that are no .npy: %w", size, err)
-	}
-	d, ok := safetensors.ParseDType(info.DType)
-	if !ok {
-		return nil // the commit explains
-	}
-	n, err := safetensors.ByteSize(d, info.Shape)
-	if err != nil {
-		return nil
-	}
-	if want := int64(info.DataOffset) + int64(n); want != size {
-		return fmt.Errorf("a .npy of %s %v holds %d bytes, the file %d", info.DType, info.Shape, want, size)
-	}
-	return nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/safejaxfs/safejaxfs/fs/namespace"
 )
 
 // Files written whole (a .npy, a .f32.npy view, __metadata__) are collected
@@ -210,7 +212,7 @@ type upload struct {
 	// check, if set, refuses from its first bytes a spilled upload that
 	// can never be accepted, before the whole of it is read into memory
 	// for its commit (a 1 GiB file of anything but a .npy: see
-	// npyPrecheck).
+	// namespace.NPYPrecheck).
 	check func(prefix []byte, size int64) error
 }
 
@@ -238,7 +240,7 @@ func (f *FS) newUpload(owner opener, name string, buf []byte, wrote bool, limit 
 // header.
 func (f *FS) newNPYUpload(owner opener, name string, buf []byte, wrote bool) *upload {
 	u := f.newUpload(owner, name, buf, wrote, f.maxUpload)
-	u.check = npyPrecheck
+	u.check = namespace.NPYPrecheck
 	return u
 }
 
