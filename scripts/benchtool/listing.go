@@ -218,6 +218,43 @@ func (b *bench) listingScale() error {
 		}
 	}
 
+	// The same listings on a read-only mount (-o ro): nothing can change
+	// behind the kernel's caches there, and a read-only superblock keeps
+	// every directory's atime, so the second run is served from the
+	// caches the first one filled (the issue's <= 1.5x for a second run).
+	roHot := make([][]time.Duration, len(listCmds))
+	for i, c := range listCmds {
+		if err := cache(); err != nil {
+			return err
+		}
+		m, err := b.mount(target, "--no-files", "-o", "ro")
+		if err != nil {
+			return err
+		}
+		// One repetition: the first run (cold, as measured above) only
+		// fills the caches here.
+		err = func() error {
+			if _, _, err := c.run(m.dir); err != nil {
+				return err
+			}
+			hot, out, err := c.run(m.dir)
+			if err != nil {
+				return err
+			}
+			if out != outs[i] {
+				return fmt.Errorf("%s on the read-only mount printed %q, the read-write one %q", c.name, out, outs[i])
+			}
+			roHot[i] = append(roHot[i], hot)
+			return nil
+		}()
+		if uerr := m.unmount(); err == nil {
+			err = uerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+
 	ms := func(d float64) float64 { return d * 1e3 }
 	b.add(row{section: "6", what: fmt.Sprintf("mount, %s (command start to mount answering)", name), ours: ms(medianDur(took)), unit: "ms",
 		refWhat: fmt.Sprintf("/usr/bin/python3 reading and json.loads-ing %s", headersWhat(variant)), ref: ms(pyRef), kind: cost, barMax: 0.5})
@@ -229,14 +266,18 @@ func (b *bench) listingScale() error {
 			b.add(row{section: "6", what: fmt.Sprintf("`%s`, cold (1st after mount)", c.name), ours: ms(medianDur(runs[i].cold)), unit: "ms",
 				refWhat: fmt.Sprintf("the same command over the same tree on %s, cold (1st after mounting it)", local.what), ref: ms(medianDur(refs[i].cold)), kind: cost, barMax: 3})
 		}
+		// The issue's bar for a second run is 1.5x. On a read-write mount
+		// the kernel forgets a directory's atime once it read the
+		// directory from the daemon (fuse_invalidate_atime, skipped only
+		// on a read-only superblock), so the run after a cold one stats
+		// every directory with a round trip; from the third run on it
+		// does not, and on a read-only mount the second run does not.
 		b.add(row{section: "6", what: fmt.Sprintf("`%s`, hot (again)", c.name), ours: ms(medianDur(runs[i].hot)), unit: "ms",
-			refWhat: hotRef, ref: ms(medianDur(refs[i].hot)), kind: cost, barMax: 3})
-		// On a read-write mount the kernel forgets a directory's atime
-		// once it read the directory from the daemon, so the run after
-		// a cold one stats every directory with a round trip; from the
-		// third run on it does not.
+			refWhat: hotRef, ref: ms(medianDur(refs[i].hot)), kind: cost, barMax: 1.5})
 		b.add(row{section: "6", what: fmt.Sprintf("`%s`, hot, 3rd run", c.name), ours: ms(medianDur(runs[i].third)), unit: "ms",
 			refWhat: hotRef, ref: ms(medianDur(refs[i].hot)), kind: cost})
+		b.add(row{section: "6", what: fmt.Sprintf("`%s`, hot (again), read-only mount (-o ro)", c.name), ours: ms(medianDur(roHot[i])), unit: "ms",
+			refWhat: hotRef, ref: ms(medianDur(refs[i].hot)), kind: cost, barMax: 1.5})
 	}
 	if local.note != "" {
 		b.note("section 6: %s", local.note)
