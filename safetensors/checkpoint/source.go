@@ -20,8 +20,9 @@ import (
 // The last two are read-only and never change after Open: their reads
 // take no lock, so a slow remote request holds nothing a refused write or
 // Close would wait behind. Everything that differs between the three is a
-// method here; the rest of the package asks the source, never which kind
-// it has.
+// method here: the rest of the package asks the source what to do, and
+// only the accessors that describe the kind (Remote, Format, Foreign)
+// look at which one it is.
 type source interface {
 	// read serves Read and ReadContext. ctx only matters where a read
 	// can wait on something it could end (a remote fetch).
