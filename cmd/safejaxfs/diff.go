@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"slices"
 	"strconv"
 	"text/tabwriter"
@@ -182,8 +180,7 @@ func diffCheckpoints(args []string) error {
 		identical = identical && rep.Metadata.empty()
 	}
 	rep.Identical = identical
-	// Buffered: tabwriter writes every cell on its own.
-	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	out := tableOut()
 	switch {
 	case *asJSON:
 		if err := diffJSON(out, rep); err != nil {

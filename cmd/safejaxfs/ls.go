@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -52,10 +50,7 @@ func runLs(args []string) error {
 			return fail(exitInvalid, "no tensor or directory %q in %s", rest[1], shown)
 		}
 	}
-	// Buffered: tabwriter writes each block of lines as soon as it can
-	// lay it out, and every directory line ends one (a write(2) per few
-	// lines: two thirds of a 94k-tensor listing's time went to them).
-	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	out := tableOut()
 	if *asJSON {
 		if err := listJSON(out, ts, top); err != nil {
 			return err

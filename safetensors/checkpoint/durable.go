@@ -87,22 +87,40 @@ func (c *Checkpoint) undoTensor(t *tensor) func() {
 	saved := *t
 	saved.cur = t.cur.clone() // an edit may write into t.cur's chunk map
 	_, dirty := c.dirty[t]
-	sh := c.shards[t.shard]
-	bound, layout, edits := sh.hdrBound, sh.layoutGen, c.edits
-	var index uint64
-	var indexBound int64
-	if c.index != nil {
-		index, indexBound = c.index.layoutGen, c.index.hdrBound
-	}
+	layout := c.markLayout(t.shard)
 	return func() {
 		*t = saved
 		if !dirty {
 			delete(c.dirty, t)
 		}
-		sh.hdrBound, sh.layoutGen, c.edits = bound, layout, edits
-		if c.index != nil {
-			c.index.layoutGen, c.index.hdrBound = index, indexBound
-		}
+		c.restoreLayout(layout)
+	}
+}
+
+// layoutMark is what an edit of a tensor changes besides the tensor: its
+// shard's header bound and layout generation, the index's, and the edit
+// count.
+type layoutMark struct {
+	sh                   *shard
+	bound, indexBound    int64
+	layout, index, edits uint64
+}
+
+// markLayout notes them for shard i, for restoreLayout. Caller holds mu.
+func (c *Checkpoint) markLayout(i int) layoutMark {
+	sh := c.shards[i]
+	m := layoutMark{sh: sh, bound: sh.hdrBound, layout: sh.layoutGen, edits: c.edits}
+	if c.index != nil {
+		m.index, m.indexBound = c.index.layoutGen, c.index.hdrBound
+	}
+	return m
+}
+
+// restoreLayout puts them back as markLayout found them. Caller holds mu.
+func (c *Checkpoint) restoreLayout(m layoutMark) {
+	m.sh.hdrBound, m.sh.layoutGen, c.edits = m.bound, m.layout, m.edits
+	if c.index != nil {
+		c.index.layoutGen, c.index.hdrBound = m.index, m.indexBound
 	}
 }
 
@@ -187,13 +205,7 @@ func (c *Checkpoint) deleteUndoable(id ID) (func(), error) {
 	}
 	saved := *t
 	_, dirty := c.dirty[t]
-	sh := c.shards[t.shard]
-	bound, layout, edits := sh.hdrBound, sh.layoutGen, c.edits
-	var index uint64
-	var indexBound int64
-	if c.index != nil {
-		index, indexBound = c.index.layoutGen, c.index.hdrBound
-	}
+	layout := c.markLayout(t.shard)
 	gone := len(c.gone)
 	c.deleteLocked(id, t)
 	return func() {
@@ -205,10 +217,7 @@ func (c *Checkpoint) deleteUndoable(id ID) (func(), error) {
 			c.dirty[t] = struct{}{}
 		}
 		c.gone = c.gone[:gone]
-		sh.hdrBound, sh.layoutGen, c.edits = bound, layout, edits
-		if c.index != nil {
-			c.index.layoutGen, c.index.hdrBound = index, indexBound
-		}
+		c.restoreLayout(layout)
 	}, nil
 }
 
