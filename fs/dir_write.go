@@ -52,7 +52,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		// A created .npy is committed at close even if nothing was
 		// written (and then refused: an empty file is no .npy).
 		owner := openerOf(ctx)
-		return child, &npyHandle{up: n.uploads.add(f.newNPYUpload(owner, name, nil, true)), owner: owner}, fuse.FOPEN_DIRECT_IO, 0
+		return child, &npyHandle{up: f.newNPYUpload(&n.uploads, owner, name, nil, true), owner: owner}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	return child, f.newWriteHandle(ctx, child.Operations().(*tensorNode).id), fuse.FOPEN_KEEP_CACHE, 0
 }

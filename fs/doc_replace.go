@@ -62,7 +62,7 @@ func (d *dirNode) createDoc(ctx context.Context, doc *doc, open bool, out *fuse.
 	// The upload belongs to the node go-fuse keeps (a node of the same
 	// inode number may still be open from before the removal).
 	kept := child.Operations().(*metadataNode)
-	return child, kept.uploads.add(f.newUpload(openerOf(ctx), doc.name, nil, false, maxMetadataUpload)), 0
+	return child, f.newUpload(&kept.uploads, openerOf(ctx), doc.name, nil, false, maxMetadataUpload), 0
 }
 
 // renameIntoDoc renames file src (in directory srcDir) over the special

@@ -10,6 +10,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
+	"github.com/safejaxfs/safejaxfs/fs/upload"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/floats"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
@@ -32,7 +33,7 @@ type f32Node struct {
 	// answers ESTALE, as for a .npy view).
 	key string
 
-	uploads uploadSet
+	uploads upload.Set
 }
 
 const f32Ext = namespace.F32Ext
@@ -204,7 +205,7 @@ func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 			return nil, 0, f.readFailed(&n.Inode, 0, err)
 		}
 	}
-	u := n.uploads.add(f.newNPYUpload(openerOf(ctx), n.key+f32Ext, buf, flags&syscall.O_TRUNC != 0))
+	u := f.newNPYUpload(&n.uploads, openerOf(ctx), n.key+f32Ext, buf, flags&syscall.O_TRUNC != 0)
 	return u, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -231,8 +232,8 @@ var (
 )
 
 func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if u, ok := fh.(*upload); ok {
-		return u.read(dest, off), 0
+	if u, ok := fh.(*uploadFile); ok {
+		return readUpload(u, dest, off), 0
 	}
 	f := n.fsys
 	h, _, elems := f.f32View(n.id)
@@ -344,13 +345,7 @@ func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 // a truncate by path); the view itself changes only by a whole .npy.
 func (n *f32Node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if size, ok := in.GetSize(); ok {
-		var errno syscall.Errno
-		if u, ok := fh.(*upload); ok {
-			errno = u.truncate(int64(size))
-		} else {
-			errno = n.uploads.truncateAll(int64(size))
-		}
-		if errno != 0 {
+		if errno := truncateUpload(fh, &n.uploads, size); errno != 0 {
 			return errno
 		}
 	}
@@ -358,7 +353,7 @@ func (n *f32Node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAtt
 }
 
 func (n *f32Node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	if u, ok := fh.(*upload); ok {
+	if u, ok := fh.(*uploadFile); ok {
 		errno := n.fsys.flushUpload(ctx, u, n.commit)
 		n.fsys.notify.settle() // the tensor's other names show it on return
 		return errno
@@ -367,9 +362,8 @@ func (n *f32Node) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 }
 
 func (n *f32Node) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	if u, ok := fh.(*upload); ok {
-		n.fsys.releaseUpload(ctx, u, n.commit)
-		n.uploads.release(u)
+	if u, ok := fh.(*uploadFile); ok {
+		n.fsys.releaseUpload(ctx, &n.uploads, u, n.commit)
 	}
 	return 0
 }
@@ -455,5 +449,5 @@ func (d *dirNode) createF32(ctx context.Context, name string, out *fuse.EntryOut
 	// close even if nothing was written (and then refused: an empty file
 	// is no .npy).
 	n := child.Operations().(*f32Node)
-	return child, n.uploads.add(f.newNPYUpload(openerOf(ctx), name, nil, true)), 0
+	return child, f.newNPYUpload(&n.uploads, openerOf(ctx), name, nil, true), 0
 }

@@ -6,7 +6,8 @@
 //
 //  1. npyHandle.mu: a .npy view's handle, which a write may turn into an
 //     upload.
-//  2. upload.mu: an upload's content, held across its commit at close.
+//  2. upload.Set.mu, then upload.Buffer.mu (package upload): an upload's
+//     content, held across its commit at close.
 //  3. npyNode.mu: which tensor a view stands for, held across the commit
 //     that may create it; writeHandle.mu: a tensor handle's rewrite, held
 //     across its durable commit (the two are never held together).
@@ -15,8 +16,8 @@
 //     Below it, its type hints' lock (see package namespace).
 //  5. The checkpoint's own locks (see package checkpoint), below all of
 //     the above: the checkpoint never calls back into this package.
-//  6. Leaves, taken for a moment, nothing called under them: uploadPool,
-//     uploadSet, writerCount, liveNodes, viewInos, consumedSet, dirTimes,
+//  6. Leaves, taken for a moment, nothing called under them: upload.Pool,
+//     writerCount, liveNodes, viewInos, consumedSet, dirTimes,
 //     the directory handles' and the files view's mutexes, and the
 //     invalidation queue's (notify.go), whose worker talks to the kernel
 //     holding none of them. No request notifies the kernel about an inode
@@ -37,6 +38,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
+	"github.com/safejaxfs/safejaxfs/fs/upload"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
@@ -58,7 +60,7 @@ type Options struct {
 	// its directory can take them (see checkpoint.SaveRecovery).
 	RecoveryDirs []string
 	// SpillDir is where large uploads wait for their close, in unnamed
-	// temp files (upload.go); "" means $TMPDIR.
+	// temp files (package upload); "" means $TMPDIR.
 	SpillDir string
 	// FilesDir names the root directory showing the checkpoint as files
 	// ("" = none; files.go). FilesSiblings shows the files beside the
@@ -103,7 +105,7 @@ type FS struct {
 
 	metaJSON  atomic.Pointer[[]byte] // __metadata__ as rendered, nil after a change
 	maxUpload int64                  // the most a .npy written into the mount may hold
-	upPool    uploadPool             // what all uploads share (upload.go)
+	upPool    upload.Pool            // what all uploads share (upload.go)
 
 	dirTimes dirTimes
 
@@ -137,7 +139,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	}
 	f.nextIno.Store(1 << 62)
 	f.maxUpload = uploadLimit()
-	f.upPool = uploadPool{dir: opt.SpillDir, limit: f.maxUpload, spillAt: spillAt, budget: memoryBudget, refuse: f.refuseUpload}
+	f.upPool = upload.Pool{Dir: opt.SpillDir, Limit: f.maxUpload, SpillAt: upload.SpillAt, Budget: upload.MemoryBudget, Report: f.refuseUpload}
 	f.specials = f.docs()
 	if err := f.setupFiles(); err != nil {
 		return nil, err
@@ -336,7 +338,7 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 
 // uploadLimit is the most a .npy written into the mount may hold, and all
 // open uploads together: half the machine's RAM. An upload waits in a temp
-// file once it is large (upload.go), but its close makes it a tensor held
+// file once it is large (package upload), but its close makes it a tensor held
 // in memory until it is logged. Beyond it a write or truncate fails with
 // EFBIG instead of taking the daemon (and every edit it holds) down.
 func uploadLimit() int64 {

@@ -1,11 +1,15 @@
 package fs
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/safejaxfs/safejaxfs/fs/upload"
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
 
@@ -52,44 +56,24 @@ func TestInoSpaces(t *testing.T) {
 	}
 }
 
-// testPool is an FS with only its upload pool, for upload unit tests.
-func testPool(t *testing.T, limit, spillAt, budget int64) (*FS, *[]string) {
-	var refusals []string
-	f := &FS{}
-	f.upPool = uploadPool{dir: t.TempDir(), limit: limit, spillAt: spillAt, budget: budget, refuse: func(err error) { refusals = append(refusals, err.Error()) }}
-	return f, &refusals
-}
-
-func TestUploadFlushRepeatsRefusal(t *testing.T) {
-	f, _ := testPool(t, 1<<30, spillAt, memoryBudget)
-	u := f.newUpload(0, "x.npy", nil, false, 1<<20)
-	u.write([]byte("abc"), 0)
-	calls := 0
-	refuse := func([]byte) syscall.Errno { calls++; return syscall.EINVAL }
-	if errno := u.flush(refuse, nil); errno != syscall.EINVAL {
-		t.Fatalf("first flush: %v", errno)
-	}
-	// A later close of another descriptor of the same open file reports
-	// the refusal again without committing again.
-	if errno := u.flush(refuse, nil); errno != syscall.EINVAL || calls != 1 {
-		t.Fatalf("second flush: %v after %d commits", errno, calls)
-	}
-	u.write([]byte("d"), 3)
-	ok := func(b []byte) syscall.Errno {
-		if string(b) != "abcd" {
-			t.Errorf("commit got %q", b)
+// TestUploadErrno: the errno a refused upload gives the writer is the one
+// the upload chose, EPERM for a truncate by path with nothing open, and a
+// refused commit's (closeErrno) otherwise.
+func TestUploadErrno(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{nil, 0},
+		{&upload.Error{Errno: syscall.EFBIG, Err: upload.ErrLimit}, syscall.EFBIG},
+		{fmt.Errorf("x.npy: %w", &upload.Error{Errno: syscall.ENOSPC, Err: errors.New("no space")}), syscall.ENOSPC},
+		{upload.ErrNotOpen, syscall.EPERM},
+		{errors.New("x.npy: not a .npy file"), syscall.EINVAL},
+		{fmt.Errorf("x: %w", checkpoint.ErrHeaderLimit), syscall.EFBIG},
+	} {
+		if got := uploadErrno(c.err); got != c.want {
+			t.Errorf("uploadErrno(%v) = %v, want %v", c.err, got, c.want)
 		}
-		return 0
-	}
-	if errno := u.flush(ok, nil); errno != 0 {
-		t.Fatalf("flush after a new write: %v", errno)
-	}
-	// Past the limit: refused, nothing allocated.
-	if errno := u.truncate(1 << 40); errno != syscall.EFBIG || u.size() != 4 {
-		t.Errorf("truncate past the limit: %v, size %d", errno, u.size())
-	}
-	if errno := u.write([]byte("x"), 1<<20); errno != syscall.EFBIG {
-		t.Errorf("write past the limit: %v", errno)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/upload"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
@@ -22,7 +23,7 @@ type metadataNode struct {
 	fs.Inode
 	fsys    *FS
 	doc     *doc
-	uploads uploadSet
+	uploads upload.Set
 }
 
 var (
@@ -87,12 +88,12 @@ func (m *metadataNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, u
 	if flags&syscall.O_TRUNC == 0 {
 		buf = m.doc.render()
 	}
-	return m.uploads.add(m.fsys.newUpload(openerOf(ctx), MetadataName, buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload)), fuse.FOPEN_DIRECT_IO, 0
+	return m.fsys.newUpload(&m.uploads, openerOf(ctx), MetadataName, buf, flags&syscall.O_TRUNC != 0, maxMetadataUpload), fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (m *metadataNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if u, ok := fh.(*upload); ok {
-		return u.read(dest, off), 0
+	if u, ok := fh.(*uploadFile); ok {
+		return readUpload(u, dest, off), 0
 	}
 	b := m.doc.render()
 	if off >= int64(len(b)) {
@@ -114,13 +115,7 @@ func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.S
 		m.doc.mtime.Store(&mtime)
 	}
 	if size, ok := in.GetSize(); ok {
-		errno := syscall.Errno(0)
-		if u, ok := fh.(*upload); ok {
-			errno = u.truncate(int64(size))
-		} else {
-			errno = m.uploads.truncateAll(int64(size))
-		}
-		if errno != 0 {
+		if errno := truncateUpload(fh, &m.uploads, size); errno != 0 {
 			return errno
 		}
 	}
@@ -130,7 +125,7 @@ func (m *metadataNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.S
 // Flush replaces the document with what was written, if it parses;
 // otherwise it is kept and close fails with EINVAL.
 func (m *metadataNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	u, ok := fh.(*upload)
+	u, ok := fh.(*uploadFile)
 	if !ok {
 		return 0
 	}
@@ -148,9 +143,8 @@ func (m *metadataNode) commit(b []byte) error {
 }
 
 func (m *metadataNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
-	if u, ok := fh.(*upload); ok {
-		m.fsys.releaseUpload(ctx, u, m.commit)
-		m.uploads.release(u)
+	if u, ok := fh.(*uploadFile); ok {
+		m.fsys.releaseUpload(ctx, &m.uploads, u, m.commit)
 	}
 	return 0
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/safejaxfs/safejaxfs/fs/upload"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
 	"github.com/safejaxfs/safejaxfs/tree"
@@ -30,7 +31,7 @@ type npyNode struct {
 	dir  *tree.Node
 	base string
 
-	uploads uploadSet
+	uploads upload.Set
 }
 
 const noTensor checkpoint.ID = -1
@@ -135,7 +136,7 @@ func (n *npyNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrO
 func (n *npyNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if h, ok := fh.(*npyHandle); ok {
 		if u := h.upload(); u != nil {
-			return u.read(dest, off), 0
+			return readUpload(u, dest, off), 0
 		}
 	}
 	id := n.tensor()

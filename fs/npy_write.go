@@ -33,11 +33,11 @@ var (
 // only a whole new .npy can change the tensor's dtype or shape.
 type npyHandle struct {
 	mu    sync.Mutex
-	up    *upload // nil while writing in place
-	owner opener  // only its closes decide (owner.go)
+	up    *uploadFile // nil while writing in place
+	owner opener      // only its closes decide (owner.go)
 }
 
-func (h *npyHandle) upload() *upload {
+func (h *npyHandle) upload() *uploadFile {
 	if h == nil {
 		return nil
 	}
@@ -71,8 +71,8 @@ func (n *npyNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	// until close, so they must not land in (or be served from) the
 	// view's page cache.
 	owner := openerOf(ctx)
-	u := n.fsys.newNPYUpload(owner, n.base+npyExt, nil, flags&syscall.O_TRUNC != 0)
-	return &npyHandle{up: n.uploads.add(u), owner: owner}, fuse.FOPEN_DIRECT_IO, 0
+	u := n.fsys.newNPYUpload(&n.uploads, owner, n.base+npyExt, nil, flags&syscall.O_TRUNC != 0)
+	return &npyHandle{up: u, owner: owner}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 // toUpload turns an in-place handle into an upload of the view's current
@@ -85,7 +85,7 @@ func (n *npyNode) toUpload(h *npyHandle) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
-	h.up = n.uploads.add(n.fsys.newNPYUpload(h.owner, n.base+npyExt, b, true))
+	h.up = n.fsys.newNPYUpload(&n.uploads, h.owner, n.base+npyExt, b, true)
 	return 0
 }
 
@@ -124,8 +124,8 @@ func (n *npyNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 			return 0, errno
 		}
 	}
-	if errno := h.up.write(data, off); errno != 0 {
-		return 0, errno // the upload logged why
+	if err := h.up.WriteAt(data, off); err != nil {
+		return 0, uploadErrno(err) // the pool logged why
 	}
 	return uint32(len(data)), 0
 }
@@ -176,14 +176,14 @@ func (n *npyNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAtt
 			errno := syscall.Errno(0)
 			if h.up != nil || size != a.Size {
 				if errno = n.toUpload(h); errno == 0 {
-					errno = h.up.truncate(int64(size))
+					errno = uploadErrno(h.up.Truncate(int64(size)))
 				}
 			}
 			h.mu.Unlock()
 			if errno != 0 {
 				return errno
 			}
-		} else if errno := n.uploads.truncateAll(int64(size)); errno != 0 {
+		} else if errno := uploadErrno(n.uploads.TruncateAll(int64(size))); errno != 0 {
 			return errno
 		}
 	}
@@ -209,8 +209,7 @@ func (n *npyNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 
 func (n *npyNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	if u := fh.(*npyHandle).upload(); u != nil {
-		n.fsys.releaseUpload(ctx, u, n.commit)
-		n.uploads.release(u)
+		n.fsys.releaseUpload(ctx, &n.uploads, u, n.commit)
 	}
 	return 0
 }
