@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"fmt"
-	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -11,16 +10,16 @@ import (
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/fs/upload"
+	"github.com/safejaxfs/safejaxfs/fs/views"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
-	"github.com/safejaxfs/safejaxfs/safetensors/floats"
-	"github.com/safejaxfs/safejaxfs/safetensors/npy"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
 
 // f32Node is <tensor>.f32.npy, for a tensor whose dtype numpy lacks or
 // holds in a type few tools read (BF16, F16, the 8-, 6- and 4-bit floats):
 // a .npy of float32 with the tensor's shape, its elements converted on the
-// fly from the mapping (or the remote chunks) as ml_dtypes converts them.
+// fly from the mapping (or the remote chunks) as ml_dtypes converts them
+// (package views makes its bytes).
 // Writing a whole .npy of float32 and the same shape into it converts the
 // values back, rounding to nearest even, and replaces the tensor's bytes
 // (its dtype and shape stay).
@@ -101,16 +100,6 @@ func (f *FS) f32Target(dir *tree.Node, name string) (checkpoint.ID, bool) {
 	return checkpoint.ID(t.Tensor), true
 }
 
-// hasF32 reports whether tensor id has a float32 view: its dtype
-// converts (a float type, or a GGUF quantized type: f32quant.go).
-func (f *FS) hasF32(id checkpoint.ID) bool {
-	info, ok := f.ck.Info(id)
-	if d, _ := f.quantView(id); d != nil {
-		return ok
-	}
-	return ok && floats.Has(info.DType)
-}
-
 // f32Node makes (or finds) the node of tensor id's float32 view under
 // parent, filling its attributes; nil when it has none.
 func (f *FS) f32Node(ctx context.Context, parent *fs.Inode, id checkpoint.ID, a *fuse.Attr) *fs.Inode {
@@ -137,27 +126,8 @@ func (f *FS) f32Entry(dir, c *tree.Node) (fuse.DirEntry, bool) {
 	return fuse.DirEntry{Name: c.Name + f32Ext, Mode: syscall.S_IFREG, Ino: f.f32Ino(id, c.Key)}, true
 }
 
-// f32View is the view's header and what it read of the tensor; nil when
-// the tensor is gone or its dtype (changed since) does not convert.
-func (f *FS) f32View(id checkpoint.ID) ([]byte, checkpoint.Info, int64) {
-	info, ok := f.ck.Attr(id) // a removed tensor a file still has open too
-	if d, shape := f.quantView(id); ok && d != nil {
-		return f.quantF32View(id, info, d, shape)
-	}
-	if !ok || !floats.Has(info.DType) {
-		return nil, info, 0
-	}
-	h, err := npy.Header("F32", info.Shape)
-	if err != nil {
-		return nil, info, 0
-	}
-	// Elements from the bytes, not the shape: the two differ only while a
-	// rewrite of the raw file is under way.
-	return h, info, info.Size * 8 / int64(info.DType.Bits())
-}
-
 func (f *FS) fillF32Attr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
-	h, info, n := f.f32View(id)
+	h, info, n := views.F32(f.ck, id)
 	size := uint64(0)
 	if h != nil {
 		size = uint64(len(h)) + 4*uint64(n)
@@ -196,12 +166,12 @@ func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	}
 	var buf []byte
 	if flags&syscall.O_TRUNC == 0 {
-		_, _, elems := f.f32View(n.id)
+		_, _, elems := views.F32(f.ck, n.id)
 		if 4*elems > f.maxUpload {
 			return nil, 0, syscall.EFBIG
 		}
 		var err error
-		if buf, err = f.f32Bytes(n.id); err != nil {
+		if buf, err = views.F32Bytes(f.ck, n.id); err != nil {
 			return nil, 0, f.readFailed(&n.Inode, 0, err)
 		}
 	}
@@ -209,34 +179,12 @@ func (n *f32Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	return u, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// f32Bytes is the whole view (for a read-write open).
-func (f *FS) f32Bytes(id checkpoint.ID) ([]byte, error) {
-	h, _, n := f.f32View(id)
-	if h == nil {
-		return nil, nil
-	}
-	b := make([]byte, int64(len(h))+4*n)
-	copy(b, h)
-	k, err := f.readF32(context.Background(), id, b[len(h):], 0)
-	return b[:len(h)+k], err
-}
-
-// f32Step is the elements converted per pass: 1 MiB of float32 (a FUSE
-// read's most), from at most 512 KiB of source bytes (BF16, F16).
-const f32Step = 256 << 10
-
-// packedPool holds gathered source bytes, convPool converted ones.
-var (
-	packedPool = sync.Pool{New: func() any { b := make([]byte, 0, f32Step*2); return &b }}
-	convPool   = sync.Pool{New: func() any { b := make([]byte, 4*f32Step); return &b }}
-)
-
 func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if u, ok := fh.(*uploadFile); ok {
 		return readUpload(u, dest, off), 0
 	}
 	f := n.fsys
-	h, _, elems := f.f32View(n.id)
+	h, _, elems := views.F32(f.ck, n.id)
 	if h == nil {
 		return fuse.ReadResultData(nil), 0
 	}
@@ -251,7 +199,7 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 		k = copy(out, h[off:])
 	}
 	if k < len(out) {
-		got, err := f.readF32(ctx, n.id, out[k:], max(off-hn, 0))
+		got, err := views.ReadF32(ctx, f.ck, n.id, out[k:], max(off-hn, 0))
 		if err != nil {
 			return nil, f.readFailed(&n.Inode, off, err)
 		}
@@ -259,83 +207,6 @@ func (n *f32Node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 	}
 	return fuse.ReadResultData(out), 0
 }
-
-// readF32 fills dst with the float32 bytes of tensor id from byte off of
-// the converted data, and returns how many it filled (fewer at the end).
-// ctx ends an interrupted read of a remote tensor.
-func (f *FS) readF32(ctx context.Context, id checkpoint.ID, dst []byte, off int64) (int, error) {
-	if d, _ := f.quantView(id); d != nil {
-		return f.readQuantF32(ctx, id, d, dst, off)
-	}
-	info, ok := f.ck.Attr(id) // a removed tensor reads on while a file has it open
-	if !ok {
-		return 0, fmt.Errorf("tensor %d: %w", id, checkpoint.ErrNotFound)
-	}
-	d := info.DType
-	bits, group := int64(d.Bits()), int64(floats.Group(d))
-	elems := info.Size * 8 / bits
-	// The elements the request touches, widened to whole groups (an F4
-	// byte holds two, three F6 bytes hold four).
-	e0 := off / 4 / group * group
-	e1 := min((off+int64(len(dst))+3)/4, elems)
-	e1 = min((e1+group-1)/group*group, elems)
-	if e1 <= e0 {
-		return 0, nil
-	}
-	dst = dst[:min(int64(len(dst)), 4*e1-off)]
-	done := 0
-	for e0 < e1 {
-		step := min(e1-e0, f32Step) // a multiple of every group
-		src, release, err := f.packed(ctx, id, e0*bits/8, int(step*bits/8))
-		if err != nil {
-			return done, err
-		}
-		if skip := max(off-4*e0, 0); skip == 0 && int64(len(dst)-done) >= 4*step {
-			// Aligned and whole (every read the kernel sends but the
-			// last of a view): straight into the reply.
-			n := floats.DecodeLE(d, dst[done:done+int(4*step)], src)
-			release()
-			done += 4 * n
-			if int64(n) < step {
-				break
-			}
-			e0 += step
-			continue
-		}
-		cp := convPool.Get().(*[]byte)
-		n := floats.DecodeLE(d, (*cp)[:4*step], src)
-		release()
-		done += copy(dst[done:], (*cp)[max(off-4*e0, 0):4*int64(n)])
-		convPool.Put(cp)
-		if int64(n) < step {
-			break // the tensor shrank meanwhile
-		}
-		e0 += step
-	}
-	return done, nil
-}
-
-// packed returns n source bytes of tensor id at off as one slice: the
-// checkpoint's own when it has them in one segment, else gathered.
-func (f *FS) packed(ctx context.Context, id checkpoint.ID, off int64, n int) ([]byte, func(), error) {
-	segs, release, err := f.ck.ReadContext(ctx, id, off, n)
-	if err != nil {
-		return nil, nop, err
-	}
-	if len(segs) == 1 {
-		return segs[0], release, nil
-	}
-	bp := packedPool.Get().(*[]byte)
-	b := (*bp)[:0]
-	for _, s := range segs {
-		b = append(b, s...)
-	}
-	release()
-	*bp = b
-	return b, func() { packedPool.Put(bp) }, nil
-}
-
-func nop() {}
 
 func (n *f32Node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	return writeUpload(fh, data, off)
@@ -413,14 +284,8 @@ func (f *FS) changedF32(id checkpoint.ID, except uint64, off, n int64) {
 		}
 		if first {
 			first = false
-			if h, info, _ := f.f32View(id); h != nil && n > 0 {
-				// Whole elements (whole groups of the sub-byte
-				// formats), 4 bytes each, after the header.
-				bits, group := int64(info.DType.Bits()), int64(floats.Group(info.DType))
-				e0 := off * 8 / bits / group * group
-				e1 := ((off+n)*8/bits + group) / group * group
-				vOff, vN = int64(len(h))+4*e0, 4*(e1-e0)
-			}
+			h, info, _ := views.F32(f.ck, id)
+			vOff, vN = views.F32Changed(h, info, off, n)
 		}
 		f.notify.content(r.n, vOff, vN)
 	}

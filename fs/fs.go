@@ -39,6 +39,7 @@ import (
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
 	"github.com/safejaxfs/safejaxfs/fs/upload"
+	"github.com/safejaxfs/safejaxfs/fs/views"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
@@ -131,8 +132,8 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	}
 	f := &FS{ck: ck, opt: opt, logger: opt.Logger}
 	f.ns = namespace.New(t, ck, namespace.ViewRules{
-		HasNPY: func(id checkpoint.ID) bool { return f.npyView(id) != nil },
-		HasF32: f.hasF32,
+		HasNPY: func(id checkpoint.ID) bool { h, _ := views.NPY(f.ck, id); return h != nil },
+		HasF32: func(id checkpoint.ID) bool { return views.HasF32(f.ck, id) },
 	})
 	if f.logger == nil {
 		f.logger = slog.New(slog.DiscardHandler)
@@ -325,7 +326,8 @@ func (f *FS) changedRange(id checkpoint.ID, except uint64, off, n int64) {
 			// The view's bytes sit after its header; with no header
 			// (a dtype numpy lacks) there is nothing cached to keep.
 			if hdr < 0 {
-				hdr = int64(len(f.npyView(id)))
+				h, _ := views.NPY(f.ck, id)
+				hdr = int64(len(h))
 			}
 			if hdr > 0 {
 				vOff = hdr + off

@@ -9,8 +9,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/fs/upload"
+	"github.com/safejaxfs/safejaxfs/fs/views"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
-	"github.com/safejaxfs/safejaxfs/safetensors/npy"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
 
@@ -88,32 +88,10 @@ func (n *npyNode) stale() bool {
 	return !ok || info.Key != key
 }
 
-// npyView returns the .npy header for tensor id, or nil when numpy has no
-// form for its dtype (sub-byte floats) or the tensor is gone. Derived on each
-// call: it is a few dozen bytes of formatting, and the tensor's dtype and
-// shape may change under a read-write mount.
-func (f *FS) npyView(id checkpoint.ID) []byte {
-	h, _ := f.npyViewInfo(id)
-	return h
-}
-
-// npyViewInfo is npyView plus what it read of the tensor.
-func (f *FS) npyViewInfo(id checkpoint.ID) ([]byte, checkpoint.Info) {
-	info, ok := f.ck.Attr(id)
-	if !ok {
-		return nil, info
-	}
-	h, err := npy.Header(info.DType.String(), info.Shape)
-	if err != nil {
-		return nil, info
-	}
-	return h, info
-}
-
 // fillNPYAttr fills the view's attributes; false (size 0) when tensor id has
 // no view.
 func (f *FS) fillNPYAttr(a *fuse.Attr, ino uint64, id checkpoint.ID) bool {
-	h, info := f.npyViewInfo(id)
+	h, info := views.NPY(f.ck, id)
 	size := uint64(0)
 	if h != nil {
 		size = uint64(len(h)) + uint64(info.Size)
@@ -140,7 +118,7 @@ func (n *npyNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 		}
 	}
 	id := n.tensor()
-	h := n.fsys.npyView(id)
+	h, _ := views.NPY(n.fsys.ck, id)
 	if h == nil {
 		return fuse.ReadResultData(nil), 0
 	}

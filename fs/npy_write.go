@@ -11,6 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/safejaxfs/safejaxfs/fs/namespace"
+	"github.com/safejaxfs/safejaxfs/fs/views"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/tree"
 )
@@ -81,31 +82,12 @@ func (n *npyNode) toUpload(h *npyHandle) syscall.Errno {
 	if h.up != nil {
 		return 0
 	}
-	b, err := n.fsys.npyBytes(n.tensor())
+	b, err := views.NPYBytes(n.fsys.ck, n.tensor())
 	if err != nil {
 		return toErrno(err)
 	}
 	h.up = n.fsys.newNPYUpload(&n.uploads, h.owner, n.base+npyExt, b, true)
 	return 0
-}
-
-// npyBytes copies the whole view (for a handle that rewrites its header).
-func (f *FS) npyBytes(id checkpoint.ID) ([]byte, error) {
-	h, info := f.npyViewInfo(id)
-	if h == nil {
-		return nil, fmt.Errorf("tensor %d: no .npy view: %w", id, checkpoint.ErrNotFound)
-	}
-	b := make([]byte, len(h), len(h)+int(info.Size))
-	copy(b, h)
-	segs, release, err := f.ck.Read(id, 0, int(info.Size))
-	defer release()
-	if err != nil {
-		return nil, err
-	}
-	for _, s := range segs {
-		b = append(b, s...)
-	}
-	return b, nil
 }
 
 func (n *npyNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
@@ -137,7 +119,7 @@ func (n *npyNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 func (n *npyNode) writeInPlace(data []byte, off int64) (done bool, errno syscall.Errno) {
 	f := n.fsys
 	id := n.tensor()
-	hdr, info := f.npyViewInfo(id)
+	hdr, info := views.NPY(f.ck, id)
 	if hdr == nil {
 		return false, syscall.ENOENT
 	}
