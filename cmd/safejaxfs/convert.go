@@ -77,7 +77,7 @@ func runConvert(args []string) error {
 	}
 	if toFlax {
 		if len(src.meta) > 0 {
-			fmt.Fprintf(os.Stderr, "safejaxfs convert: the %d metadata entries are not written: a Flax msgpack holds arrays only\n", len(src.meta))
+			fmt.Fprintf(os.Stderr, "safejaxfs convert: the %s not written: a Flax msgpack holds arrays only\n", nouns(len(src.meta), "metadata entry is", "metadata entries are"))
 		}
 		return writeOutput(out, cf, src.total(), func(f *os.File) error {
 			_, err := formats.WriteFlax(f, src.sources, formats.MaxChunkSize)

@@ -75,8 +75,8 @@ func verifyForeign(shown string, file *formats.File) error {
 	for i := range file.Tensors {
 		data += file.Tensors[i].Size
 	}
-	fmt.Printf("%s: ok, %s, %d tensors, %d bytes of tensor data, %d metadata entries (read-only: convert it to edit)\n",
-		shown, file.Format, len(file.Tensors), data, len(file.Metadata))
+	fmt.Printf("%s: ok, %s, %s, %d bytes of tensor data, %s (read-only: convert it to edit)\n",
+		shown, file.Format, plural(len(file.Tensors), "tensor"), data, nouns(len(file.Metadata), "metadata entry", "metadata entries"))
 	for _, g := range formats.SharedStorages(file.Tensors) {
 		keys := make([]string, len(g))
 		tied := true

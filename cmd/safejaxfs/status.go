@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,19 +40,28 @@ type mountReport struct {
 }
 
 func runStatus(args []string) error {
-	fl := newFlags("status", "[--json]",
+	fl := newFlags("status", "[--json] [MOUNTPOINT...]",
 		"List the safejaxfs mounts of this user (every user's, as root): mountpoint, source,\n"+
 			"daemon pid, read-only or read-write, state (mounted, writing back), edits not yet\n"+
 			"written back into the checkpoint and the size of its log, the remote chunk cache's\n"+
 			"use, the last error, and the daemon's log file. A mount that does not answer within\n"+
-			"2 seconds is listed as not answering, and one whose daemon is gone as dead.")
+			"2 seconds is listed as not answering, and one whose daemon is gone as dead.\n"+
+			"Given mountpoints, only those (each must be a safejaxfs mount).")
 	asJSON := fl.Bool("json", false, "print a JSON array, one object per mount")
-	if _, err := parseFlags(fl, args, 0, 0); err != nil {
+	rest, err := parseFlags(fl, args, 0, math.MaxInt)
+	if err != nil {
+		return err
+	}
+	only, err := statusMountpoints(rest)
+	if err != nil {
 		return err
 	}
 	reports, err := collectStatus()
 	if err != nil {
 		return fail(exitMount, "%v", err)
+	}
+	if only != nil {
+		reports = slices.DeleteFunc(reports, func(r mountReport) bool { return !only[r.Mountpoint] })
 	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -61,6 +71,33 @@ func runStatus(args []string) error {
 	}
 	printStatus(os.Stdout, reports)
 	return nil
+}
+
+// statusMountpoints resolves the mountpoints status was given (nil: all),
+// refusing a path that is not a safejaxfs mount as unmount does. The mount
+// table is read, not the mounts: one that hangs cannot hang status.
+func statusMountpoints(args []string) (map[string]bool, error) {
+	if len(args) == 0 {
+		return nil, nil
+	}
+	only := map[string]bool{}
+	for _, a := range args {
+		mnt, err := filepath.Abs(a)
+		if err != nil {
+			return nil, fail(exitUsage, "%v", err)
+		}
+		m, found, err := safefs.FindMount(mnt)
+		switch {
+		case err != nil:
+			return nil, fail(exitMount, "%v", err)
+		case !found:
+			return nil, fail(exitMount, "%s is not mounted", mnt)
+		case m.FSType != "fuse.safejaxfs":
+			return nil, fail(exitMount, "%s is a %s mount, not safejaxfs", mnt, m.FSType)
+		}
+		only[mnt] = true
+	}
+	return only, nil
 }
 
 // collectStatus gathers the reports, sorted by mountpoint.
@@ -366,9 +403,12 @@ func printStatus(w io.Writer, reports []mountReport) {
 }
 
 // plural is "1 tensor", "2 tensors".
-func plural(n int, noun string) string {
+func plural(n int, noun string) string { return nouns(n, noun, noun+"s") }
+
+// nouns is "1 metadata entry", "2 metadata entries".
+func nouns(n int, one, many string) string {
 	if n == 1 {
-		return "1 " + noun
+		return "1 " + one
 	}
-	return fmt.Sprintf("%d %ss", n, noun)
+	return fmt.Sprintf("%d %s", n, many)
 }

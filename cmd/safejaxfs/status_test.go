@@ -129,6 +129,34 @@ func TestStatusOfAMount(t *testing.T) {
 	}
 }
 
+// TestStatusOfGivenMountpoints: status MOUNTPOINT... lists only those;
+// a path that is no safejaxfs mount is refused, naming it.
+func TestStatusOfGivenMountpoints(t *testing.T) {
+	if !isolated(t) {
+		return
+	}
+	ckpt := flaxModel(t)
+	a := mount(t, ckpt, "--read-only")
+	b := mount(t, ckpt, "--read-only")
+	r := cli(t, "status", "--json", b)
+	var reports []mountReport
+	if err := json.Unmarshal([]byte(r.stdout), &reports); r.code != 0 || err != nil {
+		t.Fatalf("status --json %s: exit %d %v %s", b, r.code, err, r.stderr)
+	}
+	if len(reports) != 1 || reports[0].Mountpoint != b {
+		t.Errorf("status of %s listed %+v", b, reports)
+	}
+	if r := cli(t, "status", a, b); r.code != 0 || !strings.Contains(r.stdout, a) || !strings.Contains(r.stdout, b) {
+		t.Errorf("status of both: exit %d:\n%s", r.code, r.stdout)
+	}
+	notMounted := t.TempDir()
+	for path, want := range map[string]string{notMounted: notMounted + " is not mounted", "/": "/ is a "} {
+		if r := cli(t, "status", a, path); r.code != exitMount || !strings.Contains(r.stderr, want) || r.stdout != "" {
+			t.Errorf("status %s %s: exit %d, stdout %q, stderr %q; want exit %d saying %q", a, path, r.code, r.stdout, r.stderr, exitMount, want)
+		}
+	}
+}
+
 // A daemon that does not answer (stopped) and one that is gone (killed):
 // status comes back anyway, and says which.
 func TestStatusOfHungAndDeadMounts(t *testing.T) {

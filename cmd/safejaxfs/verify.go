@@ -49,9 +49,9 @@ func runVerify(args []string) error {
 		meta = max(meta, len(h.Metadata))
 	}
 	if sharded {
-		fmt.Printf("%s: ok, %d shards, %d tensors, %d bytes of tensor data\n", shown, len(headers), tensors, data)
+		fmt.Printf("%s: ok, %s, %s, %d bytes of tensor data\n", shown, plural(len(headers), "shard"), plural(tensors, "tensor"), data)
 		return nil
 	}
-	fmt.Printf("%s: ok, %d tensors, %d bytes of tensor data, %d metadata entries\n", shown, tensors, data, meta)
+	fmt.Printf("%s: ok, %s, %d bytes of tensor data, %s\n", shown, plural(tensors, "tensor"), data, nouns(meta, "metadata entry", "metadata entries"))
 	return nil
 }
