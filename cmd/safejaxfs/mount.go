@@ -298,6 +298,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		status.update(func(st *mountStatus) { st.Cache = remoteCacheStatus(ropt) })
 	}
 
+	preferHugePages() // the checkpoint's records are about to be made (hugepages.go)
 	if os.Getenv("GOMEMLIMIT") == "" {
 		go followLiveHeap(memoryLimit)
 	}
@@ -430,6 +431,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// Parsing the headers left about as much garbage as stays live (for
 	// 94k tensors in 163 shards, 60 MB of RSS next to 63 MB live): collect
 	// it and give it back now, once the mount answers, rather than hold it.
+	normalPages()
 	go debug.FreeOSMemory()
 	server.Wait()
 	// Unmounted: persist what is left. The kernel is gone, so this is the

@@ -28,6 +28,7 @@ type source struct {
 // with edits waiting in its log is refused, as a read-only mount refuses
 // it; one mounted read-write is read through its mount (mounted.go).
 func openSource(verb, ckpt string, rf *remoteFlags, pf progressFlags, code int) (*source, error) {
+	preferHugePages() // a large checkpoint's records are about to be made (hugepages.go)
 	opt := checkpoint.Options{ReadOnly: true}
 	done := func() {}
 	if remote.IsURL(ckpt) {
