@@ -39,18 +39,49 @@ type Diff struct {
 
 // NewDiff starts a comparison of two tensors of dtype d.
 func NewDiff(d safetensors.DType) *Diff {
-	c := &Diff{DType: d, cls: classOf(d), BytesEqual: true}
+	return &Diff{DType: d, cls: classOf(d), BytesEqual: true}
+}
+
+// buffers makes the scratch buffers hold k elements (k <= block), as
+// Stats.buffers does: none for tensors whose bytes are equal (most of a
+// diff of two checkpoints that share layers), as many as the first
+// differing piece needs, a whole block once a later one needs more.
+func (c *Diff) buffers(k int) {
+	n := block
 	switch c.cls {
 	case classFloat:
-		c.fa, c.fb, c.f32 = make([]float64, block), make([]float64, block), make([]float32, block)
+		if len(c.fa) >= k {
+			return
+		}
+		if c.fa == nil {
+			n = k
+		}
+		c.fa, c.fb, c.f32 = make([]float64, n), make([]float64, n), make([]float32, n)
 	case classSigned:
-		c.ia, c.ib = make([]int64, block), make([]int64, block)
+		if len(c.ia) >= k {
+			return
+		}
+		if c.ia == nil {
+			n = k
+		}
+		c.ia, c.ib = make([]int64, n), make([]int64, n)
 	case classUnsigned:
-		c.ua, c.ub = make([]uint64, block), make([]uint64, block)
+		if len(c.ua) >= k {
+			return
+		}
+		if c.ua == nil {
+			n = k
+		}
+		c.ua, c.ub = make([]uint64, n), make([]uint64, n)
 	case classComplex:
-		c.ca, c.cb = make([]complex128, block), make([]complex128, block)
+		if len(c.ca) >= k {
+			return
+		}
+		if c.ca == nil {
+			n = k
+		}
+		c.ca, c.cb = make([]complex128, n), make([]complex128, n)
 	}
-	return c
 }
 
 // Add compares the next bytes of both tensors; a and b must be equally
@@ -90,6 +121,7 @@ func (c *Diff) add(a, b []byte) {
 		if bytes.Equal(sa, sb) {
 			continue // equal bytes: equal values, no difference to measure
 		}
+		c.buffers(k)
 		switch c.cls {
 		case classFloat:
 			toFloats(d, c.fa[:k], sa, c.f32)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 
@@ -303,6 +304,36 @@ func TestDiffAgainstNumpy(t *testing.T) {
 			if !close(df.MaxAbs, float64(w.MaxAbs)) || !close(df.MaxRel, float64(w.MaxRel)) {
 				t.Errorf("%s: max abs %g rel %g, numpy %g %g", what, df.MaxAbs, df.MaxRel, w.MaxAbs, w.MaxRel)
 			}
+		}
+	}
+}
+
+// TestScratchFollowsNeed: Stats and Diff size their scratch buffers by
+// what they are given: a diff of equal bytes allocates none, a small
+// tensor little (a checkpoint of 94k small tensors once allocated 20 KiB
+// of scratch for each, most of a stats or diff run's time and memory).
+func TestScratchFollowsNeed(t *testing.T) {
+	small := make([]byte, 64) // 16 F32 elements
+	other := bytes.Clone(small)
+	other[3] = 0x3f
+	for _, c := range []struct {
+		what string
+		run  func()
+		most float64 // bytes
+	}{
+		{"diff of equal bytes", func() { NewDiff(safetensors.F32).Add(small, small) }, 256},
+		{"diff of a 16-element tensor", func() { NewDiff(safetensors.F32).Add(small, other) }, 1024},
+		{"stats of a 16-element tensor", func() { NewStats(safetensors.F32).Add(small) }, 1024},
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		const runs = 100
+		for range runs {
+			c.run()
+		}
+		runtime.ReadMemStats(&after)
+		if per := float64(after.TotalAlloc-before.TotalAlloc) / runs; per > c.most {
+			t.Errorf("%s allocates %.0f bytes, more than %.0f", c.what, per, c.most)
 		}
 	}
 }
