@@ -32,9 +32,18 @@ import (
 //
 // A daemon lives for days: once mounted it takes the advice back
 // (MADV_NOHUGEPAGE), so that khugepaged does not later fill the holes the
-// runtime's scavenger returns to the system (the RSS growth that made the
-// Go runtime stop advising huge pages itself, golang/go#63334). Pages
-// already huge stay so until freed.
+// runtime's scavenger returns to the system (the RSS growth of
+// golang/go#64332, one reason the Go runtime stopped advising huge pages
+// itself). Pages already huge stay so until freed. The other reason,
+// golang/go#61718: with the usual defrag policy a fault in advised memory
+// may compact memory first when no huge page is free, a stall. Here that
+// is bounded to the startup burst (a few dozen faults instead of tens of
+// thousands), and an administrator who wants no such stall sets defrag to
+// "defer" (the fault then takes 4 KiB pages, khugepaged collapses later).
+//
+// Only under the "madvise" policy: with "always" every anonymous page is
+// huge-page backed already (and MADV_NOHUGEPAGE, which cannot be undone to
+// the default, would take that away), with "never" there are none.
 
 // hugeSpan is how much heap is advised: more than a 94k-tensor mount's
 // peak. Address space only: what is never used is never backed.
@@ -93,10 +102,11 @@ func madvise(start, end uintptr, advice int) error {
 	return nil
 }
 
-// hugePageSize is the size of a transparent huge page, 0 without them
-// (not built into the kernel, or disabled).
+// hugePageSize is the size of a transparent huge page where advice is
+// what gets them (the policy is "madvise"), else 0 (always given, never
+// given, or not built into the kernel).
 func hugePageSize() uintptr {
-	if b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err != nil || strings.Contains(string(b), "[never]") {
+	if b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err != nil || !strings.Contains(string(b), "[madvise]") {
 		return 0
 	}
 	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
