@@ -114,14 +114,17 @@ type WriteBack struct {
 // WriteBackProgress looks at the temp files of a write-back under way.
 // It reads the directories by path, not through the checkpoint's own
 // directory descriptor, whose offset the write-back itself may be using.
+// The status file asks four times a second: the tensors are walked (for
+// the sizes the new files will have) only when a temp file is there.
 func (c *Checkpoint) WriteBackProgress() WriteBack {
 	var w WriteBack
 	if c.readOnly || c.root == nil {
 		return w
 	}
 	type file struct {
-		path string
-		size int64 // what the rewritten file will hold, about
+		path  string
+		shard int // -1: the index
+		temps []int64
 	}
 	var files []file
 	c.mu.RLock()
@@ -129,26 +132,17 @@ func (c *Checkpoint) WriteBackProgress() WriteBack {
 		c.mu.RUnlock()
 		return w
 	}
-	sizes := make([]int64, len(c.shards))
-	for _, t := range c.tensors {
-		if t != nil && t.cur != nil {
-			sizes[t.shard] += t.cur.size
-		}
-	}
 	for i, sh := range c.shards {
-		hdr := int64(0)
-		if sh.cur != nil {
-			hdr = sh.cur.file.Size - int64(sh.cur.file.DataSize())
-		}
-		files = append(files, file{c.root.join(sh.name), hdr + sizes[i]})
+		files = append(files, file{path: c.root.join(sh.name), shard: i})
 	}
 	if c.index != nil {
-		files = append(files, file{c.root.join(c.index.name), 0})
+		files = append(files, file{path: c.root.join(c.index.name), shard: -1})
 	}
 	c.mu.RUnlock()
 
 	listed := map[string][]string{}
-	for _, f := range files {
+	for i := range files {
+		f := &files[i]
 		dir, base := filepath.Split(f.path)
 		names, ok := listed[dir]
 		if !ok {
@@ -159,13 +153,40 @@ func (c *Checkpoint) WriteBackProgress() WriteBack {
 			if !isTempOf(n, base) {
 				continue
 			}
-			st, err := os.Lstat(filepath.Join(dir, n))
-			if err != nil {
-				continue
+			if st, err := os.Lstat(filepath.Join(dir, n)); err == nil {
+				f.temps = append(f.temps, st.Size())
 			}
-			w.Active = true
-			w.Done += st.Size()
-			w.Total += max(f.size, st.Size())
+		}
+		w.Active = w.Active || len(f.temps) > 0
+	}
+	if !w.Active {
+		return w
+	}
+	// What each rewritten file will hold, about: its header and the
+	// tensors' bytes now.
+	sizes := make([]int64, len(files))
+	c.mu.RLock()
+	if !c.closed {
+		for _, t := range c.tensors {
+			if t != nil && t.cur != nil && t.shard < len(sizes) {
+				sizes[t.shard] += t.cur.size
+			}
+		}
+		for i, sh := range c.shards {
+			if i < len(sizes) && sh.cur != nil {
+				sizes[i] += sh.cur.file.Size - int64(sh.cur.file.DataSize())
+			}
+		}
+	}
+	c.mu.RUnlock()
+	for _, f := range files {
+		size := int64(0)
+		if f.shard >= 0 {
+			size = sizes[f.shard]
+		}
+		for _, done := range f.temps {
+			w.Done += done
+			w.Total += max(size, done)
 		}
 	}
 	return w
