@@ -277,22 +277,36 @@ func TestUnsavedEditsKeepDaemon(t *testing.T) {
 
 // TestCheckpointTruncatedUnderneath: another program truncates the
 // checkpoint in place while it is mounted. Reads and writes of the lost
-// bytes fail with EIO; the daemon (and every edit it holds) lives on.
+// bytes fail with EIO, and so does a read of a float32 view, which the
+// daemon converts from the mapping itself (touching the lost pages would
+// kill it with SIGBUS); the daemon (and every edit it holds) lives on.
 func TestCheckpointTruncatedUnderneath(t *testing.T) {
 	if !isolated(t) {
 		return
 	}
 	big := raw("big", safetensors.U8, randomBytes(256<<10, 8), 256<<10)
-	ckpt := writeCheckpoint(t, "model.safetensors", nil, f32("a", 1, 4), big)
+	half := raw("half", safetensors.BF16, randomBytes(64<<10, 9), 32<<10)
+	ckpt := writeCheckpoint(t, "model.safetensors", nil, f32("a", 1, 4), big, half)
 	mnt := mount(t, ckpt)
 	pid := daemonOf(t, mnt)
+	if _, err := os.Stat(filepath.Join(mnt, "half.f32.npy")); err != nil {
+		t.Fatalf("the float32 view before the truncate: %v", err)
+	}
 	if err := os.Truncate(ckpt, 100); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 2)
+	type outcome struct {
+		what string
+		err  error
+	}
+	done := make(chan outcome, 3)
 	go func() {
 		_, err := os.ReadFile(filepath.Join(mnt, "big"))
-		done <- err
+		done <- outcome{"read of big", err}
+	}()
+	go func() {
+		_, err := os.ReadFile(filepath.Join(mnt, "half.f32.npy"))
+		done <- outcome{"read of half.f32.npy", err}
 	}()
 	go func() {
 		f, err := os.OpenFile(filepath.Join(mnt, "big"), os.O_WRONLY, 0)
@@ -300,16 +314,16 @@ func TestCheckpointTruncatedUnderneath(t *testing.T) {
 			_, err = f.WriteAt([]byte{1}, 200<<10)
 			f.Close()
 		}
-		done <- err
+		done <- outcome{"write of big", err}
 	}()
-	for _, what := range []string{"read", "write"} {
+	for range 3 {
 		select {
-		case err := <-done:
-			if !errors.Is(err, unix.EIO) {
-				t.Errorf("a %s of bytes the truncate took: %v, want EIO", what, err)
+		case o := <-done:
+			if !errors.Is(o.err, unix.EIO) {
+				t.Errorf("a %s, whose bytes the truncate took: %v, want EIO", o.what, o.err)
 			}
 		case <-time.After(time.Minute):
-			t.Fatalf("a %s of bytes the truncate took hangs", what)
+			t.Fatal("a read or write of bytes the truncate took hangs")
 		}
 	}
 	if exited(pid) {

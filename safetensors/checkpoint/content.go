@@ -4,6 +4,8 @@ import (
 	"maps"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
@@ -37,15 +39,21 @@ func (m *mapping) acquire() {
 
 // intact reports whether the mapped file still covers the whole mapping.
 // Another program may truncate the checkpoint in place; bytes of the
-// mapping past its new end fault when touched, and a FUSE reply written
-// from them would fail without reaching the kernel, leaving the reader
-// waiting: Read checks first and fails with ErrFault.
+// mapping past its new end fault when touched. A FUSE reply written from
+// them fails in the kernel (which ends the request with EIO), but this
+// process reads such slices too (the float32 views' conversion, the CLI's
+// stats and diff), where the fault is a SIGBUS that kills it: Read checks
+// first and fails with ErrFault (TestReadOfTruncatedFile,
+// TestCheckpointTruncatedUnderneath).
 func (m *mapping) intact() bool {
 	if m == nil {
 		return true
 	}
-	st, err := m.file.Fd().Stat()
-	return err == nil && st.Size() >= m.file.Size
+	// unix.Fstat into a local: every read asks, and os.File.Stat
+	// allocates its answer.
+	var st unix.Stat_t
+	err := unix.Fstat(int(m.file.Fd().Fd()), &st)
+	return err == nil && st.Size >= m.file.Size
 }
 
 func (m *mapping) release() {

@@ -48,3 +48,37 @@ func TestCopyMappedFault(t *testing.T) {
 		t.Errorf("readAt of a truncated mapping: %v", err)
 	}
 }
+
+// TestReadOfTruncatedFile: another program truncates a checkpoint file in
+// place while it is open. Reads from its mapping fail with ErrFault
+// instead of handing out slices whose pages are gone: the float32 views'
+// conversion and the CLI's stats and diff read those slices in this
+// process, where touching them would raise SIGBUS and kill it.
+func TestReadOfTruncatedFile(t *testing.T) {
+	ck := defaultCkpt(t)
+	c, err := Open(ck.path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	last, end := "", int64(0)
+	for k, r := range ck.tensors {
+		if r[1] > end && r[1] > r[0] {
+			last, end = k, r[1]
+		}
+	}
+	id := ckID(t, c, last)
+	segs, release, err := c.Read(id, 0, 1<<20)
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("read of %q before the truncate: %v", last, err)
+	}
+	release()
+	if err := os.Truncate(ck.path, ck.tensors[last][0]); err != nil {
+		t.Fatal(err)
+	}
+	segs, release, err = c.Read(id, 0, 1<<20)
+	release()
+	if !errors.Is(err, ErrFault) || segs != nil {
+		t.Fatalf("read of %q, whose bytes the truncate took: %d segments, %v; want ErrFault", last, len(segs), err)
+	}
+}
