@@ -130,8 +130,9 @@ func (v *FileView) Read(off int64, n int) (segs [][]byte, release func(), err er
 		p := v.parts[i]
 		if p.m != nil && p.m != checked {
 			// Another program truncating the file would make these
-			// bytes fault; a reply written from them would never reach
-			// the kernel (see mapping.intact).
+			// bytes fault: refused here, with a reason for the log,
+			// rather than left to fail as the kernel copies the reply
+			// (see mapping.intact).
 			if !p.m.intact() {
 				done()
 				return nil, nop, fmt.Errorf("%s: %w", v.name, ErrFault)
