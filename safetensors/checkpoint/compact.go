@@ -440,11 +440,13 @@ func shardPatches(sh *shard, ss *snapShard) []patch {
 }
 
 // patchRuns merges adjacent patches into runs and checksums each page
-// piece of a run as the file f holds it now and as the patch writes it,
-// a page at a time (memory stays one page, whatever the run's size).
+// piece of a run as the file f holds it now and as the patch writes it.
+// The file's bytes are read a block of up to runBlock at a time (a pread
+// per page cost a system call per 4 KiB: most of a 4 MiB edit's
+// write-back), so memory stays one block, whatever the run's size.
 func patchRuns(f *os.File, ps []patch) ([]patchRun, error) {
 	var runs []patchRun
-	buf := make([]byte, pageSize)
+	buf := make([]byte, runBlock)
 	for i := 0; i < len(ps); {
 		j := i + 1
 		end := ps[i].off + int64(len(ps[i].data))
@@ -455,15 +457,23 @@ func patchRuns(f *os.File, ps []patch) ([]patchRun, error) {
 		run := patchRun{Off: ps[i].off, N: end - ps[i].off}
 		k, within := i, 0 // where the new bytes of the next piece begin
 		var rerr error
+		var win []byte // the file's bytes [winOff, winOff+len(win))
+		winOff := int64(0)
 		pieces(run.Off, run.N, func(off, n int64) {
 			if rerr != nil {
 				return
 			}
-			old := buf[:n]
-			if _, err := f.ReadAt(old, off); err != nil {
-				rerr = err
-				return
+			if off < winOff || off+n > winOff+int64(len(win)) {
+				// The next block: from this piece to a page boundary
+				// at most runBlock on (or the run's end), so no piece
+				// straddles its end.
+				winOff, win = off, buf[:min(end, off/pageSize*pageSize+runBlock)-off]
+				if _, err := f.ReadAt(win, off); err != nil {
+					rerr = err
+					return
+				}
 			}
+			old := win[off-winOff : off-winOff+n]
 			run.Old = append(run.Old, crc32.Checksum(old, castagnoliWAL))
 			var c uint32
 			for left := int(n); left > 0; {
@@ -485,6 +495,10 @@ func patchRuns(f *os.File, ps []patch) ([]patchRun, error) {
 	}
 	return runs, nil
 }
+
+// runBlock is how much of a file patchRuns reads at once: a multiple of
+// pageSize.
+const runBlock = 16 * pageSize
 
 // patchInPlace writes the edited chunks of the shards into the files they
 // belong to and fdatasyncs each; then those tensors read from the file

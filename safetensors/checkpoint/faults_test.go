@@ -188,7 +188,8 @@ func fxPhase(t *testing.T, sc fxScenario, phase string) {
 }
 
 // patchRuns checksums pages across patch boundaries as the patched file
-// holds them.
+// holds them, in runs shorter than one read block and in one that starts
+// off a page boundary and spans several blocks.
 func TestPatchRunsChecksums(t *testing.T) {
 	dir := t.TempDir()
 	f, err := os.Create(filepath.Join(dir, "f"))
@@ -196,9 +197,10 @@ func TestPatchRunsChecksums(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	orig := ctPattern(5, 40_000)
+	orig := ctPattern(5, 400_000)
 	f.Write(orig)
-	ps := []patch{{5000, ctPattern(6, 3000)}, {8000, ctPattern(7, 100)}, {8100, ctPattern(8, 9000)}, {30_000, ctPattern(9, 1)}}
+	ps := []patch{{5000, ctPattern(6, 3000)}, {8000, ctPattern(7, 100)}, {8100, ctPattern(8, 9000)}, {30_000, ctPattern(9, 1)},
+		{31_000, ctPattern(10, 5*runBlock+123)}}
 	runs, err := patchRuns(f, ps)
 	if err != nil {
 		t.Fatal(err)
@@ -207,8 +209,8 @@ func TestPatchRunsChecksums(t *testing.T) {
 	for _, p := range ps {
 		copy(after[p.off:], p.data)
 	}
-	if len(runs) != 2 {
-		t.Fatalf("%d runs, want 2", len(runs))
+	if len(runs) != 3 {
+		t.Fatalf("%d runs, want 3", len(runs))
 	}
 	for _, run := range runs {
 		i := 0
