@@ -43,7 +43,12 @@ import (
 //
 // Only under the "madvise" policy: with "always" every anonymous page is
 // huge-page backed already (and MADV_NOHUGEPAGE, which cannot be undone to
-// the default, would take that away), with "never" there are none.
+// the default, would take that away), with "never" there are none. And
+// only where reserving 256 MiB of address space costs nothing: not under
+// strict overcommit (vm.overcommit_memory 2, where it counts against the
+// commit limit) nor under a limit on address space or data (ulimit -v,
+// -d, as batch schedulers set them), where the allocation could be the
+// one that fails, and a failed allocation ends a Go program.
 
 // hugeSpan is how much heap is advised: more than a 94k-tensor mount's
 // peak. Address space only: what is never used is never backed.
@@ -78,7 +83,7 @@ func normalPages() {
 // nothing was).
 func adviseHeap(span int) (start, end uintptr) {
 	page := hugePageSize()
-	if page == 0 {
+	if page == 0 || !reserveIsFree() {
 		return 0, 0
 	}
 	b := make([]byte, span)
@@ -118,4 +123,24 @@ func hugePageSize() uintptr {
 		return 0
 	}
 	return uintptr(n)
+}
+
+// reserveIsFree reports whether address space the process never touches
+// costs nothing here (see above).
+func reserveIsFree() bool {
+	b, err := os.ReadFile("/proc/sys/vm/overcommit_memory")
+	if err != nil {
+		return false
+	}
+	var as, data unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_AS, &as) != nil || unix.Getrlimit(unix.RLIMIT_DATA, &data) != nil {
+		return false
+	}
+	return reserveFree(strings.TrimSpace(string(b)), as.Cur, data.Cur)
+}
+
+// reserveFree is reserveIsFree's rule: overcommit is not strict, and
+// neither the address space nor the data segment is limited.
+func reserveFree(overcommit string, as, data uint64) bool {
+	return overcommit != "2" && as == unix.RLIM_INFINITY && data == unix.RLIM_INFINITY
 }

@@ -70,3 +70,24 @@ func TestAdviseHeap(t *testing.T) {
 		}
 	}
 }
+
+// TestReserveFree: the heap is advised only where reserving address space
+// costs nothing: overcommit not strict, no ulimit -v or -d.
+func TestReserveFree(t *testing.T) {
+	inf := uint64(unix.RLIM_INFINITY)
+	for _, c := range []struct {
+		overcommit string
+		as, data   uint64
+		want       bool
+	}{
+		{"0", inf, inf, true},
+		{"1", inf, inf, true},
+		{"2", inf, inf, false},
+		{"0", 4 << 30, inf, false},
+		{"0", inf, 1 << 30, false},
+	} {
+		if got := reserveFree(c.overcommit, c.as, c.data); got != c.want {
+			t.Errorf("reserveFree(%q, %d, %d) = %v, want %v", c.overcommit, c.as, c.data, got, c.want)
+		}
+	}
+}
