@@ -68,15 +68,7 @@ func TestNotifierGate(t *testing.T) {
 	if g := got(); !slices.Equal(g, []string{"before"}) {
 		t.Fatalf("delivered before the gate ended: %v", g)
 	}
-	done := make(chan struct{})
-	go func() { q.settle(); close(done) }()
-	select {
-	case <-done:
-		t.Fatal("settle returned while a gated notice waits")
-	default:
-	}
-	g.end()
-	<-done
+	settleWaitsFor(t, q, g)
 	if g := got(); !slices.Equal(g, []string{"before", "gated", "after"}) {
 		t.Fatalf("after the gate: %v", g)
 	}
@@ -97,6 +89,19 @@ func TestNotifierLanes(t *testing.T) {
 	if g := got(); !slices.Equal(g, []string{"pages"}) {
 		t.Fatalf("settleFiles returned with %v delivered, want the pages only", g)
 	}
+	settleWaitsFor(t, q, g)
+	if g := got(); !slices.Equal(g, []string{"pages", "gated", "listing"}) {
+		t.Fatalf("after the gate: %v", g)
+	}
+	if q.pending() != 0 {
+		t.Errorf("%d pending after settle", q.pending())
+	}
+}
+
+// settleWaitsFor checks that settle has not returned while gate g is
+// open, then ends g and waits for settle.
+func settleWaitsFor(t *testing.T, q *notifier, g *gate) {
+	t.Helper()
 	done := make(chan struct{})
 	go func() { q.settle(); close(done) }()
 	select {
@@ -106,10 +111,4 @@ func TestNotifierLanes(t *testing.T) {
 	}
 	g.end()
 	<-done
-	if g := got(); !slices.Equal(g, []string{"pages", "gated", "listing"}) {
-		t.Fatalf("after the gate: %v", g)
-	}
-	if q.pending() != 0 {
-		t.Errorf("%d pending after settle", q.pending())
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -161,24 +162,12 @@ func TestPlanOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []int{1, 2, 0}; !equalInts(l.Order, want) {
+	if want := []int{1, 2, 0}; !slices.Equal(l.Order, want) {
 		t.Fatalf("Order = %v, want %v", l.Order, want)
 	}
 	if l.Tensors[1].Key != "a" || l.Tensors[1].Begin != 8 || l.DataSize() != 10 {
 		t.Fatalf("Tensors = %+v", l.Tensors)
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestPlanRejects(t *testing.T) {

@@ -74,26 +74,16 @@ func runStatus(args []string) error {
 }
 
 // statusMountpoints resolves the mountpoints status was given (nil: all),
-// refusing a path that is not a safejaxfs mount as unmount does. The mount
-// table is read, not the mounts: one that hangs cannot hang status.
+// refusing a path that is not a safejaxfs mount as unmount does.
 func statusMountpoints(args []string) (map[string]bool, error) {
 	if len(args) == 0 {
 		return nil, nil
 	}
 	only := map[string]bool{}
 	for _, a := range args {
-		mnt, err := filepath.Abs(a)
+		mnt, _, err := safejaxfsMount(a)
 		if err != nil {
-			return nil, fail(exitUsage, "%v", err)
-		}
-		m, found, err := safefs.FindMount(mnt)
-		switch {
-		case err != nil:
-			return nil, fail(exitMount, "%v", err)
-		case !found:
-			return nil, fail(exitMount, "%s is not mounted", mnt)
-		case m.FSType != "fuse.safejaxfs":
-			return nil, fail(exitMount, "%s is a %s mount, not safejaxfs", mnt, m.FSType)
+			return nil, err
 		}
 		only[mnt] = true
 	}

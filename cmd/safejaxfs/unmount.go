@@ -28,19 +28,9 @@ func runUnmount(args []string) error {
 	if err != nil {
 		return err
 	}
-	mnt, err := filepath.Abs(rest[0])
+	mnt, m, err := safejaxfsMount(rest[0])
 	if err != nil {
-		return fail(exitUsage, "%v", err)
-	}
-	m, found, err := fs.FindMount(mnt)
-	if err != nil {
-		return fail(exitMount, "%v", err)
-	}
-	if !found {
-		return fail(exitMount, "%s is not mounted", mnt)
-	}
-	if m.FSType != "fuse.safejaxfs" {
-		return fail(exitMount, "%s is a %s mount, not safejaxfs", mnt, m.FSType)
+		return err
 	}
 	// A mount whose daemon is stuck (killed while its own start-up probe
 	// held a file of the mount open) answers nothing, ever: abort its

@@ -202,6 +202,26 @@ func (f *fixture) splitTx(tx *Tx, path string) (*tree.Node, string) {
 	return tx.Tree().Find(strings.TrimSuffix(dir, "/")), name
 }
 
+// state is what a refused operation must leave as it was: the tree's
+// layout and the checkpoint's live keys.
+type state struct {
+	layout string
+	keys   []string
+}
+
+func (f *fixture) state() state { return state{f.layout(), f.checkpointKeys()} }
+
+// refusedCleanly fails t unless the namespace checks and is still s.
+func (f *fixture) refusedCleanly(t *testing.T, s state) {
+	t.Helper()
+	if err := f.ns.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if f.layout() != s.layout || !slices.Equal(f.checkpointKeys(), s.keys) {
+		t.Fatalf("changed:\n%s\nto\n%s", s.layout, f.layout())
+	}
+}
+
 // checkpointKeys are the live keys of the checkpoint, sorted.
 func (f *fixture) checkpointKeys() []string {
 	var keys []string

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -77,7 +78,7 @@ func TestNPYTensor(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d != tc.dtype || !slicesEqual(shape, tc.shape) || !bytes.Equal(data, tc.data) {
+			if d != tc.dtype || !slices.Equal(shape, tc.shape) || !bytes.Equal(data, tc.data) {
 				t.Fatalf("%v %v % x, want %v %v % x", d, shape, data, tc.dtype, tc.shape, tc.data)
 			}
 		})
@@ -85,18 +86,6 @@ func TestNPYTensor(t *testing.T) {
 	if ParseNPY([]byte("plain")).IsNPY() || !ParseNPY(npyOf("|V1", false, "(1,)", []byte{0})).IsNPY() {
 		t.Error("IsNPY: a plain file is not a .npy; a |V1 one is (its dtype is decided by the tensor it replaces)")
 	}
-}
-
-func slicesEqual(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // What a .npy written as a tensor's .f32.npy makes of it: its float32
