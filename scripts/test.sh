@@ -92,6 +92,17 @@ go vet ./...
 echo "== go test -race"
 go test -race -count=1 -timeout 15m ./...
 
+# The exhaustive walks (every byte of a log cut, every system call of a
+# commit, every crash point, every round of kill -9) again, whole, in a
+# plain build: under -race they take a sample (internal/race), as the
+# detector learns nothing from a walk's later steps and they cost 5-10
+# times as much there. A test that samples must be in this pass.
+echo "== exhaustive walks (plain build)"
+samplers=$(git grep -l -e 'race\.Sample' -e 'race\.Rounds' -- '*_test.go' | grep -v -e '^safetensors/checkpoint/' -e '^cmd/safejaxfs/crash' || true)
+[ -z "$samplers" ] || { echo "tests that sample under -race but are not in the plain pass: $samplers" >&2; exit 1; }
+go test -count=1 ./safetensors/checkpoint/
+go test -count=1 -run '^TestCrashKill' ./cmd/safejaxfs/
+
 # Bounded by a count of inputs, not a duration: time-bounded fuzzing fails
 # now and then with only "context deadline exceeded" (golang/go#75804, not
 # fixed in go1.26.8). The counts take 10-20 s each on 2 cores.

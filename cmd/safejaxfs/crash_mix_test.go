@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/safejaxfs/safejaxfs/fs"
+	"github.com/safejaxfs/safejaxfs/internal/race"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
@@ -871,7 +872,7 @@ func runMixRounds(t *testing.T, shards int, seed uint64, rounds int, maxDelay ti
 	mnt := newMountpoint(t)
 	r := rand.New(rand.NewPCG(seed, seed))
 	start := time.Now()
-	for range rounds {
+	for range race.Rounds(rounds) {
 		st.round(t, mnt, r, maxDelay)
 	}
 	t.Logf("%d rounds in %v: %d persists acknowledged, %d kills during a persist, %d left a log to recover from, %d left the daemon stuck on its own mount (connection aborted)",
@@ -915,7 +916,7 @@ func TestCrashKillDuringRenamesOver(t *testing.T) {
 	mnt := newMountpoint(t)
 	r := rand.New(rand.NewPCG(6, 6))
 	rounds, moved := 0, 0
-	for rounds < runs {
+	for rounds < race.Rounds(runs) {
 		rounds++
 		gen := []genTensor{raw("z", safetensors.U8, make([]byte, 8), 8)}
 		for j := range dirs {

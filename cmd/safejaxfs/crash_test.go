@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/safejaxfs/safejaxfs/fs"
+	"github.com/safejaxfs/safejaxfs/internal/race"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
@@ -747,13 +748,15 @@ func (st *crashState) files(t *testing.T) []string {
 
 // runCrashRounds runs a fixed number of rounds: coverage is the same on
 // every machine, however fast (a slower one takes longer). The counts are
-// what the 20 s budgets they replace allowed on 2 cores.
+// what the 20 s budgets they replace allowed on 2 cores. Under -race a
+// few of them run (race.Rounds): scripts/test.sh runs every round again
+// in a plain build.
 func runCrashRounds(t *testing.T, layout bool, sizes []int, shards int, seed uint64, rounds int, maxDelay time.Duration) {
 	st := newCrashState(t, layout, sizes, shards)
 	mnt := newMountpoint(t)
 	r := rand.New(rand.NewPCG(seed, seed))
 	start := time.Now()
-	for range rounds {
+	for range race.Rounds(rounds) {
 		st.round(t, mnt, r, maxDelay)
 	}
 	t.Logf("%d rounds in %v: %d writes acknowledged, %d kills during an fsync or committing close, %d left a log to recover from, %d tensors found newer than acknowledged, %d kills left the daemon stuck on its own mount (connection aborted)",

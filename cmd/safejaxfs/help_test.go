@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/safejaxfs/safejaxfs/internal/race"
 )
 
 // --help on every command prints on stdout and exits 0; a wrong command
@@ -50,7 +52,7 @@ func TestVersionStamped(t *testing.T) {
 	// a link, not a compile of every dependency (about a minute of CPU
 	// on 2 cores, which a fresh CI machine would pay here).
 	args := []string{"build", "-ldflags", "-X main.version=v0.12.0-3-gdeadbee-dirty", "-o", bin}
-	if raceEnabled {
+	if race.Enabled {
 		args = append(args, "-race")
 	}
 	build := exec.Command(gobin, append(args, ".")...)

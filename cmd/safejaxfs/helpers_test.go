@@ -32,10 +32,11 @@ const asCLIEnv = "SAFEJAXFS_TEST_AS_CLI"
 // Waits of the command that a test may shorten for its children (a
 // duration, as time.ParseDuration reads it): how often a daemon whose
 // mount is gone retries saving its edits, and how long unmount waits for
-// an answer before it calls a mount hung.
+// an answer before it calls a mount hung. And progressFrom, in bytes.
 const (
-	retryEveryEnv  = "SAFEJAXFS_TEST_RETRY_EVERY"
-	hangTimeoutEnv = "SAFEJAXFS_TEST_HANG_TIMEOUT"
+	retryEveryEnv   = "SAFEJAXFS_TEST_RETRY_EVERY"
+	hangTimeoutEnv  = "SAFEJAXFS_TEST_HANG_TIMEOUT"
+	progressFromEnv = "SAFEJAXFS_TEST_PROGRESS_FROM"
 )
 
 func TestMain(m *testing.M) {
@@ -45,6 +46,9 @@ func TestMain(m *testing.M) {
 		}
 		if d, err := time.ParseDuration(os.Getenv(hangTimeoutEnv)); err == nil {
 			hangTimeout = d
+		}
+		if n, err := strconv.ParseInt(os.Getenv(progressFromEnv), 10, 64); err == nil {
+			progressFrom = n
 		}
 		os.Exit(run(os.Args[1:]))
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/safejaxfs/safejaxfs/internal/race"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,7 +66,7 @@ func preferHugePages() {
 	huge.once.Do(func() {
 		// Under the race detector the allocation's shadow memory costs
 		// far more than the advice saves.
-		if !raceEnabled {
+		if !race.Enabled {
 			huge.start, huge.end = adviseHeap(hugeSpan)
 		}
 	})

@@ -21,8 +21,10 @@ import (
 // status file).
 
 // progressFrom is the tensor data from which stats and diff show progress
-// on their own: below it they take about a second.
-const progressFrom = 256 << 20
+// on their own: below it they take about a second. A variable only so that
+// a test can lower it for its children (reading 256 MiB twice under the
+// race detector costs half a minute of CPU).
+var progressFrom int64 = 256 << 20
 
 // progressEvery bounds how often the line is redrawn.
 const progressEvery = 200 * time.Millisecond

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/safejaxfs/safejaxfs/internal/race"
 	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
@@ -450,7 +451,11 @@ func shPoints(t *testing.T) []struct {
 // set with a commit under way.
 func TestShardedCrashAtEveryPoint(t *testing.T) {
 	sawNew := false
-	for _, cp := range shPoints(t) {
+	points := shPoints(t)
+	for i, cp := range points {
+		if !race.Sample(i, len(points)) {
+			continue
+		}
 		name := fmt.Sprintf("%s#%d", cp.point, cp.nth)
 		t.Run(name, func(t *testing.T) {
 			m := shDefault()
