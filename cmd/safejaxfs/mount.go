@@ -7,9 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
-	"runtime/metrics"
 	"syscall"
-	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
@@ -222,30 +220,6 @@ func isMountpoint(path string) (bool, error) {
 	return st.Dev != parent.Dev || st.Ino == parent.Ino, nil
 }
 
-// memoryLimit is the daemon's soft Go memory limit while little is live
-// (GOMEMLIMIT overrides it). Without one the heap may grow to twice what is
-// live before a collection: a find over a 100k-tensor mount peaked at 260 MB
-// of RSS for about 120 MB live, 166 MB with this limit.
-const memoryLimit = 160 << 20
-
-// followLiveHeap keeps the soft limit a quarter above the live heap once
-// that outgrows the base: a large .npy upload or edit held in memory must
-// not make the collector run back to back (a 256 MiB np.save took 1.7x as
-// long under a fixed limit).
-func followLiveHeap(base int64) {
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	set := int64(-1)
-	for {
-		metrics.Read(sample)
-		live := int64(sample[0].Value.Uint64())
-		if limit := max(base, live+live/4); limit != set {
-			debug.SetMemoryLimit(limit)
-			set = limit
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // serve opens, mounts and serves until unmounted or signalled. It reports
 // readiness (or the reason it could not get there) to a waiting parent.
 func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
@@ -298,10 +272,8 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 		status.update(func(st *mountStatus) { st.Cache = remoteCacheStatus(ropt) })
 	}
 
-	preferHugePages() // the checkpoint's records are about to be made (hugepages.go)
-	if os.Getenv("GOMEMLIMIT") == "" {
-		go followLiveHeap(memoryLimit)
-	}
+	preferHugePages()   // the checkpoint's records are about to be made (hugepages.go)
+	pacer := paceHeap() // and the collector waits for them (heap.go)
 	readOnly := mf.readOnly
 	// Resolved once, here, and handed to the checkpoint: a large index is
 	// not read twice.
@@ -432,6 +404,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	// 94k tensors in 163 shards, 60 MB of RSS next to 63 MB live): collect
 	// it and give it back now, once the mount answers, rather than hold it.
 	normalPages()
+	pacer.started()
 	go debug.FreeOSMemory()
 	server.Wait()
 	// Unmounted: persist what is left. The kernel is gone, so this is the
