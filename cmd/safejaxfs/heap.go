@@ -16,18 +16,18 @@ import (
 // and the memory limit added a run while the tree was built. So the
 // collector waits for the burst: collection is off and the heap may grow
 // to startupLimit before it runs anyway. A checkpoint whose records alone
-// outgrow half of that (past a million tensors) gets the steady pacing at
+// outgrow half of that (from about 150k tensors) gets the steady pacing at
 // once, instead of a collector that runs every time the heap touches the
 // limit. Measured on the DeepSeek-V3-shaped set (94k tensors, 163 shards),
-// 8 mounts each, alternating: median 250 ms with the collector paced as
-// before, 215 ms with it waiting; the peak RSS 140 -> 166 MB, given back
+// 12 mounts each, alternating: median 319 ms with the collector paced as
+// before, 258 ms with it waiting; the peak RSS 140 -> 166 MB, given back
 // once mounted (the collection after ready).
 //
 // Serving: memoryLimit, raised a quarter above the live heap when that
 // outgrows it (followLiveHeap).
 //
-// A GOGC or GOMEMLIMIT the user set wins: with GOGC the collector never
-// waits, with GOMEMLIMIT the limit is theirs.
+// A GOGC or GOMEMLIMIT the user set wins: the collector then never waits,
+// and with GOMEMLIMIT the limit is theirs.
 
 // memoryLimit is the daemon's soft Go memory limit while little is live.
 // Without one the heap may grow to twice what is live before a
