@@ -6,9 +6,10 @@
 //
 // Such a walk gains nothing from the detector after its first steps: it is
 // one goroutine doing the same thing at the next offset, at 5-10 times the
-// plain build's cost. So under -race a test walks a sample of it (Sample),
-// and scripts/test.sh walks all of it again in a plain build. A package
-// whose tests call Sample must be in that plain pass.
+// plain build's cost. So under -race a test walks a sample of it (Sample,
+// Rounds), and scripts/test.sh walks all of it again in a plain build. A
+// test that calls either must be in that plain pass (test.sh refuses one
+// that is not).
 package race
 
 // Enabled: this binary is race-instrumented (go build -race, go test -race).
