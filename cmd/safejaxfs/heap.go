@@ -72,7 +72,6 @@ func (p *heapPacer) started() { close(p.done) }
 // half the start-up limit (then the collector would run each time the heap
 // touched the limit).
 func waitForStart(done <-chan struct{}) {
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -80,12 +79,18 @@ func waitForStart(done <-chan struct{}) {
 		case <-done:
 			return
 		case <-tick.C:
-			metrics.Read(sample)
-			if sample[0].Value.Uint64() > startupLimit/2 {
+			if liveHeap() > startupLimit/2 {
 				return
 			}
 		}
 	}
+}
+
+// liveHeap is what the last collection found live.
+func liveHeap() int64 {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(sample)
+	return int64(sample[0].Value.Uint64())
 }
 
 // followLiveHeap keeps the soft limit a quarter above the live heap once
@@ -93,11 +98,9 @@ func waitForStart(done <-chan struct{}) {
 // not make the collector run back to back (a 256 MiB np.save took 1.7x as
 // long under a fixed limit).
 func followLiveHeap(base int64) {
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	set := int64(-1)
 	for {
-		metrics.Read(sample)
-		live := int64(sample[0].Value.Uint64())
+		live := liveHeap()
 		if limit := max(base, live+live/4); limit != set {
 			debug.SetMemoryLimit(limit)
 			set = limit

@@ -1,11 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"runtime"
 	"runtime/metrics"
 	"testing"
-	"time"
 )
 
 // heapSettings are the collector's settings now: GOGC (-1 when off) and
@@ -21,17 +21,10 @@ func heapSettings() (gogc int64, limit int64) {
 // its own goroutine.
 func waitSettings(t *testing.T, gogc, limit int64, exact bool, when string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitUntil(t, fmt.Sprintf("%s: GOGC %d and a memory limit of %d (exactly: %v)", when, gogc, limit, exact), func() bool {
 		g, l := heapSettings()
-		if g == gogc && (l == limit || !exact && l > limit) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: GOGC %d, memory limit %d; want %d and %d (exactly: %v)", when, g, l, gogc, limit, exact)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return g == gogc && (l == limit || !exact && l > limit)
+	})
 }
 
 func pacerTest(t *testing.T) bool {
