@@ -67,6 +67,9 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	var child *fs.Inode
 	errno := syscall.ENOENT
 	f.ns.View(func(*tree.Tree) { child, errno = d.lookup(ctx, name, out) })
+	if errno == 0 && !child.IsDir() {
+		f.plus.lookedUp(d)
+	}
 	return child, errno
 }
 

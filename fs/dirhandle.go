@@ -14,19 +14,21 @@ import (
 // entry read, so one listing sees one state of it. The tree's directories
 // and the files view's (files.go) are read through it alike.
 //
-// READDIRPLUS answers with full attributes only for subdirectories; files
-// come as plain entries. The kernel then holds, and the daemon keeps, an
-// inode per directory a `find` walks rather than one per entry: go-fuse
-// costs about 500 bytes per inode, and a find over a 100k-tensor tree with
-// an inode per entry took 211 MB and spent most of its time collecting
-// garbage. find needs no file's attributes (the entry's type says it is a
-// file); ls -l and du look files up one by one, as before READDIRPLUS, and
-// hold every inode either way. (In the files view a file sent without a
-// node is also looked up anew, so it is always the current version.)
+// READDIRPLUS answers with full attributes for subdirectories, and for
+// files only while a walk stats what it lists (plusPolicy, readdirplus.go):
+// the kernel then holds, and the daemon keeps, an inode per directory a
+// `find` walks rather than one per entry (go-fuse costs about 500 bytes per
+// inode; a find over a 100k-tensor tree with an inode per entry took 211 MB
+// and spent most of its time collecting garbage), while `ls -lR` and `du`
+// need not look every file up. (The files view always sends files without
+// a node: a file so sent is looked up anew, so it is always the current
+// version.)
 type dirHandle struct {
-	d       listed
-	entries []fuse.DirEntry // built at the first entry read
-	pos     int             // the next entry's index: offsets are positions
+	d         listed
+	dir       *dirNode        // d, when it is the tree's: its files may be sent with attributes
+	withFiles bool            // this listing sends its files' attributes
+	entries   []fuse.DirEntry // built at the first entry read
+	pos       int             // the next entry's index: offsets are positions
 }
 
 // listed is a directory a dirHandle lists.
@@ -49,7 +51,7 @@ var (
 // OpendirHandle asks the kernel to cache the listing; with zero-message
 // opendir it opens every directory so anyway (listingFS).
 func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return &dirHandle{d: d}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return &dirHandle{d: d, dir: d}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
@@ -60,6 +62,9 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 			return nil, 0
 		}
 		h.entries = h.d.entries()
+		if h.dir != nil {
+			h.withFiles = h.dir.fsys.plus.listing(h.dir, h.entries)
+		}
 	}
 	if h.pos >= len(h.entries) {
 		return nil, 0
@@ -76,11 +81,14 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 }
 
 // Lookup is READDIRPLUS's lookup of the entry Readdirent just returned:
-// a subdirectory's inode and attributes; for a file ENOENT, which makes
-// go-fuse send the entry with node ID 0 (the kernel then lists the name
-// and looks it up only when asked to).
+// a subdirectory's inode and attributes, and a file's when withFiles; for
+// another file ENOENT, which makes go-fuse send the entry with node ID 0
+// (the kernel then lists the name and looks it up only when asked to).
 func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if h.pos == 0 || h.pos > len(h.entries) || h.entries[h.pos-1].Name != name || h.entries[h.pos-1].Mode != syscall.S_IFDIR {
+	if h.pos == 0 || h.pos > len(h.entries) || h.entries[h.pos-1].Name != name {
+		return nil, syscall.ENOENT
+	}
+	if h.entries[h.pos-1].Mode != syscall.S_IFDIR && !h.withFiles {
 		return nil, syscall.ENOENT
 	}
 	return h.d.Lookup(ctx, name, out)

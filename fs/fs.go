@@ -109,6 +109,7 @@ type FS struct {
 	upPool    upload.Pool            // what all uploads share (upload.go)
 
 	dirTimes dirTimes
+	plus     plusPolicy // whether a listing sends its files' attributes (readdirplus.go)
 
 	writers writerCount // write handles open per tensor
 

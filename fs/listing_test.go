@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/npy"
 )
 
@@ -248,5 +249,114 @@ func TestXattrNamespaces(t *testing.T) {
 	}
 	if calls == 0 || calls > 4 {
 		t.Errorf("ls -l of %d files made %d xattr calls, want 1-4 (once per device, not per file):\n%s", len(keys), calls, out)
+	}
+}
+
+// fuseRequests counts, by opcode name (FUSE_LOOKUP, ...), the requests the
+// kernel sends to the mount at mnt while run runs, read from the kernel's
+// fuse_request_send tracepoint in a tracing instance of the test's own. ok
+// is false where that cannot be done (not root, no tracefs, a kernel
+// without the tracepoint: before 6.15).
+func fuseRequests(t *testing.T, mnt string, run func()) (counts map[string]int, ok bool) {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	inst := fmt.Sprintf("/sys/kernel/tracing/instances/safejaxfs-test-%d", os.Getpid())
+	if err := os.Mkdir(inst, 0o700); err != nil {
+		t.Logf("no tracing instance: %v", err)
+		run()
+		return nil, false
+	}
+	defer os.Remove(inst)
+	enable := filepath.Join(inst, "events/fuse/fuse_request_send/enable")
+	if err := os.WriteFile(enable, []byte("1"), 0); err != nil {
+		t.Logf("no fuse tracepoint: %v", err)
+		run()
+		return nil, false
+	}
+	run()
+	if err := os.WriteFile(enable, []byte("0"), 0); err != nil {
+		t.Fatal(err)
+	}
+	trace, err := os.ReadFile(filepath.Join(inst, "trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(trace), "LOST") {
+		t.Fatal("the trace lost events")
+	}
+	re := regexp.MustCompile(fmt.Sprintf(`fuse_request_send: connection %d req \d+ opcode \d+ \((\w+)\)`, unix.Minor(st.Dev)))
+	counts = map[string]int{}
+	for _, m := range re.FindAllStringSubmatch(string(trace), -1) {
+		counts[m[1]]++
+	}
+	return counts, true
+}
+
+// TestStatWalkGetsAttributesWithListings: ls -lR and du stat every file
+// they list, so once a walk is seen doing that (plusPolicy) the listings
+// carry the files' attributes: the sizes ls prints are right, and the
+// files are not looked up one by one (one round trip each).
+func TestStatWalkGetsAttributesWithListings(t *testing.T) {
+	const dirs = 100
+	var src []safetensors.Source
+	want := map[string]string{}
+	for i := range 2 * dirs {
+		key := fmt.Sprintf("layers.%03d.w%d", i/2, i%2)
+		src = append(src, safetensors.Source{Key: key, DType: safetensors.F32, Shape: []uint64{uint64(i + 1)}, Data: safetensors.Bytes(make([]byte, 4*(i+1)))})
+		want[strings.ReplaceAll(key, ".", "/")] = strconv.Itoa(4 * (i + 1))
+	}
+	ckpt := filepath.Join(t.TempDir(), "model.safetensors")
+	f, err := os.Create(ckpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := safetensors.Write(f, src, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mnt := mountTest(t, ckpt, false)
+
+	var out []byte
+	counts, traced := fuseRequests(t, mnt, func() {
+		out, err = exec.Command("ls", "-lR", mnt).Output()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ls -lR prints "DIR:" then a line per entry.
+	got := map[string]string{}
+	dir := ""
+	line := regexp.MustCompile(`^-\S+ +\d+ \S+ \S+ +(\d+) .* (w\d)$`)
+	for _, l := range strings.Split(string(out), "\n") {
+		if d, ok := strings.CutSuffix(l, ":"); ok {
+			dir = strings.TrimPrefix(strings.TrimPrefix(d, mnt), "/")
+		} else if m := line.FindStringSubmatch(l); m != nil {
+			got[dir+"/"+m[2]] = m[1]
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ls -lR printed %d tensors, want %d:\n%.1000s", len(got), len(want), out)
+	}
+	for k, size := range want {
+		if got[k] != size {
+			t.Errorf("ls -lR: %s has size %q, want %s", k, got[k], size)
+		}
+	}
+	if !traced {
+		t.Skip("the sizes are right; the requests cannot be counted here")
+	}
+	t.Logf("ls -lR: %v", counts)
+	// Looked up one by one: the files of the first listing with files
+	// (the root's __metadata__) and of one in probeEvery+1 after it.
+	if max := 1 + 2*(1+dirs/(probeEvery+1)+1); counts["FUSE_LOOKUP"] > max {
+		t.Errorf("ls -lR of %d files sent %d LOOKUPs, want at most %d (requests: %v)", 2*dirs, counts["FUSE_LOOKUP"], max, counts)
+	}
+	if counts["FUSE_READDIRPLUS"] < dirs {
+		t.Errorf("ls -lR of %d directories sent %d READDIRPLUS (requests: %v)", dirs, counts["FUSE_READDIRPLUS"], counts)
 	}
 }
