@@ -269,7 +269,16 @@ func TestRsyncDeleteEveryRunAndAfterRemount(t *testing.T) {
 func TestKeptTimesFollowTheFile(t *testing.T) {
 	t.Parallel()
 	ckpt := flaxModel(t)
+	side := filepath.Join(filepath.Dir(ckpt), ".flax.safetensors.safejaxfs-times")
+	// A mount that changes nothing leaves nothing: the times shown are
+	// the file's own.
 	mnt := mount(t, ckpt)
+	runCmd(t, "ls", "-lR", mnt)
+	unmountOK(t, mnt)
+	if _, err := os.Lstat(side); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a mount that changed nothing left a times file (%v)", err)
+	}
+	mnt = mount(t, ckpt)
 	kernel := func() string { return filepath.Join(mnt, "params/Dense_0/kernel") }
 	runCmd(t, "touch", "-d", "2020-01-02 03:04:05.123456789", kernel())
 	// A write makes the write-back rewrite the file: the times follow.
@@ -277,7 +286,6 @@ func TestKeptTimesFollowTheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	unmountOK(t, mnt)
-	side := filepath.Join(filepath.Dir(ckpt), ".flax.safetensors.safejaxfs-times")
 	if _, err := os.Stat(side); err != nil {
 		t.Fatalf("no times file: %v", err)
 	}
@@ -301,6 +309,11 @@ func TestKeptTimesFollowTheFile(t *testing.T) {
 		t.Errorf("times kept for another version of the file applied (the file was %d bytes, now %d)", len(b), len(other))
 	}
 	unmountOK(t, mnt)
+	// Nothing changed in that mount: the times file kept for the old
+	// version, which says nothing of this one, is gone.
+	if _, err := os.Lstat(side); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the times file of another version of the checkpoint is still there (%v)", err)
+	}
 }
 
 // changes are the lines of rsync -i output that copy or delete a file
