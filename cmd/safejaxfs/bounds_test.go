@@ -117,6 +117,7 @@ func TestSparseUploadBoundedMemory(t *testing.T) {
 // keeps in memory (64 MiB) goes through the temp file and arrives whole:
 // numpy reads back what it saved.
 func TestLargeUploadSpilledRoundTrip(t *testing.T) {
+	t.Parallel()
 	ckpt := flaxModel(t)
 	mnt := mount(t, ckpt)
 	runPython(t, `

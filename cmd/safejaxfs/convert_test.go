@@ -62,6 +62,7 @@ func TestSplitShards(t *testing.T) {
 }
 
 func TestConvertShardedAndSubtree(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	in := filepath.Join(refDir, "..", "flax_mlp.safetensors")
 	single := filepath.Join(dir, "single.safetensors")

@@ -108,6 +108,7 @@ func addLoaderFiles(t testing.TB, dir string) {
 // a directory source shows the loader's files beside them (and nothing
 // else), a file source only the checkpoint; the directory is read-only.
 func TestFilesUnedited(t *testing.T) {
+	t.Parallel()
 	single := writeCheckpoint(t, "model.safetensors", flaxMeta, flaxTensors()...)
 	dir, _ := defaultSet(t)
 	addLoaderFiles(t, dir)
@@ -198,6 +199,7 @@ func fileEdits(big, small string) []fileEdit {
 // After each kind of edit, single and sharded, /.files/ is exactly the
 // files the unmount then writes.
 func TestFilesFollowEdits(t *testing.T) {
+	t.Parallel()
 	for _, sharded := range []bool{false, true} {
 		big, small := "params.Dense_0.kernel", "step_scale"
 		if sharded {
@@ -256,6 +258,7 @@ func reflectEqual(a, b map[string][]byte) bool {
 // (served straight from the checkpoint file when the kernel allows) and
 // edited (served by the daemon); a new open sees the new version.
 func TestFilesReaderKeepsVersion(t *testing.T) {
+	t.Parallel()
 	ckpt := writeCheckpoint(t, "model.safetensors", flaxMeta, append(flaxTensors(), raw("big", safetensors.U8, ctBytes(7, 3<<20), 3<<20))...)
 	orig := mustRead(t, ckpt)
 	mnt := mount(t, ckpt)
@@ -339,6 +342,7 @@ func TestFilesReaderKeepsVersion(t *testing.T) {
 // numpy's np.memmap of a /.files/ shard and this project's strict reader
 // agree on every tensor, unedited and edited.
 func TestFilesNumpyMemmap(t *testing.T) {
+	t.Parallel()
 	py := numpy(t)
 	dir, _ := defaultSet(t)
 	mnt := mount(t, dir)
@@ -394,6 +398,7 @@ print(json.dumps(out))
 // The flags: --no-files shows none, --files-dir names it, a bad name is
 // refused before mounting.
 func TestFilesFlags(t *testing.T) {
+	t.Parallel()
 	ckpt := writeCheckpoint(t, "model.safetensors", flaxMeta, flaxTensors()...)
 	mnt := mount(t, ckpt, "--no-files")
 	if _, err := os.Stat(filepath.Join(mnt, defaultFilesDir)); !os.IsNotExist(err) {

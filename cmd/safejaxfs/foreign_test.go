@@ -110,6 +110,7 @@ for name in ["zip.pt", "legacy.pt"]:
 `
 
 func TestForeignTorch(t *testing.T) {
+	t.Parallel()
 	interp := pythonWith(t, "torch", "numpy")
 	dir := t.TempDir()
 	py(t, interp, dir, torchScript)
@@ -167,6 +168,7 @@ print("bad:", bad)
 }
 
 func TestForeignTorchRefusesCode(t *testing.T) {
+	t.Parallel()
 	interp := pythonWith(t, "torch")
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "pwned")
@@ -218,6 +220,7 @@ st_ref.save("fortran.expected.safetensors", {"fortran": st_ref.from_numpy(a)})
 `
 
 func TestForeignNumpy(t *testing.T) {
+	t.Parallel()
 	interp := pythonWith(t, "numpy")
 	dir := t.TempDir()
 	py(t, interp, dir, numpyScript)
@@ -277,6 +280,7 @@ st_ref.save("expected.safetensors", exp, {"batch_stats": "{}", "opt": "adamw", "
 `
 
 func TestForeignFlax(t *testing.T) {
+	t.Parallel()
 	interp := pythonWith(t, "numpy", "msgpack")
 	dir := t.TempDir()
 	py(t, interp, dir, flaxScript)
@@ -334,6 +338,7 @@ print(same, flax_ref.msgpack_serialize(srt(flax_ref.msgpack_restore(blob))) == b
 }
 
 func TestForeignGGUF(t *testing.T) {
+	t.Parallel()
 	interp := pythonWith(t, "numpy")
 	dir := t.TempDir()
 	py(t, interp, dir, `
@@ -401,6 +406,7 @@ print("bad:", bad, meta["general.architecture"], meta["tokenizer.ggml.tokens"], 
 // TestForeignNotCheckpoints: files that are something else get a message
 // naming what they are and what to do, from every command.
 func TestForeignNotCheckpoints(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	st := filepath.Join(refDir, "..", "flax_mlp.safetensors")
 	raw, err := os.ReadFile(st)
@@ -469,6 +475,7 @@ func TestForeignNotCheckpoints(t *testing.T) {
 }
 
 func TestForeignMountNotice(t *testing.T) {
+	t.Parallel()
 	interp := pythonWith(t, "numpy")
 	dir := t.TempDir()
 	py(t, interp, dir, `import numpy as np; np.save("a.npy", np.arange(4.0))`)

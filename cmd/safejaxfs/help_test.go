@@ -39,6 +39,7 @@ func TestHelpOnStdout(t *testing.T) {
 // --version shows the version stamped with -ldflags -X main.version, as
 // scripts/ and the README build it.
 func TestVersionStamped(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds the command")
 	}

@@ -16,6 +16,7 @@ import (
 // mounted state (the mount's files directory) and say so; without a files
 // directory they refuse, naming the daemon and the mountpoint.
 func TestCommandsOnMountedCheckpoint(t *testing.T) {
+	t.Parallel()
 	ckpt := flaxModel(t)
 	orig := filepath.Join(t.TempDir(), "orig.safetensors")
 	copyFile(t, ckpt, orig, 0o644)
