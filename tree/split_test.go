@@ -102,3 +102,36 @@ func splitKeyScanner(key, sep string) []int {
 	}
 	return out
 }
+
+// TestMaxEnds checks that maxEnds bounds the segment ends of any keys, so
+// prepare allocates them once: keys dense in separators, '/' beside
+// another Sep, and Seps of more than one byte.
+func TestMaxEnds(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	const alphabet = "ab./:_"
+	for _, sep := range []string{".", "/", "::", "_._"} {
+		tight := false
+		for round := 0; round < 500; round++ {
+			keys := make([]string, 1+rng.Intn(4))
+			for i := range keys {
+				var k strings.Builder
+				for n := rng.Intn(24); n > 0; n-- {
+					k.WriteByte(alphabet[rng.Intn(len(alphabet))])
+				}
+				keys[i] = k.String()
+			}
+			ends := 0
+			for _, k := range keys {
+				ends += len(splitKey(nil, k, sep))
+			}
+			bound := maxEnds(keys, sep)
+			if bound < ends {
+				t.Fatalf("sep %q keys %q: bound %d, %d ends", sep, keys, bound, ends)
+			}
+			tight = tight || bound == ends
+		}
+		if !tight {
+			t.Errorf("sep %q: the bound was never reached; is it too loose to test?", sep)
+		}
+	}
+}
