@@ -17,7 +17,7 @@
 //  5. The checkpoint's own locks (see package checkpoint), below all of
 //     the above: the checkpoint never calls back into this package.
 //  6. Leaves, taken for a moment, nothing called under them: upload.Pool,
-//     writerCount, liveNodes, viewInos, consumedSet, dirTimes,
+//     writerCount, liveNodes, viewInos, consumedSet, dirTimes, plusPolicy,
 //     the directory handles' and the files view's mutexes, and the
 //     invalidation queue's (notify.go), whose worker talks to the kernel
 //     holding none of them. No request notifies the kernel about an inode
