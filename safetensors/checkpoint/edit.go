@@ -104,7 +104,7 @@ func (c *Checkpoint) Create(key string) (ID, error) {
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	now := time.Now()
+	now := time.Now().UnixNano()
 	t := &tensor{key: key, dtype: safetensors.U8, shape: []uint64{0}, shard: c.shardFor(key), cur: memoryContent(nil), growable: true, mtime: now, ctime: now}
 	d := headerDelta{t.shard: t.entryBound(), indexFile: c.indexEntry(key, t.shard)}
 	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", key)); err != nil {
@@ -164,7 +164,7 @@ func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, da
 	if err := c.checkNewKey(key); err != nil {
 		return 0, err
 	}
-	now := time.Now()
+	now := time.Now().UnixNano()
 	t := &tensor{key: key, dtype: dtype, shape: shape, shard: c.shardFor(key), cur: memoryContent(data), mtime: now, ctime: now}
 	d := headerDelta{t.shard: t.entryBound(), indexFile: c.indexEntry(key, t.shard)}
 	if err := c.checkHeader(d, fmt.Sprintf("tensor %q", key)); err != nil {
@@ -407,7 +407,7 @@ func (c *Checkpoint) SetMTime(id ID, mtime time.Time) error {
 	if err != nil {
 		return err
 	}
-	t.mtime, t.ctime = mtime, time.Now()
+	t.mtime, t.ctime = nanos(mtime), time.Now().UnixNano()
 	return nil
 }
 

@@ -69,7 +69,7 @@ func openForeign(path string, opt Options) (c *Checkpoint, handled bool, err err
 		c.byKey[t.Key] = ID(len(c.tensors))
 		// The content is only a size: Info reads it, and nothing else
 		// looks at a read-only tensor's content.
-		c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: &content{size: t.Size, src: -1}, mtime: mtime, ctime: mtime})
+		c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: &content{size: t.Size, src: -1}, mtime: nanos(mtime), ctime: nanos(mtime)})
 	}
 	return c, true, nil
 }

@@ -29,10 +29,10 @@ import (
 // logState is a tensor as the log (or, before the log names it, the
 // checkpoint file) has it.
 type logState struct {
-	exists bool
 	key    string
-	dtype  safetensors.DType
 	shape  []uint64
+	dtype  safetensors.DType
+	exists bool
 }
 
 // Sync makes every edit so far durable before it returns (in the log;
@@ -203,7 +203,7 @@ func (c *Checkpoint) collect() *batch {
 			continue
 		}
 		t.inFlight = true
-		e := batchEntry{t: t, gen: t.gen, state: logState{true, t.key, t.dtype, t.shape}, put: -1}
+		e := batchEntry{t: t, gen: t.gen, state: logState{key: t.key, shape: t.shape, dtype: t.dtype, exists: true}, put: -1}
 		if t.logged.exists && t.logged.key != t.key {
 			renames = append(renames, [2]string{t.logged.key, t.key})
 		}

@@ -86,7 +86,7 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 			c.byKey[t.Key] = ID(len(c.tensors))
 			// The content is only a size: Info reads it, and nothing
 			// else looks at a read-only tensor's content.
-			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}, mtime: mtime, ctime: mtime})
+			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}, mtime: nanos(mtime), ctime: nanos(mtime)})
 			r.at = append(r.at, remoteTensor{obj: obj, off: h.DataOffset() + int64(t.Begin), size: size})
 		}
 	}

@@ -14,7 +14,10 @@ func (c *Checkpoint) keepRemoved(id ID, t *tensor) {
 	}
 	t.cur = t.cur.clone()
 	t.cur.ref.acquire()
-	t.pins = c.pinLogs()
+	if c.pins == nil {
+		c.pins = map[ID][]*walMap{}
+	}
+	c.pins[id] = c.pinLogs()
 	t.changed()
 	c.removed[id] = t
 }
@@ -30,10 +33,10 @@ func (c *Checkpoint) drop(id ID) {
 	if t := c.removed[id]; t != nil {
 		delete(c.removed, id)
 		t.cur.ref.release()
-		for _, m := range t.pins {
+		for _, m := range c.pins[id] {
 			m.release()
 		}
-		t.pins = nil
+		delete(c.pins, id)
 	}
 }
 

@@ -116,7 +116,7 @@ func (c *Checkpoint) replay(s *walScan) error {
 // replayed marks t changed by a replayed record: its shard's header (and
 // the index) will be written, and the log already holds its state.
 func (c *Checkpoint) replayed(t *tensor) {
-	t.logged = logState{true, t.key, t.dtype, t.shape}
+	t.logged = logState{key: t.key, shape: t.shape, dtype: t.dtype, exists: true}
 	c.shards[t.shard].layoutGen++
 	c.index.bump()
 }

@@ -188,9 +188,9 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 				continue
 			}
 			if st, ok := other.Shards[c.shards[t.shard].name]; ok {
-				t.mtime = st
+				t.mtime = nanos(st)
 			} else if j.Default != "" {
-				t.mtime = other.Default
+				t.mtime = nanos(other.Default)
 			}
 		}
 	}
@@ -201,7 +201,7 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 		if !ok || perr != nil {
 			continue
 		}
-		c.tensors[id].mtime = t
+		c.tensors[id].mtime = nanos(t)
 		tensors[id] = t
 	}
 	if j.Metadata != "" {
