@@ -3,6 +3,7 @@ package safetensors
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -195,3 +196,30 @@ func TestReadHeaderIOError(t *testing.T) {
 type errReaderAt struct{ err error }
 
 func (r errReaderAt) ReadAt([]byte, int64) (int, error) { return 0, r.err }
+
+// TestEntriesSizedByCount checks that parsing reserves as many entries as
+// the header has (long keys, as DeepSeek-V3's, once made it reserve 1.6x),
+// and still parses a header whose field names are spelled with escapes.
+func TestEntriesSizedByCount(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("{")
+	const n = 1000
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"model.layers.%d.mlp.experts.%d.down_proj.weight_scale_inv":{"dtype":"F32","shape":[1],"data_offsets":[%d,%d]}`, i, i, 4*i, 4*i+4)
+	}
+	b.WriteString("}")
+	p, err := parseHeader([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.tensors) != n || cap(p.tensors) != n {
+		t.Errorf("%d entries in a slice of %d, want %d in %d", len(p.tensors), cap(p.tensors), n, n)
+	}
+	esc := `{"a":{"dtype":"F32","shape":[1],"data\u005foffsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}`
+	if p, err := parseHeader([]byte(esc)); err != nil || len(p.tensors) != 2 {
+		t.Errorf("escaped field names: %v", err)
+	}
+}
