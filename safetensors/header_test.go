@@ -198,8 +198,9 @@ type errReaderAt struct{ err error }
 func (r errReaderAt) ReadAt([]byte, int64) (int, error) { return 0, r.err }
 
 // TestEntriesSizedByCount checks that parsing reserves as many entries as
-// the header has (long keys, as DeepSeek-V3's, once made it reserve 1.6x),
-// and still parses a header whose field names are spelled with escapes.
+// the header has (long keys, as DeepSeek-V3's, once made it reserve 1.6x)
+// and room for their shapes by that count, and still parses a header whose
+// field names are spelled with escapes.
 func TestEntriesSizedByCount(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("{")
@@ -217,6 +218,11 @@ func TestEntriesSizedByCount(t *testing.T) {
 	}
 	if len(p.tensors) != n || cap(p.tensors) != n {
 		t.Errorf("%d entries in a slice of %d, want %d in %d", len(p.tensors), cap(p.tensors), n, n)
+	}
+	// One dimension each: the shapes share one block sized for two an
+	// entry, not a block of 4096 dimensions.
+	if c := cap(p.arena); c != 2*n {
+		t.Errorf("the shapes' block holds %d dimensions, want %d", c, 2*n)
 	}
 	esc := `{"a":{"dtype":"F32","shape":[1],"data\u005foffsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}`
 	if p, err := parseHeader([]byte(esc)); err != nil || len(p.tensors) != 2 {
