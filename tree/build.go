@@ -54,17 +54,19 @@ type builder struct {
 }
 
 // maxEnds bounds how many segment ends keys have: one per separator ('/'
-// splits too) and one per key, counted by vectorised searches. With a
-// longer Sep, pieces of a byte or more between separators of a byte or more
-// bound the count by half the key.
+// splits too) and one per key, counted by vectorised searches. A Sep
+// without a '/' never overlaps a '/', so the scanner, resuming after either,
+// finds no more Seps than strings.Count does. One with a '/' in it (a
+// rare option) is bounded instead by pieces of a byte or more between
+// separators of a byte or more: half the key.
 func maxEnds(keys []string, sep string) int {
 	n := len(keys)
 	for _, k := range keys {
 		switch {
-		case len(sep) > 1:
-			n += len(k) / 2
 		case sep == "/":
 			n += strings.Count(k, "/")
+		case strings.Contains(sep, "/"):
+			n += len(k) / 2
 		default:
 			n += strings.Count(k, sep) + strings.Count(k, "/")
 		}

@@ -105,11 +105,11 @@ func splitKeyScanner(key, sep string) []int {
 
 // TestMaxEnds checks that maxEnds bounds the segment ends of any keys, so
 // prepare allocates them once: keys dense in separators, '/' beside
-// another Sep, and Seps of more than one byte.
+// another Sep, Seps of more than one byte, and Seps with a '/' in them.
 func TestMaxEnds(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
 	const alphabet = "ab./:_"
-	for _, sep := range []string{".", "/", "::", "_._"} {
+	for _, sep := range []string{".", "/", "::", "_._", "./", "/:/"} {
 		tight := false
 		for round := 0; round < 500; round++ {
 			keys := make([]string, 1+rng.Intn(4))
