@@ -308,20 +308,10 @@ func TestStatWalkGetsAttributesWithListings(t *testing.T) {
 		src = append(src, safetensors.Source{Key: key, DType: safetensors.F32, Shape: []uint64{uint64(i + 1)}, Data: safetensors.Bytes(make([]byte, 4*(i+1)))})
 		want[strings.ReplaceAll(key, ".", "/")] = strconv.Itoa(4 * (i + 1))
 	}
-	ckpt := filepath.Join(t.TempDir(), "model.safetensors")
-	f, err := os.Create(ckpt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := safetensors.Write(f, src, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	mnt := mountTest(t, ckpt, false)
+	mnt := mountTest(t, writeSources(t, src), false)
 
 	var out []byte
+	var err error
 	counts, traced := fuseRequests(t, mnt, func() {
 		out, err = exec.Command("ls", "-lR", mnt).Output()
 	})

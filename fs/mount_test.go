@@ -210,6 +210,12 @@ func writeCheckpoint(t *testing.T, keys ...string) string {
 	for i, k := range keys {
 		src[i] = safetensors.Source{Key: k, DType: safetensors.F32, Shape: []uint64{4}, Data: safetensors.Bytes(bytes.Repeat([]byte{byte(i)}, 16))}
 	}
+	return writeSources(t, src)
+}
+
+// writeSources writes src as a checkpoint and returns the file's path.
+func writeSources(t *testing.T, src []safetensors.Source) string {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "model.safetensors")
 	f, err := os.Create(p)
 	if err != nil {
