@@ -60,16 +60,17 @@ func openForeign(path string, opt Options) (c *Checkpoint, handled bool, err err
 	fs.refs.Store(1)
 	c = &Checkpoint{path: path, readOnly: true, src: fs, byKey: make(map[string]ID, len(file.Tensors)), log: loggerOr(opt.Logger)}
 	c.shards = []*shard{{name: filepath.Base(path), path: path, meta: file.Metadata}}
-	mtime := st.ModTime()
-	if mtime.IsZero() {
-		mtime = time.Now()
+	mt := st.ModTime()
+	if mt.IsZero() {
+		mt = time.Now()
 	}
+	mtime := nanos(mt)
 	for i := range file.Tensors {
 		t := &file.Tensors[i]
 		c.byKey[t.Key] = ID(len(c.tensors))
 		// The content is only a size: Info reads it, and nothing else
 		// looks at a read-only tensor's content.
-		c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: &content{size: t.Size, src: -1}, mtime: nanos(mtime), ctime: nanos(mtime)})
+		c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, cur: &content{size: t.Size, src: -1}, mtime: mtime, ctime: mtime})
 	}
 	return c, true, nil
 }

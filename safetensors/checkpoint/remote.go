@@ -73,10 +73,11 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 	}
 	// Tensors carry the server's Last-Modified (the mount's time if it
 	// sent none), as local ones carry their file's mtime.
-	mtime := set.ModTime
-	if mtime.IsZero() {
-		mtime = time.Now()
+	mt := set.ModTime
+	if mt.IsZero() {
+		mt = time.Now()
 	}
+	mtime := nanos(mt)
 	for si, h := range set.Headers {
 		obj := set.Objects[si]
 		c.shards = append(c.shards, &shard{name: set.Names[si], path: obj.String(), meta: h.Metadata})
@@ -86,7 +87,7 @@ func openRemote(url string, opt Options) (*Checkpoint, error) {
 			c.byKey[t.Key] = ID(len(c.tensors))
 			// The content is only a size: Info reads it, and nothing
 			// else looks at a read-only tensor's content.
-			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}, mtime: nanos(mtime), ctime: nanos(mtime)})
+			c.tensors = append(c.tensors, &tensor{key: t.Key, dtype: t.DType, shape: t.Shape, shard: si, cur: &content{size: size, src: -1}, mtime: mtime, ctime: mtime})
 			r.at = append(r.at, remoteTensor{obj: obj, off: h.DataOffset() + int64(t.Begin), size: size})
 		}
 	}

@@ -183,6 +183,7 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 	// Every tensor shows its file's time, else the default; those named
 	// below their own.
 	if j.Default != "" || len(j.Shards) > 0 {
+		def := nanos(other.Default)
 		for _, t := range c.tensors {
 			if t == nil {
 				continue
@@ -190,7 +191,7 @@ func (tf *TimesFile) Load() (tensors map[ID]time.Time, other OtherTimes, err err
 			if st, ok := other.Shards[c.shards[t.shard].name]; ok {
 				t.mtime = nanos(st)
 			} else if j.Default != "" {
-				t.mtime = nanos(other.Default)
+				t.mtime = def
 			}
 		}
 	}
