@@ -23,6 +23,12 @@ const readyEnv = "SAFEJAXFS_READY_FD"
 // local checkpoint (remoteMountWait a remote one).
 const mountWait = 60 * time.Second
 
+// daemonExecutable is the program a mount re-runs as its daemon: this one.
+// The tests run their commands from a plain build and point this at the
+// race-instrumented one, so daemons, where the concurrency is, keep the
+// race detector.
+var daemonExecutable = os.Executable
+
 // spawnDaemon re-runs this mount in the foreground as a detached child (its
 // own session, no terminal) and waits until the child says the mount answers
 // or why it could not mount. The parent's exit code is the child's verdict.
@@ -32,7 +38,7 @@ func spawnDaemon(args []string, mnt string, wait time.Duration, pf progressFlags
 		return fail(exitMount, "%v", err)
 	}
 	defer r.Close()
-	exe, err := os.Executable()
+	exe, err := daemonExecutable()
 	if err != nil {
 		return fail(exitMount, "%v", err)
 	}
