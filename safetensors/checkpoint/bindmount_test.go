@@ -41,6 +41,7 @@ func bindMounted(t *testing.T, m *ckModel) (path, host string) {
 // read: a rewrite in progress, a removed tensor still open, tensors read
 // during and after.
 func TestBindMountedInstalledInPlace(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path, host := bindMounted(t, m)
 	c := ckOpen(t, path, Options{})
@@ -107,6 +108,7 @@ func TestBindMountedInstalledInPlace(t *testing.T) {
 // the tear as its own (the log says the copy began), copies again, and
 // removes the temp file and the log.
 func TestBindMountedCrashDuringCopy(t *testing.T) {
+	t.Parallel()
 	for _, point := range []string{"log-synced", "copied"} {
 		t.Run(point, func(t *testing.T) {
 			m := ckDefault()

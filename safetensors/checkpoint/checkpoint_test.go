@@ -241,6 +241,7 @@ var rewritePoints = []string{"tmp-written", "tmp-synced", "renamed"}
 // ---- edit rules ----
 
 func TestEditWriteAndTruncateRules(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -351,6 +352,7 @@ func TestEditWriteAndTruncateRules(t *testing.T) {
 }
 
 func TestEditCreateGrowable(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -442,6 +444,7 @@ func TestEditCreateGrowable(t *testing.T) {
 }
 
 func TestEditPutRenameReshapeMetadata(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -558,6 +561,7 @@ func TestEditPutRenameReshapeMetadata(t *testing.T) {
 }
 
 func TestReadOnlyRefusesEdits(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	before, _ := os.ReadFile(path)
@@ -689,6 +693,7 @@ func ckSameLayoutEdits(t *testing.T, c *Checkpoint, m *ckModel, seed uint64) {
 // until a compaction, which for same-layout edits patches it in place (no
 // new file) and removes the log.
 func TestSyncLogsCompactPatchesInPlace(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	rec := &ckRecorder{}
@@ -848,6 +853,7 @@ var ckLayoutChanges = []struct {
 }
 
 func TestSyncRewrite(t *testing.T) {
+	t.Parallel()
 	for _, tc := range ckLayoutChanges {
 		t.Run(tc.name, func(t *testing.T) {
 			m := ckDefault()
@@ -920,6 +926,7 @@ func ckCatchFault(t *testing.T, what string, fn func()) {
 }
 
 func TestReadSurvivesRewrite(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	old := m.clone()
 	path := ckFile(t, m)
@@ -973,6 +980,7 @@ func TestReadSurvivesRewrite(t *testing.T) {
 // file. Bytes a read already returned must not change under it: the FUSE
 // reply is still being copied from them.
 func TestReadStableAcrossInPlaceSync(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -1014,6 +1022,7 @@ func TestReadStableAcrossInPlaceSync(t *testing.T) {
 // Edits made while a persist is under way (from inside its hooks, so the
 // timing is exact) are neither lost nor half persisted.
 func TestEditsDuringSync(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		layout bool   // the first Sync rewrites
@@ -1120,6 +1129,7 @@ func TestEditsDuringSync(t *testing.T) {
 // Sync in a loop in one goroutine while another edits: whatever the
 // interleaving, nothing is lost and the final file is the final state.
 func TestSyncConcurrentWithEdits(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -1188,6 +1198,7 @@ func TestSyncConcurrentWithEdits(t *testing.T) {
 }
 
 func TestSyncRefusesChangedFile(t *testing.T) {
+	t.Parallel()
 	theirs := &ckModel{tensors: map[string]ckTensor{"theirs": {safetensors.F32, []uint64{2}, ctPattern(1, 8)}}}
 	for _, tc := range []struct {
 		name   string
@@ -1343,6 +1354,7 @@ func ckCheckRecovery(t *testing.T, path string, m *ckModel, exact bool, whole ..
 }
 
 func TestSecondWriterRefused(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -1368,6 +1380,7 @@ func TestSecondWriterRefused(t *testing.T) {
 }
 
 func TestClosePersists(t *testing.T) {
+	t.Parallel()
 	for _, layout := range []bool{false, true} {
 		t.Run(fmt.Sprintf("layout=%v", layout), func(t *testing.T) {
 			m := ckDefault()

@@ -71,6 +71,7 @@ func firstDiff(a, b []byte) int {
 }
 
 func TestContentWriteAcrossChunks(t *testing.T) {
+	t.Parallel()
 	const size = 3*chunkSize + 100
 	model := ctPattern(1, size)
 	c := memoryContent(bytes.Clone(model))
@@ -109,6 +110,7 @@ func TestContentWriteAcrossChunks(t *testing.T) {
 }
 
 func TestContentTruncateShrinkThenGrowReadsZeros(t *testing.T) {
+	t.Parallel()
 	const size = 2*chunkSize + chunkSize/2
 	for _, tc := range []struct {
 		name   string
@@ -152,6 +154,7 @@ func TestContentTruncateShrinkThenGrowReadsZeros(t *testing.T) {
 }
 
 func TestContentSegmentsMergeBaseRuns(t *testing.T) {
+	t.Parallel()
 	const size = 4 * chunkSize
 	base := ctPattern(3, size)
 	c := memoryContent(base)
@@ -195,6 +198,7 @@ func TestContentSegmentsMergeBaseRuns(t *testing.T) {
 }
 
 func TestContentCopyOnWrite(t *testing.T) {
+	t.Parallel()
 	const size = 3 * chunkSize
 	base := ctPattern(5, size)
 	c := memoryContent(bytes.Clone(base))
@@ -222,6 +226,7 @@ func TestContentCopyOnWrite(t *testing.T) {
 // TestContentRandom runs seeded random writes and truncates against the
 // model, checking every read path and invariant after each.
 func TestContentRandom(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewPCG(11, 12))
 	for iter := range 15 {
 		n := r.IntN(3 * chunkSize)

@@ -123,6 +123,7 @@ func ckPoints(t *testing.T, sc crashScenario) []struct {
 }
 
 func TestCrashAtEveryPoint(t *testing.T) {
+	t.Parallel()
 	for _, sc := range crashScenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			points := ckPoints(t, sc)
@@ -239,6 +240,7 @@ func ckCrashOnce(t *testing.T, sc crashScenario, point string, nth int) string {
 // error there) must not lose the edits: the next Sync writes them, and the
 // file ends up exactly the new state.
 func TestFailedSyncRetried(t *testing.T) {
+	t.Parallel()
 	for _, sc := range crashScenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			for _, cp := range ckPoints(t, sc) {

@@ -17,6 +17,7 @@ import (
 // any system call of that commit fails, neither happened, in memory and
 // after the write-back.
 func TestSyncDeleting(t *testing.T) {
+	t.Parallel()
 	tmpData := ctPattern(31, 96)
 	newData := ctPattern(32, 16)
 	ops := []struct {

@@ -15,6 +15,7 @@ import (
 // is ENOSPC (not EIO), nothing acknowledged is lost, the files stay as they
 // were, and removing what was added frees the way.
 func TestDiskFull(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=3m"); err != nil {
 		t.Skipf("cannot mount a small tmpfs: %v", err)

@@ -42,6 +42,7 @@ func markerName(ckpt string, step int) string {
 // rewrite), 5. a byte edit and Compact (in place). It writes a marker after
 // each.
 func TestStraceHelperProcess(t *testing.T) {
+	t.Parallel()
 	path := os.Getenv(straceHelperEnv)
 	if path == "" {
 		t.Skip("helper process for TestDurabilityOrder")
@@ -106,6 +107,7 @@ type sysEvent struct {
 }
 
 func TestDurabilityOrder(t *testing.T) {
+	t.Parallel()
 	strace, err := exec.LookPath("strace")
 	if err != nil {
 		t.Skip("strace not installed")

@@ -12,6 +12,7 @@ import (
 // TestCopyMappedFault: a copy from a mapping whose file another program
 // truncated is an error, not a SIGBUS that kills the process.
 func TestCopyMappedFault(t *testing.T) {
+	t.Parallel()
 	p := filepath.Join(t.TempDir(), "f")
 	if err := os.WriteFile(p, make([]byte, 2*os.Getpagesize()), 0o644); err != nil {
 		t.Fatal(err)
@@ -55,6 +56,7 @@ func TestCopyMappedFault(t *testing.T) {
 // conversion and the CLI's stats and diff read those slices in this
 // process, where touching them would raise SIGBUS and kill it.
 func TestReadOfTruncatedFile(t *testing.T) {
+	t.Parallel()
 	ck := defaultCkpt(t)
 	c, err := Open(ck.path, Options{ReadOnly: true})
 	if err != nil {

@@ -108,6 +108,7 @@ func fxErrnos(op string) []unix.Errno {
 }
 
 func TestFaultAtEverySystemCall(t *testing.T) {
+	t.Parallel()
 	for _, sc := range fxScenarios {
 		for _, phase := range []string{"commit", "write-back"} {
 			t.Run(sc.name+"/"+phase, func(t *testing.T) { fxPhase(t, sc, phase) })
@@ -196,6 +197,7 @@ func fxPhase(t *testing.T, sc fxScenario, phase string) {
 // holds them, in runs shorter than one read block and in one that starts
 // off a page boundary and spans several blocks.
 func TestPatchRunsChecksums(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	f, err := os.Create(filepath.Join(dir, "f"))
 	if err != nil {

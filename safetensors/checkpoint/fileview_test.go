@@ -213,6 +213,7 @@ func viewEdits(big, small string) []viewEdit {
 }
 
 func TestFileViewMatchesWriteBack(t *testing.T) {
+	t.Parallel()
 	type setup struct {
 		name       string
 		make       func(t testing.TB) (dir, path string)
@@ -277,6 +278,7 @@ func TestFileViewMatchesWriteBack(t *testing.T) {
 // edited one) still reads the bytes it opened, the file on disk has the
 // new ones, and a stamp looked up before the edit is refused (ErrStale).
 func TestFileViewHeldAcrossCompaction(t *testing.T) {
+	t.Parallel()
 	ck := defaultCkpt(t)
 	c, err := Open(ck.path, Options{})
 	must(t, err)
@@ -346,6 +348,7 @@ func TestFileViewHeldAcrossCompaction(t *testing.T) {
 // A sibling: listed by pattern, the checkpoint's own files and dot files
 // not; read as it is; a change of it is a new stamp.
 func TestFileViewSiblings(t *testing.T) {
+	t.Parallel()
 	dir := shFiles(t, shDefault())
 	for n, b := range map[string]string{"config.json": `{"a":1}`, "tokenizer.model": "spm", ".hidden.json": "x", "notes.md": "no", "merges.txt": "m"} {
 		must(t, os.WriteFile(filepath.Join(dir, n), []byte(b), 0o640))
@@ -380,6 +383,7 @@ func TestFileViewSiblings(t *testing.T) {
 // across the compaction that rewrites the shard and removes the log: it
 // holds both until it is closed.
 func TestFileViewOutlivesLogAndFile(t *testing.T) {
+	t.Parallel()
 	dir := shFiles(t, shDefault())
 	c, err := Open(dir, Options{})
 	must(t, err)

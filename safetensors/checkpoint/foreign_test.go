@@ -35,6 +35,7 @@ func npyFile(t *testing.T) string {
 }
 
 func TestForeignCheckpoint(t *testing.T) {
+	t.Parallel()
 	c, err := Open(npyFile(t), Options{}) // read-write asked: read-only given
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +79,7 @@ func TestForeignCheckpoint(t *testing.T) {
 }
 
 func TestForeignNotCheckpoint(t *testing.T) {
+	t.Parallel()
 	p := filepath.Join(t.TempDir(), "model.safetensors")
 	os.WriteFile(p, []byte("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 10\n"), 0o644)
 	_, err := Open(p, Options{ReadOnly: true})
@@ -90,6 +92,7 @@ func TestForeignNotCheckpoint(t *testing.T) {
 // byte (what a loader of its format reads), served as the local file it
 // is: no index, and never a safetensors rendering under the file's name.
 func TestForeignFiles(t *testing.T) {
+	t.Parallel()
 	p := npyFile(t)
 	want, err := os.ReadFile(p)
 	if err != nil {

@@ -84,6 +84,7 @@ func hoRefused(t *testing.T, path string, want func(t *testing.T), what string) 
 
 // A log made for checkpoint A, beside checkpoint B of the same name.
 func TestLogFromAnotherCheckpointRefused(t *testing.T) {
+	t.Parallel()
 	pathA, _, _ := hoCrashWithLog(t)
 	mB := ckDefault()
 	mB.tensors["other"] = ckTensor{safetensors.U8, []uint64{3}, []byte("bbb")}
@@ -97,6 +98,7 @@ func TestLogFromAnotherCheckpointRefused(t *testing.T) {
 // A leftover log beside a checkpoint replaced since (downloaded again,
 // restored from a backup): by a new file, or rewritten in place.
 func TestStaleLogRefused(t *testing.T) {
+	t.Parallel()
 	for _, how := range []string{"new file", "in place"} {
 		t.Run(how, func(t *testing.T) {
 			path, old, _ := hoCrashWithLog(t)
@@ -122,6 +124,7 @@ func TestStaleLogRefused(t *testing.T) {
 // replaced since. Both kinds: files rewritten (renames) and patched in
 // place (page checksums tell another version with the same header).
 func TestStaleCompactionRefused(t *testing.T) {
+	t.Parallel()
 	for i, sc := range crashScenarios {
 		for _, how := range []string{"new file", "in place"} {
 			t.Run(sc.name+"/"+how, func(t *testing.T) {
@@ -230,6 +233,7 @@ func hoCuts(bounds []int64, n int64) []int64 {
 // garbage. Each case crashes afresh, so the log lies beside the very
 // files (inodes) it was written for.
 func TestDamagedLog(t *testing.T) {
+	t.Parallel()
 	small := func() *ckModel {
 		return &ckModel{tensors: map[string]ckTensor{
 			"a": {safetensors.F32, []uint64{4, 8}, ctPattern(1, 128)},
@@ -342,6 +346,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // exactly (same inode, size, times and header: what the log checks). A
 // read-write open must refuse before writing anything, anywhere.
 func TestSymlinkedShardWithPlantedLog(t *testing.T) {
+	t.Parallel()
 	m := shDefault()
 	dir := shFiles(t, m)
 	c := ckOpen(t, dir, Options{})
@@ -398,6 +403,7 @@ func TestSymlinkedShardWithPlantedLog(t *testing.T) {
 
 // A shard name whose directory is a symlink leading out.
 func TestShardDirectorySymlinkRefused(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	outside := t.TempDir()
 	if err := os.Symlink(outside, filepath.Join(dir, "sub")); err != nil {
@@ -432,6 +438,7 @@ func TestShardDirectorySymlinkRefused(t *testing.T) {
 // A checkpoint file with another hard link: writing it in place would
 // change the other name too (a backup made with cp -al).
 func TestHardLinkedRefused(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	if err := os.Link(path, filepath.Join(t.TempDir(), "backup.safetensors")); err != nil {
@@ -445,6 +452,7 @@ func TestHardLinkedRefused(t *testing.T) {
 // Files named like our temp files that are symlinks: removed (the link),
 // never followed.
 func TestPlantedTempSymlinkNotFollowed(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	outside := filepath.Join(t.TempDir(), "precious")
@@ -467,6 +475,7 @@ func TestPlantedTempSymlinkNotFollowed(t *testing.T) {
 // temp that is not ours, a name leading out, a file the log does not
 // have. Refused, nothing touched.
 func TestCraftedCompactRecordRefused(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		rec  func(base []walFile) *compactRec
@@ -519,6 +528,7 @@ func headerLen(t *testing.T, path string) int64 {
 
 // A log owned by another user, or writable by others, is not trusted.
 func TestForeignLogRefused(t *testing.T) {
+	t.Parallel()
 	for _, how := range []string{"group-writable", "another owner"} {
 		t.Run(how, func(t *testing.T) {
 			path, old, _ := hoCrashWithLog(t)
@@ -541,6 +551,7 @@ func TestForeignLogRefused(t *testing.T) {
 
 // A log that is a symlink (we never make one).
 func TestSymlinkedLogRefused(t *testing.T) {
+	t.Parallel()
 	path, old, _ := hoCrashWithLog(t)
 	lp := walPathOf(path)
 	elsewhere := filepath.Join(t.TempDir(), "log")
@@ -563,6 +574,7 @@ func TestSymlinkedLogRefused(t *testing.T) {
 // every acknowledged edit survives a crash; a file someone put at its
 // name is not overwritten.
 func TestLogRemovedWhileMounted(t *testing.T) {
+	t.Parallel()
 	m := ckDefault()
 	path := ckFile(t, m)
 	c := ckOpen(t, path, Options{})
@@ -610,6 +622,7 @@ func TestLogRemovedWhileMounted(t *testing.T) {
 // file of a rewrite and a recovery file are the checkpoint owner's, so
 // the owner can read and remove them.
 func TestRootMakesFilesForTheOwner(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
@@ -664,6 +677,7 @@ func TestRootMakesFilesForTheOwner(t *testing.T) {
 // is an identical copy, so the next open (nothing swapped) shows that
 // every edit the log held is still applied.
 func TestLogReplacedAfterCheck(t *testing.T) {
+	t.Parallel()
 	// An in-place write-back reads its patches from the log again.
 	for phase, sc := range map[string]crashScenario{"replay": crashScenarios[1], "finish a write-back": crashScenarios[0]} {
 		t.Run(phase, func(t *testing.T) {

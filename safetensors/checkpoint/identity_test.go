@@ -8,6 +8,7 @@ import (
 )
 
 func TestIdentity(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	a, err := statIdentity(c.path)
 	if err != nil {

@@ -30,6 +30,7 @@ const (
 //	      error on stdout if ErrLocked, 4 on any other error.
 //	hold: lockFile it, print "locked", hold it until stdin closes.
 func TestLockHelperProcess(t *testing.T) {
+	t.Parallel()
 	mode := os.Getenv(helperModeEnv)
 	if mode == "" {
 		t.Skip("helper process for the cross-process lock tests")
@@ -101,6 +102,7 @@ func rawLockable(t *testing.T, path string) bool {
 }
 
 func TestLockFile(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	f1, f2 := mustOpen(t, c.path), openRW(t, c.path)
 	unlock1, err := lockPath(f1)
@@ -141,6 +143,7 @@ func TestLockFile(t *testing.T) {
 
 // Two names for one file are one checkpoint.
 func TestLockFileAliases(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	dir := t.TempDir()
 	sym, hard := filepath.Join(dir, "sym.safetensors"), filepath.Join(filepath.Dir(c.path), "hard.safetensors")
@@ -163,6 +166,7 @@ func TestLockFileAliases(t *testing.T) {
 }
 
 func TestLockFileCrossProcess(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	// Another process holds it.
 	cmd := helperCmd(c.path, "hold")
@@ -211,6 +215,7 @@ func TestLockFileCrossProcess(t *testing.T) {
 // caller moves its own lock over (lockFile of the new file, then unlock of
 // the old one), and go away only with the caller's unlock.
 func TestLockSurvivesRewrite(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	rw := openRW(t, c.path)
 	unlockOld, err := lockPath(rw)
@@ -285,6 +290,7 @@ func relayoutAgain(c *testCkpt, fd *os.File, _ *safetensors.File) ([]safetensors
 // A handoff the caller never takes (its reopen failed) must not hold the
 // new file locked past the caller's unlock of the old lock.
 func TestLockHandoffDroppedWithOldLock(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	unlock, err := lockPath(openRW(t, c.path))
 	if err != nil {
@@ -306,6 +312,7 @@ func TestLockHandoffDroppedWithOldLock(t *testing.T) {
 
 // Without the lock there is nothing to carry over: the new file is free.
 func TestRewriteWithoutLockLeavesNewFileUnlocked(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	fd, mapped := openOld(t, c.path)
 	src, meta := relayout(t, c, fd, mapped)
@@ -320,6 +327,7 @@ func TestRewriteWithoutLockLeavesNewFileUnlocked(t *testing.T) {
 // Locking a file that was renamed over between open and flock protects
 // nothing, and says so.
 func TestLockFileReplacedBeforeLock(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	f := mustOpen(t, c.path)
 	s, m := testSources(3)
@@ -339,6 +347,7 @@ func TestLockFileReplacedBeforeLock(t *testing.T) {
 // and before the caller relocks: the relock must not take their file for
 // the rewritten one.
 func TestLockRelockAfterRewriteRefusesReplacedFile(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	unlock, err := lockPath(openRW(t, c.path))
 	if err != nil {
@@ -367,6 +376,7 @@ func TestLockRelockAfterRewriteRefusesReplacedFile(t *testing.T) {
 // shared one (safejaxfs wait); the refusal message names either, since
 // either is what refused the lock.
 func TestLockHolderExclusiveOnly(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	f := mustOpen(t, c.path)
 	st, err := fstat(f)

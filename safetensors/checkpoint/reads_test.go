@@ -7,6 +7,7 @@ import (
 )
 
 func TestReadTrackerWaitsForEarlierReads(t *testing.T) {
+	t.Parallel()
 	var rt readTracker
 	if !rt.wait() {
 		t.Fatal("wait with no reads did not return at once")
@@ -43,6 +44,8 @@ func TestReadTrackerWaitsForEarlierReads(t *testing.T) {
 }
 
 func TestReadTrackerWaitIsBounded(t *testing.T) {
+	// Not parallel: it lowers maxReadWait for the package (the parallel
+	// tests wait until the sequential ones are done).
 	old := maxReadWait
 	maxReadWait = 20 * time.Millisecond
 	defer func() { maxReadWait = old }()

@@ -12,6 +12,7 @@ import (
 // is welcome, but placed where it adds no padding and with this bound
 // raised knowingly.
 func TestTensorRecordSize(t *testing.T) {
+	t.Parallel()
 	if got := unsafe.Sizeof(tensor{}); got > 136 {
 		t.Errorf("tensor record is %d bytes, want at most 136", got)
 	}
@@ -21,6 +22,7 @@ func TestTensorRecordSize(t *testing.T) {
 // within the years an int64 of nanoseconds holds, epoch 0 included (a
 // reproducible build's mtime), and are clamped outside them.
 func TestNanos(t *testing.T) {
+	t.Parallel()
 	for _, tm := range []time.Time{
 		time.Unix(0, 0),
 		time.Unix(1, 0),

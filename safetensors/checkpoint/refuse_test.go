@@ -14,6 +14,9 @@ import (
 // model's canonical file, which validates.
 // smallLimits lowers the header and index limits for a test: the rules
 // are the same at any scale, and 100 MB strings are slow under -race.
+//
+// It changes them for the package: a test that calls it is not parallel
+// (the parallel tests wait until the sequential ones are done).
 func smallLimits(t *testing.T, header, index int64) {
 	h, i := headerLimit, indexLimit
 	headerLimit, indexLimit = header, index
@@ -21,6 +24,7 @@ func smallLimits(t *testing.T, header, index int64) {
 }
 
 func TestLimitsAreTheRealOnes(t *testing.T) {
+	t.Parallel()
 	if headerLimit != safetensors.MaxHeaderSize || indexLimit != safetensors.MaxIndexSize {
 		t.Fatalf("limits %d and %d, want the reader's %d and %d", headerLimit, indexLimit, safetensors.MaxHeaderSize, safetensors.MaxIndexSize)
 	}

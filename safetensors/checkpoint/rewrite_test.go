@@ -54,6 +54,7 @@ func openOld(t testing.TB, path string) (*os.File, *safetensors.File) {
 }
 
 func TestRewriteAtomic(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	if err := os.Chmod(c.path, 0o640); err != nil {
 		t.Fatal(err)
@@ -100,6 +101,7 @@ func TestRewriteAtomic(t *testing.T) {
 }
 
 func TestRewriteAtomicCrash(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		point   string
 		wantNew bool
@@ -136,6 +138,7 @@ func TestRewriteAtomicCrash(t *testing.T) {
 }
 
 func TestRewriteAtomicFailureLeavesCheckpoint(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	for name, src := range map[string][]safetensors.Source{
 		"duplicate key": {
@@ -172,6 +175,7 @@ func mustOpen(t testing.TB, path string) *os.File {
 // Another program saves over the checkpoint while the rewrite is writing:
 // its file must survive.
 func TestRewriteAtomicChangedMeanwhile(t *testing.T) {
+	t.Parallel()
 	for _, how := range []string{"renamed over", "written in place"} {
 		t.Run(how, func(t *testing.T) {
 			c := defaultCkpt(t)
@@ -210,6 +214,7 @@ func TestRewriteAtomicChangedMeanwhile(t *testing.T) {
 // A symlinked checkpoint (the Hugging Face cache links snapshots to blobs)
 // is rewritten where it really is: the link stays a link.
 func TestRewriteAtomicThroughSymlink(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	linkDir := t.TempDir()
 	link := filepath.Join(linkDir, "model.safetensors")
@@ -231,6 +236,7 @@ func TestRewriteAtomicThroughSymlink(t *testing.T) {
 }
 
 func TestCleanStaleTemps(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	dir := filepath.Dir(c.path)
 	stale := []string{
@@ -286,6 +292,7 @@ func TestCleanStaleTemps(t *testing.T) {
 }
 
 func TestWriteRecovery(t *testing.T) {
+	t.Parallel()
 	c := defaultCkpt(t)
 	if err := os.Chmod(c.path, 0o600); err != nil {
 		t.Fatal(err)
@@ -351,6 +358,7 @@ func TestWriteRecovery(t *testing.T) {
 }
 
 func TestRenameNoReplace(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	os.WriteFile(a, []byte("a"), 0o644)

@@ -174,6 +174,7 @@ func shState(t testing.TB, dir string, old, new *shModel) string {
 }
 
 func TestShardedOpen(t *testing.T) {
+	t.Parallel()
 	m := shDefault()
 	dir := shFiles(t, m)
 	for _, p := range []string{dir, filepath.Join(dir, shIndexName)} {
@@ -203,6 +204,7 @@ func TestShardedOpen(t *testing.T) {
 // Byte edits in two shards are written in place: nothing is rewritten,
 // the index is untouched.
 func TestShardedInPlace(t *testing.T) {
+	t.Parallel()
 	m := shDefault()
 	dir := shFiles(t, m)
 	inos := map[string]uint64{}
@@ -288,6 +290,7 @@ func shLayout(t testing.TB, c *Checkpoint, m *shModel) {
 }
 
 func TestShardedLayout(t *testing.T) {
+	t.Parallel()
 	m := shDefault()
 	dir := shFiles(t, m)
 	c := ckOpen(t, dir, Options{})
@@ -323,6 +326,7 @@ func TestShardedLayout(t *testing.T) {
 // A shard that loses its last tensor stays a valid (empty) safetensors file
 // and leaves the index's weight_map.
 func TestShardedEmptiedShard(t *testing.T) {
+	t.Parallel()
 	m := shDefault()
 	dir := shFiles(t, m)
 	c := ckOpen(t, dir, Options{})
@@ -343,6 +347,7 @@ func TestShardedEmptiedShard(t *testing.T) {
 // an edit is logged and the mount crashes: the next open replays the log
 // over the files it was written for, the emptied shard included.
 func TestShardedEmptiedShardThenCrash(t *testing.T) {
+	t.Parallel()
 	m := shDefault()
 	dir := shFiles(t, m)
 	c := ckOpen(t, dir, Options{})
@@ -450,6 +455,7 @@ func shPoints(t *testing.T) []struct {
 // leaves the new state every later one does. A read-only open refuses a
 // set with a commit under way.
 func TestShardedCrashAtEveryPoint(t *testing.T) {
+	t.Parallel()
 	sawNew := false
 	points := shPoints(t)
 	for i, cp := range points {
@@ -507,6 +513,7 @@ func TestShardedCrashAtEveryPoint(t *testing.T) {
 // Someone replaces a shard while the set is mounted: the edits go to a
 // recovery directory that is a complete set, theirs is not overwritten.
 func TestShardedChangedByOthers(t *testing.T) {
+	t.Parallel()
 	m := shDefault()
 	dir := shFiles(t, m)
 	c := ckOpen(t, dir, Options{})

@@ -10,6 +10,7 @@ import (
 // back, and a write-back's temp files as it writes them.
 
 func TestPendingEdits(t *testing.T) {
+	t.Parallel()
 	ck := defaultCkpt(t)
 	c, err := Open(ck.path, Options{})
 	if err != nil {
@@ -69,6 +70,7 @@ func TestPendingEdits(t *testing.T) {
 // A temp file of a write-back under way is what WriteBackProgress counts:
 // its bytes against what the rewritten file will hold.
 func TestWriteBackProgress(t *testing.T) {
+	t.Parallel()
 	ck := defaultCkpt(t)
 	c, err := Open(ck.path, Options{})
 	if err != nil {

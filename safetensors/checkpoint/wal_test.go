@@ -49,6 +49,7 @@ var walTestCompact = &compactRec{
 }
 
 func TestWALRoundTrip(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ckpt := filepath.Join(dir, "model.safetensors")
 	os.WriteFile(ckpt, nil, 0o644)
@@ -147,6 +148,7 @@ func walScanFile(t *testing.T, path string) *walScan {
 // Cut the log at every byte of its last batch (and a sample of the ones
 // before): a scan sees exactly the batches that are whole.
 func TestWALTornAtEveryByte(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ckpt := filepath.Join(dir, "m.safetensors")
 	path := walPathOf(ckpt)
@@ -211,6 +213,7 @@ func TestWALTornAtEveryByte(t *testing.T) {
 // A commit that cannot be written (disk full) leaves the log as it was,
 // and says ENOSPC.
 func TestWALCommitFailureLeavesNoTrace(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
 		t.Skipf("cannot mount a small tmpfs: %v", err)
