@@ -396,16 +396,22 @@ func numpy(t testing.TB) string {
 	return py
 }
 
-// pythonImports reports whether py imports the modules, asking it once per
-// test process: an interpreter that imports numpy costs 0.3 s of CPU, torch
-// 2.5 s, and 80 tests ask (a quarter of a minute of the race run's CPU).
+// pythonImports reports whether py has the modules, asking it once per
+// test process and without importing them (importlib's find_spec): an
+// interpreter that imports numpy costs 0.3 s of CPU, torch 2.5 s, and 80
+// tests ask. A module present but broken fails the test that uses it.
 func pythonImports(py string, modules ...string) error {
-	key := py + " " + strings.Join(modules, ", ")
+	key := py + " " + strings.Join(modules, " ")
 	importsMu.Lock()
 	defer importsMu.Unlock()
 	err, ok := imports[key]
 	if !ok {
-		err = exec.Command(py, "-c", "import "+strings.Join(modules, ", ")).Run()
+		const script = "import importlib.util, sys\n" +
+			"missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]\n" +
+			"sys.exit('missing: ' + ' '.join(missing) if missing else 0)"
+		if out, cerr := exec.Command(py, append([]string{"-c", script}, modules...)...).CombinedOutput(); cerr != nil {
+			err = fmt.Errorf("%v: %s", cerr, bytes.TrimSpace(out))
+		}
 		imports[key] = err
 	}
 	return err
