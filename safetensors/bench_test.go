@@ -122,6 +122,7 @@ func resnet50Sources(tb testing.TB) ([]Source, []byte, int64) {
 }
 
 func TestResNet50Shapes(t *testing.T) {
+	t.Parallel()
 	sources, data, _ := resnet50Sources(t)
 	var params uint64
 	for _, s := range sources {

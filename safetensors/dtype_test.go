@@ -6,6 +6,7 @@ import (
 )
 
 func TestDTypeTable(t *testing.T) {
+	t.Parallel()
 	// Reference enum order and bit widths (DESIGN.md); the writer's sort
 	// depends on the order, so it is pinned here name by name.
 	want := []struct {
@@ -43,6 +44,7 @@ func TestDTypeTable(t *testing.T) {
 }
 
 func TestByteSize(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		d     DType
 		shape []uint64
@@ -77,6 +79,7 @@ func TestByteSize(t *testing.T) {
 }
 
 func TestAppendShape(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		shape []uint64
 		want  string

@@ -10,6 +10,7 @@ import (
 )
 
 func TestOpenTestdata(t *testing.T) {
+	t.Parallel()
 	for _, name := range testdataFiles {
 		t.Run(name, func(t *testing.T) {
 			orig := readTestdata(t, name)
@@ -52,6 +53,7 @@ func TestOpenTestdata(t *testing.T) {
 
 // The Vandermonde fixture has known values: v[i][j] = (i+1)^(j+1).
 func TestOpenVandermondeValues(t *testing.T) {
+	t.Parallel()
 	f, err := Open(testdataPath("vandermonde.safetensors"))
 	if err != nil {
 		t.Fatal(err)
@@ -97,6 +99,7 @@ func TestOpenVandermondeValues(t *testing.T) {
 }
 
 func TestOpenAbuseAttempt(t *testing.T) {
+	t.Parallel()
 	_, err := Open(testdataPath("abuse_attempt_1.safetensors"))
 	if !errors.Is(err, ErrHeaderTruncated) {
 		t.Fatalf("err = %v, want ErrHeaderTruncated", err)
@@ -104,6 +107,7 @@ func TestOpenAbuseAttempt(t *testing.T) {
 }
 
 func TestOpenRejects(t *testing.T) {
+	t.Parallel()
 	for _, c := range badCases {
 		t.Run(c.name, func(t *testing.T) {
 			p := writeTemp(t, c.file)
@@ -122,6 +126,7 @@ func TestOpenRejects(t *testing.T) {
 }
 
 func TestOpenNotACheckpoint(t *testing.T) {
+	t.Parallel()
 	if _, err := Open("no/such/file"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
 	}
@@ -132,6 +137,7 @@ func TestOpenNotACheckpoint(t *testing.T) {
 
 // Zero-size tensors and an empty data region need no mapping of their own.
 func TestOpenEmptyData(t *testing.T) {
+	t.Parallel()
 	for _, b := range [][]byte{
 		file("{}", nil),
 		file(`{"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}`, nil),
@@ -152,6 +158,7 @@ func TestOpenEmptyData(t *testing.T) {
 }
 
 func TestFileReadAt(t *testing.T) {
+	t.Parallel()
 	b := file(`{"w":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}`, []byte("xyz"))
 	f, err := Open(writeTemp(t, b))
 	if err != nil {

@@ -15,6 +15,7 @@ func readBytes(b []byte) (*Header, error) {
 }
 
 func TestReadHeaderRejects(t *testing.T) {
+	t.Parallel()
 	for _, c := range badCases {
 		t.Run(c.name, func(t *testing.T) {
 			h, err := readBytes(c.file)
@@ -45,6 +46,7 @@ func TestReadHeaderRejects(t *testing.T) {
 // The rule each bad case breaks must be the only thing wrong with it where
 // that is possible: these messages pin the details users will see.
 func TestReadHeaderMessages(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		file []byte
 		want string
@@ -74,6 +76,7 @@ func readTestdataOrNil(name string) []byte {
 }
 
 func TestReadHeaderAccepts(t *testing.T) {
+	t.Parallel()
 	i32 := func(key string, shape []uint64, b, e uint64) Tensor {
 		return Tensor{Key: key, DType: I32, Shape: shape, Begin: b, End: e}
 	}
@@ -164,6 +167,7 @@ func TestReadHeaderAccepts(t *testing.T) {
 // ReadHeader reads the header only: a reader that fails past 8+N proves the
 // data is never touched.
 func TestReadHeaderDoesNotReadData(t *testing.T) {
+	t.Parallel()
 	b := file(`{"w":{"dtype":"U8","shape":[1000000],"data_offsets":[0,1000000]}}`, nil)
 	r := &limitedReaderAt{b: b}
 	h, err := ReadHeader(r, int64(len(b))+1_000_000)
@@ -189,6 +193,7 @@ func (r *limitedReaderAt) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func TestReadHeaderIOError(t *testing.T) {
+	t.Parallel()
 	boom := errors.New("boom")
 	_, err := ReadHeader(errReaderAt{boom}, 100)
 	if !errors.Is(err, boom) {
@@ -209,6 +214,7 @@ func (r errReaderAt) ReadAt([]byte, int64) (int, error) { return 0, r.err }
 // and room for their shapes by that count, and still parses a header whose
 // field names are spelled with escapes.
 func TestEntriesSizedByCount(t *testing.T) {
+	t.Parallel()
 	var b strings.Builder
 	b.WriteString("{")
 	const n = 1000

@@ -9,6 +9,7 @@ import (
 
 // The bounds are checked against what the writer really renders.
 func TestHeaderBoundsMatchTheWriter(t *testing.T) {
+	t.Parallel()
 	keys := []string{"a", "params.Dense_0.kernel", `q"uote\back`, "ctl\x01\x1f\n\t", "é<&>", strings.Repeat("x", 300)}
 	metas := []map[string]string{nil, {}, {"format": "pt"}, {"a\"b": "c\nd", "é": "<&>", "\x00": ""}}
 	for _, meta := range metas {
@@ -54,6 +55,7 @@ func TestHeaderBoundsMatchTheWriter(t *testing.T) {
 }
 
 func TestParseMetadataStrict(t *testing.T) {
+	t.Parallel()
 	good := map[string]string{" {\"a\": \"b\", \"é\": \"\\u00e9\"} \n": "", "{}": ""}
 	for in := range good {
 		if _, err := ParseMetadata([]byte(in)); err != nil {

@@ -32,6 +32,7 @@ sys.stdout.write(json.dumps(d, indent=2, sort_keys=True) + "\n")`)
 }
 
 func TestIndexMarshalMatchesPython(t *testing.T) {
+	t.Parallel()
 	docs := []string{
 		`{"metadata": {"total_size": 123}, "weight_map": {"b": "model-00002-of-00002.safetensors", "a": "model-00001-of-00002.safetensors"}}`,
 		`{"weight_map": {}}`,
@@ -68,6 +69,7 @@ func TestIndexMarshalMatchesPython(t *testing.T) {
 }
 
 func TestParseIndexRefuses(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		doc  string
 		rule error
@@ -111,6 +113,7 @@ func TestParseIndexRefuses(t *testing.T) {
 // Keys holding the characters the member count steps over (quotes,
 // escapes, colons, braces) parse to the map they spell.
 func TestParseIndexOddKeys(t *testing.T) {
+	t.Parallel()
 	idx, err := ParseIndex([]byte(`{"weight_map": {"a:{\"[": "s.safetensors", "}\\": "t.safetensors", "x": "s.safetensors"}}`))
 	if err != nil {
 		t.Fatal(err)
@@ -122,6 +125,7 @@ func TestParseIndexOddKeys(t *testing.T) {
 }
 
 func TestParseIndexKeepsUnknownMembers(t *testing.T) {
+	t.Parallel()
 	idx, err := ParseIndex([]byte(`{"metadata": {"total_size": 5, "format": "pt"}, "weight_map": {"a": "s.safetensors"}, "note": "x"}`))
 	if err != nil {
 		t.Fatal(err)

@@ -53,6 +53,7 @@ func shardedDir(t *testing.T) string {
 }
 
 func TestOpenSet(t *testing.T) {
+	t.Parallel()
 	dir := shardedDir(t)
 	for _, p := range []string{dir, filepath.Join(dir, "model.safetensors.index.json")} {
 		s, err := OpenSet(p)
@@ -84,6 +85,7 @@ func TestOpenSet(t *testing.T) {
 }
 
 func TestLocateDirectory(t *testing.T) {
+	t.Parallel()
 	mk := func(names ...string) string {
 		dir := t.TempDir()
 		for _, n := range names {
@@ -125,6 +127,7 @@ func TestLocateDirectory(t *testing.T) {
 // Every rule of a sharded set, broken once: refused before anything is
 // used, naming the file and key.
 func TestOpenSetRefuses(t *testing.T) {
+	t.Parallel()
 	const s1, s2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 	cases := []struct {
 		name  string
@@ -184,6 +187,7 @@ func TestOpenSetRefuses(t *testing.T) {
 
 // A FIFO named as a checkpoint or shard is refused, not waited on.
 func TestOpenSetFIFO(t *testing.T) {
+	t.Parallel()
 	dir := shardedDir(t)
 	p := filepath.Join(dir, "model-00002-of-00002.safetensors")
 	os.Remove(p)

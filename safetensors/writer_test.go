@@ -37,6 +37,7 @@ func writeBytes(t *testing.T, sources []Source, meta map[string]string) []byte {
 // Golden vectors: the exact bytes the reference test suite
 // (safetensors/src/tensor.rs) asserts its serializer produces.
 func TestWriteGolden(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name    string
 		sources []Source
@@ -93,6 +94,7 @@ func TestWriteGolden(t *testing.T) {
 }
 
 func TestWriteHeaderJSON(t *testing.T) {
+	t.Parallel()
 	u8 := func(key string) Source { return Source{Key: key, DType: U8, Shape: []uint64{1}, Data: Bytes{7}} }
 	cases := []struct {
 		name    string
@@ -153,6 +155,7 @@ func TestWriteHeaderJSON(t *testing.T) {
 }
 
 func TestPlanOrder(t *testing.T) {
+	t.Parallel()
 	sources := []Source{
 		{Key: "c", DType: U8, Shape: []uint64{1}},
 		{Key: "b", DType: F64, Shape: []uint64{1}},
@@ -171,6 +174,7 @@ func TestPlanOrder(t *testing.T) {
 }
 
 func TestPlanRejects(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name    string
 		sources []Source
@@ -208,6 +212,7 @@ func TestPlanRejects(t *testing.T) {
 // Every file the reference library wrote must come back byte for byte, from
 // each kind of source the writer has a path for.
 func TestRoundTripTestdata(t *testing.T) {
+	t.Parallel()
 	for _, name := range testdataFiles {
 		t.Run(name, func(t *testing.T) {
 			orig := readTestdata(t, name)
@@ -293,6 +298,7 @@ func patterned(n int) []byte {
 }
 
 func TestWriteFileToFile(t *testing.T) {
+	t.Parallel()
 	data := patterned(5<<20 + 1024)
 	srcPath := filepath.Join(t.TempDir(), "src")
 	if err := os.WriteFile(srcPath, data, 0o644); err != nil {
@@ -330,6 +336,7 @@ func TestWriteFileToFile(t *testing.T) {
 }
 
 func TestWriteShortSource(t *testing.T) {
+	t.Parallel()
 	data := patterned(300 << 10)
 	srcPath := filepath.Join(t.TempDir(), "src")
 	if err := os.WriteFile(srcPath, data, 0o644); err != nil {
@@ -369,6 +376,7 @@ func (w *failWriter) Write(p []byte) (int, error) {
 }
 
 func TestWriteDstError(t *testing.T) {
+	t.Parallel()
 	data := patterned(5<<20 + 1024)
 	for after := range 4 {
 		_, err := Write(&failWriter{after: after}, bigSources(data, Bytes(data), 0), nil)
@@ -379,6 +387,7 @@ func TestWriteDstError(t *testing.T) {
 }
 
 func TestBytesReaderAt(t *testing.T) {
+	t.Parallel()
 	b := Bytes("hello")
 	p := make([]byte, 3)
 	if n, err := b.ReadAt(p, 3); n != 2 || err != io.EOF || string(p[:2]) != "lo" {
@@ -409,6 +418,7 @@ func hugeSources(n int) []Source {
 }
 
 func TestWriteBadSources(t *testing.T) {
+	t.Parallel()
 	if _, err := Write(io.Discard, []Source{{Key: "w", DType: U8, Shape: []uint64{1}}}, nil); err == nil || !strings.Contains(err.Error(), `"w"`) {
 		t.Errorf("nil Data: %v", err)
 	}
@@ -429,6 +439,7 @@ func TestWriteBadSources(t *testing.T) {
 }
 
 func TestFormatErrorMessage(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		e    *FormatError
 		want string

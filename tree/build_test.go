@@ -11,6 +11,7 @@ import (
 // TestConventions shows what real naming schemes turn into. Every case lists
 // the path each key must get.
 func TestConventions(t *testing.T) {
+	t.Parallel()
 	long := strings.Repeat("x", 400)
 	longName := strings.Repeat("x", 246) + "~" + hash8(long)
 	reserved := Options{Reserved: []string{"__metadata__"}}
@@ -180,6 +181,7 @@ func TestConventions(t *testing.T) {
 
 // Directory Keys name the key prefix a directory stands for.
 func TestDirKeys(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		keys []string
 		opt  Options
@@ -214,6 +216,7 @@ func TestDirKeys(t *testing.T) {
 }
 
 func TestDuplicateKeys(t *testing.T) {
+	t.Parallel()
 	keys := []string{"a.b", "a.b", "a.b", "c"}
 	tr := mustBuild(t, keys, Options{})
 	var got []string
@@ -231,6 +234,7 @@ func TestDuplicateKeys(t *testing.T) {
 // IDs: the root 0, each directory's children consecutive in name order,
 // directories depth first in name order.
 func TestIDs(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, []string{"b.y", "a", "b.x.z", "c.w", "b.x.v"}, Options{})
 	want := []string{"", "a", "b", "c", "b/x", "b/y", "b/x/v", "b/x/z", "c/w"}
 	for id, path := range want {
@@ -245,6 +249,7 @@ func TestIDs(t *testing.T) {
 }
 
 func TestBuildEmpty(t *testing.T) {
+	t.Parallel()
 	for _, keys := range [][]string{nil, {}} {
 		tr := mustBuild(t, keys, Options{})
 		if tr.Root.Len() != 0 || len(tr.Files()) != 0 || tr.Find("") != tr.Root {
@@ -254,6 +259,7 @@ func TestBuildEmpty(t *testing.T) {
 }
 
 func TestOptions(t *testing.T) {
+	t.Parallel()
 	bad := []Options{
 		{Sep: "\x00"},
 		{Sep: ".\x00"},
@@ -284,6 +290,7 @@ func TestOptions(t *testing.T) {
 }
 
 func TestFind(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, []string{"a.b.c"}, Options{})
 	for path, want := range map[string]string{
 		"": "", "a": "a", "a/b/c": "a/b/c", "/a/b/": "a/b", "a//b": "a/b",
@@ -300,6 +307,7 @@ func TestFind(t *testing.T) {
 }
 
 func TestChildrenIsFresh(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, []string{"a", "b"}, Options{})
 	c := tr.Root.Children()
 	c[0] = nil
@@ -310,6 +318,7 @@ func TestChildrenIsFresh(t *testing.T) {
 
 // A key with very many segments must not overflow the stack.
 func TestDeepKey(t *testing.T) {
+	t.Parallel()
 	key := strings.Repeat("a.", 100000) + "w"
 	tr := mustBuild(t, []string{key, "a.b"}, Options{})
 	f := tr.Files() // sorted by key: the deep one first

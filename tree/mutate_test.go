@@ -32,6 +32,7 @@ func find(t *testing.T, tr *Tree, path string) *Node {
 }
 
 func TestChildKey(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, flaxKeys, Options{})
 	if k := tr.ChildKey(tr.Root, "opt"); k != "opt" {
 		t.Errorf("root child key %q", k)
@@ -46,6 +47,7 @@ func TestChildKey(t *testing.T) {
 }
 
 func TestAddFile(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, flaxKeys, Options{Reserved: []string{"__metadata__"}})
 	dense := find(t, tr, "params/Dense_0")
 	next := tr.next
@@ -68,6 +70,7 @@ func TestAddFile(t *testing.T) {
 
 // Every refusal leaves the tree as it was.
 func TestAddRefusals(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, flaxKeys, Options{Reserved: []string{"__metadata__"}})
 	before := shape(tr)
 	dense := find(t, tr, "params/Dense_0")
@@ -114,6 +117,7 @@ func TestAddRefusals(t *testing.T) {
 }
 
 func TestAddDir(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, flaxKeys, Options{})
 	params := find(t, tr, "params")
 	d, err := tr.AddDir(params, "Dense_2")
@@ -138,6 +142,7 @@ func TestAddDir(t *testing.T) {
 }
 
 func TestRemove(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, flaxKeys, Options{})
 	dense1 := find(t, tr, "params/Dense_1")
 	kernel := find(t, tr, "params/Dense_1/kernel")
@@ -174,6 +179,7 @@ func TestRemove(t *testing.T) {
 }
 
 func TestMoveFile(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, flaxKeys, Options{})
 	kernel := find(t, tr, "params/Dense_0/kernel")
 	id := kernel.ID
@@ -195,6 +201,7 @@ func TestMoveFile(t *testing.T) {
 }
 
 func TestMoveDir(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, append(flaxKeys, "params.Dense_0.sub.x"), Options{})
 	dense0 := find(t, tr, "params/Dense_0")
 	sub := find(t, tr, "params/Dense_0/sub")
@@ -222,6 +229,7 @@ func TestMoveDir(t *testing.T) {
 }
 
 func TestMoveRefusals(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, append(flaxKeys, "params.Dense_0.sub.x"), Options{Reserved: []string{"__metadata__"}})
 	params := find(t, tr, "params")
 	dense0 := find(t, tr, "params/Dense_0")
@@ -262,6 +270,7 @@ func TestMoveRefusals(t *testing.T) {
 
 // A directory move that ends at the same key renames nothing.
 func TestMoveSameKey(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, []string{"a.b.c"}, Options{})
 	got, err := tr.Move(find(t, tr, "a/b"), tr.Root, "a.b")
 	if err != nil || len(got) != 0 {
@@ -276,6 +285,7 @@ func TestMoveSameKey(t *testing.T) {
 // Key can be the prefix of only one. Moving it must still replace exactly
 // the directory's part of each key.
 func TestMoveMixedSeparators(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, []string{"a.b.c", "a/b/d"}, Options{})
 	got, err := tr.Move(find(t, tr, "a"), tr.Root, "z")
 	if err != nil || !slices.Equal(keysOf(got), []string{"z.b.c", "z/b/d"}) {
@@ -310,6 +320,7 @@ func TestMoveMixedSeparators(t *testing.T) {
 // AddFile with a key outside its directory: moving the directory has no
 // prefix to replace in it, so the key stays.
 func TestMoveLooseKey(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, flaxKeys, Options{})
 	dense := find(t, tr, "params/Dense_0")
 	loose, _ := tr.AddFile(dense, "odd", "elsewhere.odd", 5)
@@ -332,6 +343,7 @@ func TestMoveLooseKey(t *testing.T) {
 // makes, and replace follows rename(2): a file over a file, an empty
 // directory over an empty directory, nothing else.
 func TestPlanMove(t *testing.T) {
+	t.Parallel()
 	tr := mustBuild(t, []string{"a.b.c", "a/b/d", "a.x", "e.f", "g.h"}, Options{})
 	before := shape(tr)
 	p, err := tr.PlanMove(find(t, tr, "a"), tr.Root, "z", nil)

@@ -9,6 +9,7 @@ import (
 )
 
 func TestValidName(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		want bool
@@ -34,6 +35,7 @@ func TestValidName(t *testing.T) {
 }
 
 func TestEscapeName(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ text, want string }{
 		{"", "%"},
 		{".", "%2E"},
@@ -59,6 +61,7 @@ func hash8(s string) string {
 }
 
 func TestFitName(t *testing.T) {
+	t.Parallel()
 	x400 := strings.Repeat("x", 400)
 	e2 := strings.Repeat("é", 200) // 2-byte runes: 246 is a boundary
 	e4 := strings.Repeat("🤗", 100) // 4-byte runes: cut back to 244
@@ -91,6 +94,7 @@ func TestFitName(t *testing.T) {
 }
 
 func TestCutUTF8(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		s    string
 		max  int

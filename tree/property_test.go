@@ -61,6 +61,7 @@ func shape(tr *Tree) string {
 }
 
 func TestRandomKeySets(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewSource(1))
 	for _, ab := range alphabets {
 		for _, dups := range []bool{false, true} {
@@ -108,6 +109,7 @@ func TestRandomKeySets(t *testing.T) {
 
 // Rule 2 in the large: no tensor's segment path is a directory.
 func TestRandomNoTensorIsADirectory(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewSource(2))
 	for range 2000 {
 		keys := randomKeys(r, []string{"a", "b", ".", "/"}, false)
@@ -134,6 +136,7 @@ func samePath(a, b string) bool {
 // The node bound prepare computes must hold, or Build falls back to small
 // slabs: every node made comes out of the first slab.
 func TestNodeBound(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewSource(6))
 	for _, ab := range alphabets {
 		for range 300 {

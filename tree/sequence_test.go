@@ -65,6 +65,7 @@ func checkKeys(t *testing.T, tr *Tree) {
 // which tensor has which key: Move must report exactly the files whose keys
 // changed, and the tree must stay well formed.
 func TestRandomMutations(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewSource(3))
 	names := []string{"a", "b", "c", "w", "%", "~1", "a~1", "模", "%2E", "x y"}
 	for _, ab := range alphabets {
@@ -146,6 +147,7 @@ func TestRandomMutations(t *testing.T) {
 // with names free of separators appear at the same paths when the keys of
 // the changed checkpoint are mounted again.
 func TestRemount(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewSource(4))
 	names := []string{"a", "b", "w", "kernel", "%", "%2E", "%00", "~", "~1", "b~1", "a~2", "x y", "模型", "🤗", "__metadata__", "__metadata__~1", strings.Repeat("z", 255)}
 	for _, ab := range alphabets {
@@ -181,6 +183,7 @@ func TestRemount(t *testing.T) {
 // only when directory names do not end in part of Sep; this pins the known
 // limit down so a change to it is noticed.
 func TestRemountMultiByteSep(t *testing.T) {
+	t.Parallel()
 	opt := Options{Sep: "::"}
 	tr := mustBuild(t, []string{"x:/y"}, opt)
 	dir := find(t, tr, "x:")

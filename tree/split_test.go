@@ -8,6 +8,7 @@ import (
 )
 
 func TestSplitKey(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		key, sep string
 		want     []string
@@ -49,6 +50,7 @@ func TestSplitKey(t *testing.T) {
 // A long key with many '/' and a multi-byte Sep must split in linear time:
 // the scanner remembers where the next Sep is.
 func TestSplitKeyLinear(t *testing.T) {
+	t.Parallel()
 	key := strings.Repeat("a/", 200000) + "::b"
 	b := splitKey(nil, key, "::")
 	if len(b) != 200000 { // the last is "a/::b": an empty piece before "::"
@@ -71,6 +73,7 @@ func segments(key, sep string) []string {
 
 // splitByte and the general scanner must agree.
 func TestSplitByteMatchesScanner(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewSource(5))
 	tokens := []string{"a", "b", ".", "/", "..", "//", ""}
 	for range 20000 {
@@ -107,6 +110,7 @@ func splitKeyScanner(key, sep string) []int {
 // prepare allocates them once: keys dense in separators, '/' beside
 // another Sep, Seps of more than one byte, and Seps with a '/' in them.
 func TestMaxEnds(t *testing.T) {
+	t.Parallel()
 	rng := rand.New(rand.NewSource(1))
 	const alphabet = "ab./:_"
 	for _, sep := range []string{".", "/", "::", "_._", "./", "/:/"} {

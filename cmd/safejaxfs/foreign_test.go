@@ -25,7 +25,7 @@ var refDir, _ = filepath.Abs("../../testdata/foreign")
 func pythonWith(t testing.TB, modules ...string) string {
 	t.Helper()
 	py := numpy(t)
-	if err := pythonImports(py, modules...); err != nil {
+	if err := pythonHas(py, modules...); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s lacks %v (apt-get install python3-torch python3-msgpack python3-h5py): %v", py, modules, err)
 		}

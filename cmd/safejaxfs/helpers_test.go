@@ -131,7 +131,7 @@ func runTests(m *testing.M) int {
 // commands the tests run (see plainCLIEnv); the test processes isolated
 // starts inherit it. Go's build cache already holds the plain packages
 // (go vet compiles them), so this is mostly a link. If it fails, the
-// commands run race-built, only slower.
+// commands run race-built, and TestDaemonsRaceBuilt says so.
 func buildPlainCLI(dir string) {
 	exe := filepath.Join(dir, "safejaxfs-plain.test")
 	build := exec.Command("go", "test", "-c", "-o", exe, ".")
@@ -387,7 +387,7 @@ func waitUntil(t testing.TB, what string, cond func() bool) {
 func numpy(t testing.TB) string {
 	t.Helper()
 	const py = "/usr/bin/python3"
-	if err := pythonImports(py, "numpy"); err != nil {
+	if err := pythonHas(py, "numpy"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("numpy interop needs %s with numpy (apt-get install python3-numpy): %v", py, err)
 		}
@@ -396,11 +396,11 @@ func numpy(t testing.TB) string {
 	return py
 }
 
-// pythonImports reports whether py has the modules, asking it once per
+// pythonHas reports whether py has the modules, asking it once per
 // test process and without importing them (importlib's find_spec): an
 // interpreter that imports numpy costs 0.3 s of CPU, torch 2.5 s, and 80
 // tests ask. A module present but broken fails the test that uses it.
-func pythonImports(py string, modules ...string) error {
+func pythonHas(py string, modules ...string) error {
 	key := py + " " + strings.Join(modules, " ")
 	importsMu.Lock()
 	defer importsMu.Unlock()

@@ -33,6 +33,7 @@ func cacheBytes(t *testing.T, dir string) (total int64, chunks []string) {
 // A cache smaller than the object: reads stay correct and the cache stays
 // near its bound (LRU eviction).
 func TestCacheBounded(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "big.safetensors"), 40, "w", 10<<20) // 40 MiB
 	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
@@ -52,6 +53,7 @@ func TestCacheBounded(t *testing.T) {
 // A chunk file torn by a crash (truncated, or with bytes that do not match
 // its checksum) reads as a miss and is fetched again: never wrong bytes.
 func TestCacheTornChunks(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m.safetensors"), 41, "w", 1<<20) // 4 MiB
 	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
@@ -82,6 +84,7 @@ func TestCacheTornChunks(t *testing.T) {
 // A cache that cannot be written (here its directory became a file):
 // reads go straight to the server, correct, with one warning.
 func TestCacheUnwritable(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m.safetensors"), 42, "w", 700_000)
 	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
@@ -103,6 +106,7 @@ func TestCacheUnwritable(t *testing.T) {
 // right in every process. The other processes are this test binary run
 // as TestCacheHelperProcess.
 func TestCacheSharedByProcesses(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	src := filepath.Join(root, "big.safetensors")
 	genCheckpoint(t, src, 43, "w", 8<<20) // 32 MiB, twice the cache

@@ -122,6 +122,7 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 // Each fault on the way: the read either returns exactly the source's
 // bytes or fails with a clear error, and nothing hangs.
 func TestFaults(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m.safetensors"), 20, "w", 1_500_000) // ~6 MiB
 	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))

@@ -20,6 +20,7 @@ import (
 // one request, every byte, and a repeat read (same Object, and a new Object
 // sharing the cache) served without range requests.
 func TestHTTPSingle(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "m", "model.safetensors"), 1, "params", 300_000, 1000, 500_001, 7)
 	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
@@ -70,6 +71,7 @@ func TestHTTPSingle(t *testing.T) {
 
 // A header longer than the probe costs exactly one more request.
 func TestHTTPLongHeader(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "long.safetensors"), 2, "a.rather.long.key.prefix.to.grow.the.header", manyTensors(3000)...)
 	if headerLen(want) <= 128<<10 {
@@ -92,6 +94,7 @@ func TestHTTPLongHeader(t *testing.T) {
 // An index URL: ReadAll without another request, and each shard through
 // Sibling with one request (its probe, which holds its header).
 func TestHTTPSharded(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	shards, idx := genSharded(t, filepath.Join(root, "sharded"), 3, 200_000, 70_000, 3)
 	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
@@ -158,6 +161,7 @@ func TestHTTPSharded(t *testing.T) {
 // requests and fetch no byte twice; random reads fetch only the chunks
 // they touch.
 func TestReadAheadAndRandomReads(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "big.safetensors"), 4, "w", 10<<20) // 40 MiB
 	ng, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
@@ -218,6 +222,7 @@ func parseRange(t *testing.T, r string) (int64, int64) {
 // ErrChanged (nginx answers If-Match with 412), and a new Object reads the
 // new bytes, never the old version's cached chunks.
 func TestChangedObject(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	p := filepath.Join(root, "m.safetensors")
 	old := genCheckpoint(t, p, 5, "w", 1<<20) // 4 MiB
@@ -251,6 +256,7 @@ func TestChangedObject(t *testing.T) {
 // Memory stays bounded while streaming: fetched bytes go to cache files,
 // not the heap.
 func TestStreamingMemoryBounded(t *testing.T) {
+	// Not parallel: it measures the heap of the whole test process.
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "big.safetensors"), 7, "w", 16<<20) // 64 MiB
 	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))

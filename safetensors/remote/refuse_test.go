@@ -67,6 +67,7 @@ func testBody(t *testing.T) []byte {
 // TestAcceptIdentity: every request asks for the bytes as they are; nginx
 // configured to gzip (which drops ranges for it) then serves them raw.
 func TestAcceptIdentity(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	want := genCheckpoint(t, filepath.Join(root, "model.safetensors"), 1, "p", 300_000, 1000)
 	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root)+"\n    gzip on; gzip_types *; gzip_min_length 1; gzip_proxied any;")
@@ -110,6 +111,7 @@ func gzipped(t *testing.T, b []byte) []byte {
 // naming the encoding, at Open or at the read it happens on; nothing it
 // sent is served as the file's bytes.
 func TestEncodedBodyRefused(t *testing.T) {
+	t.Parallel()
 	body := testBody(t)
 	gz := gzipped(t, body)
 	encode := func(from int) func(int, http.ResponseWriter, *http.Request) bool {
@@ -144,6 +146,7 @@ func TestEncodedBodyRefused(t *testing.T) {
 // Last-Modified is refused unless allowed; allowed, it is read, the log
 // says versions can mix, and a later Open does not reuse its chunks.
 func TestUnversionedRefused(t *testing.T) {
+	t.Parallel()
 	body := testBody(t)
 	srv := &objectServer{body: body}
 	url := startObjectServer(t, srv)
@@ -173,6 +176,7 @@ func TestUnversionedRefused(t *testing.T) {
 // attempt, naming the status or the S3 error code, even when a gateway
 // sends the code with a 5xx.
 func TestPermanentStatuses(t *testing.T) {
+	t.Parallel()
 	body := testBody(t)
 	s3err := func(status int, code string) func(int, http.ResponseWriter, *http.Request) bool {
 		return func(n int, w http.ResponseWriter, r *http.Request) bool {
@@ -239,6 +243,7 @@ func TestPermanentStatuses(t *testing.T) {
 // waiting for, which no one else waits for, is cancelled: the server sees
 // its request go away.
 func TestReadCancelled(t *testing.T) {
+	t.Parallel()
 	body := testBody(t)
 	asked := make(chan struct{})
 	gone := make(chan struct{})
@@ -322,6 +327,7 @@ func (s *sparseBody) Seek(off int64, whence int) (int64, error) {
 // TestHugeRemoteIndexRefused: an index URL above the 64 MiB limit is
 // refused on the size its probe gives, before it is fetched.
 func TestHugeRemoteIndexRefused(t *testing.T) {
+	t.Parallel()
 	var n atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n.Add(1)

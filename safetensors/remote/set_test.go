@@ -18,6 +18,7 @@ import (
 // shards' headers from their probes (one request each, plus the index),
 // and no byte of tensor data.
 func TestOpenSetSharded(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	dir := filepath.Join(root, "sharded")
 	genSharded(t, dir, 4, 300_000, 20_000, 3)
@@ -73,6 +74,7 @@ func TestOpenSetSharded(t *testing.T) {
 // A remote set is refused by the rules of a local one, naming the shard
 // and the key, and leaves nothing open.
 func TestOpenSetRefusals(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	_, ports := testsrv.StartNginx(t, testsrv.StaticServer(root))
 	base := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
