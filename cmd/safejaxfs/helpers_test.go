@@ -137,17 +137,20 @@ func buildPlainCLI(dir string) {
 	build := exec.Command("go", "test", "-c", "-o", exe, ".")
 	build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the plain command (the commands run race-built): %v\n%s", err, out)
+		plainCLIErr = fmt.Errorf("go test -c: %v\n%s", err, out)
 		return
 	}
 	self, err := os.Executable()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "the test binary's path (the commands run race-built): %v\n", err)
+		plainCLIErr = err
 		return
 	}
 	os.Setenv(plainCLIEnv, exe)
 	os.Setenv(daemonEnv, self)
 }
+
+// plainCLIErr is why buildPlainCLI failed, for TestDaemonsRaceBuilt.
+var plainCLIErr error
 
 // cliExecutable is the safejaxfs command cli runs: the plain build under
 // -race, else this binary.
@@ -445,7 +448,7 @@ func TestDaemonsRaceBuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cliExecutable() == self {
-		t.Errorf("the commands run race-built (%s)", self)
+		t.Errorf("the commands run race-built (%s): %v", self, plainCLIErr)
 	}
 	mnt := mount(t, copyFixture(t, "flax_mlp.safetensors"))
 	pid, err := strconv.Atoi(getxattr(t, mnt, "user.safejaxfs.pid"))
