@@ -113,9 +113,7 @@ func runTests(m *testing.M) int {
 		}
 	}
 	os.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "cache"))
-	if race.Enabled && os.Getenv(plainCLIEnv) == "" {
-		buildPlainCLI(dir)
-	}
+	plainCLI.dir = dir
 	code := m.Run()
 	testsrv.StopS3() // the S3 server of the remote tests, if one ran
 	reports, _ := filepath.Glob(filepath.Join(dir, "report*"))
@@ -127,34 +125,46 @@ func runTests(m *testing.M) int {
 	return code
 }
 
-// buildPlainCLI builds this test binary without the race detector, for the
-// commands the tests run (see plainCLIEnv); the test processes isolated
-// starts inherit it. Go's build cache already holds the plain packages
-// (go vet compiles them), so this is mostly a link. If it fails, the
-// commands run race-built, and TestDaemonsRaceBuilt says so.
-func buildPlainCLI(dir string) {
-	exe := filepath.Join(dir, "safejaxfs-plain.test")
-	build := exec.Command("go", "test", "-c", "-o", exe, ".")
-	build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
-	if out, err := build.CombinedOutput(); err != nil {
-		plainCLIErr = fmt.Errorf("go test -c: %v\n%s", err, out)
-		return
-	}
-	self, err := os.Executable()
-	if err != nil {
-		plainCLIErr = err
-		return
-	}
-	os.Setenv(plainCLIEnv, exe)
-	os.Setenv(daemonEnv, self)
+// plainCLI is the plain build of this test binary that runs the commands
+// under -race (see plainCLIEnv), built by the first test that needs it, so
+// a run of tests that start no command links nothing.
+var plainCLI struct {
+	once sync.Once
+	dir  string // where to put it: the run's temp dir
+	err  error  // why it could not be built, for TestDaemonsRaceBuilt
 }
 
-// plainCLIErr is why buildPlainCLI failed, for TestDaemonsRaceBuilt.
-var plainCLIErr error
+// ensurePlainCLI builds it once, before the first command or test process
+// (isolated): a test process it starts finds it in the environment. Go's
+// build cache already holds the plain packages (go vet compiles them), so
+// this is mostly a link. If it fails, the commands run race-built, and
+// TestDaemonsRaceBuilt says so.
+func ensurePlainCLI() {
+	if !race.Enabled || os.Getenv(plainCLIEnv) != "" {
+		return
+	}
+	plainCLI.once.Do(func() {
+		exe := filepath.Join(plainCLI.dir, "safejaxfs-plain.test")
+		build := exec.Command("go", "test", "-c", "-o", exe, ".")
+		build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
+		if out, err := build.CombinedOutput(); err != nil {
+			plainCLI.err = fmt.Errorf("go test -c: %v\n%s", err, out)
+			return
+		}
+		self, err := os.Executable()
+		if err != nil {
+			plainCLI.err = err
+			return
+		}
+		os.Setenv(plainCLIEnv, exe)
+		os.Setenv(daemonEnv, self)
+	})
+}
 
 // cliExecutable is the safejaxfs command cli runs: the plain build under
 // -race, else this binary.
 func cliExecutable() string {
+	ensurePlainCLI()
 	if exe := os.Getenv(plainCLIEnv); exe != "" {
 		return exe
 	}
@@ -199,6 +209,7 @@ func isolated(t *testing.T) bool {
 		ctx, cancel = context.WithDeadline(ctx, d.Add(-10*time.Second))
 		defer cancel()
 	}
+	ensurePlainCLI() // before the child, which inherits it
 	cmd := exec.CommandContext(ctx, os.Args[0], args...)
 	cmd.Env = append(os.Environ(), isolatedEnv+"="+t.Name())
 	out, err := cmd.CombinedOutput()
@@ -448,7 +459,7 @@ func TestDaemonsRaceBuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cliExecutable() == self {
-		t.Errorf("the commands run race-built (%s): %v", self, plainCLIErr)
+		t.Errorf("the commands run race-built (%s): %v", self, plainCLI.err)
 	}
 	mnt := mount(t, copyFixture(t, "flax_mlp.safetensors"))
 	pid, err := strconv.Atoi(getxattr(t, mnt, "user.safejaxfs.pid"))
