@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,27 +18,6 @@ import (
 // unmount --force that saves the edits somewhere (or refuses), a
 // checkpoint the daemon could not save into mounted read-only, and a log
 // that a background daemon keeps where the user can read it.
-
-// cliEnv is cli with extra environment variables (for the daemon too).
-func cliEnv(t testing.TB, env []string, args ...string) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], args...)
-	cmd.Env = append(append(os.Environ(), asCLIEnv+"=1"), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			t.Fatalf("running safejaxfs %v: %v", args, err)
-		}
-		code = ee.ExitCode()
-	}
-	return result{out.String(), errb.String(), code}
-}
 
 // mountEnv is mount with extra environment variables for the daemon.
 func mountEnv(t testing.TB, env []string, ckpt string, flags ...string) string {

@@ -30,13 +30,17 @@ import (
 // own daemon can deadlock).
 const asCLIEnv = "SAFEJAXFS_TEST_AS_CLI"
 
-// Waits of the command that a test may shorten for its children (a
+// Waits of the command that a test may change for its children (a
 // duration, as time.ParseDuration reads it): how often a daemon whose
-// mount is gone retries saving its edits, and how long unmount waits for
-// an answer before it calls a mount hung. And progressFrom, in bytes.
+// mount is gone retries saving its edits, how long unmount waits for an
+// answer before it calls a mount hung and how long it retries a busy one,
+// and how long status waits for each mount's answer. And progressFrom, in
+// bytes.
 const (
 	retryEveryEnv   = "SAFEJAXFS_TEST_RETRY_EVERY"
 	hangTimeoutEnv  = "SAFEJAXFS_TEST_HANG_TIMEOUT"
+	busyWaitEnv     = "SAFEJAXFS_TEST_BUSY_WAIT"
+	statusProbeEnv  = "SAFEJAXFS_TEST_STATUS_PROBE"
 	progressFromEnv = "SAFEJAXFS_TEST_PROGRESS_FROM"
 )
 
@@ -47,6 +51,12 @@ func TestMain(m *testing.M) {
 		}
 		if d, err := time.ParseDuration(os.Getenv(hangTimeoutEnv)); err == nil {
 			hangTimeout = d
+		}
+		if d, err := time.ParseDuration(os.Getenv(busyWaitEnv)); err == nil {
+			busyWait = d
+		}
+		if d, err := time.ParseDuration(os.Getenv(statusProbeEnv)); err == nil {
+			statusProbe = d
 		}
 		if n, err := strconv.ParseInt(os.Getenv(progressFromEnv), 10, 64); err == nil {
 			progressFrom = n
@@ -176,11 +186,17 @@ type result struct {
 // cli runs the safejaxfs command line and returns its output and exit code.
 func cli(t testing.TB, args ...string) result {
 	t.Helper()
+	return cliEnv(t, nil, args...)
+}
+
+// cliEnv is cli with extra environment variables (for the daemon too).
+func cliEnv(t testing.TB, env []string, args ...string) result {
+	t.Helper()
 	// Bounded, so a hung daemon fails the test instead of hanging the run.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cliExecutable(), args...)
-	cmd.Env = append(os.Environ(), asCLIEnv+"=1")
+	cmd.Env = append(append(os.Environ(), asCLIEnv+"=1"), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -56,12 +56,9 @@ func runStatus(args []string) error {
 	if err != nil {
 		return err
 	}
-	reports, err := collectStatus()
+	reports, err := collectStatus(only)
 	if err != nil {
 		return fail(exitMount, "%v", err)
-	}
-	if only != nil {
-		reports = slices.DeleteFunc(reports, func(r mountReport) bool { return !only[r.Mountpoint] })
 	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -90,8 +87,11 @@ func statusMountpoints(args []string) (map[string]bool, error) {
 	return only, nil
 }
 
-// collectStatus gathers the reports, sorted by mountpoint.
-func collectStatus() ([]mountReport, error) {
+// collectStatus gathers the reports, sorted by mountpoint: of the
+// mountpoints in only, or of all when only is nil. Only those are probed:
+// a probe waits on a hung mount (up to statusProbe), and while it runs it
+// holds the mount, so that an unmount of it at that instant finds it busy.
+func collectStatus(only map[string]bool) ([]mountReport, error) {
 	mounts, err := safejaxfsMounts()
 	if err != nil {
 		return nil, err
@@ -101,7 +101,7 @@ func collectStatus() ([]mountReport, error) {
 	var reports []mountReport
 	seen := map[string]bool{}
 	for _, st := range statuses {
-		if !pidAlive(st.PID, st.Start) {
+		if only != nil && !only[st.Mountpoint] || !pidAlive(st.PID, st.Start) {
 			continue
 		}
 		m, mounted := mounts[st.Mountpoint]
@@ -116,7 +116,7 @@ func collectStatus() ([]mountReport, error) {
 		reports = append(reports, r)
 	}
 	for mnt, m := range mounts {
-		if seen[mnt] || (!root && m.uid != os.Geteuid()) {
+		if seen[mnt] || (!root && m.uid != os.Geteuid()) || only != nil && !only[mnt] {
 			continue
 		}
 		reports = append(reports, mountReport{mountStatus: mountStatus{Format: statusFormat, UID: m.uid, Source: m.source, Mountpoint: mnt, State: "unknown", Options: []string{}},

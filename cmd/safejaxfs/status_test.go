@@ -161,12 +161,25 @@ func TestStatusOfGivenMountpoints(t *testing.T) {
 // status comes back anyway, and says which.
 func TestStatusOfHungAndDeadMounts(t *testing.T) {
 	mnt := mount(t, flaxModel(t), "--read-only")
+	other := mount(t, flaxModel(t), "--read-only")
 	pid := daemonOf(t, mnt)
 	syscall.Kill(pid, syscall.SIGSTOP)
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
 	rep, found := statusOfMount(t, mnt)
 	if !found || rep.Answering == nil || *rep.Answering || !strings.Contains(rep.Problem, "not answering") || rep.PID != pid {
 		t.Errorf("status of a stopped daemon's mount: %+v", rep)
+	}
+	// Given a mountpoint, status probes that one only: it does not wait
+	// on the stopped mount, which here it would for the minute each probe
+	// may take.
+	start := time.Now()
+	r := cliEnv(t, []string{statusProbeEnv + "=1m"}, "status", "--json", other)
+	var reports []mountReport
+	if err := json.Unmarshal([]byte(r.stdout), &reports); r.code != 0 || err != nil || len(reports) != 1 || reports[0].Answering == nil || !*reports[0].Answering {
+		t.Errorf("status --json %s: exit %d %v %s%s", other, r.code, err, r.stdout, r.stderr)
+	}
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("status of %s alone took %v: it waited on the stopped mount", other, took)
 	}
 	var text bytes.Buffer
 	printStatus(&text, []mountReport{rep})

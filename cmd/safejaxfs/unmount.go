@@ -213,8 +213,27 @@ func lazyUnmount(mnt string) {
 	exec.Command("fusermount3", "-uz", mnt).Run()
 }
 
-// detach unmounts directly as root, through fusermount3 otherwise.
+// busyWait is how long unmount retries a mount the kernel finds busy. A
+// stat or statfs of the mount by another program (df, safejaxfs status, a
+// file manager) holds it for an instant, and an unmount at that instant
+// fails: that must not fail the command. An open file or a working
+// directory inside holds it until closed, and unmount then says so.
+var busyWait = time.Second
+
+// detach unmounts directly as root, through fusermount3 otherwise,
+// retrying for busyWait while the mount is busy.
 func detach(mnt string, lazy bool) error {
+	deadline := time.Now().Add(busyWait)
+	for {
+		busy, err := detachOnce(mnt, lazy)
+		if !busy || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func detachOnce(mnt string, lazy bool) (busy bool, err error) {
 	if os.Geteuid() == 0 {
 		flags := 0
 		if lazy {
@@ -222,17 +241,17 @@ func detach(mnt string, lazy bool) error {
 		}
 		err := unix.Unmount(mnt, flags)
 		if errors.Is(err, unix.EBUSY) {
-			return fail(exitMount, "%s is busy: files are open or a process has its cwd inside (close them, or use --lazy)", mnt)
+			return true, fail(exitMount, "%s is busy: files are open or a process has its cwd inside (close them, or use --lazy)", mnt)
 		}
 		if err != nil {
-			return fail(exitMount, "unmounting %s: %v", mnt, err)
+			return false, fail(exitMount, "unmounting %s: %v", mnt, err)
 		}
-		return nil
+		return false, nil
 	}
 	bin, err := exec.LookPath("fusermount3")
 	if err != nil {
 		if bin, err = exec.LookPath("fusermount"); err != nil {
-			return fail(exitMount, "unmounting %s needs fusermount3 (Debian package fuse3) when not root", mnt)
+			return false, fail(exitMount, "unmounting %s needs fusermount3 (Debian package fuse3) when not root", mnt)
 		}
 	}
 	argv := []string{"-u"}
@@ -241,9 +260,10 @@ func detach(mnt string, lazy bool) error {
 	}
 	out, err := exec.Command(bin, append(argv, mnt)...).CombinedOutput()
 	if err != nil {
-		return fail(exitMount, "unmounting %s: %s", mnt, strings.TrimSpace(string(out)))
+		// fusermount3 says strerror(EBUSY).
+		return strings.Contains(string(out), "Device or resource busy"), fail(exitMount, "unmounting %s: %s", mnt, strings.TrimSpace(string(out)))
 	}
-	return nil
+	return false, nil
 }
 
 // waitExit returns once pid has exited. The daemon is not our child: a
