@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync"
 	"syscall"
 
 	"github.com/edsrzf/mmap-go"
@@ -22,9 +23,13 @@ type File struct {
 	Path string
 	Size int64 // file size at open
 
-	f     *os.File
-	m     mmap.MMap // the whole file; a file that validates is never empty
-	index map[string]int
+	f *os.File
+	m mmap.MMap // the whole file; a file that validates is never empty
+	// index is built at the first Index, not kept from validation: a
+	// checkpoint keeps its own key map, and 94k tensors' index is 4.6 MB
+	// of a mount's live heap that only a write-back asks for.
+	indexOnce sync.Once
+	index     map[string]int
 }
 
 // Open opens and validates the checkpoint at path. A malformed file yields
@@ -73,7 +78,7 @@ func newFile(path string, f *os.File) (*File, error) {
 		return nil, &os.PathError{Op: "open", Path: path, Err: errors.New("safetensors: not a regular file")}
 	}
 	size := st.Size()
-	h, index, err := readHeader(f, size)
+	h, err := readHeader(f, size)
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +89,7 @@ func newFile(path string, f *os.File) (*File, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "mmap", Path: path, Err: err}
 	}
-	return &File{Header: *h, Path: path, Size: size, f: f, m: m, index: index}, nil
+	return &File{Header: *h, Path: path, Size: size, f: f, m: m}, nil
 }
 
 // Bytes returns tensor i's bytes, a slice of the mapping (no copy). Its
@@ -126,6 +131,12 @@ func (f *File) Fd() *os.File { return f.f }
 
 // Index returns the position in Tensors of the tensor named key.
 func (f *File) Index(key string) (int, bool) {
+	f.indexOnce.Do(func() {
+		f.index = make(map[string]int, len(f.Tensors))
+		for i := range f.Tensors {
+			f.index[f.Tensors[i].Key] = i
+		}
+	})
 	i, ok := f.index[key]
 	return i, ok
 }

@@ -55,34 +55,29 @@ func (h *Header) DataSize() uint64 {
 // the file. Errors about the file's content are *FormatError; errors from r
 // are returned wrapped as they are.
 func ReadHeader(r io.ReaderAt, fileSize int64) (*Header, error) {
-	h, _, err := readHeader(r, fileSize)
-	return h, err
+	return readHeader(r, fileSize)
 }
 
-func readHeader(r io.ReaderAt, fileSize int64) (*Header, map[string]int, error) {
+func readHeader(r io.ReaderAt, fileSize int64) (*Header, error) {
 	if fileSize < 8 {
-		return nil, nil, formatErr("", ErrTooSmall, fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", fileSize))
+		return nil, formatErr("", ErrTooSmall, fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", fileSize))
 	}
 	var nb [8]byte
 	if err := readFull(r, nb[:], 0); err != nil {
-		return nil, nil, fmt.Errorf("safetensors: reading header length: %w", err)
+		return nil, fmt.Errorf("safetensors: reading header length: %w", err)
 	}
 	n := binary.LittleEndian.Uint64(nb[:])
 	if n > MaxHeaderSize {
-		return nil, nil, formatErr("", ErrHeaderTooLarge, fmt.Sprintf("header length %d is above the limit of %d bytes", n, MaxHeaderSize))
+		return nil, formatErr("", ErrHeaderTooLarge, fmt.Sprintf("header length %d is above the limit of %d bytes", n, MaxHeaderSize))
 	}
 	if n > uint64(fileSize-8) {
-		return nil, nil, formatErr("", ErrHeaderTruncated, fmt.Sprintf("header length %d runs past the end of the %d-byte file", n, fileSize))
+		return nil, formatErr("", ErrHeaderTruncated, fmt.Sprintf("header length %d runs past the end of the %d-byte file", n, fileSize))
 	}
 	buf := make([]byte, n)
 	if err := readFull(r, buf, 8); err != nil {
-		return nil, nil, fmt.Errorf("safetensors: reading header: %w", err)
+		return nil, fmt.Errorf("safetensors: reading header: %w", err)
 	}
-	h, index, err := parseAndValidate(buf, uint64(fileSize))
-	if err != nil {
-		return nil, nil, err
-	}
-	return h, index, nil
+	return parseAndValidate(buf, uint64(fileSize))
 }
 
 // readFull is io.ReadFull for an io.ReaderAt: ReadAt may return io.EOF along
@@ -99,12 +94,10 @@ func readFull(r io.ReaderAt, b []byte, off int64) error {
 }
 
 // parseAndValidate checks the header bytes buf of a file of fileSize bytes.
-// It returns the key->index map it builds to find duplicates, so File.Index
-// does not have to build it again.
-func parseAndValidate(buf []byte, fileSize uint64) (*Header, map[string]int, error) {
+func parseAndValidate(buf []byte, fileSize uint64) (*Header, error) {
 	p, err := parseHeader(buf)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	h := &Header{Metadata: p.meta, Tensors: p.tensors, HeaderSize: uint64(len(buf))}
 	ts := h.Tensors
@@ -113,12 +106,12 @@ func parseAndValidate(buf []byte, fileSize uint64) (*Header, map[string]int, err
 	if !slices.IsSortedFunc(ts, compareTensors) {
 		slices.SortFunc(ts, compareTensors)
 	}
-	index := make(map[string]int, len(ts))
+	seen := make(map[string]struct{}, len(ts))
 	for i := range ts {
-		if _, dup := index[ts[i].Key]; dup {
-			return nil, nil, formatErr(ts[i].Key, ErrDuplicateKey, "key appears more than once in the header")
+		if _, dup := seen[ts[i].Key]; dup {
+			return nil, formatErr(ts[i].Key, ErrDuplicateKey, "key appears more than once in the header")
 		}
-		index[ts[i].Key] = i
+		seen[ts[i].Key] = struct{}{}
 	}
 	// The same checks, in the same order, as the reference's validate(): the
 	// offsets first, then the size the dtype and shape call for.
@@ -127,19 +120,19 @@ func parseAndValidate(buf []byte, fileSize uint64) (*Header, map[string]int, err
 		t := &ts[i]
 		switch {
 		case t.End < t.Begin:
-			return nil, nil, formatErr(t.Key, ErrOffsets, fmt.Sprintf("data_offsets [%d,%d] end before they begin", t.Begin, t.End))
+			return nil, formatErr(t.Key, ErrOffsets, fmt.Sprintf("data_offsets [%d,%d] end before they begin", t.Begin, t.End))
 		case t.Begin > end:
-			return nil, nil, formatErr(t.Key, ErrOffsets, fmt.Sprintf("data_offsets [%d,%d] leave a gap: the data before ends at %d", t.Begin, t.End, end))
+			return nil, formatErr(t.Key, ErrOffsets, fmt.Sprintf("data_offsets [%d,%d] leave a gap: the data before ends at %d", t.Begin, t.End, end))
 		case t.Begin < end:
-			return nil, nil, formatErr(t.Key, ErrOffsets, fmt.Sprintf("data_offsets [%d,%d] overlap the data before, which ends at %d", t.Begin, t.End, end))
+			return nil, formatErr(t.Key, ErrOffsets, fmt.Sprintf("data_offsets [%d,%d] overlap the data before, which ends at %d", t.Begin, t.End, end))
 		}
 		end = t.End
 		want, err := sizeOf(t.Key, t.DType, t.Shape)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if t.Size() != want {
-			return nil, nil, formatErr(t.Key, ErrSizeMismatch, fmt.Sprintf("data_offsets [%d,%d] hold %d bytes but %s %s needs %d", t.Begin, t.End, t.Size(), t.DType, fmtShape(t.Shape), want))
+			return nil, formatErr(t.Key, ErrSizeMismatch, fmt.Sprintf("data_offsets [%d,%d] hold %d bytes but %s %s needs %d", t.Begin, t.End, t.Size(), t.DType, fmtShape(t.Shape), want))
 		}
 	}
 	avail := fileSize - 8 - uint64(len(buf))
@@ -147,7 +140,7 @@ func parseAndValidate(buf []byte, fileSize uint64) (*Header, map[string]int, err
 	case end > avail:
 		for i := range ts {
 			if ts[i].End > avail {
-				return nil, nil, formatErr(ts[i].Key, ErrTruncatedData, fmt.Sprintf("data_offsets [%d,%d] run past the end of the file, whose data buffer holds %d bytes", ts[i].Begin, ts[i].End, avail))
+				return nil, formatErr(ts[i].Key, ErrTruncatedData, fmt.Sprintf("data_offsets [%d,%d] run past the end of the file, whose data buffer holds %d bytes", ts[i].Begin, ts[i].End, avail))
 			}
 		}
 	case end < avail:
@@ -155,9 +148,9 @@ func parseAndValidate(buf []byte, fileSize uint64) (*Header, map[string]int, err
 		if len(ts) > 0 {
 			key = ts[len(ts)-1].Key
 		}
-		return nil, nil, formatErr(key, ErrTrailingData, fmt.Sprintf("the data ends at %d but the file holds %d more bytes after it", end, avail-end))
+		return nil, formatErr(key, ErrTrailingData, fmt.Sprintf("the data ends at %d but the file holds %d more bytes after it", end, avail-end))
 	}
-	return h, index, nil
+	return h, nil
 }
 
 func compareTensors(a, b Tensor) int {
