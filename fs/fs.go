@@ -127,11 +127,13 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	if opt.FilesDir != "" {
 		reserved = append(reserved, opt.FilesDir)
 	}
-	t, err := tree.Build(ck.Keys(), tree.Options{Sep: opt.Sep, Reserved: reserved})
+	keys := ck.Keys()
+	t, err := tree.Build(keys, tree.Options{Sep: opt.Sep, Reserved: reserved})
 	if err != nil {
 		return nil, err
 	}
 	f := &FS{ck: ck, opt: opt, logger: opt.Logger}
+	f.live.tensors = len(keys)
 	f.ns = namespace.New(t, ck, namespace.ViewRules{
 		HasNPY: func(id checkpoint.ID) bool { h, _ := views.NPY(f.ck, id); return h != nil },
 		HasF32: func(id checkpoint.ID) bool { return views.HasF32(f.ck, id) },
