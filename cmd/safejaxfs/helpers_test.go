@@ -211,6 +211,18 @@ func cliEnv(t testing.TB, env []string, args ...string) result {
 	return result{out.String(), errb.String(), code}
 }
 
+// startCmd starts cmd; the channel gets what its Wait returns, once it
+// has exited.
+func startCmd(t testing.TB, cmd *exec.Cmd) <-chan error {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	return exited
+}
+
 // mount mounts ckpt in the background (as a user would) on a fresh
 // mountpoint and unmounts it when the test ends, whatever happened.
 func mount(t testing.TB, ckpt string, flags ...string) string {

@@ -69,11 +69,7 @@ func TestRemoteReadInterrupted(t *testing.T) {
 	mnt, _ := remoteMount(t, s.url)
 	s.armed.Store(true)
 	cat := exec.Command("cat", filepath.Join(mnt, "big"))
-	if err := cat.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cat.Wait() }()
+	exited := startCmd(t, cat)
 	select {
 	case <-s.asked:
 	case err := <-exited:

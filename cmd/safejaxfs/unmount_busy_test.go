@@ -38,15 +38,11 @@ func TestUnmountBusy(t *testing.T) {
 	release()
 
 	release = hold()
-	unmount := exec.Command(cliExecutable(), "unmount", mnt)
-	unmount.Env = append(unmount.Environ(), asCLIEnv+"=1", busyWaitEnv+"=2m")
+	unmount := cliCmd("unmount", mnt)
+	unmount.Env = append(unmount.Env, busyWaitEnv+"=2m")
 	var stderr strings.Builder
 	unmount.Stderr = &stderr
-	if err := unmount.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- unmount.Wait() }()
+	exited := startCmd(t, unmount)
 	select {
 	case err := <-exited:
 		t.Fatalf("unmount gave up while the mount was busy, before its 2 minutes: %v %s", err, stderr.String())

@@ -77,11 +77,7 @@ func TestWaitAfterUmount(t *testing.T) {
 	cmd := cliCmd("wait", ckpt)
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := startCmd(t, cmd)
 	// wait blocks on the daemon's lock, and stays blocked while the
 	// daemon cannot write back.
 	for deadline := time.Now().Add(30 * time.Second); !flockWaiter(t, cmd.Process.Pid, ckpt); time.Sleep(5 * time.Millisecond) {
