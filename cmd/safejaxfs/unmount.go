@@ -226,13 +226,19 @@ func detach(mnt string, lazy bool) error {
 	deadline := time.Now().Add(busyWait)
 	for {
 		busy, err := detachOnce(mnt, lazy)
-		if !busy || time.Now().After(deadline) {
+		switch {
+		case !busy:
 			return err
+		case time.Now().After(deadline):
+			// The holders are looked for once, when unmount gives up.
+			return fail(exitMount, "%s is busy: %s (close them, or use --lazy)", mnt, busyReason(mnt))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
+// detachOnce tries once; busy reports that the kernel found the mount
+// busy (err is then nil: detach says why).
 func detachOnce(mnt string, lazy bool) (busy bool, err error) {
 	if os.Geteuid() == 0 {
 		flags := 0
@@ -241,7 +247,7 @@ func detachOnce(mnt string, lazy bool) (busy bool, err error) {
 		}
 		err := unix.Unmount(mnt, flags)
 		if errors.Is(err, unix.EBUSY) {
-			return true, fail(exitMount, "%s is busy: files are open or a process has its cwd inside (close them, or use --lazy)", mnt)
+			return true, nil
 		}
 		if err != nil {
 			return false, fail(exitMount, "unmounting %s: %v", mnt, err)
@@ -261,7 +267,10 @@ func detachOnce(mnt string, lazy bool) (busy bool, err error) {
 	out, err := exec.Command(bin, append(argv, mnt)...).CombinedOutput()
 	if err != nil {
 		// fusermount3 says strerror(EBUSY).
-		return strings.Contains(string(out), "Device or resource busy"), fail(exitMount, "unmounting %s: %s", mnt, strings.TrimSpace(string(out)))
+		if strings.Contains(string(out), "Device or resource busy") {
+			return true, nil
+		}
+		return false, fail(exitMount, "unmounting %s: %s", mnt, strings.TrimSpace(string(out)))
 	}
 	return false, nil
 }
