@@ -66,7 +66,9 @@ func TestRemoteReadInterrupted(t *testing.T) {
 	big := make([]byte, 8<<20)
 	ckpt := canonical(t, nil, f32("small", 1, 4), raw("big", safetensors.U8, big, uint64(len(big))))
 	s := startStallingServer(t, ckpt)
-	mnt, _ := remoteMount(t, s.url)
+	// --debug: should cat ever hang, the log shows which requests the
+	// daemon got and answered (the READ, its INTERRUPT).
+	mnt, logFile := remoteMount(t, s.url, "--debug")
 	s.armed.Store(true)
 	cat := exec.Command("cat", filepath.Join(mnt, "big"))
 	exited := startCmd(t, cat)
@@ -84,8 +86,12 @@ func TestRemoteReadInterrupted(t *testing.T) {
 			t.Errorf("cat ended with %v, not by its SIGINT", err)
 		}
 	case <-time.After(20 * time.Second):
+		// Where cat waits (its kernel stack), and what the daemon did.
+		stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stack", cat.Process.Pid))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", cat.Process.Pid))
 		cat.Process.Kill()
-		t.Fatal("cat did not end after SIGINT: the read waited for the network")
+		t.Fatalf("cat did not end after SIGINT: the read waited for the network\ncat waits in %s:\n%s\nthe daemon's log:\n%s",
+			wchan, stack, lastLines(readLog(t, logFile), 60))
 	}
 	select {
 	case <-s.gone:

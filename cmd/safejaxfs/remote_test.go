@@ -76,6 +76,12 @@ func readLog(t testing.TB, p string) string {
 	return string(b)
 }
 
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
+}
+
 // onlyProbes fails unless every request since k is a header probe.
 func onlyProbes(t testing.TB, ng *testsrv.Nginx, k int, what string, want int) {
 	t.Helper()
