@@ -95,6 +95,8 @@ func run(args []string) int {
 	case "--version", "-V":
 		fmt.Println(versionString())
 		return exitOK
+	case probeCommand: // status's probe child (probe.go), not for users
+		return runProbe(args[1:])
 	}
 	for _, c := range commands {
 		if c.name == args[0] {

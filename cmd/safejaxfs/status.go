@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,7 +21,8 @@ import (
 // safejaxfs status: every safejaxfs mount of this user (of every user, as
 // root), from the daemons' status files (status_file.go) and the mount
 // table. It never waits on a mount: each is probed with a statfs bounded
-// by statusProbe, and one that does not answer is said to.
+// by statusProbe (from a child process, probe.go), and one that does not
+// answer is said to.
 
 // statusProbe bounds the wait for each mount's answer.
 var statusProbe = 2 * time.Second
@@ -130,10 +130,13 @@ func collectStatus(only map[string]bool) ([]mountReport, error) {
 	return reports, nil
 }
 
-// probeAll asks every listed mount for a statfs, concurrently, each for
-// at most statusProbe.
+// probeAll asks every listed mount for an answer, concurrently, for at
+// most statusProbe in all (probeMounts: from a child process, which a
+// mount that never answers may keep).
 func probeAll(reports []mountReport, mounts map[string]tableMount) {
-	var wg sync.WaitGroup
+	var idx []int
+	var mnts []string
+	var wantPID []bool
 	for i := range reports {
 		r := &reports[i]
 		if _, ok := mounts[r.Mountpoint]; !ok {
@@ -144,67 +147,29 @@ func probeAll(reports []mountReport, mounts map[string]tableMount) {
 			// private mount itself: it would say nothing.
 			continue
 		}
-		wg.Go(func() {
-			answered, dead := false, false
-			if r.PID == 0 {
-				// No status: the daemon's pid, from the mount itself.
-				var pid int
-				answered, dead, pid = probePID(r.Mountpoint, statusProbe)
-				r.PID = pid
-			} else {
-				answered, dead = probeMount(r.Mountpoint, statusProbe)
-			}
-			yes := answered && !dead
-			r.Answering = &yes
-			switch {
-			case dead:
-				r.Problem = "dead: its daemon is gone (safejaxfs unmount " + shellQuote(r.Mountpoint) + " detaches it and writes back what its log holds)"
-			case !answered:
-				r.Problem = fmt.Sprintf("not answering (no reply within %v)", statusProbe)
-			}
-		})
+		idx = append(idx, i)
+		mnts = append(mnts, r.Mountpoint)
+		// No status: the daemon's pid, from the mount itself.
+		wantPID = append(wantPID, r.PID == 0)
 	}
-	wg.Wait()
-}
-
-// probeMount statfs's mnt in a goroutine of its own, which a hung mount
-// may keep forever (the process exits anyway).
-func probeMount(mnt string, d time.Duration) (answered, dead bool) {
-	done := make(chan error, 1)
-	go func() {
-		var st unix.Statfs_t
-		done <- unix.Statfs(mnt, &st)
-	}()
-	select {
-	case err := <-done:
-		return true, deadConn(err)
-	case <-time.After(d):
-		return false, false
+	if len(idx) == 0 {
+		return
 	}
-}
-
-// probePID asks the mount root for its daemon's pid (user.safejaxfs.pid),
-// waiting at most d.
-func probePID(mnt string, d time.Duration) (answered, dead bool, pid int) {
-	type answer struct {
-		pid int
-		err error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		buf := make([]byte, 32)
-		n, err := unix.Getxattr(mnt, safefs.XattrPID, buf)
-		a := answer{err: err}
-		if err == nil {
-			a.pid, _ = strconv.Atoi(string(buf[:n]))
+	answers := probeMounts(mnts, wantPID, statusProbe)
+	for j, i := range idx {
+		r := &reports[i]
+		a, answered := answers[j]
+		if wantPID[j] {
+			r.PID = a.pid
 		}
-		done <- a
-	}()
-	select {
-	case a := <-done:
-		return true, deadConn(a.err), a.pid
-	case <-time.After(d):
-		return false, false, 0
+		yes := answered && !a.dead
+		r.Answering = &yes
+		switch {
+		case a.dead:
+			r.Problem = "dead: its daemon is gone (safejaxfs unmount " + shellQuote(r.Mountpoint) + " detaches it and writes back what its log holds)"
+		case !answered:
+			r.Problem = fmt.Sprintf("not answering (no reply within %v)", statusProbe)
+		}
 	}
 }
 

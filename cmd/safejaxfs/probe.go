@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	safefs "github.com/safejaxfs/safejaxfs/fs"
+)
+
+// Probes of mounts that may not answer, in a process status can leave
+// behind.
+//
+// A FUSE request the daemon has read but not answered can only end with
+// the answer or the connection: a thread waiting on it is unkillable, and
+// a process keeps its pipes open and its parent waiting until every thread
+// has left the kernel. A daemon that is deadlocked (its readers still take
+// requests) or was stopped just as it read one would keep status hung and
+// unkillable, with the user's shell or pipeline. So status asks a child
+// process (this program again, probeCommand) and waits for its answers up
+// to statusProbe; a child that is still waiting then stays, stuck in the
+// kernel until the mount answers or is aborted (safejaxfs unmount does
+// that to a hung mount), and status goes on without it.
+
+// probeCommand is the hidden command a probe child runs: "statfs" or "pid"
+// then a mountpoint, for each mount; one line per answer on stdout.
+const probeCommand = "__probe"
+
+// probeAnswer is what a mount said to a probe.
+type probeAnswer struct {
+	dead bool // ENOTCONN: its daemon is gone
+	pid  int  // the daemon's pid, for a "pid" probe
+}
+
+// probeMounts probes each mountpoint (a statfs, or with wantPID a getxattr of
+// the daemon's pid) in a child process and returns the answers that came
+// within d, by index. Without a child (none could be started) it probes in
+// this process, as before: a mount that never answers then holds status at
+// exit.
+func probeMounts(mnts []string, wantPID []bool, d time.Duration) map[int]probeAnswer {
+	deadline := time.Now().Add(d)
+	args := []string{probeCommand}
+	for i, m := range mnts {
+		kind := "statfs"
+		if wantPID[i] {
+			kind = "pid"
+		}
+		args = append(args, kind, m)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return probeHere(mnts, wantPID, d)
+	}
+	defer r.Close()
+	// /proc/self/exe: this very program, even if its file was replaced
+	// since it started.
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Stdout = w // stdin and stderr: /dev/null, never the user's terminal
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return probeHere(mnts, wantPID, d)
+	}
+	w.Close()
+	lines := make(chan string, len(mnts))
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	out := map[int]probeAnswer{}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for len(out) < len(mnts) {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				cmd.Wait()
+				return out
+			}
+			var i, pid int
+			var dead bool
+			if _, err := fmt.Sscanf(l, "%d %t %d", &i, &dead, &pid); err == nil && i >= 0 && i < len(mnts) {
+				out[i] = probeAnswer{dead: dead, pid: pid}
+			}
+		case <-timer.C:
+			// Left to finish (or not) on its own: its answers go to a
+			// closed pipe, which ends it.
+			cmd.Process.Release()
+			return out
+		}
+	}
+	cmd.Wait()
+	return out
+}
+
+// runProbe is the probe child: args are pairs of kind and mountpoint. Each
+// is probed at once; answers are written as they come.
+func runProbe(args []string) int {
+	if len(args)%2 != 0 {
+		return exitUsage
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < len(args); i += 2 {
+		kind, mnt := args[i], args[i+1]
+		wg.Go(func() {
+			a := probeOne(mnt, kind == "pid")
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(os.Stdout, "%d %t %d\n", i/2, a.dead, a.pid)
+		})
+	}
+	wg.Wait()
+	return exitOK
+}
+
+// probeOne asks mnt once and waits for the answer, however long.
+func probeOne(mnt string, wantPID bool) probeAnswer {
+	if !wantPID {
+		var st unix.Statfs_t
+		return probeAnswer{dead: deadConn(unix.Statfs(mnt, &st))}
+	}
+	buf := make([]byte, 32)
+	n, err := unix.Getxattr(mnt, safefs.XattrPID, buf)
+	a := probeAnswer{dead: deadConn(err)}
+	if err == nil {
+		a.pid, _ = strconv.Atoi(strings.TrimSpace(string(buf[:n])))
+	}
+	return a
+}
+
+// probeHere is probeMounts without a child: each probe in a goroutine of
+// its own, which a mount that never answers keeps.
+func probeHere(mnts []string, wantPID []bool, d time.Duration) map[int]probeAnswer {
+	type answer struct {
+		i int
+		a probeAnswer
+	}
+	done := make(chan answer, len(mnts))
+	for i, m := range mnts {
+		go func() { done <- answer{i, probeOne(m, wantPID[i])} }()
+	}
+	out := map[int]probeAnswer{}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for len(out) < len(mnts) {
+		select {
+		case a := <-done:
+			out[a.i] = a.a
+		case <-timer.C:
+			return out
+		}
+	}
+	return out
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// hungRoot is the root of a file system whose daemon reads statfs and
+// getxattr requests and does not answer them until released: a deadlocked
+// daemon, as the kernel sees one.
+type hungRoot struct {
+	gofs.Inode
+	release chan struct{}
+}
+
+func (h *hungRoot) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	<-h.release
+	return 0
+}
+
+func (h *hungRoot) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	<-h.release
+	return 0, syscall.ENODATA
+}
+
+// TestStatusOfADeadlockedMount: a request the daemon has read but never
+// answers leaves the thread waiting on it unkillable, and its process
+// unable to exit. status must come back anyway, within its probe's time,
+// and say the mount does not answer: its probe waits in a child process
+// that status leaves behind, not in status, nor holding its output open.
+//
+// The mount is served by this test process (under the name a safejaxfs
+// mount has, so status lists it) and only touched by the commands it runs.
+func TestStatusOfADeadlockedMount(t *testing.T) {
+	t.Parallel()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := &hungRoot{release: make(chan struct{})}
+	var once sync.Once
+	release := func() { once.Do(func() { close(root.release) }) }
+	srv, err := gofs.Mount(mnt, root, &gofs.Options{MountOptions: fuse.MountOptions{
+		Name: "safejaxfs", FsName: "deadlocked", DirectMount: true,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		release() // the probe it keeps waiting ends, and the mount with it
+		srv.Unmount()
+	})
+
+	start := time.Now()
+	done := make(chan result, 1)
+	go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, "status", "--json", mnt) }()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(30 * time.Second):
+		// Only the mount's answer can free it: give it, then fail.
+		release()
+		<-done
+		t.Fatalf("status of a deadlocked mount came back only once the mount answered (%v)", time.Since(start).Round(time.Second))
+	}
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("status took %v with a probe time of 1s", took.Round(time.Millisecond))
+	}
+	var reports []mountReport
+	if err := json.Unmarshal([]byte(r.stdout), &reports); r.code != 0 || err != nil || len(reports) != 1 {
+		t.Fatalf("status --json %s: exit %d %v\n%s%s", mnt, r.code, err, r.stdout, r.stderr)
+	}
+	if rep := reports[0]; rep.Answering == nil || *rep.Answering || rep.Problem != "not answering (no reply within 1s)" {
+		t.Errorf("status of a deadlocked mount: answering %v, problem %q", rep.Answering, rep.Problem)
+	}
+}
