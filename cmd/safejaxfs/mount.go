@@ -197,9 +197,13 @@ func checkMountpoint(path string) error {
 	}
 	if mounted {
 		// A stat of a FUSE root can come from the kernel's cache; statfs
-		// always asks the server, so it tells a dead mount from a live one.
-		var sfs unix.Statfs_t
-		if err := unix.Statfs(path, &sfs); deadConn(err) {
+		// always asks the server, so it tells a dead mount from a live one
+		// (from a child: a hung one would keep this process, probe.go).
+		a, answered := probeMounts([]string{path}, []bool{false}, statusProbe)[0]
+		switch {
+		case !answered:
+			return fail(exitMount, "mountpoint %s is already mounted, and that mount does not answer (no reply within %v); if it is a safejaxfs mount, run: safejaxfs unmount %s", path, statusProbe, path)
+		case a.dead:
 			return fail(exitMount, "mountpoint %s is a dead FUSE mount (its daemon is gone); run: safejaxfs unmount %s", path, path)
 		}
 		return fail(exitMount, "mountpoint %s is already mounted", path)

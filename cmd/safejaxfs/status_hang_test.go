@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -81,5 +82,19 @@ func TestStatusOfADeadlockedMount(t *testing.T) {
 	}
 	if rep := reports[0]; rep.Answering == nil || *rep.Answering || rep.Problem != "not answering (no reply within 1s)" {
 		t.Errorf("status of a deadlocked mount: answering %v, problem %q", rep.Answering, rep.Problem)
+	}
+
+	// mount over it asks the same way, and says why it refuses.
+	start = time.Now()
+	go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, "mount", copyFixture(t, "flax_mlp.safetensors"), mnt) }()
+	select {
+	case r = <-done:
+	case <-time.After(30 * time.Second):
+		release()
+		<-done
+		t.Fatalf("mount over a deadlocked mount came back only once the mount answered (%v)", time.Since(start).Round(time.Second))
+	}
+	if r.code != exitMount || !strings.Contains(r.stderr, "is already mounted, and that mount does not answer") {
+		t.Errorf("mount over a deadlocked mount: exit %d %q", r.code, r.stderr)
 	}
 }
