@@ -85,10 +85,9 @@ func TestStatusOfADeadlockedMount(t *testing.T) {
 	}
 
 	// mount over it asks the same way, and says why it refuses.
+	ckpt := copyFixture(t, "flax_mlp.safetensors")
 	start = time.Now()
-	go func() {
-		done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, "mount", copyFixture(t, "flax_mlp.safetensors"), mnt)
-	}()
+	go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, "mount", ckpt, mnt) }()
 	select {
 	case r = <-done:
 	case <-time.After(30 * time.Second):
