@@ -45,8 +45,36 @@ type probeAnswer struct {
 // within d, by index. Without a child (none could be started) it probes in
 // this process, as before: a mount that never answers then holds status at
 // exit.
+//
+// A mount that a probe child of this user, older than d, still waits on is
+// not asked again (it is not answering): status run in a loop leaves one
+// child per hung mount, not one per run.
 func probeMounts(mnts []string, wantPID []bool, d time.Duration) map[int]probeAnswer {
 	deadline := time.Now().Add(d)
+	stuck := stuckProbes(d)
+	var ask []int // the indices of the mounts to ask
+	for i, m := range mnts {
+		if !stuck[m] {
+			ask = append(ask, i)
+		}
+	}
+	out := map[int]probeAnswer{}
+	if len(ask) == 0 {
+		return out
+	}
+	askMnts, askPID := make([]string, len(ask)), make([]bool, len(ask))
+	for j, i := range ask {
+		askMnts[j], askPID[j] = mnts[i], wantPID[i]
+	}
+	for j, a := range probeChild(askMnts, askPID, deadline) {
+		out[ask[j]] = a
+	}
+	return out
+}
+
+// probeChild is probeMounts' child: it asks every mount of mnts, and
+// returns what came by deadline.
+func probeChild(mnts []string, wantPID []bool, deadline time.Time) map[int]probeAnswer {
 	args := []string{probeCommand}
 	for i, m := range mnts {
 		kind := "statfs"
@@ -57,17 +85,17 @@ func probeMounts(mnts []string, wantPID []bool, d time.Duration) map[int]probeAn
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return probeHere(mnts, wantPID, d)
+		return probeHere(mnts, wantPID, time.Until(deadline))
 	}
 	defer r.Close()
 	// /proc/self/exe: this very program, even if its file was replaced
-	// since it started.
+	// since it started (stuckProbes knows its children by it).
 	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Stdout = w // stdin and stderr: /dev/null, never the user's terminal
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
-		return probeHere(mnts, wantPID, d)
+		return probeHere(mnts, wantPID, time.Until(deadline))
 	}
 	w.Close()
 	lines := make(chan string, len(mnts))
@@ -102,6 +130,52 @@ func probeMounts(mnts []string, wantPID []bool, d time.Duration) map[int]probeAn
 	}
 	cmd.Wait()
 	return out
+}
+
+// stuckProbes returns the mountpoints that a probe child of this user
+// started more than d ago still asks: their mounts are not answering. A
+// younger child may be another status's, still within its time.
+func stuckProbes(d time.Duration) map[string]bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	up, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return nil
+	}
+	var upSec float64
+	if _, err := fmt.Sscanf(string(up), "%f", &upSec); err != nil {
+		return nil
+	}
+	// Start times are in clock ticks since boot: 100 a second (USER_HZ,
+	// fixed on Linux).
+	before := uint64((upSec - d.Seconds()) * 100)
+	uid := os.Geteuid()
+	prefix := "/proc/self/exe\x00" + probeCommand + "\x00"
+	stuck := map[string]bool{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat("/proc/"+e.Name(), &st) != nil || int(st.Uid) != uid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !strings.HasPrefix(string(b), prefix) {
+			continue
+		}
+		if start, err := processStart(pid); err != nil || start > before || exited(pid) {
+			continue
+		}
+		args := strings.Split(strings.TrimSuffix(string(b[len(prefix):]), "\x00"), "\x00")
+		for i := 1; i < len(args); i += 2 {
+			stuck[args[i]] = true
+		}
+	}
+	return stuck
 }
 
 // runProbe is the probe child: args are pairs of kind and mountpoint. Each

@@ -84,6 +84,12 @@ func TestStatusOfADeadlockedMount(t *testing.T) {
 		t.Errorf("status of a deadlocked mount: answering %v, problem %q", rep.Answering, rep.Problem)
 	}
 
+	// Asked again, status does not start a second probe beside the one
+	// still waiting: a status in a loop would leave one per run.
+	if r := cliEnv(t, []string{statusProbeEnv + "=1s"}, "status", "--json", mnt); r.code != 0 || !strings.Contains(r.stdout, `"answering": false`) {
+		t.Errorf("status again: exit %d %s%s", r.code, r.stdout, r.stderr)
+	}
+
 	// mount over it asks the same way, and says why it refuses.
 	ckpt := copyFixture(t, "flax_mlp.safetensors")
 	start = time.Now()
@@ -98,4 +104,24 @@ func TestStatusOfADeadlockedMount(t *testing.T) {
 	if r.code != exitMount || !strings.Contains(r.stderr, "is already mounted, and that mount does not answer") {
 		t.Errorf("mount over a deadlocked mount: exit %d %q", r.code, r.stderr)
 	}
+	if n := probesOf(t, mnt); n != 1 {
+		t.Errorf("%d probe processes wait on the mount, want the first one only", n)
+	}
+}
+
+// probesOf counts the probe processes (probe.go) asking mnt.
+func probesOf(t *testing.T, mnt string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && strings.HasPrefix(string(b), "/proc/self/exe\x00"+probeCommand+"\x00") && strings.Contains(string(b), "\x00"+mnt+"\x00") {
+			n++
+		}
+	}
+	return n
 }
