@@ -61,21 +61,29 @@ func TestStatusOfADeadlockedMount(t *testing.T) {
 		srv.Unmount()
 	})
 
-	start := time.Now()
-	done := make(chan result, 1)
-	go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, "status", "--json", mnt) }()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(30 * time.Second):
-		// Only the mount's answer can free it: give it, then fail.
-		release()
-		<-done
-		t.Fatalf("status of a deadlocked mount came back only once the mount answered (%v)", time.Since(start).Round(time.Second))
+	// run runs a command with the probe time at 1s. Only the mount's
+	// answer could free one that waits on it: after 30 s the mount is
+	// released, and the test fails.
+	cliExecutable() // built before the clock starts (the plain build, under -race)
+	run := func(args ...string) result {
+		start := time.Now()
+		done := make(chan result, 1)
+		go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, args...) }()
+		select {
+		case r := <-done:
+			if took := time.Since(start); took > 15*time.Second {
+				t.Errorf("%s took %v with a probe time of 1s", args[0], took.Round(time.Millisecond))
+			}
+			return r
+		case <-time.After(30 * time.Second):
+			release()
+			<-done
+			t.Fatalf("%s with a deadlocked mount came back only once the mount answered (%v)", args[0], time.Since(start).Round(time.Second))
+			return result{}
+		}
 	}
-	if took := time.Since(start); took > 15*time.Second {
-		t.Errorf("status took %v with a probe time of 1s", took.Round(time.Millisecond))
-	}
+
+	r := run("status", "--json", mnt)
 	var reports []mountReport
 	if err := json.Unmarshal([]byte(r.stdout), &reports); r.code != 0 || err != nil || len(reports) != 1 {
 		t.Fatalf("status --json %s: exit %d %v\n%s%s", mnt, r.code, err, r.stdout, r.stderr)
@@ -86,21 +94,12 @@ func TestStatusOfADeadlockedMount(t *testing.T) {
 
 	// Asked again, status does not start a second probe beside the one
 	// still waiting: a status in a loop would leave one per run.
-	if r := cliEnv(t, []string{statusProbeEnv + "=1s"}, "status", "--json", mnt); r.code != 0 || !strings.Contains(r.stdout, `"answering": false`) {
+	if r := run("status", "--json", mnt); r.code != 0 || !strings.Contains(r.stdout, `"answering": false`) {
 		t.Errorf("status again: exit %d %s%s", r.code, r.stdout, r.stderr)
 	}
 
 	// mount over it asks the same way, and says why it refuses.
-	ckpt := copyFixture(t, "flax_mlp.safetensors")
-	start = time.Now()
-	go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, "mount", ckpt, mnt) }()
-	select {
-	case r = <-done:
-	case <-time.After(30 * time.Second):
-		release()
-		<-done
-		t.Fatalf("mount over a deadlocked mount came back only once the mount answered (%v)", time.Since(start).Round(time.Second))
-	}
+	r = run("mount", copyFixture(t, "flax_mlp.safetensors"), mnt)
 	if r.code != exitMount || !strings.Contains(r.stderr, "is already mounted, and that mount does not answer") {
 		t.Errorf("mount over a deadlocked mount: exit %d %q", r.code, r.stderr)
 	}
