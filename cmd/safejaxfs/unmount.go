@@ -34,8 +34,9 @@ func runUnmount(args []string) error {
 	}
 	// A mount whose daemon is stuck (killed while its own start-up probe
 	// held a file of the mount open) answers nothing, ever: abort its
-	// connection rather than wait with it.
-	if !responds(mnt, hangTimeout) {
+	// connection rather than wait with it. Asked from a child (probe.go):
+	// should the abort fail, this process must still be able to exit.
+	if _, answered := probeMounts([]string{mnt}, []bool{false}, hangTimeout)[0]; !answered {
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s does not answer within %v: aborting its FUSE connection and detaching it\n", mnt, hangTimeout)
 		if err := abortMount(mnt); err != nil {
 			return fail(exitMount, "aborting %s: %v", mnt, err)
@@ -317,20 +318,3 @@ func mountType(mnt string) (fstype string, found bool, err error) {
 // is taken for stuck. go-fuse answers statfs even while a long write-back
 // runs, so only a daemon that answers nothing at all takes this long.
 var hangTimeout = 5 * time.Second
-
-// responds reports whether a statfs of mnt returns (with any result, a
-// dead mount's ENOTCONN included) within d.
-func responds(mnt string, d time.Duration) bool {
-	done := make(chan struct{})
-	go func() {
-		var st unix.Statfs_t
-		unix.Statfs(mnt, &st)
-		close(done)
-	}()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
