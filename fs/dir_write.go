@@ -343,7 +343,7 @@ func (d *dirNode) Setxattr(ctx context.Context, attr string, data []byte, flags 
 	case d.isRoot() && attr == XattrRecover:
 		return d.fsys.saveRecovery()
 	case d.isRoot() && attr == XattrSync:
-		return d.fsys.compact()
+		return d.fsys.syncFor(ctx)
 	}
 	return syscall.ENOTSUP
 }

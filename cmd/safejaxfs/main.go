@@ -20,6 +20,9 @@ const (
 	exitUsage     = 2 // bad command line
 	exitMount     = 3 // mount or unmount failed (mountpoint problems, FUSE errors)
 	exitWriteBack = 4 // edits could not be written back to the checkpoint
+	// exitInterrupted: Ctrl-C (or SIGTERM) stopped a wait for a write-back,
+	// which goes on in the daemon; 128 + SIGINT, as a shell reports it.
+	exitInterrupted = 130
 )
 
 // exitError carries the exit code a failure should end the process with.

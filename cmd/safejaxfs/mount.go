@@ -411,6 +411,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	pacer.started()
 	go debug.FreeOSMemory()
 	server.Wait()
+	f.Wait() // a write-back whose asker was interrupted ends first
 	// Unmounted: persist what is left. The kernel is gone, so this is the
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -30,7 +33,10 @@ func runSync(args []string) error {
 	if fstype, found, err := mountType(mnt); err != nil || !found || fstype != "fuse.safejaxfs" {
 		return fail(exitMount, "%s is not a safejaxfs mount", mnt)
 	}
-	if err := unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0); err != nil {
+	if err := askWriteBack(mnt); err != nil {
+		if errors.Is(err, errInterrupted) {
+			return fail(exitInterrupted, "%w: the daemon goes on writing the edits back (safejaxfs status %s follows it)", err, shellQuote(mnt))
+		}
 		reason := err.Error()
 		buf := make([]byte, 4096)
 		if n, xerr := unix.Getxattr(mnt, fs.XattrError, buf); xerr == nil {
@@ -111,4 +117,47 @@ func recoverCheckpoint(ckpt string) (logPath string, pending bool, err error) {
 		return logPath, pending, fail(exitWriteBack, "%v", err)
 	}
 	return logPath, pending, nil
+}
+
+// errInterrupted: the wait for a write-back was interrupted; the
+// write-back itself goes on in the daemon.
+var errInterrupted = errors.New("interrupted")
+
+// askWriteBack asks mnt's daemon to write every edit back now
+// (fs.XattrSync) and waits until it is done. Ctrl-C or SIGTERM ends the
+// wait, not the write-back: the daemon answers the interrupted request at
+// once and goes on, and errInterrupted says so. A signal that comes as the
+// answer does counts too: the user asked to stop here.
+func askWriteBack(mnt string) error {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	tid, done := make(chan int, 1), make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread ends with the goroutine, so its id
+		// is not another's while the wait below may still signal it.
+		runtime.LockOSThread()
+		tid <- unix.Gettid()
+		done <- unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
+	}()
+	waiter := <-tid
+	interrupted := false
+	for {
+		select {
+		case err := <-done:
+			if interrupted || errors.Is(err, unix.EINTR) {
+				return errInterrupted
+			}
+			return err
+		case <-sigs:
+			if !interrupted {
+				// The kernel tells the daemon of an interrupt (which
+				// then answers) only when the signal lands on the
+				// thread waiting for the answer; a signal to the
+				// process goes to whichever thread takes it.
+				interrupted = true
+				unix.Tgkill(os.Getpid(), waiter, unix.SIGINT)
+			}
+		}
+	}
 }

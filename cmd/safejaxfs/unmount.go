@@ -50,8 +50,8 @@ func runUnmount(args []string) error {
 	defer stop()
 	untyped := rootAttr(mnt, fs.XattrUntyped)
 	reason, dead, err := writeBack(mnt)
-	if err != nil && !*force {
-		return err
+	if err != nil && (!*force || errors.Is(err, errInterrupted)) {
+		return err // interrupted: not even --force goes on, the user said stop
 	}
 	var rescued error
 	if err != nil {
@@ -166,7 +166,10 @@ func writeBack(mnt string) (reason string, dead bool, err error) {
 	if err == nil {
 		// The whole write-back (the log folded into the checkpoint files),
 		// so that its failure is reported while the mount is still up.
-		err = unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
+		err = askWriteBack(mnt)
+	}
+	if errors.Is(err, errInterrupted) {
+		return "", false, fail(exitInterrupted, "%w: the daemon goes on writing the edits back, and %s stays mounted (safejaxfs status %s follows it; safejaxfs unmount %s again unmounts it)", err, mnt, shellQuote(mnt), shellQuote(mnt))
 	}
 	if deadConn(err) {
 		// The daemon is gone (killed): nothing is left to write back, and
