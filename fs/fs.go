@@ -91,10 +91,10 @@ type FS struct {
 
 	logger  *slog.Logger
 	lastErr atomic.Pointer[string] // the last write-back failure, for unmount to report
-	// writeBacks are the write-backs asked through XattrSync that go on
+	rescued atomic.Pointer[string] // the last recovery file written on request
+	// writeBacks are the write-backs asked through XattrSync, which go on
 	// after their asker was interrupted (sync.go); Wait waits for them.
 	writeBacks sync.WaitGroup
-	rescued atomic.Pointer[string] // the last recovery file written on request
 
 	// live are the inodes the kernel knows, by tensor, so a change made
 	// through one name can invalidate the kernel's cache of the others
