@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,6 +166,9 @@ func TestStatusOfHungAndDeadMounts(t *testing.T) {
 	pid := daemonOf(t, mnt)
 	syscall.Kill(pid, syscall.SIGSTOP)
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	// A signal takes effect when each thread next runs: until then, the
+	// daemon could still answer status's probe.
+	waitUntil(t, "the daemon to stop", func() bool { return allStopped(pid) })
 	rep, found := statusOfMount(t, mnt)
 	if !found || rep.Answering == nil || *rep.Answering || !strings.Contains(rep.Problem, "not answering") || rep.PID != pid {
 		t.Errorf("status of a stopped daemon's mount: %+v", rep)
@@ -255,4 +259,20 @@ func TestStatusPendingFollowsPersistence(t *testing.T) {
 	if p := s.pendingEdits(); p != (checkpoint.Unwritten{}) {
 		t.Errorf("after a write-back: %+v", p)
 	}
+}
+
+// allStopped reports whether every thread of process pid is stopped.
+func allStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		i := bytes.LastIndexByte(b, ')')
+		if err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
