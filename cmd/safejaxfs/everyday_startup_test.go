@@ -107,6 +107,7 @@ func TestUnmountOfStuckDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Kill(d.pid, unix.SIGKILL); unix.Kill(d.pid, unix.SIGCONT) })
+	waitUntil(t, "the daemon to stop", func() bool { return allStopped(d.pid) })
 	// A stopped daemon never answers: any wait tells it from a live one,
 	// so a short one (not the 5 s a loaded machine's daemon is given).
 	r := cliEnv(t, []string{hangTimeoutEnv + "=500ms"}, "unmount", mnt)

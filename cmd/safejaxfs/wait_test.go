@@ -72,6 +72,7 @@ func TestWaitAfterUmount(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	waitUntil(t, "the daemon to stop", func() bool { return allStopped(pid) })
 	detachLazily(t, mnt)
 
 	cmd := cliCmd("wait", ckpt)
