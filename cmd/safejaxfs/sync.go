@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -133,29 +134,39 @@ func askWriteBack(mnt string) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	tid, done := make(chan int, 1), make(chan error, 1)
+	var interrupted atomic.Bool
 	go func() {
 		// Never unlocked: the thread ends with the goroutine, so its id
 		// is not another's while the wait below may still signal it.
 		runtime.LockOSThread()
 		tid <- unix.Gettid()
-		done <- unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
+		for {
+			err := unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
+			if err == unix.EINTR && !interrupted.Load() {
+				// Any signal with a handler interrupts the wait (a
+				// terminal resize's SIGWINCH too), and the daemon
+				// answers EINTR; the write-back went on, and asking
+				// again waits for it.
+				continue
+			}
+			done <- err
+			return
+		}
 	}()
 	waiter := <-tid
-	interrupted := false
 	for {
 		select {
 		case err := <-done:
-			if interrupted || errors.Is(err, unix.EINTR) {
+			if interrupted.Load() || errors.Is(err, unix.EINTR) {
 				return errInterrupted
 			}
 			return err
 		case <-sigs:
-			if !interrupted {
+			if !interrupted.Swap(true) {
 				// The kernel tells the daemon of an interrupt (which
 				// then answers) only when the signal lands on the
 				// thread waiting for the answer; a signal to the
 				// process goes to whichever thread takes it.
-				interrupted = true
 				unix.Tgkill(os.Getpid(), waiter, unix.SIGINT)
 			}
 		}

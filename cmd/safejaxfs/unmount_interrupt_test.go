@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,31 +40,45 @@ func TestUnmountInterrupted(t *testing.T) {
 	}
 	f.Close()
 
-	mnt := mount(t, ckpt)
-	if err := os.WriteFile(filepath.Join(mnt, "a.npy"), npyFile(t, f32("a", 1, 4)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	unmount := cliCmd("unmount", mnt)
-	var stderr strings.Builder
-	unmount.Stderr = &stderr
-	exited := startCmd(t, unmount)
-	// The rewrite has begun once its temp file is there.
+	// unmountWith adds tensor key (it sorts before b: the write-back is a
+	// rewrite), starts unmount, sends sig to each of its threads once the
+	// rewrite's temp file is there, and returns how unmount ended and
+	// whether the temp file was still there then.
 	tmp := filepath.Join(dir, ".big.safetensors.safejaxfs-tmp-*")
-	waitUntil(t, "the write-back to begin", func() bool { m, _ := filepath.Glob(tmp); return len(m) > 0 })
-	unmount.Process.Signal(syscall.SIGINT)
-	var err2 error
-	select {
-	case err2 = <-exited:
-	case <-time.After(time.Minute):
-		t.Fatal("unmount did not end after its SIGINT")
+	unmountWith := func(mnt, key string, sig syscall.Signal) (err error, stderr string, stillWriting bool) {
+		if err := os.WriteFile(filepath.Join(mnt, key+".npy"), npyFile(t, f32(key, 1, 4)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		unmount := cliCmd("unmount", mnt)
+		var errb strings.Builder
+		unmount.Stderr = &errb
+		exited := startCmd(t, unmount)
+		waitUntil(t, "the write-back to begin", func() bool { m, _ := filepath.Glob(tmp); return len(m) > 0 })
+		signalThreads(t, unmount.Process.Pid, sig)
+		select {
+		case err = <-exited:
+		case <-time.After(time.Minute):
+			t.Fatalf("unmount did not end after its %v", sig)
+		}
+		m, _ := filepath.Glob(tmp)
+		return err, errb.String(), len(m) > 0
 	}
-	// Still under way: unmount did not wait for it.
-	stillWriting, _ := filepath.Glob(tmp)
+
+	// Any signal with a handler interrupts a wait for a FUSE answer: a
+	// terminal resize's SIGWINCH must not end unmount.
+	mnt := mount(t, ckpt)
+	if err, stderr, _ := unmountWith(mnt, "a", syscall.SIGWINCH); err != nil || mounted(t, mnt) {
+		t.Fatalf("unmount given SIGWINCH during its write-back: %v %s (mounted: %v)", err, stderr, mounted(t, mnt))
+	}
+
+	// Ctrl-C ends it, and the write-back goes on.
+	mnt = mount(t, ckpt)
+	err2, stderr, stillWriting := unmountWith(mnt, "a2", syscall.SIGINT)
 	var ee *exec.ExitError
-	if !errors.As(err2, &ee) || ee.ExitCode() != exitInterrupted || !strings.Contains(stderr.String(), "interrupted: the daemon goes on writing the edits back") {
-		t.Errorf("unmount interrupted: %v %q, want exit %d saying the write-back goes on", err2, stderr.String(), exitInterrupted)
+	if !errors.As(err2, &ee) || ee.ExitCode() != exitInterrupted || !strings.Contains(stderr, "interrupted: the daemon goes on writing the edits back") {
+		t.Errorf("unmount interrupted: %v %q, want exit %d saying the write-back goes on", err2, stderr, exitInterrupted)
 	}
-	if len(stillWriting) == 0 {
+	if !stillWriting {
 		t.Error("unmount ended only once the write-back was done (its temp file was gone)")
 	}
 	if !mounted(t, mnt) {
@@ -75,7 +90,22 @@ func TestUnmountInterrupted(t *testing.T) {
 		t.Fatalf("unmount after the interrupted one: exit %d %s", r.code, r.stderr)
 	}
 	cliOK(t, "verify", ckpt)
-	if ls := cliOK(t, "ls", ckpt).stdout; !strings.Contains(ls, "a ") || !strings.Contains(ls, "F32") {
-		t.Errorf("the new tensor is not in the checkpoint:\n%s", ls)
+	if ls := "\n" + cliOK(t, "ls", ckpt).stdout; !strings.Contains(ls, "\na ") || !strings.Contains(ls, "\na2 ") {
+		t.Errorf("the new tensors are not in the checkpoint:\n%s", ls)
+	}
+}
+
+// signalThreads sends sig to each thread of process pid, one by one: a
+// signal to the process reaches only the thread that takes it.
+func signalThreads(t *testing.T, pid int, sig syscall.Signal) {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		if tid, err := strconv.Atoi(task.Name()); err == nil {
+			syscall.Tgkill(pid, tid, sig)
+		}
 	}
 }
