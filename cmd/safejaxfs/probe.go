@@ -98,35 +98,23 @@ func probeChild(mnts []string, wantPID []bool, deadline time.Time) map[int]probe
 		return probeHere(mnts, wantPID, time.Until(deadline))
 	}
 	w.Close()
-	lines := make(chan string, len(mnts))
+	answers := make(chan indexedAnswer, len(mnts))
 	go func() {
+		defer close(answers)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
-			lines <- sc.Text()
+			var a indexedAnswer
+			if _, err := fmt.Sscanf(sc.Text(), "%d %t %d", &a.i, &a.dead, &a.pid); err == nil && a.i >= 0 && a.i < len(mnts) {
+				answers <- a
+			}
 		}
-		close(lines)
 	}()
-	out := map[int]probeAnswer{}
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	for len(out) < len(mnts) {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				cmd.Wait()
-				return out
-			}
-			var i, pid int
-			var dead bool
-			if _, err := fmt.Sscanf(l, "%d %t %d", &i, &dead, &pid); err == nil && i >= 0 && i < len(mnts) {
-				out[i] = probeAnswer{dead: dead, pid: pid}
-			}
-		case <-timer.C:
-			// Left to finish (or not) on its own: its answers go to a
-			// closed pipe, which ends it.
-			cmd.Process.Release()
-			return out
-		}
+	out := collect(answers, len(mnts), time.Until(deadline))
+	if len(out) < len(mnts) {
+		// Left to finish (or not) on its own: its answers go to a
+		// closed pipe, which ends it.
+		cmd.Process.Release()
+		return out
 	}
 	cmd.Wait()
 	return out
@@ -217,21 +205,32 @@ func probeOne(mnt string, wantPID bool) probeAnswer {
 // probeHere is probeMounts without a child: each probe in a goroutine of
 // its own, which a mount that never answers keeps.
 func probeHere(mnts []string, wantPID []bool, d time.Duration) map[int]probeAnswer {
-	type answer struct {
-		i int
-		a probeAnswer
-	}
-	done := make(chan answer, len(mnts))
+	answers := make(chan indexedAnswer, len(mnts))
 	for i, m := range mnts {
-		go func() { done <- answer{i, probeOne(m, wantPID[i])} }()
+		go func() { answers <- indexedAnswer{i, probeOne(m, wantPID[i])} }()
 	}
+	return collect(answers, len(mnts), d)
+}
+
+// indexedAnswer is the answer of the i-th mount asked.
+type indexedAnswer struct {
+	i int
+	probeAnswer
+}
+
+// collect takes answers until there are n, answers is closed, or d has
+// passed, whichever comes first.
+func collect(answers <-chan indexedAnswer, n int, d time.Duration) map[int]probeAnswer {
 	out := map[int]probeAnswer{}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
-	for len(out) < len(mnts) {
+	for len(out) < n {
 		select {
-		case a := <-done:
-			out[a.i] = a.a
+		case a, ok := <-answers:
+			if !ok {
+				return out
+			}
+			out[a.i] = a.probeAnswer
 		case <-timer.C:
 			return out
 		}

@@ -191,22 +191,7 @@ func writeBack(mnt string) (reason string, dead bool, err error) {
 // does not answer within a few seconds (a hung daemon must not hang
 // unmount too: detaching still works without it).
 func daemonPID(mnt string) int {
-	got := make(chan int, 1)
-	go func() {
-		buf := make([]byte, 32)
-		n, err := unix.Getxattr(mnt, fs.XattrPID, buf)
-		pid := 0
-		if err == nil {
-			pid, _ = strconv.Atoi(string(buf[:n]))
-		}
-		got <- pid
-	}()
-	select {
-	case pid := <-got:
-		return pid
-	case <-time.After(5 * time.Second):
-		return 0
-	}
+	return probeHere([]string{mnt}, []bool{true}, 5*time.Second)[0].pid // 0 when none came
 }
 
 // lazyUnmount detaches mnt even though it is busy.
