@@ -346,7 +346,7 @@ var (
 )
 
 func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	segs, release, err := h.view.Read(off, len(dest))
+	segs, release, err := h.view.ReadContext(ctx, off, len(dest))
 	if err != nil {
 		return nil, h.n.v.f.readFailed(&h.n.Inode, off, err)
 	}

@@ -110,7 +110,8 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 			// only for synchronous requests; readahead of async reads
 			// is never interrupted. A remote read can wait on the
 			// network for long, so its reader must be able to give up
-			// (and the fetch with it, see checkpoint.ReadContext). A
+			// (and the fetch with it, see checkpoint.ReadContext and
+			// interruptFS). A
 			// remote mount has its own read-ahead (the chunk cache's
 			// window); a local one keeps the kernel's parallel reads.
 			SyncRead: f.ck.Remote() != nil,
@@ -119,7 +120,8 @@ func Mount(mountpoint string, f *FS, mo MountOptions) (*fuse.Server, error) {
 		},
 	}
 	before, _, _ := FindMount(mountpoint)
-	var raw fuse.RawFileSystem = &listingFS{RawFileSystem: &filesRawFS{&viewEntriesFS{fs.NewNodeFS(f.Root(), fsOpts)}}}
+	nodes := &interruptFS{RawFileSystem: fs.NewNodeFS(f.Root(), fsOpts), reads: f.ck.Remote() != nil}
+	var raw fuse.RawFileSystem = &listingFS{RawFileSystem: &filesRawFS{&viewEntriesFS{nodes}}}
 	if mo.AllowRoot && !mo.AllowOther {
 		raw = &allowRootFS{RawFileSystem: raw, owner: uint32(os.Geteuid())}
 	}

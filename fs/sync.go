@@ -9,15 +9,15 @@ import (
 // back into the checkpoint files now instead of at unmount: a compaction
 // of the log. Setting it returns once that is done, or fails with the
 // errno of what failed (the reason in user.safejaxfs.error). A setter that
-// is interrupted (Ctrl-C on safejaxfs sync or unmount) gets EINTR at once,
-// and the write-back goes on: its outcome is logged, and a failure is in
-// user.safejaxfs.error and the status, as any write-back's.
+// gives up (Ctrl-C on safejaxfs sync or unmount; see interruptFS) gets
+// EINTR at once, and the write-back goes on: its outcome is logged, and a
+// failure is in user.safejaxfs.error and the status, as any write-back's.
 const XattrSync = "user.safejaxfs.sync"
 
 // syncFor is the write-back XattrSync asks for, waited for while ctx lasts.
 // The kernel waits for the answer to a request the daemon has read, even
-// for an interrupted caller; ctx ends when the kernel tells the daemon of
-// the interrupt, so answering then is what lets the caller go.
+// for an interrupted caller; ctx ends when the caller gives up
+// (interruptFS), so answering then is what lets the caller go.
 func (f *FS) syncFor(ctx context.Context) syscall.Errno {
 	done := make(chan syscall.Errno, 1)
 	f.writeBacks.Go(func() { done <- f.compact() })

@@ -59,8 +59,8 @@ func (t *tensorNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.At
 
 // Read through a handle with a rewrite under way reads the rewrite back.
 func (t *tensorNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	// ctx ends when the reader is interrupted: a remote read then stops
-	// waiting (and fetching) at once.
+	// ctx ends when the reader gives up (interruptFS): a remote read then
+	// stops waiting (and fetching) at once.
 	segs, release, err := t.readFor(ctx, fh)(off, len(dest))
 	if err != nil {
 		return nil, t.fsys.readFailed(&t.Inode, off, err)

@@ -132,9 +132,16 @@ var errInterrupted = errors.New("interrupted")
 func askWriteBack(mnt string) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	tid, done := make(chan int, 1), make(chan error, 1)
 	var interrupted atomic.Bool
+	defer func() {
+		// Once interrupted, the signals stay caught: the command ends
+		// now, with its message and exit 130, which a second Ctrl-C
+		// must not cut short.
+		if !interrupted.Load() {
+			signal.Stop(sigs)
+		}
+	}()
 	go func() {
 		// Never unlocked: the thread ends with the goroutine, so its id
 		// is not another's while the wait below may still signal it.
@@ -144,9 +151,11 @@ func askWriteBack(mnt string) error {
 			err := unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
 			if err == unix.EINTR && !interrupted.Load() {
 				// Any signal with a handler interrupts the wait (a
-				// terminal resize's SIGWINCH too), and the daemon
-				// answers EINTR; the write-back went on, and asking
-				// again waits for it.
+				// terminal resize's SIGWINCH too). The daemon goes on
+				// waiting unless it sees the caller give up, but one
+				// that cannot see this process (/proc mounted
+				// hidepid) answers EINTR; the write-back went on, and
+				// asking again waits for it.
 				continue
 			}
 			done <- err

@@ -65,10 +65,16 @@ func TestUnmountInterrupted(t *testing.T) {
 	}
 
 	// Any signal with a handler interrupts a wait for a FUSE answer: a
-	// terminal resize's SIGWINCH must not end unmount.
-	mnt := mount(t, ckpt)
+	// terminal resize's SIGWINCH must not end unmount, nor even the
+	// daemon's wait (it answers once the caller gives up, not at each
+	// interrupt: other programs do not ask again as unmount does).
+	logFile := filepath.Join(dir, "daemon.log")
+	mnt := mount(t, ckpt, "--log-file", logFile)
 	if err, stderr, _ := unmountWith(mnt, "a", syscall.SIGWINCH); err != nil || mounted(t, mnt) {
 		t.Fatalf("unmount given SIGWINCH during its write-back: %v %s (mounted: %v)", err, stderr, mounted(t, mnt))
+	}
+	if l := readLog(t, logFile); strings.Contains(l, "after its caller was interrupted") {
+		t.Errorf("the daemon answered the sync of a caller that went on after SIGWINCH:\n%s", l)
 	}
 
 	// Ctrl-C ends it, and the write-back goes on.

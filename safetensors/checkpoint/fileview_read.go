@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -106,6 +107,13 @@ func within(seg, b []byte) bool {
 // bytes; a remote file's or a sibling's are copied into a pooled buffer).
 // The slices stay valid until release is called (once).
 func (v *FileView) Read(off int64, n int) (segs [][]byte, release func(), err error) {
+	return v.ReadContext(context.Background(), off, n)
+}
+
+// ReadContext is Read for a reader that may give up: a remote file's read
+// returns at once with ctx's cause when ctx ends, as
+// Checkpoint.ReadContext's does.
+func (v *FileView) ReadContext(ctx context.Context, off int64, n int) (segs [][]byte, release func(), err error) {
 	if off < 0 || off >= v.size || n <= 0 {
 		return nil, nop, nil
 	}
@@ -116,7 +124,7 @@ func (v *FileView) Read(off int64, n int) (segs [][]byte, release func(), err er
 	}
 	done := func() { v.unref() }
 	if v.obj != nil || v.file != nil {
-		b, put, err := v.copyOut(off, n)
+		b, put, err := v.copyOut(ctx, off, n)
 		if err != nil {
 			done()
 			return nil, nop, err
@@ -147,12 +155,12 @@ func (v *FileView) Read(off int64, n int) (segs [][]byte, release func(), err er
 }
 
 // copyOut reads a remote file's or a sibling's bytes into a pooled buffer.
-func (v *FileView) copyOut(off int64, n int) ([]byte, func(), error) {
+func (v *FileView) copyOut(ctx context.Context, off int64, n int) ([]byte, func(), error) {
 	buf, put := readBuf(n)
 	var k int
 	var err error
 	if v.obj != nil {
-		k, err = v.obj.ReadAt(buf, off)
+		k, err = v.obj.ReadAtContext(ctx, buf, off)
 	} else {
 		k, err = v.file.ReadAt(buf, off)
 	}
