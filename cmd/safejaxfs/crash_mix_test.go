@@ -558,22 +558,15 @@ func (st *mixState) renameOver(mnt string, r *rand.Rand) error {
 }
 
 // writeBack asks for the write-back now (safejaxfs sync): a compaction,
-// which a kill may interrupt. It asks again after EINTR, as any caller that
-// catches signals must: the daemon answers an interrupted sync at once, and
-// the Go runtime's preemption signal (SIGURG) interrupts the setxattr.
+// which a kill may interrupt. No retry after EINTR: the Go runtime's
+// preemption signal (SIGURG) interrupts the setxattr, and the daemon must
+// go on with it (fs/interrupt.go); this test once failed on that.
 func (st *mixState) writeBack(mnt string) error {
 	n := 0
 	for _, ct := range st.cur.tensors {
 		n += ct.n
 	}
-	return st.persist("write-back", n, func() error {
-		for {
-			err := unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0)
-			if err != unix.EINTR {
-				return err
-			}
-		}
-	})
+	return st.persist("write-back", n, func() error { return unix.Setxattr(mnt, fs.XattrSync, []byte("1"), 0) })
 }
 
 func sortedKeys[V any](m map[string]V) []string {
