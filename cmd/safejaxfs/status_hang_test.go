@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,10 +23,15 @@ import (
 type hungRoot struct {
 	gofs.Inode
 	release chan struct{}
+	// statfsAnswers: only getxattr hangs (a deadlock that statfs, which
+	// takes no lock, does not meet).
+	statfsAnswers bool
 }
 
 func (h *hungRoot) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	<-h.release
+	if !h.statfsAnswers {
+		<-h.release
+	}
 	return 0
 }
 
@@ -43,45 +50,7 @@ func (h *hungRoot) Getxattr(ctx context.Context, attr string, dest []byte) (uint
 // mount has, so status lists it) and only touched by the commands it runs.
 func TestStatusOfADeadlockedMount(t *testing.T) {
 	t.Parallel()
-	mnt := filepath.Join(t.TempDir(), "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	root := &hungRoot{release: make(chan struct{})}
-	var once sync.Once
-	release := func() { once.Do(func() { close(root.release) }) }
-	srv, err := gofs.Mount(mnt, root, &gofs.Options{MountOptions: fuse.MountOptions{
-		Name: "safejaxfs", FsName: "deadlocked", DirectMount: true,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		release() // the probe it keeps waiting ends, and the mount with it
-		srv.Unmount()
-	})
-
-	// run runs a command with the probe time at 1s. Only the mount's
-	// answer could free one that waits on it: after 30 s the mount is
-	// released, and the test fails.
-	cliExecutable() // built before the clock starts (the plain build, under -race)
-	run := func(args ...string) result {
-		start := time.Now()
-		done := make(chan result, 1)
-		go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s"}, args...) }()
-		select {
-		case r := <-done:
-			if took := time.Since(start); took > 15*time.Second {
-				t.Errorf("%s took %v with a probe time of 1s", args[0], took.Round(time.Millisecond))
-			}
-			return r
-		case <-time.After(30 * time.Second):
-			release()
-			<-done
-			t.Fatalf("%s with a deadlocked mount came back only once the mount answered (%v)", args[0], time.Since(start).Round(time.Second))
-			return result{}
-		}
-	}
+	mnt, run := mountDeadlocked(t, false)
 
 	r := run("status", "--json", mnt)
 	var reports []mountReport
@@ -106,6 +75,65 @@ func TestStatusOfADeadlockedMount(t *testing.T) {
 	if n := probesOf(t, mnt); n != 1 {
 		t.Errorf("%d probe processes wait on the mount, want the first one only", n)
 	}
+}
+
+// TestUnmountOfADeadlockedMount: unmount of a mount whose daemon answers
+// statfs but deadlocks on the getxattr that asks its pid comes back: it
+// asks from a child, finds no answer, aborts the connection and detaches.
+// Asked in unmount's own process, the wait was unkillable.
+func TestUnmountOfADeadlockedMount(t *testing.T) {
+	t.Parallel()
+	mnt, run := mountDeadlocked(t, true)
+	r := run("unmount", mnt)
+	if r.code != 0 || !strings.Contains(r.stderr, "does not answer within 1s: aborting its FUSE connection") || mounted(t, mnt) {
+		t.Errorf("unmount of a deadlocked mount: exit %d %q (still mounted: %v)", r.code, r.stderr, mounted(t, mnt))
+	}
+}
+
+// mountDeadlocked mounts a hungRoot, served by this test process under the
+// name a safejaxfs mount has (so the commands take it for one); only the
+// commands the test runs touch it. run runs a command with the probe and
+// hang times at 1s: only the mount's answer could free one that waits on
+// it, so after 30 s the mount is released, and the test fails.
+func mountDeadlocked(t *testing.T, statfsAnswers bool) (mnt string, run func(args ...string) result) {
+	mnt = filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := &hungRoot{release: make(chan struct{}), statfsAnswers: statfsAnswers}
+	var once sync.Once
+	release := func() { once.Do(func() { close(root.release) }) }
+	srv, err := gofs.Mount(mnt, root, &gofs.Options{MountOptions: fuse.MountOptions{
+		Name: "safejaxfs", FsName: "deadlocked", DirectMount: true,
+		// Its answers after the abort have nobody to go to: not news.
+		Logger: log.New(io.Discard, "", 0),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		release() // the probe it keeps waiting ends, and the mount with it
+		srv.Unmount()
+	})
+	cliExecutable() // built before the clock starts (the plain build, under -race)
+	run = func(args ...string) result {
+		start := time.Now()
+		done := make(chan result, 1)
+		go func() { done <- cliEnv(t, []string{statusProbeEnv + "=1s", hangTimeoutEnv + "=1s"}, args...) }()
+		select {
+		case r := <-done:
+			if took := time.Since(start); took > 15*time.Second {
+				t.Errorf("%s took %v with probe and hang times of 1s", args[0], took.Round(time.Millisecond))
+			}
+			return r
+		case <-time.After(30 * time.Second):
+			release()
+			<-done
+			t.Fatalf("%s with a deadlocked mount came back only once the mount answered (%v)", args[0], time.Since(start).Round(time.Second))
+			return result{}
+		}
+	}
+	return mnt, run
 }
 
 // probesOf counts the probe processes (probe.go) asking mnt.

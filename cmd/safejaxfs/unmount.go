@@ -35,17 +35,18 @@ func runUnmount(args []string) error {
 	// A mount whose daemon is stuck (killed while its own start-up probe
 	// held a file of the mount open) answers nothing, ever: abort its
 	// connection rather than wait with it. Asked from a child (probe.go):
-	// should the abort fail, this process must still be able to exit.
-	if _, answered := probeMounts([]string{mnt}, []bool{false}, hangTimeout)[0]; !answered {
+	// should the abort fail, this process must still be able to exit. The
+	// answer is the daemon's pid, to wait for its exit once detached (a
+	// dead mount has no daemon: 0).
+	probed, answered := probeMounts([]string{mnt}, []bool{true}, hangTimeout)[0]
+	if !answered {
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s does not answer within %v: aborting its FUSE connection and detaching it\n", mnt, hangTimeout)
 		if err := abortMount(mnt); err != nil {
 			return fail(exitMount, "aborting %s: %v", mnt, err)
 		}
 		return settleDead(mnt, m)
 	}
-	// Ask the daemon who it is before detaching it; a dead mount has no
-	// daemon to wait for.
-	pid := daemonPID(mnt)
+	pid := probed.pid
 	stop := watchWriteBack(pid, pf)
 	defer stop()
 	untyped := rootAttr(mnt, fs.XattrUntyped)
@@ -187,13 +188,6 @@ func writeBack(mnt string) (reason string, dead bool, err error) {
 	return "", false, nil
 }
 
-// daemonPID reads the pid the daemon publishes on the mount root; 0 if it
-// does not answer within a few seconds (a hung daemon must not hang
-// unmount too: detaching still works without it).
-func daemonPID(mnt string) int {
-	return probeHere([]string{mnt}, []bool{true}, 5*time.Second)[0].pid // 0 when none came
-}
-
 // lazyUnmount detaches mnt even though it is busy.
 func lazyUnmount(mnt string) {
 	if os.Geteuid() == 0 && unix.Unmount(mnt, unix.MNT_DETACH) == nil {
@@ -302,7 +296,8 @@ func mountType(mnt string) (fstype string, found bool, err error) {
 	return m.FSType, found, err
 }
 
-// hangTimeout is how long a statfs of the mount may take before its daemon
-// is taken for stuck. go-fuse answers statfs even while a long write-back
-// runs, so only a daemon that answers nothing at all takes this long.
+// hangTimeout is how long the daemon may take to say its pid (a getxattr
+// of the mount root) before it is taken for stuck. It answers that without
+// a lock, even while a long write-back runs, so only a daemon that answers
+// nothing at all takes this long.
 var hangTimeout = 5 * time.Second
