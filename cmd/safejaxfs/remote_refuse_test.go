@@ -72,12 +72,12 @@ func startStallingServer(t *testing.T, ckpt []byte) *stallingServer {
 // bytes do not arrive ends the cat at once (the daemon answers the
 // interrupted read with EINTR instead of waiting for the network), and the
 // fetch nobody waits for any more is cancelled: the server sees the
-// request go away. The same holds for the checkpoint's file in the files
-// view.
+// request go away. The same holds for the tensor's .npy view and the
+// checkpoint's file in the files view.
 func TestRemoteReadInterrupted(t *testing.T) {
 	big := make([]byte, 8<<20)
 	ckpt := canonical(t, nil, f32("small", 1, 4), raw("big", safetensors.U8, big, uint64(len(big))))
-	for _, name := range []string{"big", ".files/model.safetensors"} {
+	for _, name := range []string{"big", "big.npy", ".files/model.safetensors"} {
 		t.Run(strings.ReplaceAll(name, "/", "_"), func(t *testing.T) {
 			s := startStallingServer(t, ckpt)
 			// --debug: should cat ever hang, the log shows which
