@@ -136,7 +136,8 @@ while (1) { my $n = sysread($f, my $buf, 1 << 20);
 // TestRemoteReadCaughtSignal: a signal the reader catches for its own
 // bookkeeping (SIGWINCH here, SIGCHLD for a shell) does not fail a remote
 // read that waits for the network: as a read of a local file, it returns
-// the bytes once they arrive. A Ctrl-C after such a signal still ends the
+// the bytes once they arrive; so does Ctrl-Z then fg (SIGTSTP, SIGCONT),
+// after which the read finishes. A Ctrl-C after such a signal still ends the
 // wait, though the kernel tells the daemon of one interrupt per request,
 // and even when the reader catches SIGINT (as Python does).
 func TestRemoteReadCaughtSignal(t *testing.T) {
@@ -172,14 +173,14 @@ func TestRemoteReadCaughtSignal(t *testing.T) {
 		}
 		select {
 		case err := <-exited:
-			t.Fatalf("a caught %v ended the read: %v: %s\nthe daemon's log:\n%s", sigs, err, errb, lastLines(readLog(t, logFile), 20))
+			t.Fatalf("%v ended the read: %v: %s\nthe daemon's log:\n%s", sigs, err, errb, lastLines(readLog(t, logFile), 20))
 		case <-time.After(settle):
 		}
 		return s, reader, out, errb, exited, logFile
 	}
 
 	t.Run("bytes arrive", func(t *testing.T) {
-		s, reader, out, errb, exited, logFile := stalledRead(syscall.SIGWINCH, syscall.SIGUSR1, syscall.SIGWINCH)
+		s, reader, out, errb, exited, logFile := stalledRead(syscall.SIGWINCH, syscall.SIGUSR1, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGWINCH)
 		close(s.release)
 		select {
 		case err := <-exited:
