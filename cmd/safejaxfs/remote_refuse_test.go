@@ -214,6 +214,37 @@ func TestRemoteReadCaughtSignal(t *testing.T) {
 			t.Fatal("the remote fetch was not cancelled")
 		}
 	})
+	// numpy's process has threads of its own (OpenBLAS): Ctrl-C, sent to
+	// the process as a terminal does, is pending for all of them until one
+	// takes it, and Python catches it; the read still ends, and Python
+	// raises KeyboardInterrupt.
+	t.Run("numpy Ctrl-C", func(t *testing.T) {
+		py := numpy(t)
+		s := startStallingServer(t, ckpt)
+		mnt, _ := remoteMount(t, s.url)
+		s.armed.Store(true)
+		var errb bytes.Buffer
+		reader := exec.Command(py, "-c", "import numpy as np, sys; np.fromfile(sys.argv[1], dtype=np.uint8)", filepath.Join(mnt, "big"))
+		reader.Stderr = &errb
+		exited := startCmd(t, reader)
+		select {
+		case <-s.asked:
+		case err := <-exited:
+			t.Fatalf("numpy ended before the bytes were asked for: %v: %s", err, errb.String())
+		case <-time.After(30 * time.Second):
+			t.Fatal("the daemon never asked for the tensor's bytes")
+		}
+		reader.Process.Signal(syscall.SIGINT)
+		select {
+		case <-exited:
+			if !strings.Contains(errb.String(), "KeyboardInterrupt") {
+				t.Errorf("numpy's Ctrl-C: %s, want KeyboardInterrupt", errb.String())
+			}
+		case <-time.After(20 * time.Second):
+			reader.Process.Kill()
+			t.Fatal("Ctrl-C did not end numpy's read")
+		}
+	})
 }
 
 // TestRemoteUnversioned: a server with neither ETag nor Last-Modified is
