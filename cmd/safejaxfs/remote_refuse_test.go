@@ -152,7 +152,7 @@ func TestRemoteReadCaughtSignal(t *testing.T) {
 	// stalledRead starts the reader on a fresh mount whose server holds
 	// the bytes back, sends it sigs once the daemon asked for them, and
 	// returns once it is sure the reader still waits.
-	stalledRead := func(sigs ...syscall.Signal) (s *stallingServer, reader *exec.Cmd, out, errb *bytes.Buffer, exited <-chan error, logFile string) {
+	stalledRead := func(t *testing.T, sigs ...syscall.Signal) (s *stallingServer, reader *exec.Cmd, out, errb *bytes.Buffer, exited <-chan error, logFile string) {
 		s = startStallingServer(t, ckpt)
 		mnt, logFile := remoteMount(t, s.url, "--debug")
 		s.armed.Store(true)
@@ -180,7 +180,7 @@ func TestRemoteReadCaughtSignal(t *testing.T) {
 	}
 
 	t.Run("bytes arrive", func(t *testing.T) {
-		s, reader, out, errb, exited, logFile := stalledRead(syscall.SIGWINCH, syscall.SIGUSR1, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGWINCH)
+		s, reader, out, errb, exited, logFile := stalledRead(t, syscall.SIGWINCH, syscall.SIGUSR1, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGWINCH)
 		close(s.release)
 		select {
 		case err := <-exited:
@@ -196,7 +196,7 @@ func TestRemoteReadCaughtSignal(t *testing.T) {
 		}
 	})
 	t.Run("Ctrl-C after", func(t *testing.T) {
-		s, reader, _, errb, exited, _ := stalledRead(syscall.SIGWINCH)
+		s, reader, _, errb, exited, _ := stalledRead(t, syscall.SIGWINCH)
 		reader.Process.Signal(syscall.SIGINT)
 		select {
 		case err := <-exited:
