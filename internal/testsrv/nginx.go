@@ -48,6 +48,25 @@ type LogLine struct {
 // for those ports.
 func StartNginx(t testing.TB, servers ...string) (*Nginx, []int) {
 	t.Helper()
+	bin := nginxBinary(t)
+	for try := 0; ; try++ {
+		ports := make([]int, len(servers)+1) // the last: the status page's
+		for i := range ports {
+			ports[i] = FreePort(t)
+		}
+		n, err := tryNginx(t, bin, servers, ports)
+		if err == nil {
+			return n, ports[:len(servers)]
+		}
+		if try == 3 { // a free port taken between picking and binding
+			t.Fatal(err)
+		}
+	}
+}
+
+// nginxBinary is nginx's path; missing, a failure under CI, else a skip.
+func nginxBinary(t testing.TB) string {
+	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		bin = "/usr/sbin/nginx"
@@ -58,21 +77,15 @@ func StartNginx(t testing.TB, servers ...string) (*Nginx, []int) {
 			t.Skip("nginx is not installed (apt-get install nginx-light)")
 		}
 	}
-	for try := 0; ; try++ {
-		n, ports, err := tryNginx(t, bin, servers)
-		if err == nil {
-			return n, ports
-		}
-		if try == 3 { // a free port taken between picking and binding
-			t.Fatal(err)
-		}
-	}
+	return bin
 }
 
-func tryNginx(t testing.TB, bin string, servers []string) (*Nginx, []int, error) {
+// tryNginx starts nginx with servers on ports (one more than servers: the
+// last is the status page's) and returns once it holds every one.
+func tryNginx(t testing.TB, bin string, servers []string, ports []int) (*Nginx, error) {
 	dir := t.TempDir()
 	n := &Nginx{dir: dir, logf: filepath.Join(dir, "access.log")}
-	var ports []int
+	ports, n.statusPort = ports[:len(servers)], ports[len(servers)]
 	var conf strings.Builder
 	fmt.Fprintf(&conf, `daemon off;
 master_process off;
@@ -91,10 +104,6 @@ http {
   sendfile on;
   keepalive_requests 100000;
 `, dir)
-	for range servers {
-		ports = append(ports, FreePort(t))
-	}
-	n.statusPort = FreePort(t)
 	for i, s := range servers {
 		for j, p := range ports {
 			s = strings.ReplaceAll(s, fmt.Sprintf("{port%d}", j), fmt.Sprint(p))
@@ -129,28 +138,25 @@ http {
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
+	// Ready once this nginx holds every port (port.go: another program
+	// may hold one, and answer).
 	for _, p := range append(ports, n.statusPort) {
-		for {
-			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), time.Second)
-			if err == nil {
-				c.Close()
-				break
-			}
+		for !listening(cmd.Process.Pid, p) {
 			select {
 			case <-exited:
 				b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-				return nil, nil, fmt.Errorf("nginx exited: %s", b)
+				return nil, fmt.Errorf("nginx exited: %s", b)
 			default:
 			}
 			if time.Now().After(deadline) {
 				stop()
-				return nil, nil, fmt.Errorf("nginx did not listen on %d", p)
+				return nil, fmt.Errorf("nginx did not listen on %d", p)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	t.Cleanup(stop)
-	return n, ports, nil
+	return n, nil
 }
 
 // FreePort returns a loopback port that was free a moment ago.

@@ -121,42 +121,55 @@ func startVersitygw() {
 	}
 	vgw.dir = dir
 	os.MkdirAll(filepath.Join(dir, "data"), 0o755)
+	// A port picked free can be taken before versitygw binds it (port.go):
+	// it then exits, and another try picks another port.
+	for try := 0; try < 3; try++ {
+		if vgw.err = tryVersitygw(bin, dir); vgw.err == nil {
+			return
+		}
+	}
+}
+
+// tryVersitygw starts versitygw on a port picked free and waits until it
+// listens there and answers.
+func tryVersitygw(bin, dir string) error {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		vgw.err = err
-		return
+		return err
 	}
 	addr := l.Addr().String()
+	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	cmd := exec.Command(bin, "--access", S3Access, "--secret", S3Secret, "--port", addr, "posix", filepath.Join(dir, "data"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		vgw.err = err
-		return
+		return err
 	}
-	vgw.cmd, vgw.exited = cmd, make(chan struct{})
-	go func() { cmd.Wait(); close(vgw.exited) }()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	vgw.cmd, vgw.exited = cmd, exited
 	vgw.endpoint = "http://" + addr
 	// It listens only once ready (about 4.5 s here); a response of any
-	// status means it is up.
+	// status from the socket it holds means it is up.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(vgw.endpoint + "/")
-		if err == nil {
-			resp.Body.Close()
-			return
+		if listening(cmd.Process.Pid, port) {
+			if resp, err := http.Get(vgw.endpoint + "/"); err == nil {
+				resp.Body.Close()
+				return nil
+			}
 		}
 		select {
-		case <-vgw.exited:
-			vgw.err = fmt.Errorf("versitygw exited: %s", out.String())
-			return
+		case <-exited:
+			return fmt.Errorf("versitygw exited: %s", out.String())
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			vgw.err = fmt.Errorf("versitygw did not answer within 60 s: %s", out.String())
-			return
+			cmd.Process.Kill()
+			<-exited
+			return fmt.Errorf("versitygw did not answer within 60 s: %s", out.String())
 		}
 	}
 }
