@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/safejaxfs/safejaxfs/internal/listener"
 )
 
 // Nginx is a real nginx (Debian's nginx-light) on 127.0.0.1, started by a
@@ -138,10 +140,10 @@ http {
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	// Ready once this nginx holds every port (port.go: another program
+	// Ready once this nginx holds every port (internal/listener: another program
 	// may hold one, and answer).
 	for _, p := range append(ports, n.statusPort) {
-		for !listening(cmd.Process.Pid, p) {
+		for !listener.HeldBy(cmd.Process.Pid, p) {
 			select {
 			case <-exited:
 				b, _ := os.ReadFile(filepath.Join(dir, "error.log"))

@@ -18,6 +18,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/safejaxfs/safejaxfs/internal/listener"
 )
 
 // versitygw (v1.8.0, built by scripts/test.sh into its own cache
@@ -121,7 +123,7 @@ func startVersitygw() {
 	}
 	vgw.dir = dir
 	os.MkdirAll(filepath.Join(dir, "data"), 0o755)
-	// A port picked free can be taken before versitygw binds it (port.go):
+	// A port picked free can be taken before versitygw binds it (internal/listener):
 	// it then exits, and another try picks another port.
 	for try := 0; try < 3; try++ {
 		if vgw.err = tryVersitygw(bin, dir); vgw.err == nil {
@@ -155,7 +157,7 @@ func tryVersitygw(bin, dir string) error {
 	// status from the socket it holds means it is up.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if listening(cmd.Process.Pid, port) {
+		if listener.HeldBy(cmd.Process.Pid, port) {
 			if resp, err := http.Get(vgw.endpoint + "/"); err == nil {
 				resp.Body.Close()
 				return nil

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/safejaxfs/safejaxfs/safetensors"
+
+	"github.com/safejaxfs/safejaxfs/internal/listener"
 )
 
 // remoteSection is where the remote rows go in the table. Section 6 is
@@ -281,7 +283,7 @@ func startBenchNginx(bin, dir, www string) (*benchNginx, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr := l.Addr().String()
+	addr, port := l.Addr().String(), l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
 	conf := fmt.Sprintf(`daemon off;
@@ -309,10 +311,10 @@ http {
 		return nil, err
 	}
 	n := &benchNginx{addr: addr, log: filepath.Join(dir, "access.log"), cmd: cmd}
+	// Ready once this nginx holds the port: another program may (see
+	// internal/listener), and answer a connection.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
+		if listener.HeldBy(cmd.Process.Pid, port) {
 			return n, nil
 		}
 		if time.Now().After(deadline) {

@@ -2,29 +2,8 @@ package testsrv
 
 import (
 	"net"
-	"os"
 	"testing"
 )
-
-// This process's listener is found as its own; a port nobody listens on,
-// or another process's listener, is not.
-func TestListening(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if !listening(os.Getpid(), port) {
-		t.Errorf("this process's listener on %d is not found", port)
-	}
-	if listening(os.Getppid(), port) {
-		t.Errorf("the parent process is said to listen on %d", port)
-	}
-	l.Close()
-	if listening(os.Getpid(), port) {
-		t.Errorf("a closed listener on %d is still found", port)
-	}
-}
 
 // A port another process holds is not taken for nginx's, though a
 // connection to it succeeds (the kernel completes it into the holder's

@@ -1,4 +1,8 @@
-package testsrv
+// Package listener says which process holds a loopback port: for the
+// test servers (internal/testsrv) and the bench's nginx
+// (scripts/benchtool), which are ready only once the process they started
+// holds its port.
+package listener
 
 import (
 	"bufio"
@@ -8,7 +12,7 @@ import (
 	"strings"
 )
 
-// A port picked free (FreePort) can be taken by another program before the
+// A port picked free (listening on port 0, then closing) can be taken by another program before the
 // server started on it binds it: the test processes of other packages start
 // servers of their own at the same moment, and outgoing connections take
 // ports from the same range. A connection to the port then reaches that
@@ -16,9 +20,9 @@ import (
 // the server started on it fails to bind and exits, seconds later. Only the
 // listening socket's owner tells the two apart, so readiness is that.
 
-// listening reports whether process pid holds the socket listening on
+// HeldBy reports whether process pid holds the socket listening on
 // 127.0.0.1:port.
-func listening(pid, port int) bool {
+func HeldBy(pid, port int) bool {
 	inode := listenerInode(port)
 	if inode == "" {
 		return false
