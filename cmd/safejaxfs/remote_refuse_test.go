@@ -68,6 +68,39 @@ func startStallingServer(t *testing.T, ckpt []byte) *stallingServer {
 	return s
 }
 
+// stalledReader is a reader of a remote file whose bytes do not come: its
+// server, the reader's process and what it printed, its exit, and the
+// daemon's log.
+type stalledReader struct {
+	s         *stallingServer
+	cmd       *exec.Cmd
+	out, errb bytes.Buffer
+	exited    <-chan error
+	mnt, log  string
+}
+
+// startStalledReader mounts ckpt from a fresh stalling server (--debug:
+// should a read hang, the log shows which requests the daemon got and
+// answered), arms it, runs argv with the path of name under the mount
+// appended, and returns once the daemon has asked for the bytes.
+func startStalledReader(t *testing.T, ckpt []byte, name string, argv ...string) *stalledReader {
+	t.Helper()
+	r := &stalledReader{s: startStallingServer(t, ckpt)}
+	r.mnt, r.log = remoteMount(t, r.s.url, "--debug")
+	r.s.armed.Store(true)
+	r.cmd = exec.Command(argv[0], append(argv[1:], filepath.Join(r.mnt, name))...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.errb
+	r.exited = startCmd(t, r.cmd)
+	select {
+	case <-r.s.asked:
+	case err := <-r.exited:
+		t.Fatalf("%s ended before the bytes were asked for: %v: %s", argv[0], err, r.errb.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("the daemon never asked for the bytes")
+	}
+	return r
+}
+
 // TestRemoteReadInterrupted: Ctrl-C on a cat of a remote tensor whose
 // bytes do not arrive ends the cat at once (the daemon answers the
 // interrupted read with EINTR instead of waiting for the network), and the
@@ -79,43 +112,29 @@ func TestRemoteReadInterrupted(t *testing.T) {
 	ckpt := canonical(t, nil, f32("small", 1, 4), raw("big", safetensors.U8, big, uint64(len(big))))
 	for _, name := range []string{"big", "big.npy", ".files/model.safetensors"} {
 		t.Run(strings.ReplaceAll(name, "/", "_"), func(t *testing.T) {
-			s := startStallingServer(t, ckpt)
-			// --debug: should cat ever hang, the log shows which
-			// requests the daemon got and answered (the READ, its
-			// INTERRUPT).
-			mnt, logFile := remoteMount(t, s.url, "--debug")
-			s.armed.Store(true)
-			cat := exec.Command("cat", filepath.Join(mnt, name))
-			exited := startCmd(t, cat)
+			r := startStalledReader(t, ckpt, name, "cat")
+			r.cmd.Process.Signal(syscall.SIGINT)
 			select {
-			case <-s.asked:
-			case err := <-exited:
-				t.Fatalf("cat ended before its bytes were asked for: %v", err)
-			case <-time.After(30 * time.Second):
-				t.Fatal("the daemon never asked for the bytes")
-			}
-			cat.Process.Signal(syscall.SIGINT)
-			select {
-			case err := <-exited:
-				if ws, ok := cat.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+			case err := <-r.exited:
+				if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGINT {
 					t.Errorf("cat ended with %v, not by its SIGINT", err)
 				}
 			case <-time.After(20 * time.Second):
 				// Where cat waits (its kernel stack), and what the daemon did.
-				stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stack", cat.Process.Pid))
-				wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", cat.Process.Pid))
-				cat.Process.Kill()
+				stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stack", r.cmd.Process.Pid))
+				wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", r.cmd.Process.Pid))
+				r.cmd.Process.Kill()
 				t.Fatalf("cat did not end after SIGINT: the read waited for the network\ncat waits in %s:\n%s\nthe daemon's log:\n%s",
-					wchan, stack, lastLines(readLog(t, logFile), 60))
+					wchan, stack, lastLines(readLog(t, r.log), 60))
 			}
 			select {
-			case <-s.gone:
+			case <-r.s.gone:
 			case <-time.After(20 * time.Second):
 				t.Fatal("the remote fetch was not cancelled")
 			}
 			// The mount lives on and serves what it has.
-			s.armed.Store(false)
-			if got, err := os.ReadFile(filepath.Join(mnt, "small")); err != nil || !bytes.Equal(got, f32("", 1, 4).data) {
+			r.s.armed.Store(false)
+			if got, err := os.ReadFile(filepath.Join(r.mnt, "small")); err != nil || !bytes.Equal(got, f32("", 1, 4).data) {
 				t.Errorf("small after the interrupted read: %v", err)
 			}
 		})
@@ -152,64 +171,51 @@ func TestRemoteReadCaughtSignal(t *testing.T) {
 	// stalledRead starts the reader on a fresh mount whose server holds
 	// the bytes back, sends it sigs once the daemon asked for them, and
 	// returns once it is sure the reader still waits.
-	stalledRead := func(t *testing.T, sigs ...syscall.Signal) (s *stallingServer, reader *exec.Cmd, out, errb *bytes.Buffer, exited <-chan error, logFile string) {
-		s = startStallingServer(t, ckpt)
-		mnt, logFile := remoteMount(t, s.url, "--debug")
-		s.armed.Store(true)
-		out, errb = new(bytes.Buffer), new(bytes.Buffer)
-		reader = exec.Command("perl", "-e", perlReader, filepath.Join(mnt, "big"))
-		reader.Stdout, reader.Stderr = out, errb
-		exited = startCmd(t, reader)
-		select {
-		case <-s.asked:
-		case err := <-exited:
-			t.Fatalf("the reader ended before the bytes were asked for: %v: %s", err, errb)
-		case <-time.After(30 * time.Second):
-			t.Fatal("the daemon never asked for the tensor's bytes")
-		}
+	stalledRead := func(t *testing.T, sigs ...syscall.Signal) *stalledReader {
+		r := startStalledReader(t, ckpt, "big", "perl", "-e", perlReader)
 		for _, sig := range sigs {
-			reader.Process.Signal(sig)
+			r.cmd.Process.Signal(sig)
 			time.Sleep(settle)
 		}
 		select {
-		case err := <-exited:
-			t.Fatalf("%v ended the read: %v: %s\nthe daemon's log:\n%s", sigs, err, errb, lastLines(readLog(t, logFile), 20))
+		case err := <-r.exited:
+			t.Fatalf("%v ended the read: %v: %s\nthe daemon's log:\n%s", sigs, err, r.errb.String(), lastLines(readLog(t, r.log), 20))
 		case <-time.After(settle):
 		}
-		return s, reader, out, errb, exited, logFile
+		return r
 	}
 
 	t.Run("bytes arrive", func(t *testing.T) {
-		s, reader, out, errb, exited, logFile := stalledRead(t, syscall.SIGWINCH, syscall.SIGUSR1, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGWINCH)
-		close(s.release)
+		r := stalledRead(t, syscall.SIGWINCH, syscall.SIGUSR1, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGWINCH)
+		close(r.s.release)
 		select {
-		case err := <-exited:
+		case err := <-r.exited:
 			if err != nil {
-				t.Fatalf("the read failed after the bytes came: %v: %s\nthe daemon's log:\n%s", err, errb, lastLines(readLog(t, logFile), 20))
+				t.Fatalf("the read failed after the bytes came: %v: %s\nthe daemon's log:\n%s", err, r.errb.String(), lastLines(readLog(t, r.log), 20))
 			}
 		case <-time.After(30 * time.Second):
-			reader.Process.Kill()
+			r.cmd.Process.Kill()
 			t.Fatal("the reader did not end once the bytes came")
 		}
-		if !bytes.Equal(out.Bytes(), big) {
-			t.Errorf("read %d bytes, not the tensor's %d", out.Len(), len(big))
+		if !bytes.Equal(r.out.Bytes(), big) {
+			t.Errorf("read %d bytes, not the tensor's %d", r.out.Len(), len(big))
 		}
 	})
 	t.Run("Ctrl-C after", func(t *testing.T) {
-		s, reader, _, errb, exited, _ := stalledRead(t, syscall.SIGWINCH)
-		reader.Process.Signal(syscall.SIGINT)
+		r := stalledRead(t, syscall.SIGWINCH)
+		r.cmd.Process.Signal(syscall.SIGINT)
 		select {
-		case err := <-exited:
+		case err := <-r.exited:
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(errb.String(), "Interrupted system call") {
-				t.Errorf("the reader's Ctrl-C: %v: %s, want the read to fail with EINTR", err, errb)
+			if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(r.errb.String(), "Interrupted system call") {
+				t.Errorf("the reader's Ctrl-C: %v: %s, want the read to fail with EINTR", err, r.errb.String())
 			}
 		case <-time.After(20 * time.Second):
-			reader.Process.Kill()
+			r.cmd.Process.Kill()
 			t.Fatal("a caught SIGINT after a SIGWINCH did not end the read")
 		}
 		select {
-		case <-s.gone:
+		case <-r.s.gone:
 		case <-time.After(20 * time.Second):
 			t.Fatal("the remote fetch was not cancelled")
 		}
@@ -219,29 +225,15 @@ func TestRemoteReadCaughtSignal(t *testing.T) {
 	// takes it, and Python catches it; the read still ends, and Python
 	// raises KeyboardInterrupt.
 	t.Run("numpy Ctrl-C", func(t *testing.T) {
-		py := numpy(t)
-		s := startStallingServer(t, ckpt)
-		mnt, _ := remoteMount(t, s.url)
-		s.armed.Store(true)
-		var errb bytes.Buffer
-		reader := exec.Command(py, "-c", "import numpy as np, sys; np.fromfile(sys.argv[1], dtype=np.uint8)", filepath.Join(mnt, "big"))
-		reader.Stderr = &errb
-		exited := startCmd(t, reader)
+		r := startStalledReader(t, ckpt, "big", numpy(t), "-c", "import numpy as np, sys; np.fromfile(sys.argv[1], dtype=np.uint8)")
+		r.cmd.Process.Signal(syscall.SIGINT)
 		select {
-		case <-s.asked:
-		case err := <-exited:
-			t.Fatalf("numpy ended before the bytes were asked for: %v: %s", err, errb.String())
-		case <-time.After(30 * time.Second):
-			t.Fatal("the daemon never asked for the tensor's bytes")
-		}
-		reader.Process.Signal(syscall.SIGINT)
-		select {
-		case <-exited:
-			if !strings.Contains(errb.String(), "KeyboardInterrupt") {
-				t.Errorf("numpy's Ctrl-C: %s, want KeyboardInterrupt", errb.String())
+		case <-r.exited:
+			if !strings.Contains(r.errb.String(), "KeyboardInterrupt") {
+				t.Errorf("numpy's Ctrl-C: %s, want KeyboardInterrupt", r.errb.String())
 			}
 		case <-time.After(20 * time.Second):
-			reader.Process.Kill()
+			r.cmd.Process.Kill()
 			t.Fatal("Ctrl-C did not end numpy's read")
 		}
 	})
