@@ -23,8 +23,8 @@ type writeHandle struct {
 	// value when a refused close last dropped the rewrite from the
 	// kernel's cache (so Release need not do it again).
 	changes, shown uint64
-	// fresh: the rewrite is a truncate to 0 and nothing else yet (see
-	// rewriteForRead, commit).
+	// fresh: the rewrite is the O_TRUNC of the open and nothing else yet
+	// (see truncateAtOpen, rewriteForRead, commit).
 	fresh bool
 	// owner opened the handle: only its closes decide (owner.go).
 	owner opener
@@ -105,14 +105,31 @@ func (f *FS) truncate(h *writeHandle, id checkpoint.ID, size int64) error {
 	if err != nil {
 		return err
 	}
-	h.staged, h.fresh = s, size == 0
+	h.staged = s
+	return nil
+}
+
+// truncateAtOpen is O_TRUNC: it starts h's rewrite as a fresh one, no
+// attempt at new bytes yet, which a close with nothing written leaves
+// alone (the shell's `: > tensor`, np.memmap(mode='w+'): see commit). An
+// ftruncate to another size is an attempt: `truncate -s 0 tensor` (which
+// opens the file and ftruncates it) or `dd if=/dev/null of=tensor` asked
+// for an empty file, which a tensor cannot be, and their close fails
+// rather than report a change that was not made.
+func (f *FS) truncateAtOpen(h *writeHandle, id checkpoint.ID) error {
+	if err := f.truncate(h, id, 0); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.fresh = h.staged != nil
+	h.mu.Unlock()
 	return nil
 }
 
 // commit ends h's rewrite if it has the tensor's size: the tensor takes
 // its bytes. Otherwise the rewrite stays open (a later close through a
 // dup may still complete it) and the error says why. A fresh rewrite
-// (truncated, nothing written) is no attempt at new bytes yet: it stays
+// (O_TRUNC, nothing written) is no attempt at new bytes yet: it stays
 // open and the close succeeds (np.memmap(mode='w+') closes its file
 // before it writes through the mapping); if nothing follows, the last
 // close drops it and the tensor keeps its bytes.

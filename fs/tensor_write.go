@@ -43,7 +43,7 @@ func (t *tensorNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	}
 	h := t.fsys.newWriteHandle(ctx, t.id)
 	if flags&syscall.O_TRUNC != 0 {
-		if err := t.fsys.truncate(h, t.id, 0); err != nil {
+		if err := t.fsys.truncateAtOpen(h, t.id); err != nil {
 			t.fsys.writers.add(t.id, -1)
 			t.fsys.logf("open: %v", err)
 			return nil, 0, editErrno(err)
@@ -174,7 +174,7 @@ func (t *tensorNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Errn
 	t.fsys.writers.add(t.id, -1)
 	if dropped, fresh, stale := h.abandon(); dropped {
 		if info, ok := t.fsys.ck.Info(t.id); ok && fresh {
-			t.fsys.logf("tensor %q: truncated, then closed with nothing written: the tensor keeps its previous bytes", info.Key)
+			t.fsys.logf("tensor %q: opened with O_TRUNC, then closed with nothing written: the tensor keeps its previous bytes", info.Key)
 		} else if ok {
 			t.fsys.logf("tensor %q: a rewrite closed at the wrong size was dropped; the tensor keeps its previous bytes", info.Key)
 		}
