@@ -25,14 +25,22 @@ import (
 // version.)
 type dirHandle struct {
 	d         listed
-	dir       *dirNode        // d, when it is the tree's: its files may be sent with attributes
-	withFiles bool            // this listing sends its files' attributes
-	entries   []fuse.DirEntry // built at the first entry read
-	pos       int             // the next entry's index: offsets are positions
+	dir       *dirNode // d, when it is the tree's: its files may be sent with attributes
+	withFiles bool     // this listing sends its files' attributes
+	dots      [dots]fuse.DirEntry
+	entries   []fuse.DirEntry // built at the first entry read, after the dots
+	pos       int             // the next entry's position (the dots first): offsets are positions
 }
+
+// dots: every listing starts with "." and "..", as on any file system
+// (`ls -a` shows them; go-fuse lists only what the file system gives it).
+// The kernel takes them as they are: it looks neither up, and ignores the
+// attributes of READDIRPLUS for them.
+const dots = 2
 
 // listed is a directory a dirHandle lists.
 type listed interface {
+	fs.InodeEmbedder
 	// entries lists the directory; an entry's offset is its position.
 	entries() []fuse.DirEntry
 	// size is len(entries()) when that is known without building the
@@ -55,10 +63,13 @@ func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandl
 }
 
 func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if h.pos < dots {
+		return h.dot(), 0
+	}
 	if h.entries == nil {
 		// A request that continues past the end (the one that tells
 		// the kernel the listing is complete) need not list anything.
-		if n, ok := h.d.size(); ok && h.pos >= n {
+		if n, ok := h.d.size(); ok && h.pos >= dots+n {
 			return nil, 0
 		}
 		h.entries = h.d.entries()
@@ -66,13 +77,31 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 			h.withFiles = h.dir.fsys.plus.listing(h.dir, h.entries)
 		}
 	}
-	if h.pos >= len(h.entries) {
+	if h.pos >= dots+len(h.entries) {
 		return nil, 0
 	}
-	e := &h.entries[h.pos]
+	e := &h.entries[h.pos-dots]
 	h.pos++
 	e.Off = uint64(h.pos)
 	return e, 0
+}
+
+// dot is the entry at h.pos, "." or "..", with the inode number of the
+// directory or of its parent (the mount's root is its own parent, as a
+// file system's root is).
+func (h *dirHandle) dot() *fuse.DirEntry {
+	self := h.d.EmbeddedInode()
+	e := &h.dots[h.pos]
+	e.Name, e.Mode, e.Ino = ".", syscall.S_IFDIR, self.StableAttr().Ino
+	if h.pos == 1 {
+		e.Name = ".."
+		if _, parent := self.Parent(); parent != nil {
+			e.Ino = parent.StableAttr().Ino
+		}
+	}
+	h.pos++
+	e.Off = uint64(h.pos)
+	return e
 }
 
 func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
@@ -85,10 +114,11 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 // another file ENOENT, which makes go-fuse send the entry with node ID 0
 // (the kernel then lists the name and looks it up only when asked to).
 func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if h.pos == 0 || h.pos > len(h.entries) || h.entries[h.pos-1].Name != name {
+	i := h.pos - 1 - dots // the entry just returned
+	if i < 0 || i >= len(h.entries) || h.entries[i].Name != name {
 		return nil, syscall.ENOENT
 	}
-	if h.entries[h.pos-1].Mode != syscall.S_IFDIR && !h.withFiles {
+	if h.entries[i].Mode != syscall.S_IFDIR && !h.withFiles {
 		return nil, syscall.ENOENT
 	}
 	return h.d.Lookup(ctx, name, out)

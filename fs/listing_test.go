@@ -350,3 +350,76 @@ func TestStatWalkGetsAttributesWithListings(t *testing.T) {
 		t.Errorf("ls -lR of %d directories sent %d READDIRPLUS (requests: %v)", dirs, counts["FUSE_READDIRPLUS"], counts)
 	}
 }
+
+// dirents lists dir with getdents64 itself, in a buffer of bufSize bytes
+// (os.ReadDir and unix.ParseDirent leave out "." and ".."): each name
+// with its inode number, in the order listed.
+func dirents(t *testing.T, dir string, bufSize int) (names []string, inos []uint64) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, bufSize)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Fatalf("getdents %s: %v", dir, err)
+		}
+		if n == 0 {
+			return names, inos
+		}
+		for b := buf[:n]; len(b) > 0; {
+			// struct linux_dirent64: ino, off, reclen, type, name.
+			reclen := int(b[16]) | int(b[17])<<8
+			name := b[19:reclen]
+			names = append(names, string(name[:slices.Index(name, 0)]))
+			inos = append(inos, uint64(b[0])|uint64(b[1])<<8|uint64(b[2])<<16|uint64(b[3])<<24|
+				uint64(b[4])<<32|uint64(b[5])<<40|uint64(b[6])<<48|uint64(b[7])<<56)
+			b = b[reclen:]
+		}
+	}
+}
+
+// TestListingHasDots: every directory lists "." and ".." first, once, with
+// the inode numbers stat gives the directory and its parent, as on any
+// file system (`ls -a`), however many requests the listing takes.
+func TestListingHasDots(t *testing.T) {
+	keys := []string{"a.b.w", "c"}
+	for i := range 500 {
+		keys = append(keys, "big.t"+strconv.Itoa(i))
+	}
+	mnt := mountTest(t, writeCheckpoint(t, keys...), true)
+	ino := func(p string) uint64 {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	root := ino(mnt)
+	for _, c := range []struct {
+		dir     string
+		parent  uint64
+		entries int
+	}{
+		{mnt, root, 5}, // __metadata__, a, big, c, c.npy
+		{filepath.Join(mnt, "a"), root, 1},
+		{filepath.Join(mnt, "a", "b"), ino(filepath.Join(mnt, "a")), 2},
+		{filepath.Join(mnt, "big"), root, 2 * 500},
+	} {
+		for _, size := range []int{512, 64 << 10} {
+			got, inos := dirents(t, c.dir, size)
+			if len(got) < 2 || got[0] != "." || got[1] != ".." {
+				t.Fatalf("%s (getdents of %d bytes) lists %.5q..., want . and .. first", c.dir, size, got)
+			}
+			if inos[0] != ino(c.dir) || inos[1] != c.parent {
+				t.Errorf("%s: . has inode %d and .. %d, want %d and %d", c.dir, inos[0], inos[1], ino(c.dir), c.parent)
+			}
+			if slices.Contains(got[2:], ".") || slices.Contains(got[2:], "..") || len(got) != 2+c.entries {
+				t.Errorf("%s (getdents of %d bytes) lists %d entries, want the dots and %d: %.8q", c.dir, size, len(got), c.entries, got)
+			}
+		}
+	}
+}
