@@ -113,9 +113,9 @@ func (f *FS) truncate(h *writeHandle, id checkpoint.ID, size int64) error {
 // attempt at new bytes yet, which a close with nothing written leaves
 // alone (the shell's `: > tensor`, np.memmap(mode='w+'): see commit). An
 // ftruncate to another size is an attempt: `truncate -s 0 tensor` (which
-// opens the file and ftruncates it) or `dd if=/dev/null of=tensor` asked
-// for an empty file, which a tensor cannot be, and their close fails
-// rather than report a change that was not made.
+// opens the file without O_TRUNC and ftruncates it) asked for an empty
+// file, which a tensor cannot be, and its close fails rather than report
+// a change that was not made.
 func (f *FS) truncateAtOpen(h *writeHandle, id checkpoint.ID) error {
 	if err := f.truncate(h, id, 0); err != nil {
 		return err

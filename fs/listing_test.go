@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -372,11 +373,10 @@ func dirents(t *testing.T, dir string, bufSize int) (names []string, inos []uint
 		}
 		for b := buf[:n]; len(b) > 0; {
 			// struct linux_dirent64: ino, off, reclen, type, name.
-			reclen := int(b[16]) | int(b[17])<<8
+			reclen := int(binary.LittleEndian.Uint16(b[16:]))
 			name := b[19:reclen]
 			names = append(names, string(name[:slices.Index(name, 0)]))
-			inos = append(inos, uint64(b[0])|uint64(b[1])<<8|uint64(b[2])<<16|uint64(b[3])<<24|
-				uint64(b[4])<<32|uint64(b[5])<<40|uint64(b[6])<<48|uint64(b[7])<<56)
+			inos = append(inos, binary.LittleEndian.Uint64(b))
 			b = b[reclen:]
 		}
 	}
