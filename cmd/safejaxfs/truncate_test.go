@@ -11,10 +11,11 @@ import (
 // A tensor's size is fixed by its dtype and shape, so asking for another
 // one through an open file (coreutils truncate opens the file and calls
 // ftruncate; dd with seek= and without conv=notrunc ftruncates its output
-// to where it starts writing) is an edit that cannot be made: the command must fail,
-// not exit 0 over a tensor that kept its bytes. Only O_TRUNC at open,
-// with nothing written (the shell's `: > tensor`, np.memmap(mode='w+')),
-// is no attempt at new bytes and closes without error.
+// to where it starts writing) is an edit that cannot be made: the command
+// must fail, not exit 0 over a tensor that kept its bytes. Only O_TRUNC at
+// open, with nothing written (the shell's `: > tensor`,
+// np.memmap(mode='w+')), is no attempt at new bytes and closes without
+// error.
 func TestTruncateToAnotherSizeRefused(t *testing.T) {
 	t.Parallel()
 	ckpt := flaxModel(t)
