@@ -2,6 +2,15 @@
 // test servers (internal/testsrv) and the bench's nginx
 // (scripts/benchtool), which are ready only once the process they started
 // holds its port.
+//
+// A port picked free (listening on port 0, then closing) can be taken by
+// another program before the server started on it binds it: the test
+// processes of other packages start servers of their own at the same
+// moment, and outgoing connections take ports from the same range. A
+// connection to the port then reaches that program (one test read another
+// nginx's 404 as its own status page), and the server started on it fails
+// to bind and exits, seconds later. Only the listening socket's owner
+// tells the two apart, so readiness is that.
 package listener
 
 import (
@@ -12,14 +21,6 @@ import (
 	"strings"
 )
 
-// A port picked free (listening on port 0, then closing) can be taken by another program before the
-// server started on it binds it: the test processes of other packages start
-// servers of their own at the same moment, and outgoing connections take
-// ports from the same range. A connection to the port then reaches that
-// program (one test read another nginx's 404 as its own status page), and
-// the server started on it fails to bind and exits, seconds later. Only the
-// listening socket's owner tells the two apart, so readiness is that.
-
 // HeldBy reports whether process pid holds the socket listening on
 // 127.0.0.1:port.
 func HeldBy(pid, port int) bool {
@@ -27,13 +28,14 @@ func HeldBy(pid, port int) bool {
 	if inode == "" {
 		return false
 	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, err := os.ReadDir(dir)
 	if err != nil {
 		return false
 	}
 	want := "socket:[" + inode + "]"
 	for _, fd := range fds {
-		if l, err := os.Readlink(filepath.Join(fmt.Sprintf("/proc/%d/fd", pid), fd.Name())); err == nil && l == want {
+		if l, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && l == want {
 			return true
 		}
 	}

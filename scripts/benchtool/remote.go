@@ -12,9 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/safejaxfs/safejaxfs/safetensors"
-
 	"github.com/safejaxfs/safejaxfs/internal/listener"
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // remoteSection is where the remote rows go in the table. Section 6 is
