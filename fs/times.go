@@ -88,14 +88,8 @@ func (f *FS) SaveTimes() error {
 	// kept once per file, and only the tensors that show another are
 	// named. Lossless whatever the times, and a times file written
 	// tensor by tensor (format 1) shrinks at the next save.
-	var infos []checkpoint.Info
-	var ids []checkpoint.ID
-	for i := range f.ck.Keys() {
-		if info, ok := f.ck.Info(checkpoint.ID(i)); ok {
-			infos, ids = append(infos, info), append(ids, checkpoint.ID(i))
-		}
-	}
-	for name, t := range commonTimes(infos) {
+	times := f.ck.TensorTimes()
+	for name, t := range commonTimes(times) {
 		if !t.Equal(base) {
 			if other.Shards == nil {
 				other.Shards = map[string]time.Time{}
@@ -104,13 +98,13 @@ func (f *FS) SaveTimes() error {
 		}
 	}
 	tensors := map[checkpoint.ID]time.Time{}
-	for i, info := range infos {
+	for _, tt := range times {
 		def := base
-		if t, ok := other.Shards[info.Shard]; ok {
+		if t, ok := other.Shards[tt.Shard]; ok {
 			def = t
 		}
-		if !info.MTime.Equal(def) {
-			tensors[ids[i]] = info.MTime
+		if !tt.MTime.Equal(def) {
+			tensors[tt.ID] = tt.MTime
 		}
 	}
 	if d := f.doc(MetadataName); d != nil && d.hidden.Load() {
@@ -147,13 +141,13 @@ func attached(t *tree.Tree, n *tree.Node) bool {
 
 // commonTimes is, by file, the time most of its tensors show (ties: the
 // earliest, so the choice does not depend on map order).
-func commonTimes(infos []checkpoint.Info) map[string]time.Time {
+func commonTimes(times []checkpoint.TensorTime) map[string]time.Time {
 	type count struct {
 		t time.Time
 		n int
 	}
 	counts := map[string]map[int64]*count{}
-	for _, info := range infos {
+	for _, info := range times {
 		byTime := counts[info.Shard]
 		if byTime == nil {
 			byTime = map[int64]*count{}

@@ -94,6 +94,10 @@ type Checkpoint struct {
 	persistMu sync.Mutex
 	// persists counts the persistence steps ended (Persists).
 	persists atomic.Uint64
+	// compacting is set while a compaction runs, so that
+	// WriteBackProgress, asked four times a second, looks for its temp
+	// files only then: an idle daemon reads no directory.
+	compacting atomic.Bool
 	// reads tracks Reads until their release, for in-place persists to
 	// wait on (see readTracker).
 	reads readTracker
@@ -443,6 +447,29 @@ func (c *Checkpoint) Keys() []string {
 		}
 	}
 	return keys
+}
+
+// TensorTime is a live tensor's file and modification time: what a
+// mount keeps of its times (fs.SaveTimes), without the rest of its Info.
+type TensorTime struct {
+	ID    ID
+	Shard string
+	MTime time.Time
+}
+
+// TensorTimes lists every live tensor's TensorTime in ID order, copying
+// no shape (Info for each would, which for DeepSeek-V3's 94k tensors was
+// most of the time an unmount took).
+func (c *Checkpoint) TensorTimes() []TensorTime {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]TensorTime, 0, len(c.tensors))
+	for i, t := range c.tensors {
+		if t != nil {
+			out = append(out, TensorTime{ID(i), c.shards[t.shard].name, time.Unix(0, t.mtime)})
+		}
+	}
+	return out
 }
 
 // Info returns what tensor id looks like now.

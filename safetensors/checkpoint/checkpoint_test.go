@@ -163,6 +163,20 @@ func ckCheckState(t testing.TB, c *Checkpoint, m *ckModel, what string) {
 	if got := c.Metadata(); !maps.Equal(got, m.meta) {
 		t.Fatalf("%s: metadata %v, want %v", what, got, m.meta)
 	}
+	// The shortcut a compaction takes when there is nothing to write
+	// must agree with the snapshot it skips, in every state a test
+	// reaches: one that said clean wrongly would drop edits.
+	c.mu.RLock()
+	closed := c.closed
+	c.mu.RUnlock()
+	if !c.readOnly && !closed {
+		s := c.snapshot()
+		dirty := s.dirty
+		s.release()
+		if w := c.wouldWrite(); w != dirty {
+			t.Fatalf("%s: wouldWrite says %v, a snapshot's dirty %v", what, w, dirty)
+		}
+	}
 }
 
 // ckCheckFile asserts path validates and is byte for byte the canonical

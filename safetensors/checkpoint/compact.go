@@ -78,6 +78,8 @@ func (c *Checkpoint) Compact() error {
 
 // compact runs a compaction; the caller holds persistMu.
 func (c *Checkpoint) compact() error {
+	c.compacting.Store(true)
+	defer c.compacting.Store(false)
 	if err := c.resume(); err != nil {
 		return err
 	}
@@ -87,6 +89,9 @@ func (c *Checkpoint) compact() error {
 	if c.recovery != "" || !c.unchangedOnDisk() {
 		// Never log for, or write over, another program's file: the
 		// edits, if any, go to a recovery file.
+		if !c.wouldWrite() {
+			return nil
+		}
 		s := c.snapshot()
 		defer s.release()
 		if !s.dirty {
@@ -96,6 +101,13 @@ func (c *Checkpoint) compact() error {
 	}
 	c.mu.Lock()
 	err := c.commitLocked()
+	if err == nil && !c.wouldWriteLocked() {
+		c.mu.Unlock()
+		if c.wal != nil {
+			return c.dropLog()
+		}
+		return nil
+	}
 	s := c.snapshotLocked()
 	c.mu.Unlock()
 	if err != nil {

@@ -492,10 +492,7 @@ func (c *Checkpoint) snapshotLocked() *snapshot {
 		if !d.clean() {
 			ss.dirty = true
 		}
-		// In place only when every tensor still sits whole at its own
-		// offsets in the shard's current file (the header stays byte for
-		// byte what it is).
-		if d.ref != sh.cur || d.src < 0 || int64(len(d.base)) < d.size && !d.covered() || sh.cur.file.Tensors[d.src].Key != t.key {
+		if !inPlace(t, d, sh) {
 			ss.rewrite = true
 		}
 	}
@@ -506,6 +503,44 @@ func (c *Checkpoint) snapshotLocked() *snapshot {
 		s.dirty = s.dirty || ss.dirty
 	}
 	return s
+}
+
+// inPlace reports whether tensor t, of content d, still sits whole at its
+// own offsets in its shard's current file: a shard whose tensors all do
+// keeps its header byte for byte, and is patched in place.
+func inPlace(t *tensor, d *content, sh *shard) bool {
+	return d.ref == sh.cur && d.src >= 0 && (int64(len(d.base)) >= d.size || d.covered()) && sh.cur.file.Tensors[d.src].Key == t.key
+}
+
+// wouldWrite reports whether a snapshot taken now would be dirty (see
+// wouldWriteLocked).
+func (c *Checkpoint) wouldWrite() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.wouldWriteLocked()
+}
+
+// wouldWriteLocked reports whether a snapshot taken now would be dirty,
+// by the tests snapshotLocked makes, without copying anything: a
+// compaction with nothing to write (the unmount of a mount that was only
+// read) then costs a pass over the tensors instead of a copy of each
+// one's record, which for DeepSeek-V3's 94k tensors was most of a
+// half-second unmount. Caller holds mu.
+func (c *Checkpoint) wouldWriteLocked() bool {
+	if x := c.index; x != nil && x.layoutGen != x.persistedLayout {
+		return true
+	}
+	for _, sh := range c.shards {
+		if sh.layoutGen != sh.persistedLayout {
+			return true
+		}
+	}
+	for _, t := range c.tensors {
+		if t != nil && (!t.cur.clean() || !inPlace(t, t.cur, c.shards[t.shard])) {
+			return true
+		}
+	}
+	return false
 }
 
 // check refuses to write a tensor whose bytes do not fill its dtype and

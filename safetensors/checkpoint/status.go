@@ -114,11 +114,13 @@ type WriteBack struct {
 // WriteBackProgress looks at the temp files of a write-back under way.
 // It reads the directories by path, not through the checkpoint's own
 // directory descriptor, whose offset the write-back itself may be using.
-// The status file asks four times a second: the tensors are walked (for
-// the sizes the new files will have) only when a temp file is there.
+// The status file asks four times a second: the directories are read only
+// while a compaction runs (temp files of any other time are stale, removed
+// by the next read-write open), and the tensors walked (for the sizes the
+// new files will have) only when a temp file is there.
 func (c *Checkpoint) WriteBackProgress() WriteBack {
 	var w WriteBack
-	if c.readOnly || c.root == nil {
+	if c.readOnly || c.root == nil || !c.compacting.Load() {
 		return w
 	}
 	type file struct {

@@ -68,10 +68,13 @@ func TestPendingEdits(t *testing.T) {
 }
 
 // A temp file of a write-back under way is what WriteBackProgress counts:
-// its bytes against what the rewritten file will hold.
+// its bytes against what the rewritten file will hold. A temp file seen
+// while no compaction runs is a stale one, not progress: an idle daemon
+// does not read its directory for it.
 func TestWriteBackProgress(t *testing.T) {
 	t.Parallel()
 	ck := defaultCkpt(t)
+	dir := filepath.Dir(ck.path)
 	c, err := Open(ck.path, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -80,16 +83,42 @@ func TestWriteBackProgress(t *testing.T) {
 	if w := c.WriteBackProgress(); w.Active {
 		t.Errorf("no write-back under way: %+v", w)
 	}
-	tmp := filepath.Join(filepath.Dir(ck.path), ".model.safetensors"+tmpInfix+"0123456789abcdef")
-	if err := os.WriteFile(tmp, make([]byte, 1000), 0o600); err != nil {
+	stale := filepath.Join(dir, ".model.safetensors"+tmpInfix+"0123456789abcdef")
+	if err := os.WriteFile(stale, make([]byte, 1000), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	defer os.Remove(tmp)
+	if w := c.WriteBackProgress(); w.Active {
+		t.Errorf("a stale temp file, no compaction running: %+v", w)
+	}
+	os.Remove(stale)
 	// Not temp files of this checkpoint: another name, a short suffix.
-	os.WriteFile(filepath.Join(filepath.Dir(ck.path), ".other.safetensors"+tmpInfix+"0123456789abcdef"), make([]byte, 7), 0o600)
-	os.WriteFile(filepath.Join(filepath.Dir(ck.path), ".model.safetensors"+tmpInfix+"0123"), make([]byte, 7), 0o600)
-	w := c.WriteBackProgress()
-	if !w.Active || w.Done != 1000 || w.Total != int64(len(ck.content)) {
-		t.Errorf("a 1000-byte temp file of a %d-byte checkpoint: %+v", len(ck.content), w)
+	os.WriteFile(filepath.Join(dir, ".other.safetensors"+tmpInfix+"0123456789abcdef"), make([]byte, 7), 0o600)
+	os.WriteFile(filepath.Join(dir, ".model.safetensors"+tmpInfix+"0123"), make([]byte, 7), 0o600)
+
+	// A rename changes the header: the compaction writes a whole new file,
+	// and is looked at once that file is written.
+	if err := c.Rename(ckID(t, c, "step"), "steps"); err != nil {
+		t.Fatal(err)
+	}
+	var during WriteBack
+	c.hooks = &crashHooks{at: func(p string) error {
+		if p == "tmp-written" {
+			during = c.WriteBackProgress()
+		}
+		return nil
+	}}
+	if err := c.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	c.hooks = nil
+	st, err := os.Stat(ck.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !during.Active || during.Done != st.Size() || during.Total < during.Done || during.Total > st.Size()+int64(len("steps")) {
+		t.Errorf("the %d-byte new file written, not yet renamed: %+v", st.Size(), during)
+	}
+	if w := c.WriteBackProgress(); w.Active {
+		t.Errorf("after the compaction: %+v", w)
 	}
 }
