@@ -1,7 +1,6 @@
 package namespace
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -159,9 +158,9 @@ func (ns *Namespace) SetType(id checkpoint.ID, attr TypeAttr, value []byte, writ
 			h.shape = nil
 		}
 	case AttrShape:
-		var shape []uint64
-		if err := json.Unmarshal(value, &shape); err != nil || shape == nil {
-			return TypeResult{}, fmt.Errorf("tensor %q: setting the shape: %q is not a JSON array of non-negative integers: %w", info.Key, value, ErrType)
+		shape, ok := parseShape(value)
+		if !ok {
+			return TypeResult{}, fmt.Errorf("tensor %q: setting the shape: %q is not a shape (non-negative integers, as [2, 2], (2, 2) or 2,2): %w", info.Key, value, ErrType)
 		}
 		h.shape = shape
 	case AttrKey:

@@ -33,6 +33,8 @@ func TestTypes(t *testing.T) {
 		{"not a dtype", false, []step{{op: "set dtype F33", want: ErrType}}, safetensors.U8, []uint64{4}},
 		{"not a shape", false, []step{{op: "set shape [2,", want: ErrType}}, safetensors.U8, []uint64{4}},
 		{"shape then dtype (rsync -X order)", true, []step{{op: "write 16"}, {op: "set shape [2,2]"}, {op: "set dtype F32", applied: true}}, safetensors.F32, []uint64{2, 2}},
+		{"shape as numpy prints it, then dtype", true, []step{{op: "write 16"}, {op: "set shape (2,2)"}, {op: "set dtype F32", applied: true}}, safetensors.F32, []uint64{2, 2}},
+		{"shape as a bare list", true, []step{{op: "write 16"}, {op: "set dtype F32", applied: true}, {op: "set shape 4,1", applied: true}}, safetensors.F32, []uint64{4, 1}},
 		{"dtype then shape", true, []step{{op: "write 16"}, {op: "set dtype F32", applied: true}, {op: "set shape [2,2]", applied: true}}, safetensors.F32, []uint64{2, 2}},
 		{"tar --xattrs: attributes before the bytes", true, []step{{op: "set dtype BF16"}, {op: "set shape [3]"}, {op: "write 6"}, {op: "settle"}}, safetensors.BF16, []uint64{3}},
 		{"cp -a: attributes while the bytes are written", true, []step{{op: "writing 2"}, {op: "set dtype F32"}, {op: "write 8"}, {op: "settle"}}, safetensors.F32, []uint64{2}},
