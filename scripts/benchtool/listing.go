@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/safejaxfs/safejaxfs/safetensors"
 )
 
 // headersScript is the Python reference for mounting the DeepSeek-shaped
@@ -131,7 +133,7 @@ func (b *bench) listingScale() error {
 	type sample struct{ cold, hot, third []time.Duration }
 	runs := make([]sample, len(listCmds))
 	refs := make([]sample, len(listCmds))
-	var took []time.Duration
+	var took, untook []time.Duration
 	var rssAfter []float64
 	rssPeak := make([]float64, len(listCmds))
 	outs := make([]string, len(listCmds))
@@ -195,7 +197,12 @@ func (b *bench) listingScale() error {
 				}
 				return err
 			}()
-			if uerr := m.unmount(); err == nil {
+			t0 := time.Now()
+			uerr := m.unmount()
+			if err == nil && uerr == nil {
+				untook = append(untook, time.Since(t0))
+			}
+			if err == nil {
 				err = uerr
 			}
 			if err != nil {
@@ -282,6 +289,12 @@ func (b *bench) listingScale() error {
 	if local.note != "" {
 		b.note("section 6: %s", local.note)
 	}
+	oneTook, err := b.unmountOneTensor()
+	if err != nil {
+		return err
+	}
+	b.add(row{section: "6", what: fmt.Sprintf("unmount after the listings (nothing changed), %s", name), ours: ms(medianDur(untook)), unit: "ms",
+		refWhat: "the same for a checkpoint of one tensor (the floor: command, kernel unmount, daemon exit)", ref: ms(oneTook), kind: cost})
 	// The memory bar: 1 KiB per tensor + 64 MiB.
 	limit := mb(int64(ds.tensors) + 64<<10)
 	refRSS, err := b.parseRSSMB(ds.single)
@@ -320,4 +333,35 @@ func specialFiles(mnt string) int {
 		}
 	}
 	return n
+}
+
+// unmountOneTensor is the reference for an unmount with nothing to write:
+// the median over the run's repetitions of unmounting a fresh read-write
+// mount of a one-tensor checkpoint, read once with find as the listings
+// read theirs.
+func (b *bench) unmountOneTensor() (float64, error) {
+	path := filepath.Join(b.work, "one-tensor.safetensors")
+	src := []safetensors.Source{{Key: "w", DType: safetensors.F32, Shape: []uint64{4}, Data: noise{1}}}
+	if err := writeCheckpoint(path, src, nil); err != nil {
+		return 0, err
+	}
+	defer os.Remove(path)
+	var took []time.Duration
+	for range b.cfg.reps {
+		m, err := b.mount(path, "--no-files")
+		if err != nil {
+			return 0, err
+		}
+		_, _, err = listCmds[0].run(m.dir)
+		t0 := time.Now()
+		uerr := m.unmount()
+		if err == nil {
+			err = uerr
+		}
+		if err != nil {
+			return 0, err
+		}
+		took = append(took, time.Since(t0))
+	}
+	return medianDur(took), nil
 }
