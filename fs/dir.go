@@ -182,6 +182,11 @@ const (
 	// a recovery file (unmount --force, when the write-back failed); read,
 	// it names the last such file.
 	XattrRecover = "user.safejaxfs.recover"
+	// XattrStatus, read, makes the daemon publish its status now
+	// (Options.Publish) and answers its pid: safejaxfs status asks it
+	// before reading the status files, so an edit made just before is in
+	// what it prints, not only after the daemon's next periodic update.
+	XattrStatus = "user.safejaxfs.status"
 )
 
 var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
@@ -193,6 +198,11 @@ func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint3
 	if d.isRoot() {
 		switch attr {
 		case XattrPID:
+			return copyAttr(dest, []byte(strconv.Itoa(os.Getpid())))
+		case XattrStatus:
+			if p := d.fsys.opt.Publish; p != nil {
+				p()
+			}
 			return copyAttr(dest, []byte(strconv.Itoa(os.Getpid())))
 		case XattrError:
 			if msg := d.fsys.lastErr.Load(); msg != nil {

@@ -73,6 +73,10 @@ type Options struct {
 	// Perm is the owner and modes of every file and directory; nil:
 	// DefaultPerm's (perm.go).
 	Perm *Perm
+	// Publish, if set, is called when the root's user.safejaxfs.status
+	// is read, before it is answered: the daemon writes its status file.
+	// It runs in the request and must not touch the mount.
+	Publish func()
 }
 
 // FS is the state shared by all nodes of one mount.

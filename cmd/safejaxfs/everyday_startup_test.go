@@ -81,7 +81,7 @@ func TestKilledWhileMounting(t *testing.T) {
 		if mounted(t, mnt) {
 			// A dead mount answers at once (ENOTCONN); the bound only
 			// tells one that never answers from it.
-			if _, answered := probeHere([]string{mnt}, []bool{false}, 30*time.Second)[0]; !answered {
+			if _, answered := probeHere([]string{mnt}, []probeKind{probeStatfs}, 30*time.Second)[0]; !answered {
 				t.Fatalf("run %d: a mount no one answers was left at %s", i, mnt)
 			}
 			// The daemon said ok before it was killed: a dead mount

@@ -419,5 +419,5 @@ func runPython(t testing.TB, script string, args ...string) string {
 // daemonPID reads the pid the daemon publishes on the mount root; 0 if it
 // does not answer within a few seconds.
 func daemonPID(mnt string) int {
-	return probeHere([]string{mnt}, []bool{true}, 5*time.Second)[0].pid // 0 when none came
+	return probeHere([]string{mnt}, []probeKind{probePID}, 5*time.Second)[0].pid // 0 when none came
 }

@@ -199,7 +199,7 @@ func checkMountpoint(path string) error {
 		// A stat of a FUSE root can come from the kernel's cache; statfs
 		// always asks the server, so it tells a dead mount from a live one
 		// (from a child: a hung one would keep this process, probe.go).
-		a, answered := probeMounts([]string{path}, []bool{false}, statusProbe)[0]
+		a, answered := probeMounts([]string{path}, []probeKind{probeStatfs}, statusProbe)[0]
 		switch {
 		case !answered:
 			return fail(exitMount, "mountpoint %s is already mounted, and that mount does not answer (no reply within %v); if it is a safejaxfs mount, run: safejaxfs unmount %s", path, statusProbe, path)
@@ -353,7 +353,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	}
 	logger.printf("%s", permSummary(perm))
 	dirs := recoveryDirs(state)
-	fo := fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs, Perm: perm}
+	fo := fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs, Perm: perm, Publish: status.publish}
 	mf.files.apply(&fo, ckpt)
 	status.update(func(st *mountStatus) { st.FilesDir = fo.FilesDir })
 	f, err := fs.New(ck, fo)

@@ -34,14 +34,25 @@ import (
 // then a mountpoint, for each mount; one line per answer on stdout.
 const probeCommand = "__probe"
 
+// probeKind is what a probe asks: probeStatfs (is anyone there), probePID
+// (the daemon's pid), probeStatus (the daemon's pid, after it published
+// its status: fs.XattrStatus).
+type probeKind string
+
+const (
+	probeStatfs probeKind = "statfs"
+	probePID    probeKind = "pid"
+	probeStatus probeKind = "status"
+)
+
 // probeAnswer is what a mount said to a probe.
 type probeAnswer struct {
 	dead bool // ENOTCONN: its daemon is gone
-	pid  int  // the daemon's pid, for a "pid" probe
+	pid  int  // the daemon's pid, for a probePID or probeStatus
 }
 
-// probeMounts probes each mountpoint (a statfs, or with wantPID a getxattr of
-// the daemon's pid) in a child process and returns the answers that came
+// probeMounts probes each mountpoint (a statfs or a getxattr, as kinds
+// says) in a child process and returns the answers that came
 // within d, by index. Without a child (none could be started) it probes in
 // this process, as before: a mount that never answers then holds status at
 // exit.
@@ -49,7 +60,7 @@ type probeAnswer struct {
 // A mount that a probe child of this user, older than d, still waits on is
 // not asked again (it is not answering): status run in a loop leaves one
 // child per hung mount, not one per run.
-func probeMounts(mnts []string, wantPID []bool, d time.Duration) map[int]probeAnswer {
+func probeMounts(mnts []string, kinds []probeKind, d time.Duration) map[int]probeAnswer {
 	deadline := time.Now().Add(d)
 	stuck := stuckProbes(d)
 	var ask []int // the indices of the mounts to ask
@@ -62,11 +73,11 @@ func probeMounts(mnts []string, wantPID []bool, d time.Duration) map[int]probeAn
 	if len(ask) == 0 {
 		return out
 	}
-	askMnts, askPID := make([]string, len(ask)), make([]bool, len(ask))
+	askMnts, askKinds := make([]string, len(ask)), make([]probeKind, len(ask))
 	for j, i := range ask {
-		askMnts[j], askPID[j] = mnts[i], wantPID[i]
+		askMnts[j], askKinds[j] = mnts[i], kinds[i]
 	}
-	for j, a := range probeChild(askMnts, askPID, deadline) {
+	for j, a := range probeChild(askMnts, askKinds, deadline) {
 		out[ask[j]] = a
 	}
 	return out
@@ -74,18 +85,14 @@ func probeMounts(mnts []string, wantPID []bool, d time.Duration) map[int]probeAn
 
 // probeChild is probeMounts' child: it asks every mount of mnts, and
 // returns what came by deadline.
-func probeChild(mnts []string, wantPID []bool, deadline time.Time) map[int]probeAnswer {
+func probeChild(mnts []string, kinds []probeKind, deadline time.Time) map[int]probeAnswer {
 	args := []string{probeCommand}
 	for i, m := range mnts {
-		kind := "statfs"
-		if wantPID[i] {
-			kind = "pid"
-		}
-		args = append(args, kind, m)
+		args = append(args, string(kinds[i]), m)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return probeHere(mnts, wantPID, time.Until(deadline))
+		return probeHere(mnts, kinds, time.Until(deadline))
 	}
 	defer r.Close()
 	// /proc/self/exe: this very program, even if its file was replaced
@@ -95,7 +102,7 @@ func probeChild(mnts []string, wantPID []bool, deadline time.Time) map[int]probe
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
-		return probeHere(mnts, wantPID, time.Until(deadline))
+		return probeHere(mnts, kinds, time.Until(deadline))
 	}
 	w.Close()
 	answers := make(chan indexedAnswer, len(mnts))
@@ -177,7 +184,7 @@ func runProbe(args []string) int {
 	for i := 0; i < len(args); i += 2 {
 		kind, mnt := args[i], args[i+1]
 		wg.Go(func() {
-			a := probeOne(mnt, kind == "pid")
+			a := probeOne(mnt, probeKind(kind))
 			mu.Lock()
 			defer mu.Unlock()
 			fmt.Fprintf(os.Stdout, "%d %t %d\n", i/2, a.dead, a.pid)
@@ -188,13 +195,21 @@ func runProbe(args []string) int {
 }
 
 // probeOne asks mnt once and waits for the answer, however long.
-func probeOne(mnt string, wantPID bool) probeAnswer {
-	if !wantPID {
+func probeOne(mnt string, kind probeKind) probeAnswer {
+	if kind != probePID && kind != probeStatus {
 		var st unix.Statfs_t
 		return probeAnswer{dead: deadConn(unix.Statfs(mnt, &st))}
 	}
+	attr := safefs.XattrPID
+	if kind == probeStatus {
+		attr = safefs.XattrStatus
+	}
 	buf := make([]byte, 32)
-	n, err := unix.Getxattr(mnt, safefs.XattrPID, buf)
+	n, err := unix.Getxattr(mnt, attr, buf)
+	if kind == probeStatus && err == unix.ENODATA {
+		// A daemon of a safejaxfs before XattrStatus: its pid only.
+		n, err = unix.Getxattr(mnt, safefs.XattrPID, buf)
+	}
 	a := probeAnswer{dead: deadConn(err)}
 	if err == nil {
 		a.pid, _ = strconv.Atoi(strings.TrimSpace(string(buf[:n])))
@@ -204,10 +219,10 @@ func probeOne(mnt string, wantPID bool) probeAnswer {
 
 // probeHere is probeMounts without a child: each probe in a goroutine of
 // its own, which a mount that never answers keeps.
-func probeHere(mnts []string, wantPID []bool, d time.Duration) map[int]probeAnswer {
+func probeHere(mnts []string, kinds []probeKind, d time.Duration) map[int]probeAnswer {
 	answers := make(chan indexedAnswer, len(mnts))
 	for i, m := range mnts {
-		go func() { answers <- indexedAnswer{i, probeOne(m, wantPID[i])} }()
+		go func() { answers <- indexedAnswer{i, probeOne(m, kinds[i])} }()
 	}
 	return collect(answers, len(mnts), d)
 }

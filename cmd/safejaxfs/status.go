@@ -30,7 +30,7 @@ var statusProbe = 2 * time.Second
 // mountReport is one entry of safejaxfs status --json.
 type mountReport struct {
 	mountStatus
-	// Answering: the mount answered a statfs (nil when it could not be
+	// Answering: the mount answered the probe (nil when it could not be
 	// asked: root cannot reach another user's mount without allow_other,
 	// and the kernel answers for it).
 	Answering *bool `json:"answering"`
@@ -132,11 +132,13 @@ func collectStatus(only map[string]bool) ([]mountReport, error) {
 
 // probeAll asks every listed mount for an answer, concurrently, for at
 // most statusProbe in all (probeMounts: from a child process, which a
-// mount that never answers may keep).
+// mount that never answers may keep). The question makes each daemon
+// publish its status first (probeStatus): what a daemon that answered
+// published then replaces what was read before, so an edit made a moment
+// ago is in the report, not only after the daemon's next periodic update.
 func probeAll(reports []mountReport, mounts map[string]tableMount) {
 	var idx []int
 	var mnts []string
-	var wantPID []bool
 	for i := range reports {
 		r := &reports[i]
 		if _, ok := mounts[r.Mountpoint]; !ok {
@@ -149,18 +151,27 @@ func probeAll(reports []mountReport, mounts map[string]tableMount) {
 		}
 		idx = append(idx, i)
 		mnts = append(mnts, r.Mountpoint)
-		// No status: the daemon's pid, from the mount itself.
-		wantPID = append(wantPID, r.PID == 0)
 	}
 	if len(idx) == 0 {
 		return
 	}
-	answers := probeMounts(mnts, wantPID, statusProbe)
+	kinds := make([]probeKind, len(mnts))
+	for j := range kinds {
+		kinds[j] = probeStatus
+	}
+	answers := probeMounts(mnts, kinds, statusProbe)
+	published := map[string]mountStatus{}
+	for _, st := range readStatuses() {
+		published[st.Mountpoint+"\x00"+strconv.Itoa(st.PID)] = st
+	}
 	for j, i := range idx {
 		r := &reports[i]
 		a, answered := answers[j]
-		if wantPID[j] {
+		if r.PID == 0 {
+			// No status: the daemon's pid, from the mount itself.
 			r.PID = a.pid
+		} else if st, ok := published[r.Mountpoint+"\x00"+strconv.Itoa(r.PID)]; ok && answered && a.pid == r.PID {
+			r.mountStatus = st
 		}
 		yes := answered && !a.dead
 		r.Answering = &yes

@@ -208,6 +208,14 @@ func (s *statusFile) loop() {
 	}
 }
 
+// publish writes the status now, as it is (asked through the root's
+// user.safejaxfs.status by safejaxfs status, which reads the file next).
+func (s *statusFile) publish() {
+	if s != nil {
+		s.refresh()
+	}
+}
+
 // refresh gathers the status and writes it if it changed.
 func (s *statusFile) refresh() {
 	s.mu.Lock()

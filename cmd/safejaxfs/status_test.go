@@ -59,6 +59,18 @@ func statusUntil(t testing.TB, mnt, what string, ok func(mountReport) bool) moun
 	return last
 }
 
+// statusNow runs status once and fails unless ok accepts mnt's entry:
+// status asks each daemon to publish before it reads (probeStatus), so
+// what was done before it ran is in what it prints.
+func statusNow(t testing.TB, mnt, what string, ok func(mountReport) bool) mountReport {
+	t.Helper()
+	rep, found := statusOfMount(t, mnt)
+	if !found || !ok(rep) {
+		t.Fatalf("status of %s right after %s: %+v (found %v)", mnt, what, rep, found)
+	}
+	return rep
+}
+
 func TestStatusOfAMount(t *testing.T) {
 	ckpt := flaxModel(t)
 	logFile := filepath.Join(t.TempDir(), "daemon.log")
@@ -91,7 +103,7 @@ func TestStatusOfAMount(t *testing.T) {
 	}
 	f.Close()
 	os.Remove(filepath.Join(mnt, "step_scale"))
-	rep = statusUntil(t, mnt, "the edits", func(r mountReport) bool {
+	rep = statusNow(t, mnt, "the edits", func(r mountReport) bool {
 		return r.Pending != nil && r.Pending.Changed == 1 && r.Pending.Removed == 1
 	})
 	if rep.Pending.Files != 1 || rep.Pending.Log == "" || rep.Pending.LogBytes <= 0 {
@@ -110,7 +122,7 @@ func TestStatusOfAMount(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(mnt, "notes"), []byte("raw bytes"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rep = statusUntil(t, mnt, "the untyped file", func(r mountReport) bool { return r.UntypedCount == 1 })
+	rep = statusNow(t, mnt, "the untyped file", func(r mountReport) bool { return r.UntypedCount == 1 })
 	if !slices.Equal(rep.Untyped, []string{"notes"}) {
 		t.Errorf("untyped %q, want notes", rep.Untyped)
 	}
@@ -121,7 +133,7 @@ func TestStatusOfAMount(t *testing.T) {
 	if r := cli(t, "sync", mnt); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
-	statusUntil(t, mnt, "nothing pending after sync", func(r mountReport) bool {
+	statusNow(t, mnt, "sync", func(r mountReport) bool {
 		return r.Pending != nil && r.Pending.Changed == 0 && r.Pending.Removed == 0 && r.Pending.Files == 0
 	})
 	unmountOK(t, mnt)

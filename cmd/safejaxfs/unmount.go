@@ -38,7 +38,7 @@ func runUnmount(args []string) error {
 	// should the abort fail, this process must still be able to exit. The
 	// answer is the daemon's pid, to wait for its exit once detached (a
 	// dead mount has no daemon: 0).
-	probed, answered := probeMounts([]string{mnt}, []bool{true}, hangTimeout)[0]
+	probed, answered := probeMounts([]string{mnt}, []probeKind{probePID}, hangTimeout)[0]
 	if !answered {
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s does not answer within %v: aborting its FUSE connection and detaching it\n", mnt, hangTimeout)
 		if err := abortMount(mnt); err != nil {
