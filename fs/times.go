@@ -147,17 +147,17 @@ func commonTimes(times []checkpoint.TensorTime) map[string]time.Time {
 		n int
 	}
 	counts := map[string]map[int64]*count{}
-	for _, info := range times {
-		byTime := counts[info.Shard]
+	for _, tt := range times {
+		byTime := counts[tt.Shard]
 		if byTime == nil {
 			byTime = map[int64]*count{}
-			counts[info.Shard] = byTime
+			counts[tt.Shard] = byTime
 		}
-		k := info.MTime.UnixNano()
+		k := tt.MTime.UnixNano()
 		if c := byTime[k]; c != nil {
 			c.n++
 		} else {
-			byTime[k] = &count{info.MTime, 1}
+			byTime[k] = &count{tt.MTime, 1}
 		}
 	}
 	out := make(map[string]time.Time, len(counts))
