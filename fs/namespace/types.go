@@ -147,9 +147,9 @@ func (ns *Namespace) SetType(id checkpoint.ID, attr TypeAttr, value []byte, writ
 	h := r.hints[id]
 	switch attr {
 	case AttrDType:
-		d, ok := safetensors.ParseDType(string(value))
+		d, ok := parseDType(value)
 		if !ok {
-			return TypeResult{}, fmt.Errorf("tensor %q: setting the dtype: %q is not a safetensors dtype: %w", info.Key, value, ErrType)
+			return TypeResult{}, fmt.Errorf("tensor %q: setting the dtype: %q is not a dtype (as getfattr shows one, F32, BF16, ..., or as numpy or PyTorch print one, float32, <f4, torch.bfloat16): %w", info.Key, value, ErrType)
 		}
 		h.dtype, h.hasDType = d, true
 		if h.shape != nil && !h.fits(info.Size) {
