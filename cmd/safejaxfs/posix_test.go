@@ -11,10 +11,10 @@ import (
 )
 
 // go-fuse's POSIX conformance cases, on a read-write mount of a checkpoint.
-// Each case runs in its own fresh mount, inside a new directory (a key
-// prefix: the cases expect to start from an empty directory), and the
-// checkpoint must afterwards still validate and hold its original tensors
-// unchanged.
+// Each case runs inside a new directory of its own (a key prefix: the
+// cases expect to start from an empty directory), and the checkpoint must
+// afterwards still validate, hold its original tensors unchanged, and keep
+// what each case left.
 
 // posixCases are the cases of posixtest.All that fit a tensor file system.
 var posixCases = []string{
@@ -57,47 +57,41 @@ var posixExcluded = map[string]string{
 }
 
 func TestPosix(t *testing.T) {
-	t.Parallel()
+	// One test process of its own (FdLeak counts that process's open
+	// descriptors), one mount: the cases run one after another, each in
+	// a new directory of its own, as a user's session would, and the
+	// checkpoint is checked once they all ran.
+	if !isolated(t) {
+		return
+	}
 	for name := range posixtest.All {
 		_, excluded := posixExcluded[name]
 		if !excluded && !slices.Contains(posixCases, name) {
 			t.Errorf("posixtest.%s is neither run nor excluded with a reason", name)
 		}
 	}
-	// Each case in a test process of its own: FdLeak counts that
-	// process's open descriptors.
-	for _, name := range posixCases {
-		t.Run(name, func(t *testing.T) {
-			if isolated(t) {
-				runPosixCase(t, name)
-			}
-		})
-	}
-}
-
-// runPosixCase runs one posixtest case in a fresh mount, then checks what
-// it left.
-func runPosixCase(t *testing.T, name string) {
-	fn, ok := posixtest.All[name]
-	if !ok {
-		t.Fatalf("posixtest has no case %s", name)
-	}
 	ckpt := flaxModel(t)
 	entriesBefore, _, dataBefore := rawHeader(t, ckpt)
 	mnt := mount(t, ckpt)
-	dir := filepath.Join(mnt, "posix")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
+	left := map[string]map[string][]byte{} // by case, what it left, by key
+	for _, name := range posixCases {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(mnt, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			posixtest.All[name](t, dir)
+			if !t.Failed() {
+				left[name] = filesByKey(t, dir)
+			}
+		})
 	}
-	fn(t, dir)
 	if t.Failed() {
 		return
 	}
-	// What the case left behind, as the mount shows it, by key.
-	left := filesByKey(t, dir)
 	unmountOK(t, mnt)
 	if r := cli(t, "verify", ckpt); r.code != 0 {
-		t.Fatalf("verify after the case: exit %d: %s", r.code, r.stderr)
+		t.Fatalf("verify after the cases: exit %d: %s", r.code, r.stderr)
 	}
 	entries, _, data := rawHeader(t, ckpt)
 	for key, e := range entriesBefore {
@@ -111,20 +105,23 @@ func runPosixCase(t *testing.T, name string) {
 			t.Errorf("tensor %s changed", key)
 		}
 	}
-	// And it survives: the same tensors, the same bytes, after a
-	// remount. (By key: a created name holding the separator, like
-	// posixtest's file.txt, is split on remount, into file/txt.)
-	ro := filepath.Join(mount(t, ckpt, "--read-only"), "posix")
-	got := map[string][]byte{}
-	if _, err := os.Stat(ro); err == nil {
-		got = filesByKey(t, ro)
-	}
-	if len(got) != len(left) {
-		t.Errorf("after a remount %d files, before %d", len(got), len(left))
-	}
-	for k, b := range got {
-		if want, ok := left[k]; !ok || !bytes.Equal(b, want) {
-			t.Errorf("after a remount %q holds %d bytes, before %d (present: %v)", k, len(b), len(want), ok)
+	// And what each case left survives: the same tensors, the same
+	// bytes, after a remount. (By key: a created name holding the
+	// separator, like posixtest's file.txt, is split on remount, into
+	// file/txt.)
+	ro := mount(t, ckpt, "--read-only")
+	for _, name := range posixCases {
+		got := map[string][]byte{}
+		if _, err := os.Stat(filepath.Join(ro, name)); err == nil {
+			got = filesByKey(t, filepath.Join(ro, name))
+		}
+		if len(got) != len(left[name]) {
+			t.Errorf("%s: after a remount %d files, before %d", name, len(got), len(left[name]))
+		}
+		for k, b := range got {
+			if want, ok := left[name][k]; !ok || !bytes.Equal(b, want) {
+				t.Errorf("%s: after a remount %q holds %d bytes, before %d (present: %v)", name, k, len(b), len(want), ok)
+			}
 		}
 	}
 }
