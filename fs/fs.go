@@ -26,6 +26,7 @@
 package fs
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"os"
@@ -63,6 +64,9 @@ type Options struct {
 	// SpillDir is where large uploads wait for their close, in unnamed
 	// temp files (package upload); "" means $TMPDIR.
 	SpillDir string
+	// SpillAt is the most one upload holds in memory before it spills
+	// there; 0 means upload.SpillAt.
+	SpillAt int64
 	// FilesDir names the root directory showing the checkpoint as files
 	// ("" = none; files.go). FilesSiblings shows the files beside the
 	// checkpoint there too, those matching FilesInclude (nil: the
@@ -150,7 +154,7 @@ func New(ck *checkpoint.Checkpoint, opt Options) (*FS, error) {
 	}
 	f.nextIno.Store(1 << 62)
 	f.maxUpload = uploadLimit()
-	f.upPool = upload.Pool{Dir: opt.SpillDir, Limit: f.maxUpload, SpillAt: upload.SpillAt, Budget: upload.MemoryBudget, Report: f.refuseUpload}
+	f.upPool = upload.Pool{Dir: opt.SpillDir, Limit: f.maxUpload, SpillAt: cmp.Or(opt.SpillAt, upload.SpillAt), Budget: upload.MemoryBudget, Report: f.refuseUpload}
 	f.specials = f.docs()
 	if err := f.setupFiles(); err != nil {
 		return nil, err

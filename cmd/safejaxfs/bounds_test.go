@@ -114,25 +114,44 @@ func TestSparseUploadBoundedMemory(t *testing.T) {
 }
 
 // TestLargeUploadSpilledRoundTrip: an np.save larger than what an upload
-// keeps in memory (64 MiB) goes through the temp file and arrives whole:
-// numpy reads back what it saved.
+// keeps in memory goes through the temp file and arrives whole: numpy
+// reads back what it saved. The daemon spills here past 4 MiB, not its
+// default 64 MiB (spillAt; the same code, a sixteenth of the bytes through
+// a race-built daemon), and the test sees the temp file among its open
+// files before the close.
 func TestLargeUploadSpilledRoundTrip(t *testing.T) {
 	t.Parallel()
 	ckpt := flaxModel(t)
-	mnt := mount(t, ckpt)
-	runPython(t, `
-import numpy as np, sys
-a = (np.arange(20 << 20, dtype=np.float32) * 3 - 7)  # 80 MiB
-np.save(sys.argv[1] + '/big.npy', a)
+	mnt := mountEnv(t, []string{spillAtEnv + "=" + strconv.Itoa(4<<20)}, ckpt)
+	got := runPython(t, `
+import numpy as np, os, sys
+def unnamed(pid):
+    fd = '/proc/%s/fd' % pid
+    n = 0
+    for d in os.listdir(fd):
+        try:
+            n += os.readlink(os.path.join(fd, d)).endswith(' (deleted)')
+        except OSError:
+            pass
+    return n
+before = unnamed(sys.argv[2])
+a = (np.arange(5 << 18, dtype=np.float32) * 3 - 7)  # 5 MiB
+with open(sys.argv[1] + '/big.npy', 'wb') as f:
+    np.save(f, a)
+    f.flush()
+    print('temp files', unnamed(sys.argv[2]) - before)
 b = np.load(sys.argv[1] + '/big.npy')
 assert b.dtype == a.dtype and np.array_equal(a, b), 'differs'
-`, mnt)
+`, mnt, getxattr(t, mnt, "user.safejaxfs.pid"))
+	if got != "temp files 1" {
+		t.Errorf("while np.save wrote 5 MiB the daemon held %q, want the spilled upload's", got)
+	}
 	unmountOK(t, mnt)
 	runPython(t, `
 import numpy as np, sys, json, struct
 f = open(sys.argv[1], 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n))
-e = h['big']; assert e['dtype'] == 'F32' and e['shape'] == [20 << 20], e
+e = h['big']; assert e['dtype'] == 'F32' and e['shape'] == [5 << 18], e
 f.seek(8 + n + e['data_offsets'][0]); b = np.frombuffer(f.read(e['data_offsets'][1] - e['data_offsets'][0]), dtype='<f4')
-assert np.array_equal(b, np.arange(20 << 20, dtype=np.float32) * 3 - 7), 'file differs'
+assert np.array_equal(b, np.arange(5 << 18, dtype=np.float32) * 3 - 7), 'file differs'
 `, ckpt)
 }

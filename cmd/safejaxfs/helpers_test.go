@@ -34,14 +34,15 @@ const asCLIEnv = "SAFEJAXFS_TEST_AS_CLI"
 // duration, as time.ParseDuration reads it): how often a daemon whose
 // mount is gone retries saving its edits, how long unmount waits for an
 // answer before it calls a mount hung and how long it retries a busy one,
-// and how long status waits for each mount's answer. And progressFrom, in
-// bytes.
+// and how long status waits for each mount's answer. And progressFrom and
+// spillAt, in bytes.
 const (
 	retryEveryEnv   = "SAFEJAXFS_TEST_RETRY_EVERY"
 	hangTimeoutEnv  = "SAFEJAXFS_TEST_HANG_TIMEOUT"
 	busyWaitEnv     = "SAFEJAXFS_TEST_BUSY_WAIT"
 	statusProbeEnv  = "SAFEJAXFS_TEST_STATUS_PROBE"
 	progressFromEnv = "SAFEJAXFS_TEST_PROGRESS_FROM"
+	spillAtEnv      = "SAFEJAXFS_TEST_SPILL_AT"
 )
 
 func TestMain(m *testing.M) {
@@ -60,6 +61,9 @@ func TestMain(m *testing.M) {
 		}
 		if n, err := strconv.ParseInt(os.Getenv(progressFromEnv), 10, 64); err == nil {
 			progressFrom = n
+		}
+		if n, err := strconv.ParseInt(os.Getenv(spillAtEnv), 10, 64); err == nil {
+			spillAt = n
 		}
 		if exe := os.Getenv(daemonEnv); exe != "" {
 			daemonExecutable = func() (string, error) { return exe, nil }

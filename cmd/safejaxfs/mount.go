@@ -42,6 +42,12 @@ type mountFlags struct {
 }
 
 // mountFlagSet defines mount's flags into mf.
+// spillAt is the most one upload holds in memory before it spills (0: the
+// default, upload.SpillAt). A variable only so that a test can lower it for
+// its daemons: an upload past the default, 64 MiB, costs a race-built
+// daemon ten seconds of CPU.
+var spillAt int64
+
 func mountFlagSet(mf *mountFlags) *pflag.FlagSet {
 	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
 		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them; or such a file or\ndirectory as an https://, http://, hf:// or s3:// URL (mounted read-only, read\nlazily through a local chunk cache). Runs in the background and returns once\nthe mount answers, unless -f is given.\n\nEvery flag can also be given as -o name or -o name=value ('_' for '-'), as\nin fstab: -o ro,allow_other,uid=1000,cache_size=20G. The kernel's options\n(noatime, nodev, ...) pass through; those of mount(8), fstab and systemd\n(noauto, nofail, _netdev, x-systemd.*) are accepted and ignored. Installed\nas /sbin/mount.fuse.safejaxfs, this is mount -t fuse.safejaxfs's helper.")
@@ -353,7 +359,7 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	}
 	logger.printf("%s", permSummary(perm))
 	dirs := recoveryDirs(state)
-	fo := fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs, Perm: perm, Publish: status.publish}
+	fo := fs.Options{Sep: mf.sep, NPY: mf.npy, Logger: logger.Logger, LogPath: logger.path, RecoveryDirs: dirs, Perm: perm, Publish: status.publish, SpillAt: spillAt}
 	mf.files.apply(&fo, ckpt)
 	status.update(func(st *mountStatus) { st.FilesDir = fo.FilesDir })
 	f, err := fs.New(ck, fo)
