@@ -1,11 +1,6 @@
 package fs
 
-import (
-	"fmt"
-	"strings"
-
-	"github.com/hanwen/go-fuse/v2/fs"
-)
+import "fmt"
 
 // Files written without a dtype. A plain file created in the mount is a
 // 1-D U8 tensor of its bytes until something gives it a dtype: setfattr,
@@ -18,8 +13,8 @@ import (
 // the bytes are what the user copied, rsync -X sets the attributes only
 // after it closed the file, and a dtype can be given afterwards. But it is
 // never silent: the mount root's user.safejaxfs.untyped names every such
-// tensor, the daemon logs them when it unmounts, and `safejaxfs unmount`
-// prints them.
+// tensor, the daemon logs them when it unmounts (and keeps that log), and
+// `safejaxfs unmount` prints them.
 
 // XattrUntyped, read on the mount root, lists (one key per line) the
 // tensors created in this mount that nothing gave a dtype: they are saved
@@ -50,19 +45,4 @@ func (f *FS) untypedAttr() []byte {
 		b = append(append(b, k...), '\n')
 	}
 	return b
-}
-
-var _ = (fs.NodeOnForgetter)((*dirNode)(nil))
-
-// OnForget of the root runs when the mount ends (go-fuse calls it at
-// unmount): the last chance to say which tensors go to the checkpoint as
-// U8 for want of a dtype. Other directories hold nothing to let go of.
-func (d *dirNode) OnForget() {
-	if !d.isRoot() {
-		return
-	}
-	if keys := d.fsys.untyped(); len(keys) > 0 {
-		d.fsys.logger.Warn("tensors saved as 1-D U8: nothing gave them a dtype (cp, tar and rsync carry it only with cp -a, tar --xattrs, rsync -X; or setfattr -n user.safetensors.dtype while mounted)",
-			"count", len(keys), "keys", strings.Join(keys, ", "))
-	}
 }

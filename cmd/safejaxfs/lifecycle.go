@@ -29,6 +29,7 @@ type daemonLog struct {
 	file  *os.File // the log file this daemon created in its state dir (nil with --log-file)
 	state string   // the state directory; "" if none is usable
 	ready *ready   // the parent waiting for a background daemon, until ready
+	keep  bool     // kept even after a clean end: it names what the user must act on
 }
 
 // newDaemonLog sets up the daemon's logger for mountpoint mnt: to
@@ -102,19 +103,19 @@ func (l *daemonLog) notice(format string, args ...any) {
 	}
 }
 
-// close ends the log. The log of a mount that ended cleanly is removed;
-// that of one that failed is kept (the newest keptLogs of them) for the
-// user to read.
+// close ends the log. The log of a mount that ended cleanly is removed,
+// unless it says something the user must read (keep); that of one that
+// failed is kept. The newest keptLogs of those kept stay.
 func (l *daemonLog) close(clean bool) {
 	if l.file == nil {
 		return
 	}
-	if clean {
+	if clean && !l.keep {
 		os.Remove(l.file.Name())
 	}
 	l.file.Close() // drops the flock: prunable from now on
 	l.file = nil
-	if !clean {
+	if !clean || l.keep {
 		pruneLogs(l.state)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -418,6 +419,14 @@ func serve(ckpt, mnt string, mf mountFlags, ready *ready) (err error) {
 	go debug.FreeOSMemory()
 	server.Wait()
 	f.Wait() // a write-back whose asker was interrupted ends first
+	// Tensors nothing gave a dtype are saved as U8: the log names them
+	// all and is kept (the unmount's note names the first few and points
+	// here).
+	if keys := f.Untyped(); len(keys) > 0 {
+		logger.Warn("tensors saved as 1-D U8: nothing gave them a dtype (cp, tar and rsync carry it only with cp -a, tar --xattrs, rsync -X; or setfattr -n user.safetensors.dtype while mounted)",
+			"count", len(keys), "keys", strings.Join(keys, ", "))
+		logger.keep = true
+	}
 	// Unmounted: persist what is left. The kernel is gone, so this is the
 	// last chance; Close leaves a recovery file if the checkpoint can't
 	// take the edits.

@@ -347,9 +347,10 @@ func printStatus(w io.Writer, reports []mountReport) {
 			fmt.Fprintf(w, "  unwritten   %s\n", e(line))
 		}
 		if r.UntypedCount > 0 {
-			line := fmt.Sprintf("%s created without a dtype, saved as 1-D U8 (setfattr -n user.safetensors.dtype to give one): %s", plural(r.UntypedCount, "tensor"), strings.Join(r.Untyped, ", "))
-			if r.UntypedCount > len(r.Untyped) {
-				line += fmt.Sprintf(", and %d more", r.UntypedCount-len(r.Untyped))
+			named := r.Untyped[:min(len(r.Untyped), maxNoteUntyped)]
+			line := fmt.Sprintf("%s created without a dtype, saved as 1-D U8 (setfattr -n user.safetensors.dtype to give one): %s", plural(r.UntypedCount, "tensor"), strings.Join(named, ", "))
+			if r.UntypedCount > len(named) {
+				line += fmt.Sprintf(", and %d more", r.UntypedCount-len(named))
 			}
 			fmt.Fprintf(w, "  untyped     %s\n", e(line))
 		}

@@ -49,7 +49,7 @@ func runUnmount(args []string) error {
 	pid := probed.pid
 	stop := watchWriteBack(pid, pf)
 	defer stop()
-	untyped := rootAttr(mnt, fs.XattrUntyped)
+	untyped, logFile := rootAttr(mnt, fs.XattrUntyped), rootAttr(mnt, fs.XattrLog)
 	reason, dead, err := writeBack(mnt)
 	if err != nil && (!*force || errors.Is(err, errInterrupted)) {
 		return err // interrupted: not even --force goes on, the user said stop
@@ -72,7 +72,7 @@ func runUnmount(args []string) error {
 	if pid > 0 {
 		waitExit(pid)
 	}
-	noteUntyped(untyped)
+	noteUntyped(untyped, logFile)
 	return rescued
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	iofs "io/fs"
 	"os"
 	"os/exec"
@@ -419,5 +420,48 @@ func TestKeptTimesOfShards(t *testing.T) {
 	}
 	if len(kept.Tensors) != 1 || len(kept.Shards) != len(when) {
 		t.Errorf("after a format 1 file, the times file names tensors %v and shards %v", kept.Tensors, kept.Shards)
+	}
+}
+
+// TestManyUntypedNamedInShort: a copy of many files without their
+// attributes is reported in a few lines, not one per file: the unmount's
+// note names the first ones in the order ls shows them and points to the
+// daemon's log, which names them all; status names as many.
+func TestManyUntypedNamedInShort(t *testing.T) {
+	t.Parallel()
+	ckpt := emptyCheckpoint(t)
+	mnt := mount(t, ckpt)
+	const n = maxNoteUntyped + 7
+	for i := 1; i <= n; i++ {
+		if err := os.WriteFile(filepath.Join(mnt, fmt.Sprintf("x%d", i)), []byte("raw"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var first []string // in the order ls shows them: x1, x2, ... x20
+	for i := 1; i <= maxNoteUntyped; i++ {
+		first = append(first, fmt.Sprintf("x%d", i))
+	}
+	st := cli(t, "status", mnt).stdout
+	if want := fmt.Sprintf("%d tensors created without a dtype", n); !strings.Contains(st, want) || !strings.Contains(st, fmt.Sprintf(", and %d more", n-maxNoteUntyped)) {
+		t.Errorf("status does not say %q and how many more it does not name:\n%s", want, st)
+	}
+	logFile := getxattr(t, mnt, "user.safejaxfs.log")
+	r := cli(t, "unmount", mnt)
+	if r.code != 0 {
+		t.Fatalf("unmount: exit %d: %s", r.code, r.stderr)
+	}
+	_, note, _ := strings.Cut(r.stderr, "(and user.safetensors.shape):\n")
+	want := "  " + strings.Join(first, "\n  ") + fmt.Sprintf("\n  ... and %d more; the daemon's log names them all: %s\n", n-maxNoteUntyped, logFile)
+	if note != want {
+		t.Errorf("unmount's note lists\n%s\nwant\n%s", note, want)
+	}
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		if !regexp.MustCompile(fmt.Sprintf(`\bx%d\b`, i)).Match(log) {
+			t.Errorf("the daemon's log does not name x%d:\n%s", i, log)
+		}
 	}
 }
