@@ -325,6 +325,29 @@ func TestChangedBehindOurBack(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(mnt, "notes2"), []byte("more"), 0o644); err == nil {
 		t.Error("persist over a replaced checkpoint reported success")
 	}
+	// From then on the mount takes no edit (each would otherwise write a
+	// whole new recovery file): refused, as a read-only file system's;
+	// reads go on.
+	for i, edit := range []func() error{
+		func() error { return os.WriteFile(filepath.Join(mnt, "notes3"), []byte("x"), 0o644) },
+		func() error { return os.WriteFile(filepath.Join(mnt, "params/Dense_0/bias"), make([]byte, 64), 0o644) },
+		func() error { return os.Rename(filepath.Join(mnt, "notes"), filepath.Join(mnt, "renamed")) },
+		func() error { return os.Remove(filepath.Join(mnt, "params/Dense_1/bias")) },
+		func() error {
+			return unix.Setxattr(filepath.Join(mnt, "params/Dense_0/kernel"), "user.safetensors.shape", []byte("[16,3]"), 0)
+		},
+	} {
+		if err := edit(); !errors.Is(err, unix.EROFS) {
+			t.Errorf("edit %d after the checkpoint was replaced: %v, want EROFS", i, err)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "notes2")); err != nil || string(b) != "more" {
+		t.Errorf("reading the mount after: %q, %v", b, err)
+	}
+	st := cli(t, "status", mnt).stdout
+	if !strings.Contains(st, "no more edits") || !strings.Contains(st, ".safejaxfs-recovered-") {
+		t.Errorf("status does not say why edits are refused:\n%s", st)
+	}
 	r := cli(t, "unmount", mnt)
 	if r.code != exitWriteBack || !strings.Contains(r.stderr, "recovered") {
 		t.Errorf("unmount: exit %d %q; want %d naming the recovery file", r.code, r.stderr, exitWriteBack)
@@ -334,8 +357,8 @@ func TestChangedBehindOurBack(t *testing.T) {
 		t.Error("their checkpoint was overwritten")
 	}
 	matches, _ := filepath.Glob(strings.TrimSuffix(ckpt, ".safetensors") + ".safejaxfs-recovered-*.safetensors")
-	if len(matches) == 0 {
-		t.Fatal("no recovery file")
+	if len(matches) != 1 {
+		t.Fatalf("recovery files %q, want one", matches)
 	}
 	rf, err := safetensors.Open(matches[len(matches)-1])
 	if err != nil {

@@ -191,7 +191,7 @@ func (ns *Namespace) SetType(id checkpoint.ID, attr TypeAttr, value []byte, writ
 		// to come.)
 		applied, err := ns.applyHint(id, info, h)
 		if err != nil {
-			return TypeResult{}, fmt.Errorf("tensor %q: setting %s: %v: %w", info.Key, value, err, ErrType)
+			return TypeResult{}, fmt.Errorf("tensor %q: setting %s: %w: %w", info.Key, value, err, ErrType)
 		}
 		if applied {
 			return TypeResult{Applied: true}, nil

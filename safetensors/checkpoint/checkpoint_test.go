@@ -1288,26 +1288,22 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			if r := ckRecoveryFiles(t, path); len(r) != 1 {
 				t.Errorf("a Sync without new edits wrote another recovery file: %v", r)
 			}
-			// New edits: a new recovery file with all of them.
-			p = ctPattern(4, 3)
-			wantRec := 2
-			switch err := c.WriteAt(ckID(t, c, "half"), p, 0); {
-			case errors.Is(err, ErrFault) && tc.name == "truncated and rewritten":
-				// The bytes the write would keep are gone: refused, so
-				// there is nothing new to save.
-				wantRec = 1
-			case err != nil:
-				t.Fatal(err)
-			default:
-				m.write("half", p, 0)
+			// The mount takes no more edits: refused, naming the file
+			// that holds those it made, and no other recovery file.
+			if err := c.WriteAt(ckID(t, c, "half"), ctPattern(4, 3), 0); !errors.Is(err, ErrReadOnly) || !strings.Contains(err.Error(), rec[0]) {
+				t.Errorf("an edit after the checkpoint changed: %v, want ErrReadOnly naming %s", err, rec[0])
 			}
+			if _, err := c.PutSync("later", safetensors.U8, []uint64{1}, []byte{1}); !errors.Is(err, ErrReadOnly) {
+				t.Errorf("a new tensor after the checkpoint changed: %v, want ErrReadOnly", err)
+			}
+			const wantRec = 1
 			err = c.Close()
 			if !errors.Is(err, ErrChanged) {
 				t.Errorf("Close: %v, want ErrChanged", err)
 			}
 			rec = ckRecoveryFiles(t, path)
 			if len(rec) != wantRec || err == nil || !strings.Contains(err.Error(), rec[wantRec-1]) {
-				t.Fatalf("recovery files after more edits: %v (want %d); Close said %v", rec, wantRec, err)
+				t.Fatalf("recovery files after refused edits: %v (want %d); Close said %v", rec, wantRec, err)
 			}
 			if !tc.exact && !strings.Contains(err.Error(), `"params.w"`) {
 				t.Errorf("the error does not name the partly edited tensor it could not save: %v", err)

@@ -47,6 +47,10 @@ func (c *Checkpoint) durablyUnder(outer *sync.Mutex, edit func() (undo func(), e
 		defer outer.Unlock()
 	}
 	c.mu.Lock()
+	if err := c.editable(); err != nil {
+		c.mu.Unlock()
+		return err // (diverted: a Staged's commit checks nothing else)
+	}
 	undo, err := edit()
 	if err != nil {
 		c.mu.Unlock()

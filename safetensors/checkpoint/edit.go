@@ -14,9 +14,26 @@ import (
 // durable. Each one checks the rule it could break and refuses with an
 // error naming the key, leaving the state unchanged.
 
-func (c *Checkpoint) writable(id ID) (*tensor, error) {
+// editable reports why the state may take no edit: a read-only
+// checkpoint, or one whose edits were diverted to a recovery file because
+// another program changed it while mounted. From then on the mount takes
+// no more edits, as ext4 turns read-only after an error: the recovery
+// file, written once, keeps holding every edit the mount made, where
+// going on would write a whole new copy of the checkpoint per edit.
+// Caller holds mu.
+func (c *Checkpoint) editable() error {
 	if c.readOnly {
-		return nil, ErrReadOnly
+		return ErrReadOnly
+	}
+	if c.recovery != "" {
+		return fmt.Errorf("%w: %s was changed by another program while mounted, and this mount takes no more edits (those it made are in %s; unmount it and mount the checkpoint again)", ErrReadOnly, c.path, c.recovery)
+	}
+	return nil
+}
+
+func (c *Checkpoint) writable(id ID) (*tensor, error) {
+	if err := c.editable(); err != nil {
+		return nil, err
 	}
 	t := c.get(id)
 	if t == nil {
@@ -124,8 +141,8 @@ func (c *Checkpoint) Put(key string, dtype safetensors.DType, shape []uint64, da
 
 // put is Put; caller holds mu.
 func (c *Checkpoint) put(key string, dtype safetensors.DType, shape []uint64, data []byte) (ID, error) {
-	if c.readOnly {
-		return 0, ErrReadOnly
+	if err := c.editable(); err != nil {
+		return 0, err
 	}
 	n, err := safetensors.ByteSize(dtype, shape)
 	if err != nil {
@@ -208,8 +225,8 @@ func (c *Checkpoint) add(t *tensor) ID {
 }
 
 func (c *Checkpoint) checkNewKey(key string) error {
-	if c.readOnly {
-		return ErrReadOnly
+	if err := c.editable(); err != nil {
+		return err
 	}
 	if err := validKey(key); err != nil {
 		return err
@@ -277,8 +294,8 @@ type Retype struct {
 func (c *Checkpoint) Move(renames map[ID]string, replaced []ID, adopt *Retype) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.readOnly {
-		return ErrReadOnly
+	if err := c.editable(); err != nil {
+		return err
 	}
 	gone := make(map[ID]bool, len(replaced))
 	for _, id := range replaced {
@@ -422,8 +439,8 @@ func (c *Checkpoint) SetMetadata(m map[string]string) error {
 
 // setMetadata is SetMetadata; caller holds mu.
 func (c *Checkpoint) setMetadata(m map[string]string) error {
-	if c.readOnly {
-		return ErrReadOnly
+	if err := c.editable(); err != nil {
+		return err
 	}
 	if err := validMetadata(m); err != nil {
 		return err

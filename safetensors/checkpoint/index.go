@@ -160,8 +160,8 @@ func (c *Checkpoint) SetIndexMetadata(m map[string]json.RawMessage) error {
 
 // setIndexMetadata is SetIndexMetadata; caller holds mu.
 func (c *Checkpoint) setIndexMetadata(m map[string]json.RawMessage) error {
-	if c.readOnly {
-		return ErrReadOnly
+	if err := c.editable(); err != nil {
+		return err
 	}
 	if c.index == nil {
 		return fmt.Errorf("%s has no index: %w", c.path, ErrInvalid)

@@ -614,7 +614,7 @@ func (c *Checkpoint) waitReads() {
 // else changed: theirs is not overwritten, ours is not lost.
 func (c *Checkpoint) recover(s *snapshot) error {
 	if s.edits == c.recoveredEdits && c.recovery != "" {
-		return fmt.Errorf("%s: %w; your edits are in %s%s", c.path, ErrChanged, c.recovery, c.recoveryNote)
+		return fmt.Errorf("%s: %w; your edits are in %s%s%s", c.path, ErrChanged, c.recovery, c.recoveryNote, noMoreEdits)
 	}
 	p, lost, err := c.writeRecovery(s)
 	if err != nil {
@@ -623,8 +623,12 @@ func (c *Checkpoint) recover(s *snapshot) error {
 	c.mu.Lock()
 	c.recovery, c.recoveredEdits, c.recoveryNote = p, s.edits, lost.String()
 	c.mu.Unlock()
-	return fmt.Errorf("%s: %w; your edits are in %s%s", c.path, ErrChanged, p, lost)
+	return fmt.Errorf("%s: %w; your edits are in %s%s%s", c.path, ErrChanged, p, lost, noMoreEdits)
 }
+
+// noMoreEdits ends the error of a diverted checkpoint: from then on the
+// mount refuses every edit (see editable).
+const noMoreEdits = "; this mount takes no more edits (unmount it, and mount the checkpoint again)"
 
 // contentReader lets the writer stream edited content: what is still the
 // mapped file's bytes as runs of that file (copied kernel-side), edits and

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -533,6 +534,9 @@ func TestShardedChangedByOthers(t *testing.T) {
 	if got, _ := os.ReadFile(s2); !bytes.Equal(got, theirs) {
 		t.Fatal("their file was overwritten")
 	}
-	rec := strings.TrimSpace(err.Error()[strings.LastIndex(err.Error(), " ")+1:])
-	shCheckFiles(t, rec, m, "the recovery directory")
+	named := regexp.MustCompile(`your edits are in (\S+?)(;|$)`).FindStringSubmatch(err.Error())
+	if named == nil {
+		t.Fatalf("the error names no recovery directory: %v", err)
+	}
+	shCheckFiles(t, named[1], m, "the recovery directory")
 }
