@@ -1,6 +1,9 @@
 package fs
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Files written without a dtype. A plain file created in the mount is a
 // 1-D U8 tensor of its bytes until something gives it a dtype: setfattr,
@@ -34,11 +37,13 @@ func (f *FS) Untyped() []string { return f.untyped() }
 const maxUntypedAttr = 60 << 10
 
 // untypedAttr renders untyped for XattrUntyped (past maxUntypedAttr the
-// last line says how many more); nil when there are none.
+// last line says how many more); nil when there are none. A newline in a
+// key is written as \n, so that each line stays one key.
 func (f *FS) untypedAttr() []byte {
 	keys := f.untyped()
 	var b []byte
 	for i, k := range keys {
+		k = strings.ReplaceAll(k, "\n", `\n`)
 		if len(b)+len(k)+1 > maxUntypedAttr-64 {
 			return fmt.Appendf(b, "... and %d more\n", len(keys)-i)
 		}

@@ -437,12 +437,16 @@ func TestManyUntypedNamedInShort(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var first []string // in the order ls shows them: x1, x2, ... x20
-	for i := 1; i <= maxNoteUntyped; i++ {
+	// A key with a newline is one line of the list, not two.
+	if err := os.WriteFile(filepath.Join(mnt, "a\nb"), []byte("raw"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	first := []string{`a\nb`} // in the order ls shows them: a\nb, x1, x2, ... x19
+	for i := 1; i < maxNoteUntyped; i++ {
 		first = append(first, fmt.Sprintf("x%d", i))
 	}
 	st := cli(t, "status", mnt).stdout
-	if want := fmt.Sprintf("%d tensors created without a dtype", n); !strings.Contains(st, want) || !strings.Contains(st, fmt.Sprintf(", and %d more", n-maxNoteUntyped)) {
+	if want := fmt.Sprintf("%d tensors created without a dtype", n+1); !strings.Contains(st, want) || !strings.Contains(st, fmt.Sprintf(", and %d more", n+1-maxNoteUntyped)) {
 		t.Errorf("status does not say %q and how many more it does not name:\n%s", want, st)
 	}
 	logFile := getxattr(t, mnt, "user.safejaxfs.log")
@@ -451,7 +455,7 @@ func TestManyUntypedNamedInShort(t *testing.T) {
 		t.Fatalf("unmount: exit %d: %s", r.code, r.stderr)
 	}
 	_, note, _ := strings.Cut(r.stderr, "(and user.safetensors.shape):\n")
-	want := "  " + strings.Join(first, "\n  ") + fmt.Sprintf("\n  ... and %d more; the daemon's log names them all: %s\n", n-maxNoteUntyped, logFile)
+	want := "  " + strings.Join(first, "\n  ") + fmt.Sprintf("\n  ... and %d more; the daemon's log names them all: %s\n", n+1-maxNoteUntyped, logFile)
 	if note != want {
 		t.Errorf("unmount's note lists\n%s\nwant\n%s", note, want)
 	}
