@@ -201,8 +201,11 @@ func finish(ck *checkpoint.Checkpoint, l *daemonLog, dirs []string, status *stat
 			return nil
 		}
 		if errors.Is(err, checkpoint.ErrChanged) {
-			// The edits are in the recovery file Sync named.
-			ck.Abandon()
+			// The edits are in the recovery file Sync named; Close sets
+			// the log aside, which would stop the next mount.
+			if cerr := ck.Close(); cerr != nil {
+				err = cerr
+			}
 			l.warnf("write-back at unmount failed: %v", err)
 			return fail(exitWriteBack, "write-back at unmount failed: %v", err)
 		}

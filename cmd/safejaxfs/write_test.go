@@ -356,6 +356,14 @@ func TestChangedBehindOurBack(t *testing.T) {
 	if got, _ := os.ReadFile(ckpt); !bytes.Equal(got, theirs) {
 		t.Error("their checkpoint was overwritten")
 	}
+	// The mount's log (of edits to the file as it was) is set aside, not
+	// left to stop the next mount: theirs mounts as it is.
+	if r := cli(t, "verify", ckpt); r.code != 0 {
+		t.Errorf("verify after: exit %d: %s", r.code, r.stderr)
+	}
+	if got, err := os.ReadFile(filepath.Join(mount(t, ckpt), "theirs")); err != nil || !bytes.Equal(got, theirs[len(theirs)-8:]) {
+		t.Errorf("mounting their checkpoint after: %v", err)
+	}
 	matches, _ := filepath.Glob(strings.TrimSuffix(ckpt, ".safetensors") + ".safejaxfs-recovered-*.safetensors")
 	if len(matches) != 1 {
 		t.Fatalf("recovery files %q, want one", matches)

@@ -36,6 +36,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
@@ -591,7 +593,11 @@ func (c *Checkpoint) Close() error {
 		err = c.compact()
 		c.unlockPersist()
 		switch {
-		case err == nil, errors.Is(err, ErrChanged), c.stuck != nil:
+		case errors.Is(err, ErrChanged):
+			if aside := c.logAside(); aside != "" {
+				err = fmt.Errorf("%w; the log of this mount's edits was set aside as %s (the recovery file holds them all), so the checkpoint mounts again as it is now", err, aside)
+			}
+		case err == nil, c.stuck != nil:
 		case c.pending != nil && !c.hasUnlogged():
 			// The log holds the committed write-back and every edit:
 			// the next open finishes it (the error already says so).
@@ -609,6 +615,36 @@ func (c *Checkpoint) Close() error {
 	defer c.mu.Unlock()
 	c.releaseAll()
 	return err
+}
+
+// logAside moves the log of a diverted checkpoint (another program
+// changed it; every edit went to a recovery file) out of the way, as
+// safejaxfs recover --discard would: it applies only to the files as they
+// were, so left beside the checkpoint it would make the next mount refuse
+// to open it. Nothing is deleted, and only this mount's own log is moved
+// (the file at its name must still be the one it wrote). It returns the
+// log's new path, or "" when nothing was moved.
+func (c *Checkpoint) logAside() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.wal
+	if w == nil || c.recovery == "" || c.recoveredEdits != c.edits {
+		return ""
+	}
+	var mine unix.Stat_t
+	if unix.Fstat(int(w.f.Fd()), &mine) != nil {
+		return ""
+	}
+	there, err := w.d.lstat(w.name)
+	if err != nil || there.Dev != mine.Dev || there.Ino != mine.Ino {
+		return ""
+	}
+	n, err := setAside(w.d, w.name)
+	if err != nil {
+		c.log.Warn("setting the log of a diverted checkpoint aside", "log", w.path, "err", err)
+		return ""
+	}
+	return w.d.join(n)
 }
 
 // hasUnlogged reports whether some change is not in the log yet.

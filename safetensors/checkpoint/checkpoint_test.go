@@ -1264,6 +1264,15 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			m.tensors["notes"] = ckTensor{safetensors.U8, []uint64{0}, nil}
+			// An edit in the log (a close): the log applies only to the
+			// file as it is now.
+			if _, err := c.PutSync("logged", safetensors.U8, []uint64{2}, []byte{7, 9}); err != nil {
+				t.Fatal(err)
+			}
+			m.tensors["logged"] = ckTensor{safetensors.U8, []uint64{2}, []byte{7, 9}}
+			if _, ok := Pending(path); !ok {
+				t.Fatal("no log after a durable edit")
+			}
 			waitMtimeTick(t, path) // the change gets another mtime, however coarse the clock
 			left := tc.change(t, path)
 			err := c.Compact()
@@ -1280,7 +1289,7 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			if !tc.exact && !strings.Contains(err.Error(), `"params.w"`) {
 				t.Errorf("the error does not name the partly edited tensor it could not save: %v", err)
 			}
-			ckCheckRecovery(t, rec[0], m, tc.exact, "notes", "empty")
+			ckCheckRecovery(t, rec[0], m, tc.exact, "notes", "empty", "logged")
 			// Nothing new: no new recovery file, the same error.
 			if err := c.Compact(); !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), rec[0]) {
 				t.Errorf("second Sync: %v", err)
@@ -1308,7 +1317,15 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			if !tc.exact && !strings.Contains(err.Error(), `"params.w"`) {
 				t.Errorf("the error does not name the partly edited tensor it could not save: %v", err)
 			}
-			ckCheckRecovery(t, rec[wantRec-1], m, tc.exact, "notes", "empty")
+			// The log, which applies only to the files as they were, is
+			// set aside (kept), so the checkpoint opens again as it is.
+			if pending, ok := Pending(path); ok {
+				t.Errorf("the log is left beside the changed checkpoint: %s", pending)
+			}
+			if aside, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*.safejaxfs-log.stale-*")); len(aside) != 1 || !strings.Contains(err.Error(), aside[0]) {
+				t.Errorf("logs set aside %v; Close said %v", aside, err)
+			}
+			ckCheckRecovery(t, rec[wantRec-1], m, tc.exact, "notes", "empty", "logged")
 			if got, _ := os.ReadFile(path); !bytes.Equal(got, left) {
 				t.Fatal("Close wrote over the other program's file")
 			}
