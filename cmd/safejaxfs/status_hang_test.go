@@ -15,6 +15,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // hungRoot is the root of a file system whose daemon reads statfs and
@@ -113,7 +114,25 @@ func mountDeadlocked(t *testing.T, statfsAnswers bool) (mnt string, run func(arg
 	}
 	t.Cleanup(func() {
 		release() // the probe it keeps waiting ends, and the mount with it
-		srv.Unmount()
+		// Until that probe has exited, its open descriptor keeps the
+		// mount busy: an unmount right away failed now and then (EBUSY,
+		// after go-fuse's few quick retries) and left the mount behind.
+		deadline := time.Now().Add(20 * time.Second)
+		for probesOf(t, mnt) > 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		for mounted(t, mnt) {
+			err := srv.Unmount()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("unmounting the deadlocked mount: %v; detaching it", err)
+				unix.Unmount(mnt, unix.MNT_DETACH)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	})
 	cliExecutable() // built before the clock starts (the plain build, under -race)
 	run = func(args ...string) result {
