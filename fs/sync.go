@@ -2,13 +2,18 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"syscall"
+
+	"github.com/safejaxfs/safejaxfs/safetensors/checkpoint"
 )
 
 // XattrSync, set on the mount root (safejaxfs sync), writes every edit
 // back into the checkpoint files now instead of at unmount: a compaction
 // of the log. Setting it returns once that is done, or fails with the
-// errno of what failed (the reason in user.safejaxfs.error). A setter that
+// errno of what failed (the reason in user.safejaxfs.error; ESTALE: the
+// checkpoint was changed by another program, and the edits went to a
+// recovery file). A setter that
 // gives up (Ctrl-C on safejaxfs sync or unmount; see interruptFS) gets
 // EINTR at once, and the write-back goes on: its outcome is logged, and a
 // failure is in user.safejaxfs.error and the status, as any write-back's.
@@ -40,6 +45,14 @@ func (f *FS) compact() syscall.Errno {
 	}
 	if err := f.ck.Compact(); err != nil {
 		f.fail(err)
+		if errors.Is(err, checkpoint.ErrChanged) {
+			// Another program changed the checkpoint: the edits went to
+			// a recovery file instead. ESTALE tells safejaxfs unmount,
+			// which then detaches as --force does (once it has the
+			// recovery file's name) rather than keep a mount that takes
+			// no more edits.
+			return syscall.ESTALE
+		}
 		return writeBackErrno(err)
 	}
 	f.lastErr.Store(nil)

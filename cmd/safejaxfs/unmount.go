@@ -51,12 +51,13 @@ func runUnmount(args []string) error {
 	defer stop()
 	untyped, logFile := rootAttr(mnt, fs.XattrUntyped), rootAttr(mnt, fs.XattrLog)
 	reason, dead, err := writeBack(mnt)
-	if err != nil && (!*force || errors.Is(err, errInterrupted)) {
+	if err != nil && (!*force && !errors.Is(err, errChangedUnder) || errors.Is(err, errInterrupted)) {
 		return err // interrupted: not even --force goes on, the user said stop
 	}
 	var rescued error
 	if err != nil {
-		// --force: not before the edits are safe somewhere.
+		// --force, or a checkpoint another program changed (its mount
+		// takes no more edits): not before the edits are safe somewhere.
 		p, rerr := askRecovery(mnt)
 		if rerr != nil {
 			return fail(exitWriteBack, "writing edits back failed (%s), and saving them to a recovery file failed too (%v): not unmounting, %s is still mounted and nothing is lost; make room (or a writable directory) and retry%s", reason, rerr, mnt, logHint(mnt))
@@ -158,6 +159,11 @@ func logHint(mnt string) string {
 	return ""
 }
 
+// errChangedUnder: the write-back found the checkpoint changed by another
+// program (the daemon's ESTALE). The edits went to a recovery file and the
+// mount takes no more, so unmount goes on as with --force.
+var errChangedUnder = errors.New("the checkpoint was changed by another program while mounted")
+
 // writeBack asks the daemon to write every edit back into the checkpoint
 // files (safejaxfs sync) while the mount is still up, so a failure can be
 // reported, with the daemon's reason, before anything is detached.
@@ -177,6 +183,15 @@ func writeBack(mnt string) (reason string, dead bool, err error) {
 		// detaching is all that can be done.
 		fmt.Fprintf(os.Stderr, "safejaxfs: %s: the daemon is gone; detaching the dead mount\n", escapeControl(mnt))
 		return "", true, nil
+	}
+	if errors.Is(err, unix.ESTALE) {
+		// The daemon saved the edits to a recovery file, which unmount
+		// asks it for (as --force does) before it detaches.
+		reason = err.Error()
+		if msg := rootAttr(mnt, fs.XattrError); msg != "" {
+			reason = msg
+		}
+		return reason, false, errChangedUnder
 	}
 	if err != nil && !errors.Is(err, unix.EROFS) && !errors.Is(err, unix.ENOTSUP) {
 		reason = err.Error()

@@ -348,11 +348,12 @@ func TestChangedBehindOurBack(t *testing.T) {
 	if !strings.Contains(st, "no more edits") || !strings.Contains(st, ".safejaxfs-recovered-") {
 		t.Errorf("status does not say why edits are refused:\n%s", st)
 	}
+	// unmount names the recovery file and unmounts (no --force needed:
+	// the edits are saved, and the mount would take no more).
 	r := cli(t, "unmount", mnt)
-	if r.code != exitWriteBack || !strings.Contains(r.stderr, "recovered") {
-		t.Errorf("unmount: exit %d %q; want %d naming the recovery file", r.code, r.stderr, exitWriteBack)
+	if r.code != exitWriteBack || !strings.Contains(r.stderr, "unmounted anyway: your edits are in") || !strings.Contains(r.stderr, "recovered") || mounted(t, mnt) {
+		t.Errorf("unmount: exit %d %q, still mounted %v; want %d naming the recovery file, unmounted", r.code, r.stderr, mounted(t, mnt), exitWriteBack)
 	}
-	cli(t, "unmount", "--force", mnt)
 	if got, _ := os.ReadFile(ckpt); !bytes.Equal(got, theirs) {
 		t.Error("their checkpoint was overwritten")
 	}

@@ -1297,6 +1297,12 @@ func TestSyncRefusesChangedFile(t *testing.T) {
 			if r := ckRecoveryFiles(t, path); len(r) != 1 {
 				t.Errorf("a Sync without new edits wrote another recovery file: %v", r)
 			}
+			// Asked for a recovery file (unmount --force), it names
+			// that one, not the log, which applies only to the file as
+			// it was.
+			if p, err := c.SaveRecovery(t.TempDir()); err != nil || p != rec[0] {
+				t.Errorf("SaveRecovery after the checkpoint changed: %q, %v; want %s", p, err, rec[0])
+			}
 			// The mount takes no more edits: refused, naming the file
 			// that holds those it made, and no other recovery file.
 			if err := c.WriteAt(ckID(t, c, "half"), ctPattern(4, 3), 0); !errors.Is(err, ErrReadOnly) || !strings.Contains(err.Error(), rec[0]) {

@@ -23,6 +23,15 @@ func (c *Checkpoint) SaveRecovery(dirs ...string) (string, error) {
 	if c.readOnly {
 		return "", ErrReadOnly
 	}
+	c.mu.RLock()
+	diverted, p := c.recovery != "" && c.recoveredEdits == c.edits, c.recovery
+	c.mu.RUnlock()
+	if diverted {
+		// Another program changed the checkpoint and every edit went to
+		// this recovery file: the log applies only to the files as they
+		// were (the mount sets it aside when it ends).
+		return p, nil
+	}
 	if p := c.loggedAll(); p != "" {
 		// Every edit is durable in the log already: that is where they
 		// are, and the next read-write open writes them back. It is not
@@ -76,7 +85,7 @@ func (c *Checkpoint) Unsaved() bool {
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.rescued != "" && c.rescuedEdits == c.edits {
+	if c.rescued != "" && c.rescuedEdits == c.edits || c.recovery != "" && c.recoveredEdits == c.edits {
 		return false
 	}
 	// What the log holds is saved: the next read-write open writes it back.
