@@ -42,13 +42,13 @@ type mountFlags struct {
 	kernel []string
 }
 
-// mountFlagSet defines mount's flags into mf.
 // spillAt is the most one upload holds in memory before it spills (0: the
 // default, upload.SpillAt). A variable only so that a test can lower it for
 // its daemons: an upload past the default, 64 MiB, costs a race-built
 // daemon ten seconds of CPU.
 var spillAt int64
 
+// mountFlagSet defines mount's flags into mf.
 func mountFlagSet(mf *mountFlags) *pflag.FlagSet {
 	fl := newFlags("mount", "[flags] CHECKPOINT MOUNTPOINT",
 		"Mount CHECKPOINT at MOUNTPOINT: a .safetensors file, a sharded checkpoint's\n*.safetensors.index.json, or a directory holding one of them; or such a file or\ndirectory as an https://, http://, hf:// or s3:// URL (mounted read-only, read\nlazily through a local chunk cache). Runs in the background and returns once\nthe mount answers, unless -f is given.\n\nEvery flag can also be given as -o name or -o name=value ('_' for '-'), as\nin fstab: -o ro,allow_other,uid=1000,cache_size=20G. The kernel's options\n(noatime, nodev, ...) pass through; those of mount(8), fstab and systemd\n(noauto, nofail, _netdev, x-systemd.*) are accepted and ignored. Installed\nas /sbin/mount.fuse.safejaxfs, this is mount -t fuse.safejaxfs's helper.")
