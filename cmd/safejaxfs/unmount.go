@@ -73,7 +73,7 @@ func runUnmount(args []string) error {
 	if pid > 0 {
 		waitExit(pid)
 	}
-	noteUntyped(untyped, logFile)
+	noteUntyped(untyped, logFile, rescued != nil)
 	return rescued
 }
 

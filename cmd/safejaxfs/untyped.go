@@ -30,11 +30,12 @@ func untypedKeys(list string) (keys []string, unnamed int) {
 }
 
 // noteUntyped tells the user, after an unmount, which tensors created in
-// the mount went to the checkpoint as 1-D U8 because nothing gave them a
-// dtype (the mount root's user.safejaxfs.untyped and user.safejaxfs.log,
-// read before the unmount): a cp, tar or rsync that cannot carry
-// attributes never changes a tensor's type silently.
-func noteUntyped(list, logFile string) {
+// the mount were saved as 1-D U8 because nothing gave them a dtype (the
+// mount root's user.safejaxfs.untyped and user.safejaxfs.log, read before
+// the unmount): a cp, tar or rsync that cannot carry attributes never
+// changes a tensor's type silently. rescued: the edits went elsewhere than
+// the checkpoint (the error after the note says where).
+func noteUntyped(list, logFile string, rescued bool) {
 	keys, more := untypedKeys(list)
 	if len(keys) == 0 {
 		return
@@ -43,7 +44,11 @@ func noteUntyped(list, logFile string) {
 		more += len(keys) - maxNoteUntyped
 		keys = keys[:maxNoteUntyped]
 	}
-	fmt.Fprintf(os.Stderr, "safejaxfs: note: tensors created in the mount were saved as 1-D U8: nothing gave them a dtype (cp -a, rsync -X and tar --xattrs carry it; cp, rsync -a and tar x do not). Mount again and set it with setfattr -n user.safetensors.dtype (and user.safetensors.shape):\n")
+	where := "Mount again and set it"
+	if rescued {
+		where = "They are with your other edits (below): once those are in a checkpoint, mount it and set it"
+	}
+	fmt.Fprintf(os.Stderr, "safejaxfs: note: tensors created in the mount were saved as 1-D U8: nothing gave them a dtype (cp -a, rsync -X and tar --xattrs carry it; cp, rsync -a and tar x do not). %s with setfattr -n user.safetensors.dtype (and user.safetensors.shape):\n", where)
 	for _, k := range keys {
 		fmt.Fprintf(os.Stderr, "  %s\n", escapeControl(k))
 	}

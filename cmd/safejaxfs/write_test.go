@@ -354,6 +354,11 @@ func TestChangedBehindOurBack(t *testing.T) {
 	if r.code != exitWriteBack || !strings.Contains(r.stderr, "unmounted anyway: your edits are in") || !strings.Contains(r.stderr, "recovered") || mounted(t, mnt) {
 		t.Errorf("unmount: exit %d %q, still mounted %v; want %d naming the recovery file, unmounted", r.code, r.stderr, mounted(t, mnt), exitWriteBack)
 	}
+	// The files it saved as U8 are in the recovery file, not the
+	// checkpoint, and the note says so.
+	if !strings.Contains(r.stderr, "They are with your other edits") || strings.Contains(r.stderr, "Mount again") {
+		t.Errorf("unmount's note of the tensors saved as U8 sends the user to the checkpoint:\n%s", r.stderr)
+	}
 	if got, _ := os.ReadFile(ckpt); !bytes.Equal(got, theirs) {
 		t.Error("their checkpoint was overwritten")
 	}
