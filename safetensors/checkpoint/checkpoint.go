@@ -36,8 +36,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/safejaxfs/safejaxfs/safetensors"
 	"github.com/safejaxfs/safejaxfs/safetensors/remote"
 )
@@ -631,8 +629,8 @@ func (c *Checkpoint) logAside() string {
 	if w == nil || c.recovery == "" || c.recoveredEdits != c.edits {
 		return ""
 	}
-	var mine unix.Stat_t
-	if unix.Fstat(int(w.f.Fd()), &mine) != nil {
+	mine, err := fstat(w.f)
+	if err != nil {
 		return ""
 	}
 	there, err := w.d.lstat(w.name)
